@@ -1,0 +1,46 @@
+# unbake: two commands do all the set-up on a fresh machine.
+#   make demo   create .venv, install unbake, run the demo on scikit-learn's digits
+#   make test   create .venv, install unbake[test], run ruff and pytest
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# torch is pinned in constraints.txt to the CPU build, so pip never resolves a bare
+# `torch` (which would pull a CUDA build of several GB).
+INSTALL := $(PIP) install --quiet --constraint constraints.txt
+
+.PHONY: demo test lint bench-quick clean venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed-base: $(BIN)/python pyproject.toml constraints.txt
+	$(INSTALL) torch==2.13.0
+	$(INSTALL) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-base
+	$(INSTALL) -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed-base
+
+demo: $(VENV)/.installed-base
+	$(BIN)/unbake demo --workspace unbake-workspace
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+test: lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: lint
+	$(BIN)/python -m pytest -q
+
+bench-quick: $(VENV)/.installed-base
+	$(BIN)/unbake bench sisa --quick --out benchmarks/results/sisa-quick.json
+
+clean:
+	rm -rf $(VENV) unbake-workspace .pytest_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""Benchmarks behind ``unbake bench NAME``: each writes one JSON object.
+
+Conventions (see DESIGN.md): ``{"benchmark", "dataset", "machine", "config", "rows",
+"summary", "date"}``; ``--quick`` finishes in under 2 minutes on 2 cores; timings are
+paired with a baseline measured in the same run and quoted as ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unbake.registry import Registry
+from unbake.workspace.atomic import atomic_write_text
+
+__all__ = ["BENCHMARKS", "machine_info", "run_benchmark"]
+
+#: name → ``fn(*, quick: bool, data_dir: str | None) -> dict`` returning dataset, config,
+#: rows and summary.
+BENCHMARKS: Registry[dict[str, Any]] = Registry("benchmark")
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "python": platform.python_version(),
+    }
+
+
+def run_benchmark(
+    name: str,
+    *,
+    quick: bool = False,
+    out: str | os.PathLike | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    fn: Callable[..., dict[str, Any]] = BENCHMARKS.get(name)
+    body = fn(quick=quick, data_dir=data_dir)
+    result = {
+        "benchmark": name,
+        "quick": quick,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        **body,
+    }
+    if out is not None:
+        atomic_write_text(Path(out), json.dumps(result, indent=2, default=float) + "\n")
+    return result
+
+
+from unbake.bench import methods as _methods  # noqa: E402,F401  (registers benchmarks)

@@ -1,0 +1,144 @@
+"""Samples with identity: every row has a stable sample ID and an optional subject ID."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from unbake.exceptions import DatasetError
+
+__all__ = ["Dataset", "Samples", "content_hashes"]
+
+
+@dataclass(frozen=True)
+class Samples:
+    """An ordered set of labelled samples.
+
+    ``X`` is float32 of shape ``(n, *input_shape)``, ``y`` int64 of shape ``(n,)``,
+    ``ids`` the stable sample IDs (strings), ``subjects`` the owner of each sample
+    (a string, or ``""`` where none is known).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+    subjects: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        if not (len(self.X) == len(self.ids) == len(self.subjects) == n):
+            raise DatasetError(
+                f"Samples arrays disagree in length (X={len(self.X)}, y={n}, ids={len(self.ids)}, "
+                f"subjects={len(self.subjects)}); pass arrays with one row per sample."
+            )
+
+    @classmethod
+    def build(
+        cls,
+        X: np.ndarray,
+        y: np.ndarray,
+        ids: Sequence[str] | np.ndarray | None = None,
+        subjects: Sequence[str] | np.ndarray | None = None,
+        *,
+        id_prefix: str = "",
+    ) -> Samples:
+        """Validate raw arrays and wrap them; IDs default to ``f"{id_prefix}{row}"``."""
+        X = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
+        y_arr = np.asarray(y)
+        n = len(y_arr)
+        if X.ndim < 2 or len(X) != n:
+            raise DatasetError(
+                f"Features must have shape (n_samples, ...) matching {n} labels, got {X.shape}; "
+                "reshape the features to one row per sample."
+            )
+        if y_arr.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(y_arr))
+            if len(bad):
+                raise DatasetError(f"Missing labels in rows {_rows(bad)}; fill or drop those rows.")
+        y_arr = y_arr.astype(np.int64)
+        flat = X.reshape(n, -1)
+        bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+        if len(bad_rows):
+            raise DatasetError(
+                f"NaN or infinite features in rows {_rows(bad_rows)}; impute or drop those rows."
+            )
+        if ids is None:
+            ids_arr = np.array([f"{id_prefix}{i}" for i in range(n)], dtype=object)
+        else:
+            ids_arr = np.array([str(i) for i in ids], dtype=object)
+        uniq, counts = np.unique(ids_arr.astype(str), return_counts=True)
+        dup = uniq[counts > 1]
+        if len(dup):
+            rows = np.flatnonzero(np.isin(ids_arr.astype(str), dup))
+            raise DatasetError(
+                f"Duplicate sample IDs {list(dup[:5])} in rows {_rows(rows)}; "
+                "make the ID column unique."
+            )
+        if subjects is None:
+            subj_arr = np.array([""] * n, dtype=object)
+        else:
+            subj_arr = np.array(["" if s is None else str(s) for s in subjects], dtype=object)
+        return cls(X, y_arr, ids_arr, subj_arr)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.X.shape[1:])
+
+    def subset(self, mask_or_index: np.ndarray) -> Samples:
+        return Samples(
+            self.X[mask_or_index],
+            self.y[mask_or_index],
+            self.ids[mask_or_index],
+            self.subjects[mask_or_index],
+        )
+
+    def mask_of(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Boolean mask of the rows whose ID is in ``ids``."""
+        return np.isin(self.ids.astype(str), np.asarray(list(ids), dtype=str))
+
+    def split(self, forget_ids: Sequence[str] | np.ndarray) -> tuple[Samples, Samples]:
+        """Return ``(forget, retain)``, each in this set's order."""
+        mask = self.mask_of(forget_ids)
+        return self.subset(mask), self.subset(~mask)
+
+    def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.from_numpy(self.X).to(device),
+            torch.from_numpy(self.y).to(device),
+        )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named train/test pair. Only ``train`` rows can be forgotten."""
+
+    name: str
+    train: Samples
+    test: Samples
+    n_classes: int
+    spec: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.train.input_shape
+
+
+def content_hashes(samples: Samples) -> list[str]:
+    """sha256 of each sample's features and label, to detect changed source data."""
+    flat = samples.X.reshape(len(samples), -1)
+    return [
+        hashlib.sha256(flat[i].tobytes() + int(samples.y[i]).to_bytes(8, "little")).hexdigest()
+        for i in range(len(samples))
+    ]
+
+
+def _rows(rows: np.ndarray, limit: int = 8) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    return shown + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")

@@ -1,0 +1,67 @@
+"""The unbake exception tree.
+
+Every error that a user can cause derives from :class:`UnbakeError` and carries a
+one-line message that names the cause and the fix. The CLI prints that line and
+exits with status 2; the Python API lets it propagate.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DatasetError",
+    "EmptyRequestError",
+    "IntegrityError",
+    "InvalidParameterError",
+    "NotFittedError",
+    "UnbakeError",
+    "UnknownNameError",
+    "UnknownSampleError",
+    "UnsupportedModelError",
+    "WorkspaceError",
+]
+
+
+class UnbakeError(Exception):
+    """Base class of every error unbake raises on purpose."""
+
+
+class InvalidParameterError(UnbakeError, ValueError):
+    """A hyperparameter or argument has a value outside its declared constraint."""
+
+
+class UnknownNameError(UnbakeError, KeyError):
+    """A registry lookup named something that is not registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it a plain line
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetError(UnbakeError, ValueError):
+    """A dataset is missing, malformed, or inconsistent with the workspace."""
+
+
+class EmptyRequestError(UnbakeError, ValueError):
+    """A deletion request selected no samples."""
+
+
+class UnknownSampleError(UnbakeError, KeyError):
+    """A deletion request named sample IDs that are unknown or already forgotten."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class IntegrityError(UnbakeError):
+    """Stored state failed a hash or consistency check and is not trusted."""
+
+
+class WorkspaceError(UnbakeError):
+    """The workspace is missing, locked, or in a state that forbids the operation."""
+
+
+class UnsupportedModelError(UnbakeError, TypeError):
+    """A method was asked to unlearn from a model it cannot handle."""
+
+
+class NotFittedError(UnbakeError, AttributeError):
+    """An estimator was used before ``fit``."""

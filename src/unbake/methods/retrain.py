@@ -1,0 +1,39 @@
+"""Retrain from scratch: the exact gold standard every other method is measured against."""
+
+from __future__ import annotations
+
+from unbake._validation import Interval
+from unbake.methods.base import Unlearner, UnlearnTask, register_method
+
+
+@register_method
+class Retrain(Unlearner):
+    """Train the original's architecture, strategy and config from scratch on the retain set.
+
+    With the original seed the result is bitwise the model that would have been trained
+    had the forget set never existed, so it is *exact* by construction. Cost: a full
+    training run.
+    """
+
+    name = "retrain"
+    exact = True
+    needs_retain_data = True
+    _parameter_constraints = {"epochs": [Interval(int, 0, None, closed="left"), None]}
+
+    def __init__(self, *, epochs: int | None = None) -> None:
+        self.epochs = epochs
+
+    def _unlearn(self, task: UnlearnTask, seed: int):
+        original = task.original
+        config = original.config
+        if self.epochs is not None:
+            config = config.model_copy(update={"epochs": self.epochs})
+        model = original.make_strategy().fit(
+            task.retain,
+            spec=original.spec,
+            config=config,
+            seed=seed,
+            n_classes=original.n_classes,
+            device=task.device,
+        )
+        return model, {"retrained_samples": len(task.retain)}

@@ -1,0 +1,181 @@
+"""Built-in architectures and user model factories.
+
+Every model maps a float tensor of shape ``(batch, *input_shape)`` to class logits.
+
+>>> from unbake.models import ModelSpec, build_model
+>>> net = build_model(ModelSpec("mlp", {"hidden": [32]}), input_shape=(1, 8, 8), n_classes=10, seed=0)
+>>> net(torch.zeros(2, 1, 8, 8)).shape
+torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from unbake.exceptions import InvalidParameterError, UnbakeError
+from unbake.registry import Registry
+
+__all__ = ["CNN", "MLP", "MODELS", "ModelSpec", "ResNet18", "build_model"]
+
+MODELS: Registry[nn.Module] = Registry("model")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An architecture by name (or ``"module:function"``) and its keyword arguments."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(data["name"], dict(data.get("params", {})))
+
+
+def build_model(
+    spec: ModelSpec | str, *, input_shape: Sequence[int], n_classes: int, seed: int
+) -> nn.Module:
+    """Build a freshly initialised model; the same ``seed`` gives the same weights.
+
+    The global torch RNG is forked, so the caller's random state is untouched.
+    """
+    if isinstance(spec, str):
+        spec = ModelSpec(spec)
+    factory = _import_factory(spec.name) if ":" in spec.name else MODELS.get(spec.name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = factory(input_shape=tuple(input_shape), n_classes=n_classes, **spec.params)
+        except TypeError as exc:
+            raise InvalidParameterError(
+                f"Model {spec.name!r} rejected its parameters {spec.params} ({exc}); "
+                "check the names with `unbake methods`/the model's docstring."
+            ) from None
+    if not isinstance(model, nn.Module):
+        raise UnbakeError(
+            f"Model factory {spec.name!r} returned {type(model).__name__}, not a torch.nn.Module; "
+            "return an nn.Module from the factory."
+        )
+    return model
+
+
+def _import_factory(path: str):
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidParameterError(
+            f"Cannot import model factory {path!r} ({exc}); give it as 'package.module:function'."
+        ) from None
+
+
+@MODELS.register("logreg")
+class LogReg(nn.Module):
+    """Multinomial logistic regression on the flattened input."""
+
+    def __init__(self, *, input_shape: Sequence[int], n_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(math.prod(input_shape), n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+@MODELS.register("mlp")
+class MLP(nn.Module):
+    """A ReLU multilayer perceptron on the flattened input."""
+
+    def __init__(
+        self, *, input_shape: Sequence[int], n_classes: int, hidden: Sequence[int] = (256, 128)
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), nn.ReLU()]
+            width = int(h)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@MODELS.register("cnn")
+class CNN(nn.Module):
+    """A small conv net for 8×8 and 28×28 single- or multi-channel images."""
+
+    def __init__(
+        self, *, input_shape: Sequence[int], n_classes: int, channels: Sequence[int] = (32, 64)
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise InvalidParameterError(
+                f"cnn needs image input of shape (C, H, W), got {tuple(input_shape)}; "
+                "use mlp or logreg for tabular data."
+            )
+        c_in = input_shape[0]
+        blocks: list[nn.Module] = []
+        for c in channels:
+            blocks += [nn.Conv2d(c_in, int(c), 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = int(c)
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(c_in, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+@MODELS.register("resnet18")
+class ResNet18(nn.Module):
+    """The CIFAR-style ResNet-18 (3×3 stem, no max-pool), with a width multiplier."""
+
+    def __init__(self, *, input_shape: Sequence[int], n_classes: int, width: int = 64) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise InvalidParameterError(
+                f"resnet18 needs image input of shape (C, H, W), got {tuple(input_shape)}."
+            )
+        stem = nn.Sequential(
+            nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        stages, c_in = [], width
+        for i, mult in enumerate((1, 2, 4, 8)):
+            c_out = width * mult
+            stride = 1 if i == 0 else 2
+            stages += [_BasicBlock(c_in, c_out, stride), _BasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        self.features = nn.Sequential(stem, *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(c_in, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -1,0 +1,94 @@
+"""One generic registry for methods, attacks, datasets, models and strategies.
+
+>>> from unbake.registry import Registry
+>>> colours = Registry("colour")
+>>> @colours.register("red")
+... def make_red():
+...     return "#f00"
+>>> colours.create("red")
+'#f00'
+>>> colours.available()
+['red']
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from unbake.exceptions import InvalidParameterError, UnknownNameError
+
+T = TypeVar("T")
+
+__all__ = ["Registry"]
+
+
+class Registry(Generic[T]):
+    """A name → factory map whose error messages are built from its own contents."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering ``factory`` under ``name``; a duplicate name raises."""
+
+        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._items:
+                raise InvalidParameterError(
+                    f"A {self.kind} named {name!r} is already registered; pick another name."
+                )
+            self._items[name] = factory
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Callable[..., T]:
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(self.available()) or "(none)"
+            raise UnknownNameError(
+                f"Unknown {self.kind} {name!r}; choose one of: {known}."
+            ) from None
+
+    def create(self, name: str, /, **params: object) -> T:
+        """Build the item registered as ``name`` with ``params``; unknown names raise clearly."""
+        factory = self.get(name)
+        accepted = _keyword_names(factory)
+        if accepted is not None:
+            unknown = sorted(set(params) - accepted)
+            if unknown:
+                raise InvalidParameterError(
+                    f"The {self.kind} {name!r} has no parameter {unknown[0]!r}; "
+                    f"its parameters are: {', '.join(sorted(accepted)) or '(none)'}."
+                )
+        return factory(**params)
+
+    def available(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.available())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _keyword_names(factory: Callable[..., object]) -> set[str] | None:
+    """The keyword names ``factory`` accepts, or ``None`` if it takes ``**kwargs``."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    names = set()
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            names.add(p.name)
+    return names - {"self"}

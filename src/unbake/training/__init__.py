@@ -1,0 +1,59 @@
+"""Seeded training: the shared optimisation loop, strategies, and the ``train`` entry point."""
+
+from __future__ import annotations
+
+import torch
+
+from unbake.data import Samples
+from unbake.models import ModelSpec
+from unbake.training.config import TrainConfig
+from unbake.training.loop import batches, make_optimizer, optimize, resolve_device
+from unbake.training.strategy import (
+    STRATEGIES,
+    Monolithic,
+    TrainedModel,
+    TrainingStrategy,
+    get_params,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "Monolithic",
+    "TrainConfig",
+    "TrainedModel",
+    "TrainingStrategy",
+    "batches",
+    "fit",
+    "get_params",
+    "make_optimizer",
+    "optimize",
+    "resolve_device",
+]
+
+
+def fit(
+    samples: Samples,
+    *,
+    n_classes: int,
+    model: ModelSpec | str = "mlp",
+    config: TrainConfig | None = None,
+    seed: int = 0,
+    strategy: str = "monolithic",
+    strategy_params: dict | None = None,
+    device: str | torch.device | None = None,
+) -> TrainedModel:
+    """Train a model on ``samples`` with a registered strategy.
+
+    >>> from unbake.data import load_dataset
+    >>> ds = load_dataset("digits")
+    >>> tm = fit(ds.train, n_classes=10, model="logreg", config=TrainConfig.parse(epochs=1))
+    >>> tm.describe()
+    'logreg'
+    """
+    spec = ModelSpec(model) if isinstance(model, str) else model
+    config = config or TrainConfig()
+    strat = STRATEGIES.create(strategy, **(strategy_params or {}))
+    strat.validate(samples=samples)
+    return strat.fit(
+        samples, spec=spec, config=config, seed=seed, n_classes=n_classes, device=device
+    )

@@ -1,0 +1,132 @@
+"""Training strategies and the :class:`TrainedModel` they produce.
+
+A strategy turns samples into a model. ``monolithic`` trains one network; ``sisa``
+(see :mod:`unbake.training.sisa`) trains an ensemble of shard models. ``retrain``
+re-runs a model's own strategy from scratch, which is what makes it exact.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from unbake._validation import validate_params
+from unbake.data import Samples
+from unbake.models import ModelSpec, build_model
+from unbake.registry import Registry
+from unbake.training.config import TrainConfig
+from unbake.training.loop import optimize, resolve_device
+
+__all__ = ["STRATEGIES", "Monolithic", "TrainedModel", "TrainingStrategy", "get_params"]
+
+
+@dataclass
+class TrainedModel:
+    """A trained model plus everything needed to retrain it exactly.
+
+    ``artifacts`` holds extra named tensors a strategy keeps beside the weights
+    (SISA's slice checkpoints, a certified model's noise vector); ``meta`` holds
+    JSON-serialisable extra state. Both are persisted with the checkpoint.
+    """
+
+    module: nn.Module
+    spec: ModelSpec
+    config: TrainConfig
+    seed: int
+    input_shape: tuple[int, ...]
+    n_classes: int
+    strategy: str = "monolithic"
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def make_strategy(self) -> TrainingStrategy:
+        return STRATEGIES.create(self.strategy, **self.strategy_params)
+
+    def describe(self) -> str:
+        if self.strategy == "monolithic":
+            return self.spec.name
+        params = ",".join(f"{k}={v}" for k, v in sorted(self.strategy_params.items()))
+        return f"{self.spec.name}/{self.strategy}({params})"
+
+    @torch.no_grad()
+    def predict_proba(self, X: torch.Tensor | Any, batch_size: int = 4096) -> torch.Tensor:
+        """Class probabilities for ``X``, computed in eval mode on the model's device."""
+        X = torch.as_tensor(X)
+        device = next(self.module.parameters()).device
+        self.module.eval()
+        outs = [
+            torch.softmax(self.module(X[i : i + batch_size].to(device)), dim=1).cpu()
+            for i in range(0, len(X), batch_size)
+        ]
+        return torch.cat(outs) if outs else torch.empty(0, self.n_classes)
+
+
+def get_params(obj: object) -> dict[str, Any]:
+    """The keyword-only constructor parameters of ``obj`` and their current values."""
+    sig = inspect.signature(type(obj).__init__)
+    return {
+        name: getattr(obj, name)
+        for name, p in sig.parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+class TrainingStrategy:
+    """Base class: constructor stores hyperparameters, ``fit`` trains, ``skeleton`` rebuilds."""
+
+    name: ClassVar[str]
+    _parameter_constraints: ClassVar[dict[str, list]] = {}
+
+    def get_params(self) -> dict[str, Any]:
+        return get_params(self)
+
+    def validate(self, samples: Samples | None = None) -> None:
+        """Check the declared constraints (and, in subclasses, fit against ``samples``)."""
+        validate_params(self.get_params(), self._parameter_constraints, self.name)
+
+    def fit(
+        self,
+        samples: Samples,
+        *,
+        spec: ModelSpec,
+        config: TrainConfig,
+        seed: int,
+        n_classes: int,
+        device: str | torch.device | None = None,
+    ) -> TrainedModel:
+        raise NotImplementedError
+
+    def skeleton(self, spec: ModelSpec, input_shape: Sequence[int], n_classes: int) -> nn.Module:
+        """An untrained module with the right structure, to load saved weights into."""
+        return build_model(spec, input_shape=input_shape, n_classes=n_classes, seed=0)
+
+
+STRATEGIES: Registry[TrainingStrategy] = Registry("training strategy")
+
+
+@STRATEGIES.register("monolithic")
+class Monolithic(TrainingStrategy):
+    """One model trained on all samples: the classic setting, and the retrain reference."""
+
+    name = "monolithic"
+
+    def __init__(self) -> None:
+        pass
+
+    def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
+        self.validate()
+        device = resolve_device(device)
+        module = build_model(
+            spec, input_shape=samples.input_shape, n_classes=n_classes, seed=seed
+        ).to(device)
+        X, y = samples.tensors()
+        optimize(module, X, y, config, seed=seed, description=f"training {spec.name}")
+        return TrainedModel(
+            module, spec, config, seed, samples.input_shape, n_classes, strategy=self.name
+        )

@@ -1,0 +1,567 @@
+"""The workspace: one folder holding the catalog and the checkpoints of one dataset's models.
+
+Every mutating operation holds an exclusive lock on the folder, validates everything
+before writing anything, writes new checkpoint files atomically, commits the catalog in
+one SQLite transaction, and only then deletes what the transaction made stale. A bad
+request therefore leaves the workspace exactly as it was, and a crash at any point
+leaves it consistent (stale files are swept on the next open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unbake.data import Dataset, Samples, content_hashes, load_dataset
+from unbake.evaluation import Evaluation, evaluate
+from unbake.exceptions import (
+    DatasetError,
+    EmptyRequestError,
+    IntegrityError,
+    InvalidParameterError,
+    UnknownSampleError,
+    WorkspaceError,
+)
+from unbake.methods import METHODS, UnlearnResult, UnlearnTask
+from unbake.models import ModelSpec
+from unbake.training import STRATEGIES, TrainConfig, TrainedModel, fit
+from unbake.workspace.atomic import TMP_SUFFIX, atomic_write_bytes, sha256_bytes
+from unbake.workspace.catalog import Catalog, utcnow
+from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
+
+__all__ = ["DEFAULT_WORKSPACE", "ForgetSelector", "RequestRecord", "Workspace"]
+
+DEFAULT_WORKSPACE = "unbake-workspace"
+CATALOG = "catalog.sqlite"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class ForgetSelector:
+    """What a deletion request names: sample IDs, a subject, or a class label."""
+
+    ids: tuple[str, ...] = ()
+    subject: str | None = None
+    label: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.ids:
+            out["ids"] = len(self.ids)
+        if self.subject is not None:
+            out["subject"] = self.subject
+        if self.label is not None:
+            out["class"] = self.label
+        return out
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    request_id: str
+    model_before: str
+    model_after: str
+    method: str
+    n_samples: int
+    seconds: float
+    evaluation: Evaluation
+    result: UnlearnResult
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class Workspace:
+    """A workspace folder. Use :meth:`create` or :meth:`open`, and ``close`` when done.
+
+    >>> import tempfile
+    >>> from unbake.training import TrainConfig
+    >>> ws = Workspace.create(tempfile.mkdtemp() + "/ws", dataset="digits")
+    >>> model_id = ws.train(model="logreg", config=TrainConfig.parse(epochs=1))
+    >>> rec = ws.forget(ids=["digits-0000"], method="finetune", params={"epochs": 1})
+    >>> ws.status()["samples"]["forgotten"]
+    1
+    >>> ws.close()
+    """
+
+    def __init__(self, root: Path, catalog: Catalog) -> None:
+        self.root = root
+        self.catalog = catalog
+        self._dataset: Dataset | None = None
+
+    # --- opening -------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        root: str | os.PathLike = DEFAULT_WORKSPACE,
+        *,
+        dataset: str | Dataset = "digits",
+        dataset_options: dict[str, Any] | None = None,
+    ) -> Workspace:
+        """Create a new workspace for ``dataset``; the folder must not hold one already.
+
+        The dataset is loaded and checked before anything is written.
+        """
+        root = Path(root)
+        if (root / CATALOG).exists():
+            raise WorkspaceError(
+                f"{root} already holds a workspace; open it, or pick another --workspace."
+            )
+        if isinstance(dataset, Dataset):
+            ds = dataset
+            if ds.spec.get("name") not in {"digits", "fashion-mnist", "csv", "parquet"}:
+                # In-memory data cannot be reloaded by name later; keep it on the instance.
+                ds = Dataset(ds.name, ds.train, ds.test, ds.n_classes, {"name": "__memory__"})
+        else:
+            ds = load_dataset(dataset, **(dataset_options or {}))
+        root.mkdir(parents=True, exist_ok=True)
+        (root / CHECKPOINTS).mkdir(exist_ok=True)
+        (root / ".lock").touch()
+        catalog = Catalog(root / CATALOG)
+        try:
+            catalog.initialise(
+                {
+                    "dataset": json.dumps(ds.spec, sort_keys=True),
+                    "dataset_name": ds.name,
+                    "created_at": utcnow(),
+                }
+            )
+            hashes = content_hashes(ds.train)
+            with catalog.transaction() as cur:
+                cur.executemany(
+                    "INSERT INTO samples(row, sample_id, subject, split, content_hash, status) "
+                    "VALUES (?, ?, ?, 'train', ?, 'active')",
+                    [
+                        (i, str(sid), str(subj) or None, h)
+                        for i, (sid, subj, h) in enumerate(
+                            zip(ds.train.ids, ds.train.subjects, hashes, strict=True)
+                        )
+                    ],
+                )
+        except BaseException:
+            catalog.close()
+            with contextlib.suppress(OSError):
+                (root / CATALOG).unlink()
+            raise
+        ws = cls(root, catalog)
+        ws._dataset = ds
+        return ws
+
+    @classmethod
+    def open(cls, root: str | os.PathLike = DEFAULT_WORKSPACE) -> Workspace:
+        root = Path(root)
+        if not (root / CATALOG).exists():
+            raise WorkspaceError(
+                f"No workspace at {root}; create one with `unbake train --workspace {root} "
+                "--dataset NAME`."
+            )
+        catalog = Catalog(root / CATALOG)
+        catalog.check_version()
+        ws = cls(root, catalog)
+        with ws._lock():
+            ws._sweep()
+        return ws
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """An exclusive, cross-process lock on the workspace (fails fast if held)."""
+        with open(self.root / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WorkspaceError(
+                    f"Workspace {self.root} is busy with another unbake process; "
+                    "wait for it to finish and retry."
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _sweep(self) -> None:
+        """Remove temp files and checkpoints the catalog no longer references."""
+        live = {
+            r["checkpoint"]
+            for r in self.catalog.query("SELECT checkpoint FROM models WHERE status='active'")
+        }
+        for path in (self.root / CHECKPOINTS).glob("*"):
+            rel = f"{CHECKPOINTS}/{path.name}"
+            if path.name.endswith(TMP_SUFFIX) or rel not in live:
+                path.unlink(missing_ok=True)
+
+    # --- data ----------------------------------------------------------------------
+
+    @property
+    def dataset_spec(self) -> dict[str, Any]:
+        return json.loads(self.catalog.meta("dataset") or "{}")
+
+    def dataset(self) -> Dataset:
+        """The workspace's dataset, reloaded from its source and checked against the catalog."""
+        if self._dataset is None:
+            spec = dict(self.dataset_spec)
+            name = spec.pop("name", None)
+            if name == "__memory__" or name is None:
+                raise WorkspaceError(
+                    "This workspace was created from in-memory data that is no longer loaded; "
+                    "reopen it with Workspace.create(..., dataset=<Dataset>) in the same process."
+                )
+            self._dataset = load_dataset(name, **spec)
+        return self._dataset
+
+    def active_and_forgotten(self) -> tuple[Samples, Samples]:
+        """(active training samples, forgotten samples still present in the source)."""
+        ds = self.dataset()
+        status = self.catalog.sample_status()
+        ids = ds.train.ids.astype(str)
+        unknown = [i for i in ids if i not in status]
+        if unknown:
+            raise DatasetError(
+                f"The dataset source has samples the catalog does not know ({unknown[:3]}); "
+                "the source changed since the workspace was created: restore it or start a new workspace."
+            )
+        active_mask = np.array([status[i] == "active" for i in ids], dtype=bool)
+        missing = {i for i, s in status.items() if s == "active"} - set(ids)
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} active samples are missing from the dataset source "
+                f"(e.g. {sorted(missing)[:3]}); restore the source or forget them first."
+            )
+        active = ds.train.subset(active_mask)
+        expected = {
+            r["sample_id"]: r["content_hash"]
+            for r in self.catalog.query(
+                "SELECT sample_id, content_hash FROM samples WHERE status='active'"
+            )
+        }
+        changed = [
+            sid
+            for sid, h in zip(active.ids, content_hashes(active), strict=True)
+            if expected[sid] != h
+        ]
+        if changed:
+            raise IntegrityError(
+                f"{len(changed)} samples changed in the dataset source since they were recorded "
+                f"(e.g. {changed[:3]}); restore the original data or start a new workspace."
+            )
+        return active, ds.train.subset(~active_mask)
+
+    def select(self, selector: ForgetSelector) -> list[str]:
+        """Resolve a selector to sample IDs, rejecting empty, unknown and forgotten ones."""
+        status = self.catalog.sample_status()
+        chosen: list[str] = []
+        if selector.ids:
+            unknown = [i for i in selector.ids if i not in status]
+            if unknown:
+                raise UnknownSampleError(
+                    f"Unknown sample IDs {unknown[:5]}{' …' if len(unknown) > 5 else ''} "
+                    f"({len(unknown)} in all); list valid IDs with `unbake status --json`."
+                )
+            gone = [i for i in selector.ids if status[i] == "forgotten"]
+            if gone:
+                raise UnknownSampleError(
+                    f"Sample IDs {gone[:5]} were already forgotten; drop them from the request "
+                    "(see `unbake log`)."
+                )
+            chosen += list(dict.fromkeys(selector.ids))
+        if selector.subject is not None:
+            rows = self.catalog.query(
+                "SELECT sample_id, status FROM samples WHERE subject = ? ORDER BY row",
+                (selector.subject,),
+            )
+            if not rows:
+                raise UnknownSampleError(
+                    f"No samples belong to subject {selector.subject!r}; check the subject ID."
+                )
+            active = [r["sample_id"] for r in rows if r["status"] == "active"]
+            if not active:
+                raise UnknownSampleError(
+                    f"Every sample of subject {selector.subject!r} was already forgotten; "
+                    "see `unbake log`."
+                )
+            chosen += active
+        if selector.label is not None:
+            active, _ = self.active_and_forgotten()
+            n_classes = self.dataset().n_classes
+            if not 0 <= selector.label < n_classes:
+                raise InvalidParameterError(
+                    f"Class {selector.label} does not exist; classes are 0..{n_classes - 1}."
+                )
+            chosen += [str(i) for i in active.ids[active.y == selector.label]]
+        chosen = list(dict.fromkeys(chosen))
+        if not chosen:
+            raise EmptyRequestError(
+                "The deletion request selects no samples; pass --ids, --ids-file, --subject "
+                "or --class."
+            )
+        return chosen
+
+    # --- models --------------------------------------------------------------------
+
+    def _model_row(self, model_id: str | None):
+        row = self.catalog.model(model_id) if model_id else self.catalog.latest_active_model()
+        if row is None:
+            if model_id:
+                raise WorkspaceError(
+                    f"No model {model_id!r} in {self.root}; list models with `unbake status`."
+                )
+            raise WorkspaceError(f"No model in {self.root} yet; train one with `unbake train`.")
+        if row["status"] != "active":
+            raise WorkspaceError(
+                f"Model {row['model_id']} was purged after a deletion request; use the newest "
+                "model (`unbake status`)."
+            )
+        return row
+
+    def load_model(self, model_id: str | None = None, *, device=None) -> TrainedModel:
+        """Load and hash-check a model (default: the newest active one)."""
+        row = self._model_row(model_id)
+        path = self.root / row["checkpoint"]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"Checkpoint {path} of model {row['model_id']} is missing; restore it or retrain."
+            ) from None
+        model, _ = decode_checkpoint(
+            data, expected_sha256=row["sha256"], source=f"Checkpoint {path}"
+        )
+        if device is not None:
+            model.module.to(device)
+        return model
+
+    def _write_model(
+        self, model: TrainedModel, model_id: str, parent: str | None
+    ) -> tuple[str, str]:
+        data = encode_checkpoint(model, model_id=model_id, parent_id=parent)
+        rel = f"{CHECKPOINTS}/{model_id}.safetensors"
+        atomic_write_bytes(self.root / rel, data)
+        return rel, sha256_bytes(data)
+
+    def _insert_model(
+        self, cur, model: TrainedModel, model_id, parent, origin, rel, digest, n_train
+    ):
+        cur.execute(
+            "INSERT INTO models(model_id, parent_id, created_at, origin, description, strategy, "
+            "spec, config, seed, n_train, checkpoint, sha256, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active')",
+            (
+                model_id,
+                parent,
+                utcnow(),
+                origin,
+                model.describe(),
+                model.strategy,
+                json.dumps(model.spec.to_dict(), sort_keys=True),
+                model.config.model_dump_json(),
+                model.seed,
+                n_train,
+                rel,
+                digest,
+            ),
+        )
+
+    def train(
+        self,
+        *,
+        model: str | ModelSpec = "mlp",
+        config: TrainConfig | None = None,
+        seed: int = 0,
+        strategy: str = "monolithic",
+        strategy_params: dict[str, Any] | None = None,
+        device=None,
+    ) -> str:
+        """Train a model on the active samples and record it; returns its model ID."""
+        spec = ModelSpec(model) if isinstance(model, str) else model
+        strat = STRATEGIES.create(strategy, **(strategy_params or {}))
+        with self._lock():
+            active, _ = self.active_and_forgotten()
+            strat.validate(samples=active)
+            trained = fit(
+                active,
+                n_classes=self.dataset().n_classes,
+                model=spec,
+                config=config or TrainConfig(),
+                seed=seed,
+                strategy=strategy,
+                strategy_params=strategy_params,
+                device=device,
+            )
+            return self._commit_trained(trained, active)
+
+    def _commit_trained(self, trained: TrainedModel, active: Samples) -> str:
+        model_id = _new_id("model")
+        rel, digest = self._write_model(trained, model_id, None)
+        try:
+            with self.catalog.transaction() as cur:
+                self._insert_model(cur, trained, model_id, None, "train", rel, digest, len(active))
+        except BaseException:
+            (self.root / rel).unlink(missing_ok=True)
+            raise
+        return model_id
+
+    def forget(
+        self,
+        *,
+        ids: Sequence[str] = (),
+        subject: str | None = None,
+        label: int | None = None,
+        method: str = "retrain",
+        params: dict[str, Any] | None = None,
+        model_id: str | None = None,
+        seed: int | None = None,
+        device=None,
+    ) -> RequestRecord:
+        """File and apply a deletion request; every model that saw the data is purged.
+
+        Nothing is written unless the request is valid and the method succeeds.
+        """
+        unlearner = METHODS.create(method, **(params or {}))
+        selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
+        with self._lock():
+            sample_ids = self.select(selector)
+            row = self._model_row(model_id)
+            original = self.load_model(row["model_id"], device=device)
+            active, _ = self.active_and_forgotten()
+            forget, retain = active.split(sample_ids)
+            test = self.dataset().test
+            result = unlearner.unlearn(
+                UnlearnTask(original, forget, retain, device=device), seed=seed
+            )
+            evaluation = evaluate(result.model, forget, retain, test)
+            request_id = _new_id("req")
+            new_id = _new_id("model")
+            rel, digest = self._write_model(result.model, new_id, row["model_id"])
+            try:
+                stale = self._commit_forget(
+                    request_id,
+                    selector,
+                    sample_ids,
+                    unlearner,
+                    row,
+                    new_id,
+                    rel,
+                    digest,
+                    result,
+                    evaluation,
+                    len(retain),
+                )
+            except BaseException:
+                (self.root / rel).unlink(missing_ok=True)
+                raise
+            for path in stale:
+                (self.root / path).unlink(missing_ok=True)
+        return RequestRecord(
+            request_id,
+            row["model_id"],
+            new_id,
+            method,
+            len(sample_ids),
+            result.seconds,
+            evaluation,
+            result,
+        )
+
+    def _commit_forget(
+        self,
+        request_id,
+        selector,
+        sample_ids,
+        unlearner,
+        row,
+        new_id,
+        rel,
+        digest,
+        result,
+        evaluation,
+        n_retain,
+    ) -> list[str]:
+        now = utcnow()
+        with self.catalog.transaction() as cur:
+            self._insert_model(
+                cur, result.model, new_id, row["model_id"], "forget", rel, digest, n_retain
+            )
+            cur.execute(
+                "INSERT INTO requests(request_id, created_at, selector, n_samples, sample_ids, "
+                "status, method, params, exact, model_before, hash_before, model_after, "
+                "hash_after, seconds, metrics, info) "
+                "VALUES (?, ?, ?, ?, ?, 'applied', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    request_id,
+                    now,
+                    json.dumps(selector.to_dict()),
+                    len(sample_ids),
+                    json.dumps(sample_ids),
+                    unlearner.name,
+                    json.dumps(result.params, sort_keys=True, default=str),
+                    int(unlearner.exact),
+                    row["model_id"],
+                    row["sha256"],
+                    new_id,
+                    digest,
+                    result.seconds,
+                    json.dumps(evaluation.to_dict()),
+                    json.dumps(result.info, sort_keys=True, default=str),
+                ),
+            )
+            cur.executemany(
+                "UPDATE samples SET status='forgotten', content_hash=NULL, subject=NULL, "
+                "request_id=?, forgotten_at=? WHERE sample_id=?",
+                [(request_id, now, sid) for sid in sample_ids],
+            )
+            stale = [
+                r["checkpoint"]
+                for r in cur.execute(
+                    "SELECT checkpoint FROM models WHERE status='active' AND model_id != ?",
+                    (new_id,),
+                ).fetchall()
+            ]
+            cur.execute(
+                "UPDATE models SET status='purged' WHERE status='active' AND model_id != ?",
+                (new_id,),
+            )
+        return stale
+
+    # --- reading -------------------------------------------------------------------
+
+    def evaluate(self, model_id: str | None = None) -> Evaluation:
+        """FA (on every forgotten sample), RA, TA and MIA of a model."""
+        model = self.load_model(model_id)
+        active, forgotten = self.active_and_forgotten()
+        return evaluate(model, forgotten, active, self.dataset().test)
+
+    def status(self) -> dict[str, Any]:
+        counts = {
+            r["status"]: r["n"]
+            for r in self.catalog.query("SELECT status, COUNT(*) AS n FROM samples GROUP BY status")
+        }
+        return {
+            "workspace": str(self.root),
+            "dataset": self.dataset_spec,
+            "samples": {"active": counts.get("active", 0), "forgotten": counts.get("forgotten", 0)},
+            "subjects": self.catalog.query(
+                "SELECT COUNT(DISTINCT subject) AS n FROM samples WHERE status='active' AND subject IS NOT NULL"
+            )[0]["n"],
+            "models": self.catalog.models(),
+        }
+
+    def log(self) -> list[dict[str, Any]]:
+        return self.catalog.requests()
