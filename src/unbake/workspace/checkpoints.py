@@ -28,7 +28,7 @@ FORMAT = "unbake-checkpoint/1"
 
 
 def encode_checkpoint(model: TrainedModel, *, model_id: str, parent_id: str | None) -> bytes:
-    """Serialise ``model`` to safetensors bytes (deterministic for equal inputs)."""
+    """Serialise ``model`` to safetensors bytes (tensors, then provenance metadata)."""
     tensors: dict[str, torch.Tensor] = {}
     for key, value in model.module.state_dict().items():
         tensors[f"module.{key}"] = value.detach().cpu().contiguous().clone()

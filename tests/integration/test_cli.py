@@ -1,0 +1,216 @@
+"""End to end through the CLI: happy paths and every kind of bad input."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from unbake.cli import app
+
+runner = CliRunner()
+TRAIN = ["train", "--dataset", "digits", "--model", "logreg", "--epochs", "2"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def snapshot(root):
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error:"), err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in result.output + result.stderr
+    for f in fragments:
+        assert f in err, err
+
+
+@pytest.fixture
+def trained(tmp_path):
+    ws = tmp_path / "ws"
+    result = run(*TRAIN, "--workspace", ws, "--json")
+    assert result.exit_code == 0, result.output
+    return ws, json.loads(result.stdout)
+
+
+def test_train_forget_evaluate_status_log(trained, tmp_path):
+    ws, info = trained
+    assert info["n_train"] == 1438
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("digits-0001\ndigits-0002\n")
+    res = run(
+        "forget",
+        "--ids-file",
+        ids_file,
+        "--method",
+        "finetune",
+        "--param",
+        "epochs=1",
+        "--workspace",
+        ws,
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["n_samples"] == 2 and out["model_before"] == info["model_id"]
+    res = run("evaluate", "--workspace", ws, "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["ta"] > 50
+    st = json.loads(run("status", "--workspace", ws, "--json").stdout)
+    assert st["samples"] == {"active": 1436, "forgotten": 2}
+    log = json.loads(run("log", "--workspace", ws, "--json").stdout)["requests"]
+    assert [r["method"] for r in log] == ["finetune"]
+    assert run("log", "--workspace", ws).exit_code == 0
+    assert run("status", "--workspace", ws).exit_code == 0
+
+
+def test_methods_lists_flags():
+    res = run("methods", "--json")
+    rows = {r["method"]: r for r in json.loads(res.stdout)["methods"]}
+    assert rows["retrain"]["exact"] is True and rows["neggrad"]["needs_retain_data"] is False
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--ids", "nope-1"], ["Unknown sample IDs ['nope-1']"]),
+        ([], ["selects no samples"]),
+        (
+            ["--ids", "digits-0001", "--method", "bogus"],
+            ["Unknown unlearning method 'bogus'", "retrain"],
+        ),
+        (
+            ["--ids", "digits-0001", "--method", "finetune", "--param", "lr=-1"],
+            ["The 'lr' parameter of finetune must be a float in (0, inf). Got -1 instead."],
+        ),
+        (["--ids", "digits-0001", "--param", "epochs"], ["is not key=value"]),
+        (
+            ["--ids", "digits-0001", "--method", "finetune", "--param", "colour=1"],
+            ["no parameter 'colour'"],
+        ),
+        (["--class", "42"], ["Class 42 does not exist"]),
+        (["--ids", "digits-0001", "--model", "model-nope"], ["No model 'model-nope'"]),
+        (["--ids-file", "/no/such/file"], ["Cannot read --ids-file"]),
+    ],
+)
+def test_forget_bad_input(trained, args, fragments):
+    ws, _ = trained
+    before = snapshot(ws)
+    assert_one_line_error(run("forget", *args, "--workspace", ws), *fragments)
+    assert snapshot(ws) == before
+
+
+def test_already_forgotten_ids(trained):
+    ws, _ = trained
+    assert (
+        run(
+            "forget",
+            "--ids",
+            "digits-0001",
+            "--method",
+            "finetune",
+            "--param",
+            "epochs=1",
+            "--workspace",
+            ws,
+        ).exit_code
+        == 0
+    )
+    before = snapshot(ws)
+    assert_one_line_error(
+        run("forget", "--ids", "digits-0001", "--workspace", ws), "already forgotten"
+    )
+    assert snapshot(ws) == before
+
+
+def test_tampered_checkpoint(trained):
+    ws, _ = trained
+    ckpt = next((ws / "checkpoints").glob("*.safetensors"))
+    ckpt.write_bytes(ckpt.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    before = snapshot(ws)
+    assert_one_line_error(
+        run("forget", "--ids", "digits-0001", "--workspace", ws), "corrupt or tampered"
+    )
+    assert_one_line_error(run("evaluate", "--workspace", ws), "corrupt or tampered")
+    assert snapshot(ws) == before
+
+
+def test_train_bad_input_creates_nothing(tmp_path):
+    ws = tmp_path / "ws"
+    assert_one_line_error(
+        run("train", "--dataset", "imagenet", "--workspace", ws), "Unknown dataset 'imagenet'"
+    )
+    assert_one_line_error(
+        run("train", "--dataset", "csv", "--path", tmp_path / "x.csv", "--workspace", ws),
+        "does not exist",
+    )
+    assert_one_line_error(
+        run("train", "--epochs", "-1", "--workspace", ws), "'epochs' training parameter"
+    )
+    assert_one_line_error(
+        run("train", "--model", "cnn", "--dataset", "digits", "--lr", "0", "--workspace", ws),
+        "'lr'",
+    )
+    assert not ws.exists()
+
+
+def test_train_wrong_shape_model_creates_nothing(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)))
+    ws = tmp_path / "ws"
+    assert_one_line_error(
+        run("train", "--dataset", "csv", "--path", csv, "--model", "cnn", "--workspace", ws),
+        "cnn needs image input",
+    )
+    assert not ws.exists()
+
+
+def test_missing_workspace(tmp_path):
+    assert_one_line_error(run("status", "--workspace", tmp_path / "none"), "No workspace at")
+
+
+def test_demo_writes_reports(tmp_path):
+    ws = tmp_path / "demo"
+    res = run("demo", "--methods", "finetune,neggrad", "--epochs", "3", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert [r["method"] for r in report["rows"]] == [
+        "original",
+        "retrain_seed",
+        "finetune",
+        "neggrad",
+    ]
+    for row in report["rows"]:
+        assert set(row) >= {"method", "fa", "ra", "ta", "mia", "avg_gap", "seconds", "speedup"}
+    assert json.loads((ws / "report.json").read_text())["dataset"] == "digits"
+    assert "| method |" in (ws / "report.md").read_text()
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unbake.cli",
+            "forget",
+            "--ids",
+            "x",
+            "--workspace",
+            str(tmp_path / "none"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: No workspace at") and "Traceback" not in proc.stderr

@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from unbake.evaluation import Evaluation, avg_gap, best_threshold, roc_auc
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_roc_auc_matches_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    pos = rng.integers(0, 5, 50).astype(float)
+    neg = rng.integers(0, 5, 70).astype(float) - 0.5
+    expected = roc_auc_score(np.r_[np.ones(50), np.zeros(70)], np.r_[pos, neg])
+    assert roc_auc(pos, neg) == pytest.approx(expected, abs=1e-12)
+
+
+def test_auc_closed_forms():
+    assert roc_auc(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == 0.5
+    assert roc_auc(np.array([0.0]), np.array([1.0])) == 0.0
+
+
+def test_best_threshold_perfect_and_useless():
+    t, acc = best_threshold(np.array([5.0, 6.0]), np.array([1.0, 2.0]))
+    assert acc == 1.0 and 2.0 <= t < 5.0
+    _, acc = best_threshold(np.array([1.0, 1.0]), np.array([1.0, 1.0]))
+    assert acc == 0.5
+
+
+def test_avg_gap_is_mean_abs_difference_in_points():
+    a = Evaluation(90, 95, 85, 60, 10, 55)
+    b = Evaluation(80, 95, 87, 50, 30, 52)
+    assert avg_gap(a, b) == pytest.approx((10 + 0 + 2 + 10) / 4)

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+
+from unbake import ModelSpec, TrainConfig, build_model, fit
+from unbake.exceptions import InvalidParameterError, UnknownNameError
+from unbake.testing import tiny_dataset
+
+
+def _equal(a, b):
+    sa, sb = a.module.state_dict(), b.module.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize(
+    "optimizer,schedule", [("adam", "constant"), ("sgd", "cosine"), ("sgd", "step")]
+)
+def test_same_seed_bitwise_identical(optimizer, schedule):
+    ds = tiny_dataset()
+    cfg = TrainConfig.parse(epochs=2, optimizer=optimizer, schedule=schedule, lr=0.01)
+    a = fit(ds.train, n_classes=10, model="mlp", config=cfg, seed=3)
+    b = fit(ds.train, n_classes=10, model="mlp", config=cfg, seed=3)
+    c = fit(ds.train, n_classes=10, model="mlp", config=cfg, seed=4)
+    assert _equal(a, b)
+    assert not _equal(a, c)
+
+
+def test_training_does_not_touch_global_rng():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ds = tiny_dataset()
+    fit(ds.train, n_classes=10, model="mlp", config=TrainConfig.parse(epochs=1), seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_training_learns_digits():
+    ds = tiny_dataset()
+    tm = fit(ds.train, n_classes=10, model="mlp", config=TrainConfig.parse(epochs=15), seed=0)
+    acc = (tm.predict_proba(torch.from_numpy(ds.test.X)).argmax(1).numpy() == ds.test.y).mean()
+    assert acc > 0.8
+
+
+@pytest.mark.parametrize(
+    "name,shape", [("logreg", (1, 8, 8)), ("mlp", (5,)), ("cnn", (1, 8, 8)), ("cnn", (1, 28, 28))]
+)
+def test_model_zoo_shapes(name, shape):
+    net = build_model(name, input_shape=shape, n_classes=7, seed=0)
+    assert net(torch.zeros(2, *shape)).shape == (2, 7)
+
+
+def test_resnet18_is_cifar_style():
+    net = build_model(
+        ModelSpec("resnet18", {"width": 8}), input_shape=(3, 32, 32), n_classes=10, seed=0
+    )
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 20
+
+
+def test_user_factory_and_bad_names():
+    with pytest.raises(InvalidParameterError, match="Cannot import model factory"):
+        build_model("nowhere.module:fn", input_shape=(3,), n_classes=2, seed=0)
+    with pytest.raises(UnknownNameError, match="Unknown model 'vit'"):
+        build_model("vit", input_shape=(3,), n_classes=2, seed=0)
+    with pytest.raises(InvalidParameterError, match="cnn needs image input"):
+        build_model("cnn", input_shape=(5,), n_classes=2, seed=0)
+
+
+def make_tiny_net(*, input_shape, n_classes):
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(int(np.prod(input_shape)), n_classes)
+    )
+
+
+def test_module_function_factory():
+    net = build_model(
+        "tests.test_training:make_tiny_net", input_shape=(1, 8, 8), n_classes=10, seed=0
+    )
+    assert net(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_train_config_errors_are_one_line():
+    with pytest.raises(InvalidParameterError, match=r"'lr' training parameter .* Got -1"):
+        TrainConfig.parse(lr=-1)
+    with pytest.raises(InvalidParameterError, match="'optimizer'"):
+        TrainConfig.parse(optimizer="rmsprop")

@@ -1,0 +1,202 @@
+import hashlib
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from unbake import TrainConfig, Workspace, fit
+from unbake.exceptions import (
+    EmptyRequestError,
+    IntegrityError,
+    UnknownSampleError,
+    WorkspaceError,
+)
+from unbake.testing import tiny_dataset
+from unbake.workspace import decode_checkpoint, encode_checkpoint
+from unbake.workspace.catalog import SCHEMA_VERSION
+
+CFG = TrainConfig.parse(epochs=2, batch_size=32)
+
+
+def snapshot(root):
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def ws(workspace_dir):
+    w = Workspace.create(workspace_dir, dataset=tiny_dataset())
+    w.train(model="mlp", config=CFG, seed=0)
+    yield w
+    w.close()
+
+
+def test_catalog_records_samples_and_schema(ws):
+    assert ws.catalog.meta("schema_version") == str(SCHEMA_VERSION)
+    st = ws.status()
+    assert st["samples"] == {"active": 240, "forgotten": 0}
+    assert st["subjects"] == 12
+    assert len(st["models"]) == 1 and st["models"][0]["status"] == "active"
+
+
+def test_forget_by_subject_records_everything_and_purges(ws, workspace_dir):
+    old = ws.status()["models"][0]
+    rec = ws.forget(subject="subject-03", method="retrain")
+    assert rec.n_samples == 20
+    st = ws.status()
+    assert st["samples"] == {"active": 220, "forgotten": 20}
+    models = {m["model_id"]: m for m in st["models"]}
+    assert models[old["model_id"]]["status"] == "purged"
+    assert not (workspace_dir / old["checkpoint"]).exists()
+    assert models[rec.model_after]["parent_id"] == old["model_id"]
+    (req,) = ws.log()
+    assert req["status"] == "applied" and req["method"] == "retrain" and req["exact"] == 1
+    assert req["hash_before"] == old["sha256"]
+    assert req["hash_after"] == models[rec.model_after]["sha256"]
+    assert req["selector"] == {"subject": "subject-03"} and len(req["sample_ids"]) == 20
+    assert set(req["metrics"]) >= {"fa", "ra", "ta", "mia"}
+    rows = ws.catalog.query(
+        "SELECT subject, content_hash, request_id FROM samples WHERE status='forgotten'"
+    )
+    assert all(r["subject"] is None and r["content_hash"] is None for r in rows)
+    assert {r["request_id"] for r in rows} == {rec.request_id}
+
+
+def test_exact_forget_equals_training_from_scratch(ws):
+    ids = [str(i) for i in tiny_dataset().train.ids[5:25]]
+    rec = ws.forget(ids=ids, method="retrain")
+    _, retain = tiny_dataset().train.split(ids)
+    scratch = fit(retain, n_classes=10, model="mlp", config=CFG, seed=0)
+    loaded = ws.load_model(rec.model_after)
+    for k, v in scratch.module.state_dict().items():
+        assert torch.equal(v, loaded.module.state_dict()[k]), k
+
+
+def test_forget_by_class(ws):
+    rec = ws.forget(label=3, method="finetune", params={"epochs": 1})
+    assert rec.n_samples == int((tiny_dataset().train.y == 3).sum())
+    with pytest.raises(UnknownSampleError):
+        ws.forget(subject="nobody")
+
+
+@pytest.mark.parametrize(
+    "request_kwargs,error",
+    [
+        ({}, EmptyRequestError),
+        ({"ids": ["missing"]}, UnknownSampleError),
+        ({"subject": "nobody"}, UnknownSampleError),
+    ],
+)
+def test_bad_requests_leave_workspace_unchanged(ws, workspace_dir, request_kwargs, error):
+    before = snapshot(workspace_dir)
+    with pytest.raises(error):
+        ws.forget(method="retrain", **request_kwargs)
+    assert snapshot(workspace_dir) == before
+
+
+def test_tampered_checkpoint_is_refused(ws, workspace_dir):
+    (row,) = ws.status()["models"]
+    path = workspace_dir / row["checkpoint"]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    before = snapshot(workspace_dir)
+    with pytest.raises(IntegrityError, match="does not match the sha256"):
+        ws.forget(ids=[str(tiny_dataset().train.ids[0])], method="retrain")
+    assert snapshot(workspace_dir) == before
+
+
+def test_missing_checkpoint_is_refused(ws, workspace_dir):
+    (row,) = ws.status()["models"]
+    (workspace_dir / row["checkpoint"]).unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        ws.load_model()
+
+
+def test_concurrent_writer_is_refused(ws):
+    with ws._lock(), pytest.raises(WorkspaceError, match="busy with another unbake process"):
+        ws.forget(ids=[str(tiny_dataset().train.ids[0])], method="retrain")
+
+
+def test_failed_commit_leaves_no_file(ws, workspace_dir, monkeypatch):
+    before = snapshot(workspace_dir)
+
+    def boom(*a, **k):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(ws, "_commit_forget", boom)
+    with pytest.raises(sqlite3.OperationalError):
+        ws.forget(ids=[str(tiny_dataset().train.ids[0])], method="retrain")
+    assert snapshot(workspace_dir) == before
+
+
+def test_reopen_sweeps_stray_files(ws, workspace_dir):
+    ws.close()
+    stray = workspace_dir / "checkpoints" / ".x.safetensors.unbake-tmp"
+    stray.write_bytes(b"partial")
+    orphan = workspace_dir / "checkpoints" / "model-orphan.safetensors"
+    orphan.write_bytes(b"orphan")
+    reopened = Workspace.open(workspace_dir)
+    try:
+        assert not stray.exists() and not orphan.exists()
+        assert reopened.load_model() is not None
+    finally:
+        reopened.close()
+
+
+def test_create_twice_and_open_missing(workspace_dir, ws):
+    with pytest.raises(WorkspaceError, match="already holds a workspace"):
+        Workspace.create(workspace_dir, dataset="digits")
+    with pytest.raises(WorkspaceError, match="No workspace at"):
+        Workspace.open(workspace_dir / "nope")
+
+
+def test_checkpoint_roundtrip_and_metadata(ws):
+    model = ws.load_model()
+    data = encode_checkpoint(model, model_id="m1", parent_id=None)
+    again, meta = decode_checkpoint(data, expected_sha256=None)
+    assert meta["format"] == "unbake-checkpoint/1" and meta["model_id"] == "m1"
+    assert json.loads(meta["spec"])["name"] == "mlp"
+    for k, v in model.module.state_dict().items():
+        assert torch.equal(v, again.module.state_dict()[k])
+
+
+def test_golden_checkpoint_header():
+    """Pin the on-disk format: safetensors header with our metadata keys."""
+    ds = tiny_dataset()
+    tm = fit(ds.train, n_classes=10, model="logreg", config=TrainConfig.parse(epochs=0), seed=0)
+    data = encode_checkpoint(tm, model_id="golden", parent_id="p")
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    assert sorted(header["__metadata__"]) == sorted(
+        [
+            "format",
+            "model_id",
+            "parent_id",
+            "spec",
+            "config",
+            "seed",
+            "input_shape",
+            "n_classes",
+            "strategy",
+            "strategy_params",
+            "meta",
+        ]
+    )
+    assert header["module.linear.weight"] == {
+        "dtype": "F32",
+        "shape": [10, 64],
+        "data_offsets": header["module.linear.weight"]["data_offsets"],
+    }
+    assert header["module.linear.bias"]["shape"] == [10]
+    assert np.frombuffer(data[8 + size :], dtype=np.float32).size == 10 * 64 + 10
+
+
+def test_not_a_checkpoint_is_refused():
+    with pytest.raises(IntegrityError, match="not a readable safetensors"):
+        decode_checkpoint(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxxx", expected_sha256=None)
