@@ -27,7 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# A pipe gets a wide console, so the comparison table is never truncated in logs.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.")]
@@ -279,6 +280,8 @@ def train(
         strategy_params["shards"] = shards
     if slices is not None:
         strategy_params["slices"] = slices
+    if path is not None:
+        path = str(Path(path).resolve())  # the workspace reloads the source later, from anywhere
     options = {
         "data_dir": data_dir,
         "path": path,

@@ -214,3 +214,43 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: No workspace at") and "Traceback" not in proc.stderr
+
+
+def test_csv_workspace_forgets_a_subject_from_another_directory(tmp_path, monkeypatch):
+    csv = tmp_path / "people.csv"
+    lines = ["uid,person,f1,f2,target"]
+    for i in range(120):
+        lines.append(f"u{i},p{i % 10},{(i % 7) / 7},{(i % 2) + 0.1 * (i % 5)},{i % 2}")
+    csv.write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tmp_path)
+    ws = tmp_path / "ws"
+    res = run(
+        "train",
+        "--dataset",
+        "csv",
+        "--path",
+        "people.csv",
+        "--label",
+        "target",
+        "--id-column",
+        "uid",
+        "--subject-column",
+        "person",
+        "--model",
+        "logreg",
+        "--epochs",
+        "3",
+        "--workspace",
+        ws,
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    st = json.loads(run("status", "--workspace", ws, "--json").stdout)
+    assert st["subjects"] == 10
+    monkeypatch.chdir("/")
+    res = run("forget", "--subject", "p3", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    n = json.loads(res.stdout)["n_samples"]
+    st = json.loads(run("status", "--workspace", ws, "--json").stdout)
+    assert st["samples"]["forgotten"] == n and st["subjects"] == 9
+    assert_one_line_error(run("forget", "--subject", "p3", "--workspace", ws), "already forgotten")

@@ -284,20 +284,25 @@ class Workspace:
             chosen += list(dict.fromkeys(selector.ids))
         if selector.subject is not None:
             rows = self.catalog.query(
-                "SELECT sample_id, status FROM samples WHERE subject = ? ORDER BY row",
+                "SELECT sample_id FROM samples WHERE subject = ? ORDER BY row",
                 (selector.subject,),
             )
             if not rows:
+                done = [
+                    r["request_id"]
+                    for r in self.catalog.query("SELECT request_id, selector FROM requests")
+                    if json.loads(r["selector"]).get("subject") == selector.subject
+                ]
+                if done:
+                    raise UnknownSampleError(
+                        f"Every sample of subject {selector.subject!r} was already forgotten "
+                        f"(request {done[-1]}); see `unbake log`."
+                    )
                 raise UnknownSampleError(
                     f"No samples belong to subject {selector.subject!r}; check the subject ID."
                 )
-            active = [r["sample_id"] for r in rows if r["status"] == "active"]
-            if not active:
-                raise UnknownSampleError(
-                    f"Every sample of subject {selector.subject!r} was already forgotten; "
-                    "see `unbake log`."
-                )
-            chosen += active
+            # forgotten samples have their subject cleared, so every row here is active
+            chosen += [r["sample_id"] for r in rows]
         if selector.label is not None:
             active, _ = self.active_and_forgotten()
             n_classes = self.dataset().n_classes
