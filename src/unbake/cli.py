@@ -104,6 +104,7 @@ def demo(
     from unbake.data import load_dataset
     from unbake.evaluation.compare import compare_methods
     from unbake.methods import METHODS
+    from unbake.report import plot_comparison
     from unbake.training import TrainConfig
     from unbake.workspace.atomic import atomic_write_text
 
@@ -138,6 +139,7 @@ def demo(
     workspace.mkdir(parents=True, exist_ok=True)
     atomic_write_text(workspace / "report.json", report.to_json() + "\n")
     atomic_write_text(workspace / "report.md", report.to_markdown())
+    plot_comparison(report, workspace / "report.png")
     if as_json:
         _emit_json(report.to_dict())
         return
@@ -165,7 +167,7 @@ def demo(
         f"Attack strength (loss-threshold MIA, balanced accuracy on retain vs test): "
         f"{report.attack_strength:.1f}% (50% = the attack sees nothing)."
     )
-    console.print(f"Wrote {workspace / 'report.json'} and {workspace / 'report.md'}.")
+    console.print(f"Wrote report.json, report.md and report.png to {workspace}.")
 
 
 # --- methods -------------------------------------------------------------------------

@@ -194,6 +194,7 @@ def test_demo_writes_reports(tmp_path):
         assert set(row) >= {"method", "fa", "ra", "ta", "mia", "avg_gap", "seconds", "speedup"}
     assert json.loads((ws / "report.json").read_text())["dataset"] == "digits"
     assert "| method |" in (ws / "report.md").read_text()
+    assert (ws / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):

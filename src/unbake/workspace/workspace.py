@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from unbake.data import Dataset, Samples, content_hashes, load_dataset
+from unbake.data import DATASETS, Dataset, Samples, content_hashes, load_dataset
 from unbake.evaluation import Evaluation, evaluate
 from unbake.exceptions import (
     DatasetError,
@@ -119,7 +119,7 @@ class Workspace:
             )
         if isinstance(dataset, Dataset):
             ds = dataset
-            if ds.spec.get("name") not in {"digits", "fashion-mnist", "csv", "parquet"}:
+            if ds.spec.get("name") not in DATASETS:
                 # In-memory data cannot be reloaded by name later; keep it on the instance.
                 ds = Dataset(ds.name, ds.train, ds.test, ds.n_classes, {"name": "__memory__"})
         else:
