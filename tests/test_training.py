@@ -84,3 +84,29 @@ def test_train_config_errors_are_one_line():
         TrainConfig.parse(lr=-1)
     with pytest.raises(InvalidParameterError, match="'optimizer'"):
         TrainConfig.parse(optimizer="rmsprop")
+
+
+def test_nn_module_instance_is_its_own_initialisation():
+    from unbake import UnlearnTask, create
+
+    ds = tiny_dataset()
+    net = make_tiny_net(input_shape=(1, 8, 8), n_classes=10)
+    cfg = TrainConfig.parse(epochs=2)
+    a = fit(ds.train, n_classes=10, model=net, config=cfg, seed=1)
+    b = fit(ds.train, n_classes=10, model=net, config=cfg, seed=1)
+    assert _equal(a, b) and a.describe() == "Sequential"
+    assert not torch.equal(a.module[1].weight, net[1].weight)  # the caller's module is not trained
+    forget, retain = ds.train.split(ds.train.ids[:10])
+    out = create("retrain").unlearn(UnlearnTask(a, forget, retain)).model
+    assert _equal(out, fit(retain, n_classes=10, model=net, config=cfg, seed=1))
+
+
+def test_nn_module_instance_cannot_be_saved(tmp_path):
+    from unbake import Workspace
+    from unbake.exceptions import UnbakeError
+
+    with Workspace.create(tmp_path / "ws", dataset=tiny_dataset()) as ws:
+        net = make_tiny_net(input_shape=(1, 8, 8), n_classes=10)
+        with pytest.raises(UnbakeError, match="module:function"):
+            ws.train(model=net)
+        assert ws.status()["models"] == []

@@ -10,6 +10,7 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 from collections.abc import Sequence
@@ -27,14 +28,34 @@ __all__ = ["CNN", "MLP", "MODELS", "ModelSpec", "ResNet18", "build_model"]
 MODELS: Registry[nn.Module] = Registry("model")
 
 
+#: ModelSpec name of a model given as an ``nn.Module`` instance (in-memory only).
+INSTANCE = "<module>"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """An architecture by name (or ``"module:function"``) and its keyword arguments."""
+    """An architecture by name (or ``"module:function"``) and its keyword arguments.
+
+    :meth:`from_module` wraps an ``nn.Module`` instance instead: its current weights
+    are the initialisation that every (re)training starts from, so retraining stays
+    exact. Such a spec lives in memory only; to save models in a workspace, name a
+    ``"module:function"`` factory.
+    """
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    module: nn.Module | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> ModelSpec:
+        return cls(INSTANCE, {"class": type(module).__name__}, copy.deepcopy(module))
 
     def to_dict(self) -> dict[str, Any]:
+        if self.module is not None:
+            raise UnbakeError(
+                f"A model given as an nn.Module instance ({self.params['class']}) cannot be "
+                "saved; pass a 'package.module:function' factory as the model instead."
+            )
         return {"name": self.name, "params": dict(self.params)}
 
     @classmethod
@@ -51,6 +72,8 @@ def build_model(
     """
     if isinstance(spec, str):
         spec = ModelSpec(spec)
+    if spec.module is not None:
+        return copy.deepcopy(spec.module)
     factory = _import_factory(spec.name) if ":" in spec.name else MODELS.get(spec.name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -35,7 +35,7 @@ def fit(
     samples: Samples,
     *,
     n_classes: int,
-    model: ModelSpec | str = "mlp",
+    model: ModelSpec | str | torch.nn.Module = "mlp",
     config: TrainConfig | None = None,
     seed: int = 0,
     strategy: str = "monolithic",
@@ -50,7 +50,10 @@ def fit(
     >>> tm.describe()
     'logreg'
     """
-    spec = ModelSpec(model) if isinstance(model, str) else model
+    if isinstance(model, torch.nn.Module):
+        spec = ModelSpec.from_module(model)
+    else:
+        spec = ModelSpec(model) if isinstance(model, str) else model
     config = config or TrainConfig()
     strat = STRATEGIES.create(strategy, **(strategy_params or {}))
     strat.validate(samples=samples)

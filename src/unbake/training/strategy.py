@@ -49,10 +49,11 @@ class TrainedModel:
         return STRATEGIES.create(self.strategy, **self.strategy_params)
 
     def describe(self) -> str:
+        name = self.spec.params["class"] if self.spec.module is not None else self.spec.name
         if self.strategy == "monolithic":
-            return self.spec.name
+            return name
         params = ",".join(f"{k}={v}" for k, v in sorted(self.strategy_params.items()))
-        return f"{self.spec.name}/{self.strategy}({params})"
+        return f"{name}/{self.strategy}({params})"
 
     @torch.no_grad()
     def predict_proba(self, X: torch.Tensor | Any, batch_size: int = 4096) -> torch.Tensor:

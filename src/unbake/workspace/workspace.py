@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from unbake.data import DATASETS, Dataset, Samples, content_hashes, load_dataset
 from unbake.evaluation import Evaluation, evaluate
@@ -387,7 +388,7 @@ class Workspace:
     def train(
         self,
         *,
-        model: str | ModelSpec = "mlp",
+        model: str | ModelSpec | nn.Module = "mlp",
         config: TrainConfig | None = None,
         seed: int = 0,
         strategy: str = "monolithic",
@@ -396,6 +397,9 @@ class Workspace:
     ) -> str:
         """Train a model on the active samples and record it; returns its model ID."""
         spec = ModelSpec(model) if isinstance(model, str) else model
+        if not isinstance(spec, ModelSpec):
+            spec = ModelSpec.from_module(spec)
+        spec.to_dict()  # an in-memory nn.Module cannot be saved: fail before training
         strat = STRATEGIES.create(strategy, **(strategy_params or {}))
         with self._lock():
             active, _ = self.active_and_forgotten()
