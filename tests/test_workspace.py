@@ -200,3 +200,18 @@ def test_golden_checkpoint_header():
 def test_not_a_checkpoint_is_refused():
     with pytest.raises(IntegrityError, match="not a readable safetensors"):
         decode_checkpoint(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxxx", expected_sha256=None)
+
+
+def test_atomic_write_replaces_whole_file_with_default_mode(tmp_path):
+    import os
+
+    from unbake.workspace.atomic import atomic_write_bytes
+
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
