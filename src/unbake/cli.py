@@ -250,6 +250,15 @@ def train(
     ] = "monolithic",
     shards: Annotated[int | None, typer.Option(help="SISA shards.")] = None,
     slices: Annotated[int | None, typer.Option(help="SISA slices per shard.")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Where SISA shards train: local or ray.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Shards trained in parallel (process pool or Ray).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (default: start a local Ray).")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
@@ -282,6 +291,8 @@ def train(
         strategy_params["shards"] = shards
     if slices is not None:
         strategy_params["slices"] = slices
+    execution = {"backend": backend, "workers": workers, "ray_address": ray_address}
+    strategy_params.update({k: v for k, v in execution.items() if v is not None})
     if path is not None:
         path = str(Path(path).resolve())  # the workspace reloads the source later, from anywhere
     options = {

@@ -5,7 +5,13 @@
 True
 """
 
-from unbake.methods import gradient, retrain  # noqa: F401  (registers the methods)
+from unbake.methods import (  # noqa: F401  (registers the methods)
+    certified,
+    gradient,
+    influence,
+    retrain,
+    sisa,
+)
 from unbake.methods.base import (
     METHODS,
     Unlearner,

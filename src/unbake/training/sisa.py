@@ -1,0 +1,476 @@
+"""SISA training: Sharded, Isolated, Sliced and Aggregated.
+
+Bourtoule et al., "Machine Unlearning" (IEEE S&P 2021). The training set is split into
+``shards`` disjoint shards; one model is trained per shard, in isolation. Each shard is
+cut into ``slices`` slices and trained incrementally: slice 1, then slices 1–2, and so
+on, with a checkpoint after every slice. Predictions aggregate the shard models. To
+forget a sample, only its shard is retrained, from the checkpoint taken before the
+sample's slice (see :mod:`unbake.methods.sisa`).
+
+Everything that decides a shard's weights is a pure function of the sample IDs (or
+subjects), the seed and the configuration:
+
+* a sample's shard and slice come from a keyed hash of its subject (``assignment=
+  "subject"``; samples without a subject use their ID) or of its ID (``"hash"``), so
+  removing samples never moves the others;
+* inside a shard, rows are ordered by (slice, sample ID), whatever the input order;
+* every shard has its own initialisation seed and every slice step its own batch-order
+  seed, both derived from the model seed;
+* each slice step starts a fresh optimiser and runs single-threaded, on any backend.
+
+Training the same shard from scratch on its remaining data therefore gives bitwise the
+weights that restoring a checkpoint and retraining the later slices gives, and every
+backend gives the same bits.
+
+The schedule: slice step ``r`` trains on slices ``1..r`` for ``2·epochs/(R+1)`` epochs
+(rounded, at least one), the paper's choice, so that the R steps together cost about
+what ``epochs`` epochs over the whole shard cost.
+
+>>> from unbake.data import load_dataset
+>>> from unbake.training import TrainConfig, fit
+>>> ds = load_dataset("digits")
+>>> tm = fit(ds.train, n_classes=10, model="logreg", config=TrainConfig.parse(epochs=1),
+...          strategy="sisa", strategy_params={"shards": 3, "slices": 2})
+>>> tm.describe(), len(tm.module.shards)
+('logreg/sisa(aggregation=vote,assignment=subject,shards=3,slices=2)', 3)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unbake._validation import Interval, Options, validate_params
+from unbake.backends import backend_constraints, create_backend
+from unbake.data import Samples
+from unbake.exceptions import IntegrityError, InvalidParameterError
+from unbake.models import ModelSpec, build_model
+from unbake.training.config import TrainConfig
+from unbake.training.loop import optimize, resolve_device
+from unbake.training.strategy import STRATEGIES, TrainedModel, TrainingStrategy
+
+__all__ = [
+    "SISA",
+    "SISAEnsemble",
+    "ShardJob",
+    "ShardLayout",
+    "checkpoint_key",
+    "single_thread",
+    "slice_epochs",
+    "train_shard",
+]
+
+#: Parameters that define the model (persisted); the rest only say where training runs.
+MODEL_PARAMS = ("shards", "slices", "assignment", "aggregation")
+META_KEY = "sisa"
+
+
+def _digest(seed: int, purpose: str, key: str) -> int:
+    """A 64-bit keyed hash of one string: stable across processes, machines and versions."""
+    data = f"{int(seed)}\x1f{purpose}\x1f{key}".encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, vectorised (uint64 arithmetic wraps modulo 2**64)."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def fnv1a(keys: np.ndarray) -> np.ndarray:
+    """The 64-bit FNV-1a hash of the UTF-8 bytes of every string in ``keys``, vectorised."""
+    raw = np.char.encode(np.asarray(keys, dtype=str), "utf-8")
+    lengths = np.char.str_len(raw)
+    codes = np.frombuffer(raw.tobytes(), dtype=np.uint8).reshape(len(raw), raw.dtype.itemsize)
+    h = np.full(len(raw), 0xCBF29CE484222325, dtype=np.uint64)
+    for j in range(codes.shape[1]):
+        # only a string's own bytes count, not the padding up to the longest string
+        h = np.where(j < lengths, (h ^ codes[:, j]) * _FNV_PRIME, h)
+    return h
+
+
+def keyed(base: np.ndarray, seed: int, purpose: str) -> np.ndarray:
+    """Salt hashes from :func:`fnv1a` with ``(seed, purpose)`` and mix them (splitmix64)."""
+    return _mix(base ^ np.uint64(_digest(seed, purpose, "")))
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """The initialisation seed of shard ``shard``."""
+    return _digest(seed, "init", str(shard)) % 2**31
+
+
+def step_seed(seed: int, shard: int, step: int) -> int:
+    """The batch-order seed of slice step ``step`` of shard ``shard``."""
+    return _digest(seed, "step", f"{shard}:{step}") % 2**31
+
+
+def slice_epochs(epochs: int, slices: int) -> int:
+    """Epochs of each slice step: ``2·epochs/(R+1)``, rounded, at least one (zero stays zero)."""
+    if epochs == 0:
+        return 0
+    return max(1, round(2 * epochs / (slices + 1)))
+
+
+def checkpoint_key(shard: int, step: int, name: str) -> str:
+    """The artifact name of parameter ``name`` of shard ``shard`` after slice step ``step``."""
+    return f"sisa.shard{shard}.slice{step}.{name}"
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Which shard and slice each sample of one :class:`Samples` belongs to."""
+
+    ids: np.ndarray
+    shard: np.ndarray
+    slice: np.ndarray
+    shards: int
+    slices: int
+
+    @classmethod
+    def of(
+        cls, samples: Samples, *, shards: int, slices: int, assignment: str, seed: int
+    ) -> ShardLayout:
+        base = fnv1a(sample_keys(samples, assignment))
+        return cls(
+            samples.ids.astype(str),
+            (keyed(base, seed, "shard") % np.uint64(shards)).astype(np.int64),
+            (keyed(base, seed, "slice") % np.uint64(slices)).astype(np.int64),
+            shards,
+            slices,
+        )
+
+    def rows(self, shard: int) -> tuple[np.ndarray, list[int]]:
+        """Row indices of ``shard`` ordered by (slice, ID), and each slice's end offset."""
+        rows = np.flatnonzero(self.shard == shard)
+        by_id = rows[np.argsort(self.ids[rows], kind="stable")]
+        ordered = by_id[np.argsort(self.slice[by_id], kind="stable")]
+        counts = np.bincount(self.slice[ordered], minlength=self.slices)
+        return ordered, np.cumsum(counts).tolist()
+
+    def sizes(self) -> np.ndarray:
+        """Sample counts, shape ``(shards, slices)``."""
+        out = np.zeros((self.shards, self.slices), dtype=np.int64)
+        np.add.at(out, (self.shard, self.slice), 1)
+        return out
+
+    def fingerprints(self) -> list[list[str]]:
+        """A multiset hash of the sample IDs of every (shard, slice): what each was fed.
+
+        The sum modulo 2**64 of a hash of each ID, so it needs no sorting and the same
+        IDs in any order give the same fingerprint.
+        """
+        sums = np.zeros(self.shards * self.slices, dtype=np.uint64)
+        np.add.at(sums, self.shard * self.slices + self.slice, keyed(fnv1a(self.ids), 0, "id"))
+        rows = sums.reshape(self.shards, self.slices)
+        return [[f"{int(v):016x}" for v in row] for row in rows]
+
+
+def sample_keys(samples: Samples, assignment: str) -> np.ndarray:
+    """What decides a sample's shard: its subject (or, lacking one, its ID), or its ID."""
+    ids = samples.ids.astype(str)
+    if assignment == "hash":
+        return np.char.add("sample:", ids)
+    subjects = samples.subjects.astype(str)
+    return np.where(subjects != "", np.char.add("subject:", subjects), np.char.add("sample:", ids))
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run single-threaded: the thread count changes float reductions, hence the bits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class ShardJob:
+    """Everything needed to train one shard from slice step ``start`` on, in any process."""
+
+    shard: int
+    spec: ModelSpec
+    input_shape: tuple[int, ...]
+    n_classes: int
+    config: TrainConfig
+    init_seed: int
+    step_seeds: list[int]
+    X: np.ndarray
+    y: np.ndarray
+    ends: list[int]
+    start: int = 0
+    state: dict[str, torch.Tensor] | None = None
+    device: str = "cpu"
+
+
+def train_shard(job: ShardJob) -> list[dict[str, torch.Tensor]]:
+    """Train one shard's slice steps ``start..R-1``; returns the state after each step.
+
+    A top-level function of plain data, so a process pool or Ray can run it.
+    """
+    with single_thread():
+        module = build_model(
+            job.spec, input_shape=job.input_shape, n_classes=job.n_classes, seed=job.init_seed
+        )
+        if job.state is not None:
+            module.load_state_dict(job.state, strict=True)
+        module.to(job.device)
+        X, y = torch.from_numpy(job.X), torch.from_numpy(job.y)
+        states = []
+        for step in range(job.start, len(job.ends)):
+            n = job.ends[step]
+            optimize(
+                module,
+                X[:n],
+                y[:n],
+                job.config,
+                seed=job.step_seeds[step],
+                description=f"shard {job.shard}, slice {step + 1}/{len(job.ends)}",
+            )
+            states.append({k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
+    return states
+
+
+class SISAEnsemble(nn.Module):
+    """The shard models as one module; ``forward`` returns aggregated log-probabilities.
+
+    ``mean`` averages the shards' probabilities. ``vote`` gives each shard one vote for
+    its top class and returns ``(votes + mean probability) / (S + 1)``: a distribution
+    whose arg-max is the majority label, with ties broken by the mean probability.
+    """
+
+    def __init__(self, shards: Sequence[nn.Module], aggregation: str = "vote") -> None:
+        super().__init__()
+        self.shards = nn.ModuleList(shards)
+        self.aggregation = aggregation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.stack([torch.log_softmax(m(x), dim=-1) for m in self.shards])
+        n = len(self.shards)
+        log_mean = torch.logsumexp(log_probs, dim=0) - float(np.log(n))
+        if self.aggregation == "mean":
+            return log_mean
+        n_classes = log_probs.shape[-1]
+        votes = nn.functional.one_hot(log_probs.argmax(-1), n_classes).sum(0)
+        scores = (votes.to(log_mean.dtype) + log_mean.exp()) / (n + 1)
+        return torch.log(scores.clamp_min(torch.finfo(scores.dtype).tiny))
+
+
+@STRATEGIES.register("sisa")
+class SISA(TrainingStrategy):
+    """Sharded, isolated, sliced, aggregated training (Bourtoule et al., IEEE S&P 2021).
+
+    Parameters
+    ----------
+    shards, slices:
+        S disjoint shards, each cut into R slices trained incrementally.
+    assignment:
+        ``"subject"``: all of one subject's samples share a shard (and a slice), so
+        deleting a person touches one shard; samples without a subject use their ID.
+        ``"hash"``: each sample by its own ID.
+    aggregation:
+        ``"vote"`` (majority label) or ``"mean"`` (mean probability).
+    backend, workers, ray_address:
+        Where shards train (see :mod:`unbake.backends`). They change the wall time,
+        never the weights, and are not stored with the model.
+    """
+
+    name = "sisa"
+    _parameter_constraints = {
+        "shards": [Interval(int, 1, None, closed="left")],
+        "slices": [Interval(int, 1, None, closed="left")],
+        "assignment": [Options({"subject", "hash"})],
+        "aggregation": [Options({"vote", "mean"})],
+    }
+
+    def __init__(
+        self,
+        *,
+        shards: int = 5,
+        slices: int = 1,
+        assignment: str = "subject",
+        aggregation: str = "vote",
+        backend: str = "local",
+        workers: int = 1,
+        ray_address: str | None = None,
+    ) -> None:
+        self.shards = shards
+        self.slices = slices
+        self.assignment = assignment
+        self.aggregation = aggregation
+        self.backend = backend
+        self.workers = workers
+        self.ray_address = ray_address
+
+    def model_params(self) -> dict[str, Any]:
+        """The parameters that define the model, as stored with it."""
+        return {k: getattr(self, k) for k in MODEL_PARAMS}
+
+    def validate(self, samples: Samples | None = None) -> None:
+        validate_params(
+            self.get_params(), {**self._parameter_constraints, **backend_constraints()}, self.name
+        )
+        if samples is None:
+            return
+        n_keys = len(np.unique(sample_keys(samples, self.assignment)))
+        if self.shards > n_keys:
+            loose = int(np.sum(samples.subjects.astype(str) == ""))
+            what = f"{n_keys} samples"
+            if self.assignment == "subject" and loose < len(samples):
+                what = f"{n_keys - loose} subjects and {loose} samples without a subject"
+            raise InvalidParameterError(
+                f"The 'shards' parameter of sisa is {self.shards}, more than the {what} to "
+                f"spread over shards; use --shards {n_keys} or fewer."
+            )
+
+    def layout(self, samples: Samples, seed: int) -> ShardLayout:
+        return ShardLayout.of(
+            samples,
+            shards=self.shards,
+            slices=self.slices,
+            assignment=self.assignment,
+            seed=seed,
+        )
+
+    def run(self, jobs: list[ShardJob]) -> list[list[dict[str, torch.Tensor]]]:
+        """Train ``jobs`` on this strategy's backend."""
+        backend = create_backend(self.backend, workers=self.workers, ray_address=self.ray_address)
+        return backend.map(train_shard, jobs)
+
+    def job(
+        self,
+        samples: Samples,
+        layout: ShardLayout,
+        shard: int,
+        *,
+        spec: ModelSpec,
+        config: TrainConfig,
+        seed: int,
+        n_classes: int,
+        device: torch.device,
+        start: int = 0,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> ShardJob:
+        """The job that trains ``shard`` of ``samples`` from slice step ``start`` on."""
+        rows, ends = layout.rows(shard)
+        step_config = config.model_copy(update={"epochs": slice_epochs(config.epochs, self.slices)})
+        return ShardJob(
+            shard=shard,
+            spec=spec,
+            input_shape=samples.input_shape,
+            n_classes=n_classes,
+            config=step_config,
+            init_seed=shard_seed(seed, shard),
+            step_seeds=[step_seed(seed, shard, r) for r in range(self.slices)],
+            X=np.ascontiguousarray(samples.X[rows]),
+            y=np.ascontiguousarray(samples.y[rows]),
+            ends=ends,
+            start=start,
+            state=state,
+            device=str(device),
+        )
+
+    def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
+        self.validate(samples)
+        layout = self.layout(samples, seed)
+        sizes = layout.sizes().sum(axis=1)
+        empty = np.flatnonzero(sizes == 0)
+        if len(empty):
+            raise InvalidParameterError(
+                f"SISA shard {int(empty[0])} of {self.shards} gets no samples with seed {seed} "
+                f"({len(empty)} empty shards in all); use fewer --shards or another --seed."
+            )
+        device = resolve_device(device)
+        jobs = [
+            self.job(
+                samples,
+                layout,
+                s,
+                spec=spec,
+                config=config,
+                seed=seed,
+                n_classes=n_classes,
+                device=device,
+            )
+            for s in range(self.shards)
+        ]
+        results = self.run(jobs)
+        with single_thread():
+            module = self.skeleton(spec, samples.input_shape, n_classes)
+            model = TrainedModel(
+                module,
+                spec,
+                config,
+                seed,
+                samples.input_shape,
+                n_classes,
+                strategy=self.name,
+                strategy_params=self.model_params(),
+            )
+            for job, states in zip(jobs, results, strict=True):
+                install_states(model, job.shard, job.start, states)
+        model.meta = layout_meta(layout, config, self.slices)
+        model.module.to(device).eval()
+        return model
+
+    def skeleton(self, spec: ModelSpec, input_shape: Sequence[int], n_classes: int) -> nn.Module:
+        shards = [
+            build_model(spec, input_shape=input_shape, n_classes=n_classes, seed=0)
+            for _ in range(self.shards)
+        ]
+        return SISAEnsemble(shards, self.aggregation)
+
+
+def install_states(
+    model: TrainedModel, shard: int, start: int, states: list[dict[str, torch.Tensor]]
+) -> None:
+    """Put the states of slice steps ``start..R-1`` of ``shard`` into ``model``.
+
+    The last step's state becomes the shard's weights; the earlier ones are kept as
+    checkpoint artifacts (the last checkpoint *is* the shard's weights, so it is not
+    stored twice).
+    """
+    slices = start + len(states)
+    for offset, state in enumerate(states):
+        step = start + offset
+        if step == slices - 1:
+            model.module.shards[shard].load_state_dict(state, strict=True)
+        else:
+            for name, value in state.items():
+                model.artifacts[checkpoint_key(shard, step, name)] = value
+
+
+def restore_state(model: TrainedModel, shard: int, step: int) -> dict[str, torch.Tensor]:
+    """The state of ``shard`` after slice step ``step`` (a stored checkpoint)."""
+    names = model.module.shards[shard].state_dict().keys()
+    try:
+        return {name: model.artifacts[checkpoint_key(shard, step, name)] for name in names}
+    except KeyError as exc:
+        raise IntegrityError(
+            f"The SISA model lacks the checkpoint of shard {shard} after slice {step + 1} "
+            f"({exc.args[0]}); the checkpoint file is incomplete: retrain the model."
+        ) from None
+
+
+def layout_meta(layout: ShardLayout, config: TrainConfig, slices: int) -> dict[str, Any]:
+    """What the model records about its shards: sizes, ID fingerprints and the schedule."""
+    return {
+        META_KEY: {
+            "version": 1,
+            "slice_epochs": slice_epochs(config.epochs, slices),
+            "sizes": layout.sizes().tolist(),
+            "fingerprints": layout.fingerprints(),
+        }
+    }
