@@ -481,7 +481,7 @@ def test_cli_trains_and_forgets_with_sisa(tmp_path):
         ],
     )
     assert out.exit_code == 0, out.output
-    assert "sisa(aggregation=vote,assignment=subject,shards=3,slices=2)" in out.output
+    assert "logreg/sisa(shards=3,slices=2)" in out.output
     out = runner.invoke(
         app, ["forget", "--workspace", ws, "--ids", "digits-0001", "--method", "sisa", "--json"]
     )

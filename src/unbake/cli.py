@@ -246,7 +246,7 @@ def train(
     ] = None,
     model: Annotated[str, typer.Option(help="Architecture name or 'module:function'.")] = "mlp",
     strategy: Annotated[
-        str, typer.Option(help="Training strategy: monolithic or sisa.")
+        str, typer.Option(help="Training strategy: monolithic, sisa or certified.")
     ] = "monolithic",
     shards: Annotated[int | None, typer.Option(help="SISA shards.")] = None,
     slices: Annotated[int | None, typer.Option(help="SISA slices per shard.")] = None,

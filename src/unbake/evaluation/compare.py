@@ -10,6 +10,7 @@ method must beat) and ``retrain_seed`` (retraining with another seed: the noise 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,9 +85,11 @@ class Comparison:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in self.rows:
+            seconds = f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "—"
+            speedup = f"{r.speedup:.1f}×" if math.isfinite(r.speedup) else "—"
             lines.append(
                 f"| {r.method} | {r.model} | {r.fa:.2f} | {r.ra:.2f} | {r.ta:.2f} | {r.mia:.2f} "
-                f"| {r.avg_gap:.2f} | {r.seconds:.3f} | {r.speedup:.1f}× |"
+                f"| {r.avg_gap:.2f} | {seconds} | {speedup} |"
             )
         return head + "\n".join(lines) + "\n"
 

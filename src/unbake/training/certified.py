@@ -40,6 +40,7 @@ class CertifiedStrategy(TrainingStrategy):
     """
 
     name = "certified"
+    label_params = ("epsilon",)
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ what ``epochs`` epochs over the whole shard cost.
 >>> tm = fit(ds.train, n_classes=10, model="logreg", config=TrainConfig.parse(epochs=1),
 ...          strategy="sisa", strategy_params={"shards": 3, "slices": 2})
 >>> tm.describe(), len(tm.module.shards)
-('logreg/sisa(aggregation=vote,assignment=subject,shards=3,slices=2)', 3)
+('logreg/sisa(shards=3,slices=2)', 3)
 """
 
 from __future__ import annotations
@@ -288,6 +288,7 @@ class SISA(TrainingStrategy):
     """
 
     name = "sisa"
+    label_params = ("shards", "slices")
     _parameter_constraints = {
         "shards": [Interval(int, 1, None, closed="left")],
         "slices": [Interval(int, 1, None, closed="left")],

@@ -52,8 +52,11 @@ class TrainedModel:
         name = self.spec.params["class"] if self.spec.module is not None else self.spec.name
         if self.strategy == "monolithic":
             return name
-        params = ",".join(f"{k}={v}" for k, v in sorted(self.strategy_params.items()))
-        return f"{name}/{self.strategy}({params})"
+        keys = STRATEGIES.get(self.strategy).label_params
+        params = ",".join(
+            f"{k}={self.strategy_params[k]}" for k in keys if k in self.strategy_params
+        )
+        return f"{name}/{self.strategy}({params})" if params else f"{name}/{self.strategy}"
 
     @torch.no_grad()
     def predict_proba(self, X: torch.Tensor | Any, batch_size: int = 4096) -> torch.Tensor:
@@ -83,6 +86,8 @@ class TrainingStrategy:
 
     name: ClassVar[str]
     _parameter_constraints: ClassVar[dict[str, list]] = {}
+    #: The parameters that name a trained model in tables and logs (e.g. shards, slices).
+    label_params: ClassVar[tuple[str, ...]] = ()
 
     def get_params(self) -> dict[str, Any]:
         return get_params(self)
