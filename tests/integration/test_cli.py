@@ -85,6 +85,7 @@ def test_methods_lists_flags():
     [
         (["--ids", "nope-1"], ["Unknown sample IDs ['nope-1']"]),
         ([], ["selects no samples"]),
+        (["--ids", "digits-0005"], ["belong to the test split"]),
         (
             ["--ids", "digits-0001", "--method", "bogus"],
             ["Unknown unlearning method 'bogus'", "retrain"],

@@ -271,6 +271,12 @@ class Workspace:
         chosen: list[str] = []
         if selector.ids:
             unknown = [i for i in selector.ids if i not in status]
+            held_out = set(unknown) & set(self.dataset().test.ids.astype(str)) if unknown else set()
+            if held_out:
+                raise UnknownSampleError(
+                    f"Sample IDs {sorted(held_out)[:5]} belong to the test split, which no model "
+                    "was trained on; name training-set IDs (`unbake status --json`)."
+                )
             if unknown:
                 raise UnknownSampleError(
                     f"Unknown sample IDs {unknown[:5]}{' …' if len(unknown) > 5 else ''} "
