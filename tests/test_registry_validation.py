@@ -63,3 +63,10 @@ def test_method_rejects_bad_hyperparameter_at_unlearn(name):
     method = create(name, lr=-1.0)
     with pytest.raises(InvalidParameterError, match=rf"The 'lr' parameter of {name} must be"):
         method.unlearn(_task(method))
+
+
+def test_set_params_updates_and_rejects_unknown_names():
+    method = create("finetune").set_params(epochs=2)
+    assert method.get_params()["epochs"] == 2
+    with pytest.raises(InvalidParameterError, match="finetune has no parameter 'colour'"):
+        method.set_params(colour=1)

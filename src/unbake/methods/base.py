@@ -17,9 +17,9 @@ import torch
 
 from unbake._validation import Interval, validate_params
 from unbake.data import Samples
-from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnsupportedModelError
+from unbake.exceptions import EmptyRequestError, UnsupportedModelError
 from unbake.registry import Registry
-from unbake.training import TrainConfig, TrainedModel, get_params
+from unbake.training import TrainConfig, TrainedModel, get_params, set_params
 
 __all__ = ["METHODS", "UnlearnResult", "UnlearnTask", "Unlearner", "register_method"]
 
@@ -77,14 +77,7 @@ class Unlearner:
         return get_params(self)
 
     def set_params(self, **params: Any) -> Unlearner:
-        known = self.get_params()
-        for key, value in params.items():
-            if key not in known:
-                raise InvalidParameterError(
-                    f"{self.name} has no parameter {key!r}; its parameters are: "
-                    f"{', '.join(known) or '(none)'}."
-                )
-            setattr(self, key, value)
+        set_params(self, params, self.name)
         return self
 
     def supports(self, model: TrainedModel) -> str | None:

@@ -56,7 +56,7 @@ from unbake.exceptions import (
 from unbake.methods._hessian import NotPositiveDefiniteError, conjugate_gradient
 from unbake.methods.base import Unlearner, UnlearnTask, register_method
 from unbake.models import ModelSpec
-from unbake.training import TrainConfig, TrainedModel, get_params, resolve_device
+from unbake.training import TrainConfig, TrainedModel, get_params, resolve_device, set_params
 
 __all__ = [
     "GAMMA",
@@ -202,13 +202,7 @@ class CertifiedLogisticRegression:
         return get_params(self)
 
     def set_params(self, **params: Any) -> CertifiedLogisticRegression:
-        known = self.get_params()
-        for key, value in params.items():
-            if key not in known:
-                raise InvalidParameterError(
-                    f"{self.name} has no parameter {key!r}; its parameters are: {', '.join(known)}."
-                )
-            setattr(self, key, value)
+        set_params(self, params, self.name)
         return self
 
     @property

@@ -16,6 +16,7 @@ from unbake.training.strategy import (
     TrainedModel,
     TrainingStrategy,
     get_params,
+    set_params,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "make_optimizer",
     "optimize",
     "resolve_device",
+    "set_params",
 ]
 
 

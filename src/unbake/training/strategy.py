@@ -17,12 +17,20 @@ from torch import nn
 
 from unbake._validation import validate_params
 from unbake.data import Samples
+from unbake.exceptions import InvalidParameterError
 from unbake.models import ModelSpec, build_model
 from unbake.registry import Registry
 from unbake.training.config import TrainConfig
 from unbake.training.loop import optimize, resolve_device
 
-__all__ = ["STRATEGIES", "Monolithic", "TrainedModel", "TrainingStrategy", "get_params"]
+__all__ = [
+    "STRATEGIES",
+    "Monolithic",
+    "TrainedModel",
+    "TrainingStrategy",
+    "get_params",
+    "set_params",
+]
 
 
 @dataclass
@@ -79,6 +87,18 @@ def get_params(obj: object) -> dict[str, Any]:
         for name, p in sig.parameters.items()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
+
+
+def set_params(obj: Any, params: dict[str, Any], owner: str) -> None:
+    """Set keyword-only constructor parameters on ``obj``; an unknown name raises clearly."""
+    known = get_params(obj)
+    for key, value in params.items():
+        if key not in known:
+            raise InvalidParameterError(
+                f"{owner} has no parameter {key!r}; its parameters are: "
+                f"{', '.join(known) or '(none)'}."
+            )
+        setattr(obj, key, value)
 
 
 class TrainingStrategy:
