@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unbake.exceptions import InvalidParameterError
 from unbake.models import ModelSpec, _import_factory
 from unbake.training.loop import resolve_device
 from unbake.training.strategy import STRATEGIES, TrainedModel, TrainingStrategy
@@ -83,8 +84,6 @@ class CertifiedStrategy(TrainingStrategy):
             return None
         module = _import_factory(self.extractor)(input_shape=tuple(input_shape))
         if not isinstance(module, nn.Module):
-            from unbake.exceptions import InvalidParameterError
-
             raise InvalidParameterError(
                 f"Extractor {self.extractor!r} returned {type(module).__name__}, not an "
                 "nn.Module; return the frozen feature network from the factory."

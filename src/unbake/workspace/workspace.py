@@ -34,7 +34,7 @@ from unbake.exceptions import (
 )
 from unbake.methods import METHODS, UnlearnResult, UnlearnTask
 from unbake.models import ModelSpec
-from unbake.training import STRATEGIES, TrainConfig, TrainedModel, fit
+from unbake.training import TrainConfig, TrainedModel, fit
 from unbake.workspace.atomic import TMP_SUFFIX, atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
@@ -265,7 +265,7 @@ class Workspace:
             )
         return active, ds.train.subset(~active_mask)
 
-    def select(self, selector: ForgetSelector) -> list[str]:
+    def select(self, selector: ForgetSelector, *, active: Samples | None = None) -> list[str]:
         """Resolve a selector to sample IDs, rejecting empty, unknown and forgotten ones."""
         status = self.catalog.sample_status()
         chosen: list[str] = []
@@ -311,7 +311,8 @@ class Workspace:
             # forgotten samples have their subject cleared, so every row here is active
             chosen += [r["sample_id"] for r in rows]
         if selector.label is not None:
-            active, _ = self.active_and_forgotten()
+            if active is None:
+                active, _ = self.active_and_forgotten()
             n_classes = self.dataset().n_classes
             if not 0 <= selector.label < n_classes:
                 raise InvalidParameterError(
@@ -406,11 +407,9 @@ class Workspace:
         if not isinstance(spec, ModelSpec):
             spec = ModelSpec.from_module(spec)
         spec.to_dict()  # an in-memory nn.Module cannot be saved: fail before training
-        strat = STRATEGIES.create(strategy, **(strategy_params or {}))
         with self._lock():
             active, _ = self.active_and_forgotten()
-            strat.validate(samples=active)
-            trained = fit(
+            trained = fit(  # builds and validates the strategy against `active` first
                 active,
                 n_classes=self.dataset().n_classes,
                 model=spec,
@@ -452,10 +451,10 @@ class Workspace:
         unlearner = METHODS.create(method, **(params or {}))
         selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
         with self._lock():
-            sample_ids = self.select(selector)
+            active, _ = self.active_and_forgotten()
+            sample_ids = self.select(selector, active=active)
             row = self._model_row(model_id)
             original = self.load_model(row["model_id"], device=device)
-            active, _ = self.active_and_forgotten()
             forget, retain = active.split(sample_ids)
             test = self.dataset().test
             result = unlearner.unlearn(
