@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+import unbake  # noqa: F401  (first: its thread policy must precede torch)
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 

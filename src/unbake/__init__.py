@@ -8,14 +8,11 @@ The public API in one place::
     record = ws.forget(subject="alice", method="retrain")
 """
 
-import os as _os
-
-# Keep MKL/OpenMP from resizing their thread pools under load, which can change the
-# order of floating-point reductions between runs (bitwise determinism on CPU).
-_os.environ.setdefault("MKL_DYNAMIC", "FALSE")
-_os.environ.setdefault("OMP_DYNAMIC", "FALSE")
-
+# First, before anything imports torch: OpenMP reads its wait policy once, when torch
+# loads it, and importing unbake._threads puts the passive policy in the environment.
+import unbake._threads as _threads  # noqa: F401
 from unbake import methods as _methods  # noqa: F401  (registers the built-in methods)
+from unbake._threads import ThreadPolicyWarning, configure_threads
 from unbake.data import DATASETS, Dataset, Samples, load_dataset
 from unbake.evaluation import Evaluation, avg_gap, evaluate
 from unbake.exceptions import (
@@ -49,6 +46,7 @@ __all__ = [
     "InvalidParameterError",
     "ModelSpec",
     "Samples",
+    "ThreadPolicyWarning",
     "TrainConfig",
     "TrainedModel",
     "UnbakeError",
@@ -63,6 +61,7 @@ __all__ = [
     "__version__",
     "avg_gap",
     "build_model",
+    "configure_threads",
     "create",
     "evaluate",
     "fit",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from unbake._progress import enable_progress
+from unbake._threads import configure_threads
+from unbake.bench import BENCHMARKS
 from unbake.exceptions import InvalidParameterError, UnbakeError
 
 app = typer.Typer(
@@ -34,6 +37,13 @@ err_console = Console(stderr=True)
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
 DEFAULT_WS = Path("unbake-workspace")
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="Intra-op threads for training and unlearning (default: sized to the work).",
+    ),
+]
 
 
 def _handle_errors(fn):
@@ -97,10 +107,12 @@ def demo(
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods (default: every registered one).")
     ] = None,
+    threads: ThreadsOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
 ) -> None:
     """Train, forget a random 10%, compare every method against retraining, and report."""
+    configure_threads(threads)
     from unbake.data import load_dataset
     from unbake.evaluation.compare import compare_methods
     from unbake.methods import METHODS
@@ -156,8 +168,8 @@ def demo(
                 r.ta,
                 r.mia,
                 r.avg_gap,
-                f"{r.seconds:.3f}",
-                "—" if r.speedup != r.speedup else f"{r.speedup:.1f}×",
+                f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "—",
+                f"{r.speedup:.1f}×" if math.isfinite(r.speedup) else "—",
             ]
             for r in report.rows
         ],
@@ -167,6 +179,7 @@ def demo(
         f"Attack strength (loss-threshold MIA, balanced accuracy on retain vs test): "
         f"{report.attack_strength:.1f}% (50% = the attack sees nothing)."
     )
+    console.print(report.timing_note())
     console.print(f"Wrote report.json, report.md and report.png to {workspace}.")
 
 
@@ -270,10 +283,12 @@ def train(
         list[str] | None, typer.Option("--param", help="Strategy parameter key=value.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")] = None,
+    threads: ThreadsOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model on the workspace's active samples (creating the workspace if new)."""
+    configure_threads(threads)
     from unbake.training import TrainConfig
     from unbake.workspace import Workspace
     from unbake.workspace.workspace import CATALOG
@@ -383,10 +398,12 @@ def forget(
     model: Annotated[str | None, typer.Option(help="Model ID (default: the newest).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the model's).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")] = None,
+    threads: ThreadsOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
 ) -> None:
     """File and apply a deletion request, then record it with its verification."""
+    configure_threads(threads)
     from unbake.workspace import Workspace
 
     id_list: list[str] = [i.strip() for i in ids.split(",") if i.strip()] if ids else []
@@ -566,15 +583,17 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
 @app.command()
 @_handle_errors
 def bench(
-    name: Annotated[str, typer.Argument(help="Benchmark name (see `unbake bench --help`).")],
+    name: Annotated[str, typer.Argument(help=f"Benchmark: {', '.join(BENCHMARKS.available())}.")],
     quick: Annotated[bool, typer.Option(help="Small, fast configuration (< 2 minutes).")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON result here.")] = None,
     data_dir: Annotated[
         str | None, typer.Option(help="Folder holding the dataset's files.")
     ] = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a benchmark and write its JSON (and a Markdown summary)."""
+    configure_threads(threads)
     from unbake.bench import run_benchmark
 
     result = run_benchmark(name, quick=quick, out=out, data_dir=data_dir)

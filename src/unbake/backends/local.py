@@ -22,7 +22,9 @@ class LocalBackend(Backend):
     The pool uses the ``spawn`` start method, so no thread pool or lock of this process
     is inherited by a forked child (torch's OpenMP pool does not survive ``fork``). A
     script that trains with ``workers > 1`` therefore needs the usual
-    ``if __name__ == "__main__":`` guard.
+    ``if __name__ == "__main__":`` guard. The children inherit this process's
+    environment, so they start torch with the same thread policy
+    (:mod:`unbake._threads`).
     """
 
     name = "local"

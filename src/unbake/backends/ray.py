@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from unbake._threads import policy_env
 from unbake.backends import BACKENDS, Backend
 from unbake.exceptions import UnbakeError
 
@@ -64,7 +65,12 @@ def ray_session(*, workers: int = 1, address: str | None = None) -> Iterator[Any
         return
     # A local cluster needs no token; an explicit setting in the environment wins.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        # Workers start torch with this process's thread policy (passive OpenMP waits).
+        "runtime_env": {"env_vars": policy_env()},
+    }
     if address is None:
         options["num_cpus"] = workers
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from unbake._threads import thread_policy
 from unbake.registry import Registry
 from unbake.workspace.atomic import atomic_write_text
 
@@ -55,12 +56,19 @@ def run_benchmark(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     fn: Callable[..., dict[str, Any]] = BENCHMARKS.get(name)
+    load_start = os.getloadavg()
     body = fn(quick=quick, data_dir=data_dir)
     result = {
         "benchmark": name,
         "quick": quick,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
+        # 1-, 5- and 15-minute load averages: a busy neighbour shows here.
+        "load_average": {
+            "start": [round(x, 2) for x in load_start],
+            "end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "thread_policy": thread_policy(),
         **body,
     }
     if out is not None:
@@ -71,3 +79,4 @@ def run_benchmark(
 from unbake.bench import certified as _certified  # noqa: E402,F401
 from unbake.bench import methods as _methods  # noqa: E402,F401  (registers benchmarks)
 from unbake.bench import sisa as _sisa  # noqa: E402,F401
+from unbake.bench import threads as _threads  # noqa: E402,F401

@@ -2,7 +2,11 @@
 
 One forget request, every method, one table: FA, RA, TA, MIA, avg gap, seconds and
 speedup. Each row is judged against retraining *the same model* (architecture and
-training strategy) from scratch on the retain set, measured in the same run. Two
+training strategy) from scratch on the retain set, measured in the same run. The
+reference's time is the median of ``reference_repeats`` retrains (with their spread),
+so one retrain that a busy neighbour slowed cannot turn every speedup into nonsense;
+a row that reruns the reference's own procedure therefore reports about 1×. The load
+average over the run is kept beside the table. Two
 framing rows come with the main model: ``original`` (doing nothing: the gap every
 method must beat) and ``retrain_seed`` (retraining with another seed: the noise floor).
 """
@@ -11,13 +15,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from unbake.data import Dataset
 from unbake.evaluation.utility import Evaluation, avg_gap, evaluate
+from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS, Unlearner, UnlearnTask
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig, TrainedModel, fit
@@ -57,6 +64,10 @@ class Comparison:
     seed: int
     attack_strength: float
     rows: list[ComparisonRow]
+    #: The main model's retrain reference: median, min, max seconds and the repeat count.
+    reference_timing: dict[str, Any] = field(default_factory=dict)
+    #: 1-minute load average when the comparison started and ended.
+    load_average: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,8 +76,22 @@ class Comparison:
             "n_forget": self.n_forget,
             "seed": self.seed,
             "attack_strength": round(self.attack_strength, 4),
+            "reference_timing": self.reference_timing,
+            "load_average": self.load_average,
             "rows": [r.public() for r in self.rows],
         }
+
+    def timing_note(self) -> str:
+        """One line on how the speedups were timed, for tables and reports."""
+        t, load = self.reference_timing, self.load_average
+        if not t:
+            return ""
+        return (
+            f"Retrain reference: median {t['median_s']:.3f} s over {t['repeats']} runs "
+            f"({t['min_s']:.3f}–{t['max_s']:.3f} s); 1-minute load average "
+            f"{load.get('start', float('nan')):.2f} → {load.get('end', float('nan')):.2f} "
+            f"on {load.get('cores', '?')} cores."
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -78,7 +103,7 @@ class Comparison:
             "Accuracies and MIA in percent; avg gap in points against retraining the same "
             "model from scratch; speedup against that retrain, measured in the same run.\n\n"
             f"Attack strength (loss-threshold MIA, balanced accuracy on retain vs test): "
-            f"{self.attack_strength:.1f}%.\n\n"
+            f"{self.attack_strength:.1f}%. {self.timing_note()}\n\n"
         )
         lines = [
             "| method | model | FA | RA | TA | MIA | avg gap | seconds | speedup |",
@@ -107,6 +132,39 @@ class _Family:
     task: UnlearnTask
     reference: Evaluation
     reference_seconds: float
+    timing: dict[str, Any]
+
+
+def _load_average() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return float("nan")
+
+
+def _timed_reference(task: UnlearnTask, repeats: int) -> tuple[TrainedModel, dict[str, Any]]:
+    """Retrain ``repeats`` times; the first model, and the times' median and spread.
+
+    Every repeat must give the same bits on the CPU (the retrain is seeded); that it did
+    is recorded, so a nondeterministic reference cannot pass unnoticed.
+    """
+    retrain = METHODS.create("retrain")
+    runs = [retrain.unlearn(task) for _ in range(repeats)]
+    seconds = [r.seconds for r in runs]
+    first = runs[0].model.module.state_dict()
+    same = all(
+        all(torch.equal(first[k], v) for k, v in r.model.module.state_dict().items())
+        for r in runs[1:]
+    )
+    timing = {
+        "repeats": repeats,
+        "median_s": round(float(np.median(seconds)), 4),
+        "min_s": round(min(seconds), 4),
+        "max_s": round(max(seconds), 4),
+        "runs_s": [round(x, 4) for x in seconds],
+        "bitwise_repeatable": same,
+    }
+    return runs[0].model, timing
 
 
 def _row(
@@ -142,8 +200,17 @@ def compare_methods(
     seed: int = 0,
     device=None,
     on_row=None,
+    reference_repeats: int = 3,
 ) -> Comparison:
-    """Run every method (default: all registered) on one forget request and compare."""
+    """Run every method (default: all registered) on one forget request and compare.
+
+    Speedups are against the median of ``reference_repeats`` timed retrains.
+    """
+    if reference_repeats < 1:
+        raise InvalidParameterError(
+            f"reference_repeats must be at least 1. Got {reference_repeats} instead."
+        )
+    load_start = _load_average()
     config = config or TrainConfig()
     params = params or {}
     if forget_ids is None:
@@ -160,9 +227,9 @@ def compare_methods(
                 dataset.train, n_classes=dataset.n_classes, seed=seed, device=device, **kwargs
             )
             task = UnlearnTask(original, forget, retain, device=device)
-            ref = METHODS.create("retrain").unlearn(task)
-            ev = evaluate(ref.model, forget, retain, dataset.test)
-            families[key] = _Family(original, task, ev, ref.seconds)
+            ref_model, timing = _timed_reference(task, reference_repeats)
+            ev = evaluate(ref_model, forget, retain, dataset.test)
+            families[key] = _Family(original, task, ev, timing["median_s"], timing)
         return families[key]
 
     rows: list[ComparisonRow] = []
@@ -188,5 +255,12 @@ def compare_methods(
             )[0]
         )
     return Comparison(
-        dataset.name, len(dataset.train), len(forget), seed, original_ev.attack_strength, rows
+        dataset.name,
+        len(dataset.train),
+        len(forget),
+        seed,
+        original_ev.attack_strength,
+        rows,
+        main.timing,
+        {"start": load_start, "end": _load_average(), "cores": os.cpu_count() or 1},
     )

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from unbake._progress import progress
+from unbake._threads import threads_for
 from unbake.training.config import TrainConfig
 
 __all__ = ["LossFn", "batches", "make_optimizer", "optimize", "resolve_device"]
@@ -84,7 +85,10 @@ def optimize(
     steps_per_epoch = -(-n // config.batch_size)
     scheduler = _scheduler(optimizer, config, config.epochs * steps_per_epoch)
     model.train()
-    with progress(config.epochs * steps_per_epoch, description) as bar:
+    with (
+        threads_for(model, X[: config.batch_size].to(device)),
+        progress(config.epochs * steps_per_epoch, description) as bar,
+    ):
         for _ in range(config.epochs):
             for idx in batches(n, config.batch_size, generator):
                 xb, yb = X[idx].to(device), y[idx].to(device)

@@ -37,9 +37,8 @@ what ``epochs`` epochs over the whole shard cost.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unbake._threads import pin_threads
 from unbake._validation import Interval, Options, validate_params
 from unbake.backends import backend_constraints, create_backend
 from unbake.data import Samples
@@ -185,15 +185,9 @@ def sample_keys(samples: Samples, assignment: str) -> np.ndarray:
     return np.where(subjects != "", np.char.add("subject:", subjects), np.char.add("sample:", ids))
 
 
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
+def single_thread():
     """Run single-threaded: the thread count changes float reductions, hence the bits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return pin_threads(1)
 
 
 @dataclass
