@@ -17,13 +17,13 @@ from unbake.exceptions import (
     UnknownSampleError,
     UnsupportedModelError,
 )
-from unbake.methods import METHODS, UnlearnTask
-from unbake.methods.certified import (
+from unbake.families.certified.estimator import (
     CertifiedLinear,
     CertifiedLogisticRegression,
     gaussian_constant,
     residual_budget,
 )
+from unbake.methods import METHODS, UnlearnTask
 from unbake.training import fit
 from unbake.workspace import Workspace
 

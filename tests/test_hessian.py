@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from unbake.exceptions import InvalidParameterError
-from unbake.methods._hessian import (
+from unbake.training.hessian import (
     NotPositiveDefiniteError,
     conjugate_gradient,
     flatten,

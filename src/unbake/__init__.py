@@ -15,6 +15,7 @@ import os as _os
 _os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 _os.environ.setdefault("OMP_DYNAMIC", "FALSE")
 
+from unbake import families as _families  # noqa: F401  (registers sisa and certified)
 from unbake import methods as _methods  # noqa: F401  (registers the built-in methods)
 from unbake.data import DATASETS, Dataset, Samples, load_dataset
 from unbake.evaluation import Evaluation, avg_gap, evaluate

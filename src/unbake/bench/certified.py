@@ -2,7 +2,7 @@
 
 On Fashion-MNIST pixels (digits under ``--quick``), L2-normalised as in the paper:
 
-1. a :class:`~unbake.methods.certified.CertifiedLogisticRegression` at ε = 1, δ = 1e-5
+1. a :class:`~unbake.families.certified.estimator.CertifiedLogisticRegression` at ε = 1, δ = 1e-5
    serves 1000 random single-sample removal requests, one at a time. After 1, 10, 100
    and 1000 requests it reports the mean wall time per request (forced retrains
    included), the test accuracy, the relative parameter distance and the accuracy
@@ -25,7 +25,7 @@ import numpy as np
 from unbake.bench import BENCHMARKS
 from unbake.data import load_dataset
 from unbake.evaluation.compare import compare_methods
-from unbake.methods.certified import CertifiedLogisticRegression
+from unbake.families.certified.estimator import CertifiedLogisticRegression
 from unbake.training import TrainConfig
 
 __all__ = ["certified_benchmark"]

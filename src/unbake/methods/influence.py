@@ -10,7 +10,9 @@ from torch.nn import functional as F
 
 from unbake._validation import Interval, Options
 from unbake.exceptions import InvalidParameterError, UnsupportedModelError
-from unbake.methods._hessian import (
+from unbake.methods.base import Unlearner, UnlearnTask, copy_model, register_method
+from unbake.training import resolve_device
+from unbake.training.hessian import (
     NotPositiveDefiniteError,
     conjugate_gradient,
     flatten,
@@ -20,8 +22,6 @@ from unbake.methods._hessian import (
     top_eigenvalue,
     unflatten,
 )
-from unbake.methods.base import Unlearner, UnlearnTask, copy_model, register_method
-from unbake.training import resolve_device
 
 __all__ = ["InfluenceNewton", "select_parameters"]
 

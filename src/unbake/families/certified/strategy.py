@@ -1,6 +1,6 @@
 """The ``certified`` training strategy: a removal-enabled logistic regression.
 
-Trains :class:`unbake.methods.certified.CertifiedLogisticRegression` (Guo, Goldstein,
+Trains :class:`unbake.families.certified.estimator.CertifiedLogisticRegression` (Guo, Goldstein,
 Hannun and van der Maaten, "Certified Data Removal from Machine Learning Models",
 ICML 2020) so that ``unbake train --model logreg --strategy certified`` and the
 workspace can hold it: the float64 weights and the noise vector go to ``artifacts``,
@@ -26,7 +26,7 @@ from unbake.training.loop import resolve_device
 from unbake.training.strategy import STRATEGIES, TrainedModel, TrainingStrategy
 
 if TYPE_CHECKING:
-    from unbake.methods.certified import CertifiedLogisticRegression
+    from unbake.families.certified.estimator import CertifiedLogisticRegression
 
 __all__ = ["CertifiedStrategy"]
 
@@ -64,7 +64,7 @@ class CertifiedStrategy(TrainingStrategy):
 
     @property
     def _parameter_constraints(self) -> dict[str, list]:  # type: ignore[override]
-        from unbake.methods.certified import ESTIMATOR_CONSTRAINTS
+        from unbake.families.certified.estimator import ESTIMATOR_CONSTRAINTS
 
         return {**ESTIMATOR_CONSTRAINTS, "extractor": [str, None]}
 
@@ -72,7 +72,7 @@ class CertifiedStrategy(TrainingStrategy):
         self, *, random_state: int, device=None, extractor: nn.Module | None = None
     ) -> CertifiedLogisticRegression:
         """An unfitted estimator with this strategy's hyperparameters."""
-        from unbake.methods.certified import CertifiedLogisticRegression
+        from unbake.families.certified.estimator import CertifiedLogisticRegression
 
         shared = {k: v for k, v in self.get_params().items() if k != "extractor"}
         return CertifiedLogisticRegression(
@@ -91,7 +91,7 @@ class CertifiedStrategy(TrainingStrategy):
         return module.eval()
 
     def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
-        from unbake.methods.certified import convex_spec_or_raise, to_trained_model
+        from unbake.families.certified.estimator import convex_spec_or_raise, to_trained_model
 
         self.validate()
         convex_spec_or_raise(spec)
@@ -112,7 +112,7 @@ class CertifiedStrategy(TrainingStrategy):
         )
 
     def skeleton(self, spec: ModelSpec, input_shape: Sequence[int], n_classes: int) -> nn.Module:
-        from unbake.methods.certified import CertifiedLinear, convex_spec_or_raise
+        from unbake.families.certified.estimator import CertifiedLinear, convex_spec_or_raise
 
         convex_spec_or_raise(spec)
         extractor = self._build_extractor(input_shape)

@@ -53,10 +53,10 @@ from unbake.exceptions import (
     UnknownSampleError,
     UnsupportedModelError,
 )
-from unbake.methods._hessian import NotPositiveDefiniteError, conjugate_gradient
 from unbake.methods.base import Unlearner, UnlearnTask, register_method
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig, TrainedModel, get_params, resolve_device, set_params
+from unbake.training.hessian import NotPositiveDefiniteError, conjugate_gradient
 
 __all__ = [
     "GAMMA",

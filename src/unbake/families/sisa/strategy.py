@@ -5,7 +5,7 @@ Bourtoule et al., "Machine Unlearning" (IEEE S&P 2021). The training set is spli
 cut into ``slices`` slices and trained incrementally: slice 1, then slices 1–2, and so
 on, with a checkpoint after every slice. Predictions aggregate the shard models. To
 forget a sample, only its shard is retrained, from the checkpoint taken before the
-sample's slice (see :mod:`unbake.methods.sisa`).
+sample's slice (see :mod:`unbake.families.sisa.unlearner`).
 
 Everything that decides a shard's weights is a pure function of the sample IDs (or
 subjects), the seed and the configuration:
