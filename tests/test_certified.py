@@ -17,7 +17,7 @@ from unbake.exceptions import (
     UnknownSampleError,
     UnsupportedModelError,
 )
-from unbake.families.certified.estimator import (
+from unbake.families.certified import (
     CertifiedLinear,
     CertifiedLogisticRegression,
     gaussian_constant,

@@ -25,7 +25,7 @@ import numpy as np
 from unbake.bench import BENCHMARKS
 from unbake.data import load_dataset
 from unbake.evaluation.compare import compare_methods
-from unbake.families.certified.estimator import CertifiedLogisticRegression
+from unbake.families.certified import CertifiedLogisticRegression
 from unbake.training import TrainConfig
 
 __all__ = ["certified_benchmark"]

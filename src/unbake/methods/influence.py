@@ -9,11 +9,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from unbake._validation import Interval, Options
-from unbake.exceptions import InvalidParameterError, UnsupportedModelError
+from unbake.exceptions import (
+    InvalidParameterError,
+    NotPositiveDefiniteError,
+    UnsupportedModelError,
+)
 from unbake.methods.base import Unlearner, UnlearnTask, copy_model, register_method
 from unbake.training import resolve_device
 from unbake.training.hessian import (
-    NotPositiveDefiniteError,
     conjugate_gradient,
     flatten,
     hessian_vector_product,

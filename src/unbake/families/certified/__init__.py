@@ -1,3 +1,25 @@
-"""Certified removal (Guo et al., ICML 2020): the ``certified`` strategy and unlearner."""
+"""Certified removal (Guo et al., ICML 2020): training and unlearning in one place.
 
-from unbake.families.certified import estimator, strategy  # noqa: F401  (registers both)
+* :mod:`~unbake.families.certified.estimator`: the removal-enabled logistic regression
+  and the module it serves as;
+* :mod:`~unbake.families.certified.strategy`: the ``certified`` training strategy;
+* :mod:`~unbake.families.certified.unlearner`: the ``certified`` method.
+"""
+
+from unbake.families.certified.estimator import (
+    CertifiedLinear,
+    CertifiedLogisticRegression,
+    gaussian_constant,
+    residual_budget,
+)
+from unbake.families.certified.strategy import CertifiedStrategy
+from unbake.families.certified.unlearner import CertifiedRemoval
+
+__all__ = [
+    "CertifiedLinear",
+    "CertifiedLogisticRegression",
+    "CertifiedRemoval",
+    "CertifiedStrategy",
+    "gaussian_constant",
+    "residual_budget",
+]

@@ -50,19 +50,16 @@ from unbake.exceptions import (
     EmptyRequestError,
     InvalidParameterError,
     NotFittedError,
+    NotPositiveDefiniteError,
     UnknownSampleError,
-    UnsupportedModelError,
 )
-from unbake.methods.base import Unlearner, UnlearnTask, register_method
-from unbake.models import ModelSpec
-from unbake.training import TrainConfig, TrainedModel, get_params, resolve_device, set_params
-from unbake.training.hessian import NotPositiveDefiniteError, conjugate_gradient
+from unbake.training import get_params, resolve_device, set_params
+from unbake.training.hessian import conjugate_gradient
 
 __all__ = [
     "GAMMA",
     "CertifiedLinear",
     "CertifiedLogisticRegression",
-    "CertifiedRemoval",
     "gaussian_constant",
     "residual_budget",
 ]
@@ -704,100 +701,3 @@ class CertifiedLogisticRegression:
         if result.iterations > 2 or (self._slow_streak >= 10 and self._precond_solves >= 100):
             self._precond = None
         return result
-
-
-# --- unbake models and the unlearning method ---------------------------------------------
-
-
-def convex_spec_or_raise(spec: ModelSpec) -> None:
-    """Certified removal needs a convex model: only ``logreg`` qualifies."""
-    if spec.name != "logreg":
-        raise UnsupportedModelError(
-            f"Certified removal needs a convex model, and {spec.name!r} is not one; train "
-            "--model logreg, optionally on a frozen public feature extractor "
-            "(--param extractor=package.module:function)."
-        )
-
-
-def to_trained_model(
-    est: CertifiedLogisticRegression,
-    *,
-    spec: ModelSpec,
-    config: TrainConfig,
-    seed: int,
-    input_shape: tuple[int, ...],
-    n_classes: int,
-    strategy_params: dict[str, Any],
-) -> TrainedModel:
-    """Wrap a fitted estimator as a ``certified``-strategy :class:`TrainedModel`.
-
-    The float64 weights, the noise vector and the measured residual go to ``artifacts``;
-    the budget state to ``meta['certified']``.
-    """
-    artifacts, meta = est.state()
-    return TrainedModel(
-        module=est.to_module(),
-        spec=spec,
-        config=config,
-        seed=seed,
-        input_shape=tuple(input_shape),
-        n_classes=n_classes,
-        strategy="certified",
-        strategy_params=dict(strategy_params),
-        artifacts=artifacts,
-        meta=meta,
-    )
-
-
-@register_method
-class CertifiedRemoval(Unlearner):
-    """Certified removal by a Newton step (Guo et al., ICML 2020), with a residual budget.
-
-    Guo, Goldstein, Hannun and van der Maaten, "Certified Data Removal from Machine
-    Learning Models" (ICML 2020). Needs a model trained with ``--strategy certified``
-    (L2-regularised logistic regression on raw or frozen features, trained on a
-    noise-perturbed objective). Each request is one Newton step on the retain set; its
-    gradient residual is bounded and accumulated, and when the next step would exceed
-    what the noise hides at the model's (ε, δ) the model is retrained on the retain set
-    with fresh noise instead. ``info`` reports the step and the certificate.
-    """
-
-    name = "certified"
-    certified = True
-    needs_retain_data = True
-    requires_strategy = "certified"
-    suggested_original = {
-        "model": "logreg",
-        "strategy": "certified",
-        "strategy_params": {"lam": 1e-2, "sigma": 5.0},
-    }
-
-    def __init__(self) -> None:
-        pass
-
-    def _unlearn(self, task: UnlearnTask, seed: int) -> tuple[TrainedModel, dict[str, Any]]:
-        original = task.original
-        strategy = original.make_strategy()
-        est = strategy.estimator(
-            random_state=seed,
-            device=resolve_device(task.device),
-            extractor=original.module.extractor if strategy.extractor else None,
-        )
-        est.restore(
-            np.concatenate([task.retain.X, task.forget.X]),
-            np.concatenate([task.retain.y, task.forget.y]),
-            ids=np.concatenate([task.retain.ids, task.forget.ids]).astype(str),
-            artifacts=original.artifacts,
-            meta=original.meta,
-        )
-        event = est.remove(task.forget.ids)
-        model = to_trained_model(
-            est,
-            spec=original.spec,
-            config=original.config,
-            seed=original.seed,
-            input_shape=original.input_shape,
-            n_classes=original.n_classes,
-            strategy_params=original.strategy_params,
-        )
-        return model, {**event, "certificate": est.certificate()}

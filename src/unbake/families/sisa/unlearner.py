@@ -9,10 +9,10 @@ import numpy as np
 
 from unbake.backends import backend_constraints
 from unbake.exceptions import IntegrityError, UnsupportedModelError
+from unbake.families.sisa.layout import ShardLayout
 from unbake.families.sisa.strategy import (
     META_KEY,
     SISA,
-    ShardLayout,
     install_states,
     layout_meta,
     restore_state,
