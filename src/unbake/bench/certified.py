@@ -91,7 +91,7 @@ def certified_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
             removed += 1
             seconds.append(event["seconds"])
             if event["retrained"] and first_retrain is None:
-                first_retrain = model.retrain_log_[-1]["after_removals"] - 1
+                first_retrain = model.accountant_.retrain_log[-1]["after_removals"] - 1
         remaining = train.subset(~train.mask_of(order[:removed]))
         reference, retrain_seconds = _timed(fresh, remaining)
         cert = model.certificate()
@@ -126,7 +126,7 @@ def certified_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
         event = model.remove([order[removed]])
         removed += 1
         if event["retrained"]:
-            first_retrain = model.retrain_log_[-1]["after_removals"] - 1
+            first_retrain = model.accountant_.retrain_log[-1]["after_removals"] - 1
     if first_retrain is None:
         cert = model.certificate()
         projected = round(removed / max(cert["budget_fraction"], 1e-12))

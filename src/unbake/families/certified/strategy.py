@@ -4,7 +4,7 @@ Trains :class:`~unbake.families.certified.estimator.CertifiedLogisticRegression`
 Hannun and van der Maaten, "Certified Data Removal from Machine Learning Models",
 ICML 2020) so that ``unbake train --model logreg --strategy certified`` and the
 workspace can hold it: the float64 weights and the noise vector go to ``artifacts``,
-the residual budget to ``meta``, and :meth:`CertifiedStrategy.skeleton` rebuilds the
+the accountant's state to ``meta``, and :meth:`CertifiedStrategy.skeleton` rebuilds the
 module. ``TrainConfig`` does not apply: the objective is minimised to optimality.
 """
 
@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from unbake._validation import declared, hyperparameter
 from unbake.exceptions import InvalidParameterError, UnsupportedModelError
 from unbake.families.certified.estimator import (
-    ESTIMATOR_CONSTRAINTS,
     CertifiedLinear,
     CertifiedLogisticRegression,
+    CertifiedParams,
 )
 from unbake.models import ModelSpec, _import_factory
 from unbake.training.config import TrainConfig
@@ -33,43 +35,30 @@ __all__ = ["CertifiedStrategy", "convex_spec_or_raise", "to_trained_model"]
 
 
 @STRATEGIES.register("certified")
-class CertifiedStrategy(TrainingStrategy):
+@declared
+class CertifiedStrategy(CertifiedParams, TrainingStrategy):
     """Certified-removal logistic regression on raw features or a frozen extractor.
 
-    ``extractor`` names a factory ``"package.module:function"`` called with
-    ``input_shape=`` that returns the frozen feature network (trained on public data,
-    or with differential privacy: it must not depend on the data to be removed).
+    Its hyperparameters are the estimator's (:class:`CertifiedParams`, declared once)
+    plus ``extractor``.
     """
 
     name = "certified"
     label_params = ("epsilon",)
 
-    def __init__(
-        self,
-        *,
-        lam: float = 1e-3,
-        sigma: float = 1.0,
-        epsilon: float = 1.0,
-        delta: float = 1e-5,
-        normalize: bool = True,
-        max_iter: int = 500,
-        extractor: str | None = None,
-    ) -> None:
-        self.lam = lam
-        self.sigma = sigma
-        self.epsilon = epsilon
-        self.delta = delta
-        self.normalize = normalize
-        self.max_iter = max_iter
-        self.extractor = extractor
-
-    _parameter_constraints = {**ESTIMATOR_CONSTRAINTS, "extractor": [str, None]}
+    extractor: str | None = hyperparameter(
+        None,
+        help="A factory 'package.module:function' called with input_shape= that returns the "
+        "frozen feature network (trained on public data, or with differential privacy: it "
+        "must not depend on the data to be removed); None: raw inputs.",
+        constraints=[str, None],
+    )
 
     def estimator(
         self, *, random_state: int, device=None, extractor: nn.Module | None = None
     ) -> CertifiedLogisticRegression:
         """An unfitted estimator with this strategy's hyperparameters."""
-        shared = {k: v for k, v in self.get_params().items() if k != "extractor"}
+        shared = {f.name: getattr(self, f.name) for f in fields(CertifiedParams)}
         return CertifiedLogisticRegression(
             **shared, feature_extractor=extractor, device=device, random_state=random_state
         )
@@ -139,7 +128,7 @@ def to_trained_model(
     """Wrap a fitted estimator as a ``certified``-strategy :class:`TrainedModel`.
 
     The float64 weights, the noise vector and the measured residual go to ``artifacts``;
-    the budget state to ``meta['certified']``.
+    the accountant's state to ``meta['certified']['accountant']``.
     """
     artifacts, meta = est.state()
     return TrainedModel(
