@@ -165,6 +165,12 @@ def test_the_estimator_keeps_its_budget_in_the_accountant_and_saves_it():
         X[3:], y[3:], ids=ids[3:], artifacts=artifacts, meta=meta
     )
     assert restored.accountant_.state_dict() == acc.state_dict()
+    # Metadata without an accountant (an older format) is refused, naming the fix.
+    legacy = {"certified": {k: v for k, v in meta["certified"].items() if k != "accountant"}}
+    with pytest.raises(IntegrityError, match=r"no accountant state.*retrain"):
+        CertifiedLogisticRegression(lam=1e-2, sigma=5.0).restore(
+            X[3:], y[3:], ids=ids[3:], artifacts=artifacts, meta=legacy
+        )
     # A checkpoint whose accountant was made for another sigma is refused.
     with pytest.raises(IntegrityError, match="made with"):
         CertifiedLogisticRegression(lam=1e-2, sigma=4.0).restore(

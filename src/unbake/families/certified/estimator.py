@@ -48,6 +48,7 @@ from torch.nn import functional as F
 from unbake._validation import Interval, declared, hyperparameter, validate_params
 from unbake.exceptions import (
     EmptyRequestError,
+    IntegrityError,
     InvalidParameterError,
     NotFittedError,
     NotPositiveDefiniteError,
@@ -311,15 +312,16 @@ class CertifiedLogisticRegression(CertifiedParams):
         phi_step = self._image(solve)
         added = GAMMA / 2 * self.feature_norm_ * phi_step.square().norm(dim=0)
         known = -solve.residual
+        known_norms = known.norm(dim=1)
         accountant = self.accountant_
-        spent = accountant.spent_after(residual=known.norm(dim=1), added=added)
+        spent = accountant.spent_after(residual=known_norms, added=added)
         retrained = not accountant.fits(spent)
         if retrained:
             accountant.record_retrain(removed=m, would_spend=spent)
             self._compact()
             self._train()
         else:
-            accountant.step(residual=known.norm(dim=1), added=added, removed=m)
+            accountant.step(residual=known_norms, added=added, removed=m)
             self.W_ = self.W_ + step
             self.Z_ = self.Z_ + phi_step
             self.known_residual_ = known
@@ -410,7 +412,12 @@ class CertifiedLogisticRegression(CertifiedParams):
     ) -> CertifiedLogisticRegression:
         """Rebuild a fitted model from :meth:`state` and the data it currently holds."""
         validate_params(self.get_params(), self._parameter_constraints, self.name)
-        state = meta["certified"]
+        state = meta.get("certified", {})
+        if "accountant" not in state:
+            raise IntegrityError(
+                "The certified model's metadata has no accountant state (meta['certified']"
+                "['accountant'] is missing; an older unbake wrote it); retrain the model."
+            )
         if len(y) != state["n_train"]:
             raise InvalidParameterError(
                 f"The certified model holds {state['n_train']} samples but {len(y)} were given; "
