@@ -171,6 +171,16 @@ def test_the_estimator_keeps_its_budget_in_the_accountant_and_saves_it():
         CertifiedLogisticRegression(lam=1e-2, sigma=5.0).restore(
             X[3:], y[3:], ids=ids[3:], artifacts=artifacts, meta=legacy
         )
+    # An accountant tracking another number of outputs than the weights is refused.
+    short = {**meta["certified"]["accountant"], "residual": [0.0], "bound": [0.0]}
+    with pytest.raises(IntegrityError, match="tracks 1 outputs but its weights have 10"):
+        CertifiedLogisticRegression(lam=1e-2, sigma=5.0).restore(
+            X[3:],
+            y[3:],
+            ids=ids[3:],
+            artifacts=artifacts,
+            meta={"certified": {**meta["certified"], "accountant": short}},
+        )
     # A checkpoint whose accountant was made for another sigma is refused.
     with pytest.raises(IntegrityError, match="made with"):
         CertifiedLogisticRegression(lam=1e-2, sigma=4.0).restore(

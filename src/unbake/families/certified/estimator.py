@@ -423,13 +423,21 @@ class CertifiedLogisticRegression(CertifiedParams):
                 f"The certified model holds {state['n_train']} samples but {len(y)} were given; "
                 "pass exactly the samples the model was trained on and has not removed."
             )
+        # The budget's state is checked (mechanism, parameters) before any work on the data.
+        accountant = self._new_accountant()
+        accountant.load_state_dict(state["accountant"])
         self._setup(X, np.asarray(y).astype(np.int64), ids, np.asarray(state["classes"]))
+        self.accountant_ = accountant
         dev = self.X_.device
         self.W_ = artifacts["weights"].to(dev, torch.float64)
+        if len(accountant.bound) != self.W_.shape[0]:
+            raise IntegrityError(
+                f"The certified model's accountant tracks {len(accountant.bound)} outputs but "
+                f"its weights have {self.W_.shape[0]}; the checkpoint is inconsistent: retrain "
+                "the model."
+            )
         self.noise_ = artifacts["noise"].to(dev, torch.float64)
         self.known_residual_ = artifacts["residual"].to(dev, torch.float64)
-        self.accountant_ = self._new_accountant()
-        self.accountant_.load_state_dict(state["accountant"])
         self.Z_ = self.X_ @ self.W_.T
         self._precond = None
         return self

@@ -1,8 +1,8 @@
 """The ``certified`` training strategy: a removal-enabled logistic regression.
 
-Trains :class:`~unbake.families.certified.estimator.CertifiedLogisticRegression` (Guo, Goldstein,
-Hannun and van der Maaten, "Certified Data Removal from Machine Learning Models",
-ICML 2020) so that ``unbake train --model logreg --strategy certified`` and the
+Trains :class:`~unbake.families.certified.estimator.CertifiedLogisticRegression`
+(Guo, Goldstein, Hannun and van der Maaten, "Certified Data Removal from Machine
+Learning Models", ICML 2020) so that ``unbake train --model logreg --strategy certified`` and the
 workspace can hold it: the float64 weights and the noise vector go to ``artifacts``,
 the accountant's state to ``meta``, and :meth:`CertifiedStrategy.skeleton` rebuilds the
 module. ``TrainConfig`` does not apply: the objective is minimised to optimality.

@@ -12,7 +12,7 @@ subjects), the seed and the configuration:
 
 * a sample's shard and slice come from a keyed hash of its subject (``assignment=
   "subject"``; samples without a subject use their ID) or of its ID (``"hash"``), so
-  removing samples never moves the others;
+  removing samples never moves the others (:mod:`unbake.families.sisa.layout`);
 * inside a shard, rows are ordered by (slice, sample ID), whatever the input order;
 * every shard has its own initialisation seed and every slice step its own batch-order
   seed, both derived from the model seed;
