@@ -17,13 +17,13 @@ from unbake.exceptions import (
     UnknownSampleError,
     UnsupportedModelError,
 )
-from unbake.methods import METHODS, UnlearnTask
-from unbake.methods.certified import (
+from unbake.families.certified import (
     CertifiedLinear,
     CertifiedLogisticRegression,
     gaussian_constant,
     residual_budget,
 )
+from unbake.methods import METHODS, UnlearnTask
 from unbake.training import fit
 from unbake.workspace import Workspace
 
@@ -71,7 +71,7 @@ def test_the_bound_holds_against_the_measured_gradient_residual():
         assert not event["retrained"]
         residual = clf.gradient_residual()
         measured = residual.norm(dim=1)
-        per_output = clf.known_residual_.norm(dim=1) + clf.bound_
+        per_output = clf.known_residual_.norm(dim=1) + clf.accountant_.bound
         assert bool((measured <= per_output * (1 + 1e-9)).all())
         assert float(residual.norm()) <= clf.certificate()["budget_spent"] * (1 + 1e-9)
     cert = clf.certificate()
@@ -89,7 +89,7 @@ def test_budget_triggers_a_retrain_exactly_when_the_next_removal_would_exceed_it
     for i, sid in enumerate(order[:20]):
         # Oracle: the same step on a copy whose budget can never run out.
         unlimited = copy.deepcopy(clf)
-        unlimited._exceeds = lambda spent: False
+        unlimited.accountant_.fits = lambda spent: True
         would_spend = unlimited.remove([sid])["budget_spent"]
         before = clf.certificate()
         event = clf.remove([sid])
@@ -100,7 +100,10 @@ def test_budget_triggers_a_retrain_exactly_when_the_next_removal_would_exceed_it
             assert cert["retrains"] == before["retrains"] + 1
             assert cert["removals_since_retrain"] == 0
             assert cert["budget_spent"] < 1e-3 * clf.budget  # a fresh optimum
-            assert clf.retrain_log_[-1]["after_removals"] == before["removals_since_retrain"] + 1
+            assert (
+                clf.accountant_.retrain_log[-1]["after_removals"]
+                == before["removals_since_retrain"] + 1
+            )
         else:
             assert cert["budget_spent"] == pytest.approx(would_spend, rel=1e-12)
             assert cert["budget_spent"] <= clf.budget
@@ -245,7 +248,7 @@ def test_budget_state_persists_across_workspace_requests(tmp_path):
         assert cert["removed_total"] == 5
         assert cert["removals_since_retrain"] == 5
         stored = ws.load_model()
-        assert stored.meta["certified"]["removed_total"] == 5
+        assert stored.meta["certified"]["accountant"]["removed_total"] == 5
         assert stored.meta["certified"]["n_train"] == 195
         assert stored.artifacts["noise"].dtype == torch.float64
         probs = stored.predict_proba(torch.from_numpy(ds.test.X))

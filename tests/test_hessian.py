@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from unbake.exceptions import InvalidParameterError
-from unbake.methods._hessian import (
-    NotPositiveDefiniteError,
+from unbake.exceptions import InvalidParameterError, NotPositiveDefiniteError
+from unbake.training.hessian import (
     conjugate_gradient,
     flatten,
     hessian_vector_product,

@@ -12,9 +12,7 @@ from unbake.cli import app
 from unbake.data import Samples
 from unbake.evaluation.compare import compare_methods
 from unbake.exceptions import IntegrityError, InvalidParameterError, UnsupportedModelError
-from unbake.methods import METHODS, UnlearnTask
-from unbake.testing import tiny_dataset
-from unbake.training.sisa import (
+from unbake.families.sisa import (
     SISA,
     ShardLayout,
     SISAEnsemble,
@@ -22,6 +20,8 @@ from unbake.training.sisa import (
     slice_epochs,
     train_shard,
 )
+from unbake.methods import METHODS, UnlearnTask
+from unbake.testing import tiny_dataset
 from unbake.workspace import decode_checkpoint, encode_checkpoint
 
 CFG = TrainConfig.parse(epochs=3, batch_size=32, lr=3e-3)
@@ -492,7 +492,7 @@ def test_cli_trains_and_forgets_with_sisa(tmp_path):
 
 
 def test_key_hash_is_pinned_and_independent_of_the_other_keys():
-    from unbake.training.sisa import fnv1a
+    from unbake.families.sisa import fnv1a
 
     # the published FNV-1a 64-bit value of "a": the layout must not change across versions
     assert int(fnv1a(np.array(["a"]))[0]) == 0xAF63DC4C8601EC8C

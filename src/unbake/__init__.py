@@ -11,6 +11,7 @@ The public API in one place::
 # First, before anything imports torch: OpenMP reads its wait policy once, when torch
 # loads it, and importing unbake._threads puts the passive policy in the environment.
 import unbake._threads as _threads  # noqa: F401
+from unbake import families as _families  # noqa: F401  (registers sisa and certified)
 from unbake import methods as _methods  # noqa: F401  (registers the built-in methods)
 from unbake._threads import ThreadPolicyWarning, configure_threads
 from unbake.data import DATASETS, Dataset, Samples, load_dataset

@@ -12,6 +12,11 @@ raises :class:`~unbake.exceptions.InvalidParameterError` with one message
 template::
 
     The 'lr' parameter of SCRUB must be a float in (0, inf). Got -1 instead.
+
+A class can declare its hyperparameters as typed fields instead, each with its default,
+one line of help and its constraints (:func:`hyperparameter`), and take its keyword-only
+constructor and ``_parameter_constraints`` from them (:func:`declared`); a subclass
+inherits the fields, so two classes that share hyperparameters declare them once.
 """
 
 from __future__ import annotations
@@ -19,12 +24,21 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from unbake.exceptions import InvalidParameterError
 
-__all__ = ["Interval", "Options", "describe", "validate_params"]
+__all__ = [
+    "Interval",
+    "Options",
+    "declared",
+    "describe",
+    "hyperparameter",
+    "validate_params",
+]
+
+C = TypeVar("C", bound=type)
 
 
 @dataclass(frozen=True)
@@ -121,3 +135,31 @@ def validate_params(
         raise InvalidParameterError(
             f"The {name!r} parameter of {owner} must be {allowed}. Got {value!r} instead."
         )
+
+
+def hyperparameter(default: Any, *, help: str, constraints: list[Any]) -> Any:
+    """A typed hyperparameter field: its default, one line of ``help`` and its constraints.
+
+    Use it on a class decorated with :func:`declared`.
+    """
+    return field(default=default, metadata={"help": help, "constraints": list(constraints)})
+
+
+def declared(cls: C) -> C:
+    """Give ``cls`` a keyword-only constructor from its :func:`hyperparameter` fields.
+
+    The constructor only stores the values (no work, no checks); the fields' constraints
+    become ``cls._parameter_constraints``, which :func:`validate_params` checks at the
+    door. Fields of a declared base class come first. Instances compare by identity.
+
+    >>> @declared
+    ... class Knobs:
+    ...     lr: float = hyperparameter(0.1, help="step size", constraints=[Interval(float, 0, None)])
+    >>> Knobs(lr=0.5).lr, list(Knobs._parameter_constraints)
+    (0.5, ['lr'])
+    """
+    cls = dataclass(kw_only=True, eq=False)(cls)
+    cls._parameter_constraints = {
+        f.name: list(f.metadata["constraints"]) for f in fields(cls) if "constraints" in f.metadata
+    }
+    return cls

@@ -13,6 +13,7 @@ __all__ = [
     "IntegrityError",
     "InvalidParameterError",
     "NotFittedError",
+    "NotPositiveDefiniteError",
     "UnbakeError",
     "UnknownNameError",
     "UnknownSampleError",
@@ -27,6 +28,10 @@ class UnbakeError(Exception):
 
 class InvalidParameterError(UnbakeError, ValueError):
     """A hyperparameter or argument has a value outside its declared constraint."""
+
+
+class NotPositiveDefiniteError(InvalidParameterError, ArithmeticError):
+    """A solver met a singular or indefinite matrix; callers re-raise naming their fix."""
 
 
 class UnknownNameError(UnbakeError, KeyError):

@@ -2,7 +2,7 @@
 
 On Fashion-MNIST pixels (digits under ``--quick``), L2-normalised as in the paper:
 
-1. a :class:`~unbake.methods.certified.CertifiedLogisticRegression` at ε = 1, δ = 1e-5
+1. a :class:`~unbake.families.certified.estimator.CertifiedLogisticRegression` at ε = 1, δ = 1e-5
    serves 1000 random single-sample removal requests, one at a time. After 1, 10, 100
    and 1000 requests it reports the mean wall time per request (forced retrains
    included), the test accuracy, the relative parameter distance and the accuracy
@@ -25,7 +25,7 @@ import numpy as np
 from unbake.bench import BENCHMARKS
 from unbake.data import load_dataset
 from unbake.evaluation.compare import compare_methods
-from unbake.methods.certified import CertifiedLogisticRegression
+from unbake.families.certified import CertifiedLogisticRegression
 from unbake.training import TrainConfig
 
 __all__ = ["certified_benchmark"]
@@ -91,7 +91,7 @@ def certified_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
             removed += 1
             seconds.append(event["seconds"])
             if event["retrained"] and first_retrain is None:
-                first_retrain = model.retrain_log_[-1]["after_removals"] - 1
+                first_retrain = model.accountant_.retrain_log[-1]["after_removals"] - 1
         remaining = train.subset(~train.mask_of(order[:removed]))
         reference, retrain_seconds = _timed(fresh, remaining)
         cert = model.certificate()
@@ -126,7 +126,7 @@ def certified_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
         event = model.remove([order[removed]])
         removed += 1
         if event["retrained"]:
-            first_retrain = model.retrain_log_[-1]["after_removals"] - 1
+            first_retrain = model.accountant_.retrain_log[-1]["after_removals"] - 1
     if first_retrain is None:
         cert = model.certificate()
         projected = round(removed / max(cert["budget_fraction"], 1e-12))

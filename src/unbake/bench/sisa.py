@@ -14,7 +14,7 @@ with its baseline in the same run:
    2 processes) against sequential training, with a check that the bits agree.
 
 Every model trains on one thread: SISA's shard models always do (see
-:mod:`unbake.training.sisa`), and the monolithic baseline is given the same, so a
+:mod:`unbake.families.sisa.strategy`), and the monolithic baseline is given the same, so a
 speedup compares like with like and is not at the mercy of how a busy machine treats a
 2-thread pool. The baseline is the median of three full monolithic trainings (the
 original's and two retrains), reported with their spread, and each backend's time the

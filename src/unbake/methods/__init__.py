@@ -6,11 +6,9 @@ True
 """
 
 from unbake.methods import (  # noqa: F401  (registers the methods)
-    certified,
     gradient,
     influence,
     retrain,
-    sisa,
 )
 from unbake.methods.base import (
     METHODS,

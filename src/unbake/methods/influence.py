@@ -9,9 +9,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from unbake._validation import Interval, Options
-from unbake.exceptions import InvalidParameterError, UnsupportedModelError
-from unbake.methods._hessian import (
+from unbake.exceptions import (
+    InvalidParameterError,
     NotPositiveDefiniteError,
+    UnsupportedModelError,
+)
+from unbake.methods.base import Unlearner, UnlearnTask, copy_model, register_method
+from unbake.training import resolve_device
+from unbake.training.hessian import (
     conjugate_gradient,
     flatten,
     hessian_vector_product,
@@ -20,8 +25,6 @@ from unbake.methods._hessian import (
     top_eigenvalue,
     unflatten,
 )
-from unbake.methods.base import Unlearner, UnlearnTask, copy_model, register_method
-from unbake.training import resolve_device
 
 __all__ = ["InfluenceNewton", "select_parameters"]
 

@@ -6,8 +6,6 @@ import torch
 
 from unbake.data import Samples
 from unbake.models import ModelSpec
-from unbake.training import certified as _certified  # noqa: F401  (registers it)
-from unbake.training import sisa as _sisa  # noqa: F401  (registers the sisa strategy)
 from unbake.training.config import TrainConfig
 from unbake.training.loop import batches, make_optimizer, optimize, resolve_device
 from unbake.training.strategy import (

@@ -1,7 +1,7 @@
 """Training strategies and the :class:`TrainedModel` they produce.
 
 A strategy turns samples into a model. ``monolithic`` trains one network; ``sisa``
-(see :mod:`unbake.training.sisa`) trains an ensemble of shard models. ``retrain``
+(see :mod:`unbake.families.sisa.strategy`) trains an ensemble of shard models. ``retrain``
 re-runs a model's own strategy from scratch, which is what makes it exact.
 """
 

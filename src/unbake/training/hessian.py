@@ -28,11 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from unbake.exceptions import InvalidParameterError
+from unbake.exceptions import NotPositiveDefiniteError
 
 __all__ = [
     "CGResult",
-    "NotPositiveDefiniteError",
     "conjugate_gradient",
     "flatten",
     "hessian_vector_product",
@@ -43,10 +42,6 @@ __all__ = [
 ]
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
-
-
-class NotPositiveDefiniteError(InvalidParameterError, ArithmeticError):
-    """A solver met a singular or indefinite matrix; callers re-raise naming their fix."""
 
 
 def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -9,17 +9,17 @@ import numpy as np
 
 from unbake.backends import backend_constraints
 from unbake.exceptions import IntegrityError, UnsupportedModelError
-from unbake.methods.base import Unlearner, UnlearnTask, register_method
-from unbake.training import resolve_device
-from unbake.training.sisa import (
+from unbake.families.sisa.layout import ShardLayout
+from unbake.families.sisa.strategy import (
     META_KEY,
     SISA,
-    ShardLayout,
     install_states,
     layout_meta,
     restore_state,
     single_thread,
 )
+from unbake.methods.base import Unlearner, UnlearnTask, register_method
+from unbake.training import resolve_device
 
 
 @register_method
@@ -33,7 +33,7 @@ class SISAUnlearner(Unlearner):
     once, and all affected shards train in parallel on the chosen backend.
 
     Since a shard's weights depend only on its own data, its seeds and the schedule, the
-    result is bitwise the ensemble :class:`~unbake.training.sisa.SISA` trains from
+    result is bitwise the ensemble :class:`~unbake.families.sisa.strategy.SISA` trains from
     scratch on the retain set, checkpoints included. The model's own seed is always
     replayed (any other seed would not be exact), so the ``seed`` argument is not used.
     ``backend``, ``workers`` and ``ray_address`` change the wall time, never the result.

@@ -1,80 +1,64 @@
 """The ``certified`` training strategy: a removal-enabled logistic regression.
 
-Trains :class:`unbake.methods.certified.CertifiedLogisticRegression` (Guo, Goldstein,
-Hannun and van der Maaten, "Certified Data Removal from Machine Learning Models",
-ICML 2020) so that ``unbake train --model logreg --strategy certified`` and the
+Trains :class:`~unbake.families.certified.estimator.CertifiedLogisticRegression`
+(Guo, Goldstein, Hannun and van der Maaten, "Certified Data Removal from Machine
+Learning Models", ICML 2020) so that ``unbake train --model logreg --strategy certified`` and the
 workspace can hold it: the float64 weights and the noise vector go to ``artifacts``,
-the residual budget to ``meta``, and :meth:`CertifiedStrategy.skeleton` rebuilds the
+the accountant's state to ``meta``, and :meth:`CertifiedStrategy.skeleton` rebuilds the
 module. ``TrainConfig`` does not apply: the objective is minimised to optimality.
-
-The estimator is imported lazily because :mod:`unbake.methods` imports this package.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import fields
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from unbake.exceptions import InvalidParameterError
+from unbake._validation import declared, hyperparameter
+from unbake.exceptions import InvalidParameterError, UnsupportedModelError
+from unbake.families.certified.estimator import (
+    CertifiedLinear,
+    CertifiedLogisticRegression,
+    CertifiedParams,
+)
 from unbake.models import ModelSpec, _import_factory
+from unbake.training.config import TrainConfig
 from unbake.training.loop import resolve_device
 from unbake.training.strategy import STRATEGIES, TrainedModel, TrainingStrategy
 
-if TYPE_CHECKING:
-    from unbake.methods.certified import CertifiedLogisticRegression
-
-__all__ = ["CertifiedStrategy"]
+__all__ = ["CertifiedStrategy", "convex_spec_or_raise", "to_trained_model"]
 
 
 @STRATEGIES.register("certified")
-class CertifiedStrategy(TrainingStrategy):
+@declared
+class CertifiedStrategy(CertifiedParams, TrainingStrategy):
     """Certified-removal logistic regression on raw features or a frozen extractor.
 
-    ``extractor`` names a factory ``"package.module:function"`` called with
-    ``input_shape=`` that returns the frozen feature network (trained on public data,
-    or with differential privacy: it must not depend on the data to be removed).
+    Its hyperparameters are the estimator's (:class:`CertifiedParams`, declared once)
+    plus ``extractor``.
     """
 
     name = "certified"
     label_params = ("epsilon",)
 
-    def __init__(
-        self,
-        *,
-        lam: float = 1e-3,
-        sigma: float = 1.0,
-        epsilon: float = 1.0,
-        delta: float = 1e-5,
-        normalize: bool = True,
-        max_iter: int = 500,
-        extractor: str | None = None,
-    ) -> None:
-        self.lam = lam
-        self.sigma = sigma
-        self.epsilon = epsilon
-        self.delta = delta
-        self.normalize = normalize
-        self.max_iter = max_iter
-        self.extractor = extractor
-
-    @property
-    def _parameter_constraints(self) -> dict[str, list]:  # type: ignore[override]
-        from unbake.methods.certified import ESTIMATOR_CONSTRAINTS
-
-        return {**ESTIMATOR_CONSTRAINTS, "extractor": [str, None]}
+    extractor: str | None = hyperparameter(
+        None,
+        help="A factory 'package.module:function' called with input_shape= that returns the "
+        "frozen feature network (trained on public data, or with differential privacy: it "
+        "must not depend on the data to be removed); None: raw inputs.",
+        constraints=[str, None],
+    )
 
     def estimator(
         self, *, random_state: int, device=None, extractor: nn.Module | None = None
     ) -> CertifiedLogisticRegression:
         """An unfitted estimator with this strategy's hyperparameters."""
-        from unbake.methods.certified import CertifiedLogisticRegression
-
-        shared = {k: v for k, v in self.get_params().items() if k != "extractor"}
+        shared = {f.name: getattr(self, f.name) for f in fields(CertifiedParams)}
         return CertifiedLogisticRegression(
             **shared, feature_extractor=extractor, device=device, random_state=random_state
         )
@@ -91,8 +75,6 @@ class CertifiedStrategy(TrainingStrategy):
         return module.eval()
 
     def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
-        from unbake.methods.certified import convex_spec_or_raise, to_trained_model
-
         self.validate()
         convex_spec_or_raise(spec)
         est = self.estimator(
@@ -112,8 +94,6 @@ class CertifiedStrategy(TrainingStrategy):
         )
 
     def skeleton(self, spec: ModelSpec, input_shape: Sequence[int], n_classes: int) -> nn.Module:
-        from unbake.methods.certified import CertifiedLinear, convex_spec_or_raise
-
         convex_spec_or_raise(spec)
         extractor = self._build_extractor(input_shape)
         if extractor is None:
@@ -123,3 +103,43 @@ class CertifiedStrategy(TrainingStrategy):
                 width = extractor(torch.zeros(1, *input_shape)).flatten(1).shape[1]
         n_outputs = 1 if n_classes == 2 else n_classes
         return CertifiedLinear(width, n_outputs, extractor=extractor, normalize=self.normalize)
+
+
+def convex_spec_or_raise(spec: ModelSpec) -> None:
+    """Certified removal needs a convex model: only ``logreg`` qualifies."""
+    if spec.name != "logreg":
+        raise UnsupportedModelError(
+            f"Certified removal needs a convex model, and {spec.name!r} is not one; train "
+            "--model logreg, optionally on a frozen public feature extractor "
+            "(--param extractor=package.module:function)."
+        )
+
+
+def to_trained_model(
+    est: CertifiedLogisticRegression,
+    *,
+    spec: ModelSpec,
+    config: TrainConfig,
+    seed: int,
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    strategy_params: dict[str, Any],
+) -> TrainedModel:
+    """Wrap a fitted estimator as a ``certified``-strategy :class:`TrainedModel`.
+
+    The float64 weights, the noise vector and the measured residual go to ``artifacts``;
+    the accountant's state to ``meta['certified']['accountant']``.
+    """
+    artifacts, meta = est.state()
+    return TrainedModel(
+        module=est.to_module(),
+        spec=spec,
+        config=config,
+        seed=seed,
+        input_shape=tuple(input_shape),
+        n_classes=n_classes,
+        strategy="certified",
+        strategy_params=dict(strategy_params),
+        artifacts=artifacts,
+        meta=meta,
+    )

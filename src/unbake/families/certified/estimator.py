@@ -38,33 +38,35 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unbake._validation import Interval, validate_params
+from unbake._validation import Interval, declared, hyperparameter, validate_params
 from unbake.exceptions import (
     EmptyRequestError,
+    IntegrityError,
     InvalidParameterError,
     NotFittedError,
+    NotPositiveDefiniteError,
     UnknownSampleError,
-    UnsupportedModelError,
 )
-from unbake.methods._hessian import NotPositiveDefiniteError, conjugate_gradient
-from unbake.methods.base import Unlearner, UnlearnTask, register_method
-from unbake.models import ModelSpec
-from unbake.training import TrainConfig, TrainedModel, get_params, resolve_device, set_params
+from unbake.families.certified.accountant import (
+    GradientResidualAccountant,
+    create_accountant,
+    residual_budget,
+)
+from unbake.training import get_params, resolve_device, set_params
+from unbake.training.hessian import conjugate_gradient
 
 __all__ = [
     "GAMMA",
     "CertifiedLinear",
     "CertifiedLogisticRegression",
-    "CertifiedRemoval",
-    "gaussian_constant",
-    "residual_budget",
+    "CertifiedParams",
 ]
 
 #: Lipschitz constant of ℓ''(z) = s(z)(1 − s(z)) for the logistic loss: max |s(1−s)(1−2s)|.
@@ -72,35 +74,47 @@ GAMMA = 1.0 / (6.0 * math.sqrt(3.0))
 #: Largest condition number (upper bound) of the Hessian that the solver accepts.
 MAX_CONDITION = 1e10
 _CHUNK = 4096
+_ACCOUNTANT_CONSTRAINTS = GradientResidualAccountant._parameter_constraints
 
 
-def gaussian_constant(delta: float) -> float:
-    """``c = √(2 ln(1.5/δ))`` from Theorem 3 of Guo et al. (2020)."""
-    return math.sqrt(2.0 * math.log(1.5 / delta))
+@declared
+class CertifiedParams:
+    """The hyperparameters that the ``certified`` strategy and the estimator share.
 
-
-def residual_budget(*, sigma: float, epsilon: float, delta: float) -> float:
-    """The gradient residual norm that noise of scale ``sigma`` hides at (ε, δ): ``σε/c``.
-
-    >>> round(residual_budget(sigma=1.0, epsilon=1.0, delta=1e-5), 4)
-    0.2048
+    Declared once, with their help and constraints: :class:`CertifiedLogisticRegression`
+    and :class:`~unbake.families.certified.strategy.CertifiedStrategy` both extend this
+    class, so their constructors, defaults and checks cannot drift apart. ``sigma``,
+    ``epsilon`` and ``delta`` are checked as the accountant checks them.
     """
-    return sigma * epsilon / gaussian_constant(delta)
 
-
-ESTIMATOR_CONSTRAINTS: dict[str, list] = {
-    "lam": [Interval(float, 0, None, closed="neither")],
-    "sigma": [Interval(float, 0, None, closed="neither")],
-    # Theorem 3 rests on the Gaussian mechanism's analysis, which holds for ε ≤ 1.
-    "epsilon": [Interval(float, 0, 1, closed="right")],
-    "delta": [Interval(float, 0, 1, closed="neither")],
-    "normalize": [bool],
-    "fit_intercept": [bool],
-    "max_iter": [Interval(int, 1, None, closed="left")],
-    "feature_extractor": [nn.Module, None],
-    "device": [str, torch.device, None],
-    "random_state": [Interval(int, 0, None, closed="left")],
-}
+    lam: float = hyperparameter(
+        1e-3,
+        help="L2 strength λ of the mean-form objective (sum form: λn/2 ‖w‖²).",
+        constraints=[Interval(float, 0, None, closed="neither")],
+    )
+    sigma: float = hyperparameter(
+        1.0,
+        help="Standard deviation σ of the objective-perturbation noise b.",
+        constraints=_ACCOUNTANT_CONSTRAINTS["sigma"],
+    )
+    epsilon: float = hyperparameter(
+        1.0,
+        help="The certificate's ε, in (0, 1].",
+        constraints=_ACCOUNTANT_CONSTRAINTS["epsilon"],
+    )
+    delta: float = hyperparameter(
+        1e-5,
+        help="The certificate's δ, in (0, 1).",
+        constraints=_ACCOUNTANT_CONSTRAINTS["delta"],
+    )
+    normalize: bool = hyperparameter(
+        True, help="L2-normalise each feature row (as in the paper).", constraints=[bool]
+    )
+    max_iter: int = hyperparameter(
+        500,
+        help="L-BFGS iteration cap per fit (Newton steps then polish the optimum).",
+        constraints=[Interval(int, 1, None, closed="left")],
+    )
 
 
 class CertifiedLinear(nn.Module):
@@ -138,7 +152,8 @@ class CertifiedLinear(nn.Module):
         return F.logsigmoid(z)
 
 
-class CertifiedLogisticRegression:
+@declared
+class CertifiedLogisticRegression(CertifiedParams):
     """L2-regularised logistic regression with certified removal (Guo et al., ICML 2020).
 
     Binary for two classes, one-vs-rest otherwise; fitted in float64 with L-BFGS then
@@ -147,18 +162,11 @@ class CertifiedLogisticRegression:
     removal for the last layer; the extractor itself must not depend on the data to be
     removed. Rows are L2-normalised when ``normalize`` (as in the paper).
 
-    Parameters
-    ----------
-    lam : float
-        L2 strength λ of the mean-form objective (sum form: ``λn/2 ‖w‖²``).
-    sigma : float
-        Standard deviation of the objective-perturbation noise ``b``.
-    epsilon, delta : float
-        The certificate's (ε, δ); ε ∈ (0, 1], δ ∈ (0, 1).
-    max_iter : int
-        L-BFGS iteration cap per fit (Newton steps then polish the optimum).
-    random_state : int
-        Seed of the noise; the i-th retrain draws fresh noise from ``(random_state, i)``.
+    Parameters: those of :class:`CertifiedParams` (``lam``, ``sigma``, ``epsilon``,
+    ``delta``, ``normalize``, ``max_iter``), then ``fit_intercept``,
+    ``feature_extractor``, ``device`` and ``random_state``, each with its help below.
+    The (ε, δ) budget is kept by a :mod:`~unbake.families.certified.accountant`
+    (``accountant_``), saved with the model.
 
     >>> from sklearn.datasets import load_digits
     >>> X, y = load_digits(return_X_y=True)
@@ -168,33 +176,28 @@ class CertifiedLogisticRegression:
     2
     """
 
-    _parameter_constraints = ESTIMATOR_CONSTRAINTS
-    name = "CertifiedLogisticRegression"
+    name: ClassVar[str] = "CertifiedLogisticRegression"
+    #: The registered accountant (mechanism) that keeps the (ε, δ) budget.
+    mechanism: ClassVar[str] = GradientResidualAccountant.mechanism
 
-    def __init__(
-        self,
-        *,
-        lam: float = 1e-3,
-        sigma: float = 1.0,
-        epsilon: float = 1.0,
-        delta: float = 1e-5,
-        normalize: bool = True,
-        fit_intercept: bool = True,
-        max_iter: int = 500,
-        feature_extractor: nn.Module | None = None,
-        device: str | torch.device | None = None,
-        random_state: int = 0,
-    ) -> None:
-        self.lam = lam
-        self.sigma = sigma
-        self.epsilon = epsilon
-        self.delta = delta
-        self.normalize = normalize
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
-        self.feature_extractor = feature_extractor
-        self.device = device
-        self.random_state = random_state
+    fit_intercept: bool = hyperparameter(
+        True,
+        help="Append a constant feature: an intercept, regularised like the weights.",
+        constraints=[bool],
+    )
+    feature_extractor: nn.Module | None = hyperparameter(
+        None,
+        help="A frozen feature network applied before the linear model (None: raw inputs).",
+        constraints=[nn.Module, None],
+    )
+    device: str | torch.device | None = hyperparameter(
+        None, help="Where to fit (None: the CPU).", constraints=[str, torch.device, None]
+    )
+    random_state: int = hyperparameter(
+        0,
+        help="Seed of the noise; the i-th retrain draws fresh noise from (random_state, i).",
+        constraints=[Interval(int, 0, None, closed="left")],
+    )
 
     # --- scikit-learn surface -----------------------------------------------------
 
@@ -235,9 +238,7 @@ class CertifiedLogisticRegression:
                 "pass every label in classes=."
             )
         self._setup(X, y_arr, ids, classes_arr)
-        self.n_retrains_ = 0
-        self.n_removed_ = 0
-        self.retrain_log_: list[dict[str, Any]] = []
+        self.accountant_ = self._new_accountant()
         self._train()
         return self
 
@@ -311,29 +312,19 @@ class CertifiedLogisticRegression:
         phi_step = self._image(solve)
         added = GAMMA / 2 * self.feature_norm_ * phi_step.square().norm(dim=0)
         known = -solve.residual
-        bound = self.bound_ + added
-        spent = self._spent(known, bound)
-        retrained = self._exceeds(spent)
+        known_norms = known.norm(dim=1)
+        accountant = self.accountant_
+        spent = accountant.spent_after(residual=known_norms, added=added)
+        retrained = not accountant.fits(spent)
         if retrained:
-            self.retrain_log_.append(
-                {
-                    "after_removals": self.removals_since_retrain_ + m,
-                    "removed_total": self.n_removed_ + m,
-                    "spent_before": self.spent_,
-                    "would_spend": spent,
-                }
-            )
-            self.n_retrains_ += 1
+            accountant.record_retrain(removed=m, would_spend=spent)
             self._compact()
             self._train()
         else:
+            accountant.step(residual=known_norms, added=added, removed=m)
             self.W_ = self.W_ + step
             self.Z_ = self.Z_ + phi_step
             self.known_residual_ = known
-            self.bound_ = bound
-            self.spent_ = spent
-            self.removals_since_retrain_ += m
-        self.n_removed_ += m
         if self.X_.is_cuda:
             torch.cuda.synchronize()
         return {
@@ -341,28 +332,30 @@ class CertifiedLogisticRegression:
             "retrained": retrained,
             "bound_added": float(added.norm()),
             "cg_iterations": solve.iterations,
-            "budget_spent": self.spent_,
-            "budget": self.budget,
+            "budget_spent": accountant.spent,
+            "budget": accountant.budget,
             "seconds": time.perf_counter() - start,
         }
 
     def certificate(self) -> dict[str, Any]:
         """ε, δ, σ, the residual budget and how much of it is spent, and the removals since
-        the last retrain. ``epsilon_spent`` is the ε the current residual alone needs."""
+        the last retrain, from the accountant. ``epsilon_spent`` is the ε the current
+        residual alone needs at δ."""
         self._check_fitted()
-        budget = self.budget
+        accountant = self.accountant_
         return {
+            "mechanism": accountant.mechanism,
             "epsilon": self.epsilon,
             "delta": self.delta,
             "sigma": self.sigma,
             "lam": self.lam,
-            "budget": budget,
-            "budget_spent": self.spent_,
-            "budget_fraction": self.spent_ / budget,
-            "epsilon_spent": self.epsilon * self.spent_ / budget,
-            "removals_since_retrain": self.removals_since_retrain_,
-            "removed_total": self.n_removed_,
-            "retrains": self.n_retrains_,
+            "budget": accountant.budget,
+            "budget_spent": accountant.spent,
+            "budget_fraction": accountant.spent / accountant.budget,
+            "epsilon_spent": accountant.get_epsilon(self.delta),
+            "removals_since_retrain": accountant.removals_since_retrain,
+            "removed_total": accountant.removed_total,
+            "retrains": accountant.retrains,
             "n_samples": int(self.active_.sum()),
         }
 
@@ -402,14 +395,8 @@ class CertifiedLogisticRegression:
         meta = {
             "certified": {
                 "classes": [int(c) for c in self.classes_],
-                "bound": [float(b) for b in self.bound_.cpu()],
-                "budget_spent": self.spent_,
-                "removals_since_retrain": self.removals_since_retrain_,
-                "removed_total": self.n_removed_,
-                "retrains": self.n_retrains_,
-                "retrain_log": list(self.retrain_log_),
                 "n_train": int(self.active_.sum()),
-                "training_residual": self.training_residual_,
+                "accountant": self.accountant_.state_dict(),
             }
         }
         return artifacts, meta
@@ -425,24 +412,32 @@ class CertifiedLogisticRegression:
     ) -> CertifiedLogisticRegression:
         """Rebuild a fitted model from :meth:`state` and the data it currently holds."""
         validate_params(self.get_params(), self._parameter_constraints, self.name)
-        state = meta["certified"]
+        state = meta.get("certified", {})
+        if "accountant" not in state:
+            raise IntegrityError(
+                "The certified model's metadata has no accountant state (meta['certified']"
+                "['accountant'] is missing; an older unbake wrote it); retrain the model."
+            )
         if len(y) != state["n_train"]:
             raise InvalidParameterError(
                 f"The certified model holds {state['n_train']} samples but {len(y)} were given; "
                 "pass exactly the samples the model was trained on and has not removed."
             )
+        # The budget's state is checked (mechanism, parameters) before any work on the data.
+        accountant = self._new_accountant()
+        accountant.load_state_dict(state["accountant"])
         self._setup(X, np.asarray(y).astype(np.int64), ids, np.asarray(state["classes"]))
+        self.accountant_ = accountant
         dev = self.X_.device
         self.W_ = artifacts["weights"].to(dev, torch.float64)
+        if len(accountant.bound) != self.W_.shape[0]:
+            raise IntegrityError(
+                f"The certified model's accountant tracks {len(accountant.bound)} outputs but "
+                f"its weights have {self.W_.shape[0]}; the checkpoint is inconsistent: retrain "
+                "the model."
+            )
         self.noise_ = artifacts["noise"].to(dev, torch.float64)
         self.known_residual_ = artifacts["residual"].to(dev, torch.float64)
-        self.bound_ = torch.tensor(state["bound"], dtype=torch.float64, device=dev)
-        self.spent_ = float(state["budget_spent"])
-        self.removals_since_retrain_ = int(state["removals_since_retrain"])
-        self.n_removed_ = int(state["removed_total"])
-        self.n_retrains_ = int(state["retrains"])
-        self.retrain_log_ = list(state["retrain_log"])
-        self.training_residual_ = float(state["training_residual"])
         self.Z_ = self.X_ @ self.W_.T
         self._precond = None
         return self
@@ -548,7 +543,9 @@ class CertifiedLogisticRegression:
 
     def _noise(self) -> torch.Tensor:
         seed = int(
-            np.random.SeedSequence([self.random_state, self.n_retrains_]).generate_state(1)[0]
+            np.random.SeedSequence([self.random_state, self.accountant_.retrains]).generate_state(
+                1
+            )[0]
         )
         gen = torch.Generator().manual_seed(seed)
         shape = (self.Y_.shape[1], self.X_.shape[1])
@@ -607,13 +604,11 @@ class CertifiedLogisticRegression:
             W = W - self._solve(grad, n, atol=0.1 * target).x
         self.W_, self.Z_ = W, X @ W.T
         self.known_residual_ = self._gradient(self.W_, self.Z_, n)
-        self.training_residual_ = float(self.known_residual_.norm())
-        self.bound_ = torch.zeros(W.shape[0], dtype=torch.float64, device=W.device)
-        self.spent_ = self._spent(self.known_residual_, self.bound_)
-        self.removals_since_retrain_ = 0
-        if self.spent_ > self.budget:
+        self.accountant_.start(self.known_residual_.norm(dim=1))
+        spent = self.accountant_.spent
+        if not self.accountant_.fits(spent):
             raise InvalidParameterError(
-                f"Training left a gradient residual of {self.spent_:.3g}, above the budget "
+                f"Training left a gradient residual of {spent:.3g}, above the budget "
                 f"{self.budget:.3g} that sigma={self.sigma:g} hides at epsilon={self.epsilon:g}; "
                 "raise sigma or max_iter."
             )
@@ -624,12 +619,10 @@ class CertifiedLogisticRegression:
             return self.X_ @ solve.x.T
         return solve.aux.T
 
-    def _exceeds(self, spent: float) -> bool:
-        """Whether a residual bound of ``spent`` is more than the noise hides."""
-        return spent > self.budget
-
-    def _spent(self, known: torch.Tensor, bound: torch.Tensor) -> float:
-        return float((known.norm(dim=1) + bound).norm())
+    def _new_accountant(self) -> GradientResidualAccountant:
+        return create_accountant(
+            self.mechanism, sigma=self.sigma, epsilon=self.epsilon, delta=self.delta
+        )
 
     def _curvature(self) -> torch.Tensor:
         s = torch.sigmoid(self.Z_)
@@ -704,100 +697,3 @@ class CertifiedLogisticRegression:
         if result.iterations > 2 or (self._slow_streak >= 10 and self._precond_solves >= 100):
             self._precond = None
         return result
-
-
-# --- unbake models and the unlearning method ---------------------------------------------
-
-
-def convex_spec_or_raise(spec: ModelSpec) -> None:
-    """Certified removal needs a convex model: only ``logreg`` qualifies."""
-    if spec.name != "logreg":
-        raise UnsupportedModelError(
-            f"Certified removal needs a convex model, and {spec.name!r} is not one; train "
-            "--model logreg, optionally on a frozen public feature extractor "
-            "(--param extractor=package.module:function)."
-        )
-
-
-def to_trained_model(
-    est: CertifiedLogisticRegression,
-    *,
-    spec: ModelSpec,
-    config: TrainConfig,
-    seed: int,
-    input_shape: tuple[int, ...],
-    n_classes: int,
-    strategy_params: dict[str, Any],
-) -> TrainedModel:
-    """Wrap a fitted estimator as a ``certified``-strategy :class:`TrainedModel`.
-
-    The float64 weights, the noise vector and the measured residual go to ``artifacts``;
-    the budget state to ``meta['certified']``.
-    """
-    artifacts, meta = est.state()
-    return TrainedModel(
-        module=est.to_module(),
-        spec=spec,
-        config=config,
-        seed=seed,
-        input_shape=tuple(input_shape),
-        n_classes=n_classes,
-        strategy="certified",
-        strategy_params=dict(strategy_params),
-        artifacts=artifacts,
-        meta=meta,
-    )
-
-
-@register_method
-class CertifiedRemoval(Unlearner):
-    """Certified removal by a Newton step (Guo et al., ICML 2020), with a residual budget.
-
-    Guo, Goldstein, Hannun and van der Maaten, "Certified Data Removal from Machine
-    Learning Models" (ICML 2020). Needs a model trained with ``--strategy certified``
-    (L2-regularised logistic regression on raw or frozen features, trained on a
-    noise-perturbed objective). Each request is one Newton step on the retain set; its
-    gradient residual is bounded and accumulated, and when the next step would exceed
-    what the noise hides at the model's (ε, δ) the model is retrained on the retain set
-    with fresh noise instead. ``info`` reports the step and the certificate.
-    """
-
-    name = "certified"
-    certified = True
-    needs_retain_data = True
-    requires_strategy = "certified"
-    suggested_original = {
-        "model": "logreg",
-        "strategy": "certified",
-        "strategy_params": {"lam": 1e-2, "sigma": 5.0},
-    }
-
-    def __init__(self) -> None:
-        pass
-
-    def _unlearn(self, task: UnlearnTask, seed: int) -> tuple[TrainedModel, dict[str, Any]]:
-        original = task.original
-        strategy = original.make_strategy()
-        est = strategy.estimator(
-            random_state=seed,
-            device=resolve_device(task.device),
-            extractor=original.module.extractor if strategy.extractor else None,
-        )
-        est.restore(
-            np.concatenate([task.retain.X, task.forget.X]),
-            np.concatenate([task.retain.y, task.forget.y]),
-            ids=np.concatenate([task.retain.ids, task.forget.ids]).astype(str),
-            artifacts=original.artifacts,
-            meta=original.meta,
-        )
-        event = est.remove(task.forget.ids)
-        model = to_trained_model(
-            est,
-            spec=original.spec,
-            config=original.config,
-            seed=original.seed,
-            input_shape=original.input_shape,
-            n_classes=original.n_classes,
-            strategy_params=original.strategy_params,
-        )
-        return model, {**event, "certificate": est.certificate()}

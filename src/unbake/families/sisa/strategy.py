@@ -5,14 +5,14 @@ Bourtoule et al., "Machine Unlearning" (IEEE S&P 2021). The training set is spli
 cut into ``slices`` slices and trained incrementally: slice 1, then slices 1–2, and so
 on, with a checkpoint after every slice. Predictions aggregate the shard models. To
 forget a sample, only its shard is retrained, from the checkpoint taken before the
-sample's slice (see :mod:`unbake.methods.sisa`).
+sample's slice (see :mod:`unbake.families.sisa.unlearner`).
 
 Everything that decides a shard's weights is a pure function of the sample IDs (or
 subjects), the seed and the configuration:
 
 * a sample's shard and slice come from a keyed hash of its subject (``assignment=
   "subject"``; samples without a subject use their ID) or of its ID (``"hash"``), so
-  removing samples never moves the others;
+  removing samples never moves the others (:mod:`unbake.families.sisa.layout`);
 * inside a shard, rows are ordered by (slice, sample ID), whatever the input order;
 * every shard has its own initialisation seed and every slice step its own batch-order
   seed, both derived from the model seed;
@@ -37,7 +37,6 @@ what ``epochs`` epochs over the whole shard cost.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +50,7 @@ from unbake._validation import Interval, Options, validate_params
 from unbake.backends import backend_constraints, create_backend
 from unbake.data import Samples
 from unbake.exceptions import IntegrityError, InvalidParameterError
+from unbake.families.sisa.layout import ShardLayout, sample_keys, shard_seed, step_seed
 from unbake.models import ModelSpec, build_model
 from unbake.training.config import TrainConfig
 from unbake.training.loop import optimize, resolve_device
@@ -60,7 +60,6 @@ __all__ = [
     "SISA",
     "SISAEnsemble",
     "ShardJob",
-    "ShardLayout",
     "checkpoint_key",
     "single_thread",
     "slice_epochs",
@@ -70,49 +69,6 @@ __all__ = [
 #: Parameters that define the model (persisted); the rest only say where training runs.
 MODEL_PARAMS = ("shards", "slices", "assignment", "aggregation")
 META_KEY = "sisa"
-
-
-def _digest(seed: int, purpose: str, key: str) -> int:
-    """A 64-bit keyed hash of one string: stable across processes, machines and versions."""
-    data = f"{int(seed)}\x1f{purpose}\x1f{key}".encode()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-
-
-_FNV_PRIME = np.uint64(0x100000001B3)
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser, vectorised (uint64 arithmetic wraps modulo 2**64)."""
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
-
-
-def fnv1a(keys: np.ndarray) -> np.ndarray:
-    """The 64-bit FNV-1a hash of the UTF-8 bytes of every string in ``keys``, vectorised."""
-    raw = np.char.encode(np.asarray(keys, dtype=str), "utf-8")
-    lengths = np.char.str_len(raw)
-    codes = np.frombuffer(raw.tobytes(), dtype=np.uint8).reshape(len(raw), raw.dtype.itemsize)
-    h = np.full(len(raw), 0xCBF29CE484222325, dtype=np.uint64)
-    for j in range(codes.shape[1]):
-        # only a string's own bytes count, not the padding up to the longest string
-        h = np.where(j < lengths, (h ^ codes[:, j]) * _FNV_PRIME, h)
-    return h
-
-
-def keyed(base: np.ndarray, seed: int, purpose: str) -> np.ndarray:
-    """Salt hashes from :func:`fnv1a` with ``(seed, purpose)`` and mix them (splitmix64)."""
-    return _mix(base ^ np.uint64(_digest(seed, purpose, "")))
-
-
-def shard_seed(seed: int, shard: int) -> int:
-    """The initialisation seed of shard ``shard``."""
-    return _digest(seed, "init", str(shard)) % 2**31
-
-
-def step_seed(seed: int, shard: int, step: int) -> int:
-    """The batch-order seed of slice step ``step`` of shard ``shard``."""
-    return _digest(seed, "step", f"{shard}:{step}") % 2**31
 
 
 def slice_epochs(epochs: int, slices: int) -> int:
@@ -125,64 +81,6 @@ def slice_epochs(epochs: int, slices: int) -> int:
 def checkpoint_key(shard: int, step: int, name: str) -> str:
     """The artifact name of parameter ``name`` of shard ``shard`` after slice step ``step``."""
     return f"sisa.shard{shard}.slice{step}.{name}"
-
-
-@dataclass(frozen=True)
-class ShardLayout:
-    """Which shard and slice each sample of one :class:`Samples` belongs to."""
-
-    ids: np.ndarray
-    shard: np.ndarray
-    slice: np.ndarray
-    shards: int
-    slices: int
-
-    @classmethod
-    def of(
-        cls, samples: Samples, *, shards: int, slices: int, assignment: str, seed: int
-    ) -> ShardLayout:
-        base = fnv1a(sample_keys(samples, assignment))
-        return cls(
-            samples.ids.astype(str),
-            (keyed(base, seed, "shard") % np.uint64(shards)).astype(np.int64),
-            (keyed(base, seed, "slice") % np.uint64(slices)).astype(np.int64),
-            shards,
-            slices,
-        )
-
-    def rows(self, shard: int) -> tuple[np.ndarray, list[int]]:
-        """Row indices of ``shard`` ordered by (slice, ID), and each slice's end offset."""
-        rows = np.flatnonzero(self.shard == shard)
-        by_id = rows[np.argsort(self.ids[rows], kind="stable")]
-        ordered = by_id[np.argsort(self.slice[by_id], kind="stable")]
-        counts = np.bincount(self.slice[ordered], minlength=self.slices)
-        return ordered, np.cumsum(counts).tolist()
-
-    def sizes(self) -> np.ndarray:
-        """Sample counts, shape ``(shards, slices)``."""
-        out = np.zeros((self.shards, self.slices), dtype=np.int64)
-        np.add.at(out, (self.shard, self.slice), 1)
-        return out
-
-    def fingerprints(self) -> list[list[str]]:
-        """A multiset hash of the sample IDs of every (shard, slice): what each was fed.
-
-        The sum modulo 2**64 of a hash of each ID, so it needs no sorting and the same
-        IDs in any order give the same fingerprint.
-        """
-        sums = np.zeros(self.shards * self.slices, dtype=np.uint64)
-        np.add.at(sums, self.shard * self.slices + self.slice, keyed(fnv1a(self.ids), 0, "id"))
-        rows = sums.reshape(self.shards, self.slices)
-        return [[f"{int(v):016x}" for v in row] for row in rows]
-
-
-def sample_keys(samples: Samples, assignment: str) -> np.ndarray:
-    """What decides a sample's shard: its subject (or, lacking one, its ID), or its ID."""
-    ids = samples.ids.astype(str)
-    if assignment == "hash":
-        return np.char.add("sample:", ids)
-    subjects = samples.subjects.astype(str)
-    return np.where(subjects != "", np.char.add("subject:", subjects), np.char.add("sample:", ids))
 
 
 def single_thread():

@@ -1,0 +1,33 @@
+"""SISA (Bourtoule et al., IEEE S&P 2021): sharded training and exact deletion, in one place.
+
+* :mod:`~unbake.families.sisa.layout`: which shard and slice each sample belongs to;
+* :mod:`~unbake.families.sisa.strategy`: the ``sisa`` training strategy, its shard jobs
+  and slice checkpoints, and the aggregated ensemble;
+* :mod:`~unbake.families.sisa.unlearner`: the ``sisa`` method, which retrains only the
+  affected shards from the checkpoint before the forgotten data.
+"""
+
+from unbake.families.sisa.layout import ShardLayout, fnv1a
+from unbake.families.sisa.strategy import (
+    SISA,
+    ShardJob,
+    SISAEnsemble,
+    checkpoint_key,
+    single_thread,
+    slice_epochs,
+    train_shard,
+)
+from unbake.families.sisa.unlearner import SISAUnlearner
+
+__all__ = [
+    "SISA",
+    "SISAEnsemble",
+    "SISAUnlearner",
+    "ShardJob",
+    "ShardLayout",
+    "checkpoint_key",
+    "fnv1a",
+    "single_thread",
+    "slice_epochs",
+    "train_shard",
+]
