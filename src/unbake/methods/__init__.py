@@ -6,21 +6,31 @@ True
 """
 
 from unbake.methods import (  # noqa: F401  (registers the methods)
+    bad_teacher,
     certified,
+    fisher,
     gradient,
     influence,
+    l1_sparse,
+    neggrad_plus,
+    random_label,
+    reset_distill,
     retrain,
+    salun,
+    scrub,
     sisa,
+    ssd,
 )
 from unbake.methods.base import (
     METHODS,
+    MethodTags,
     Unlearner,
     UnlearnResult,
     UnlearnTask,
     register_method,
 )
 
-__all__ = ["METHODS", "UnlearnResult", "UnlearnTask", "Unlearner", "create", "register_method"]
+__all__ = ["METHODS", "MethodTags", "UnlearnResult", "UnlearnTask", "Unlearner", "create", "register_method"]
 
 
 def create(name: str, /, **params) -> Unlearner:

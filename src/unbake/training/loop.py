@@ -50,9 +50,9 @@ StepFn = Callable[[nn.Module, Batches, torch.Generator], torch.Tensor]
 
 
 class Hook(Protocol):
-    """Called around each optimiser step (both methods optional in spirit; define both)."""
+    """Called around each optimiser step: after the backward pass, and after the step."""
 
-    def after_backward(self, model: nn.Module) -> None: ...
+    def after_backward(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
 
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
 
@@ -173,7 +173,7 @@ def run_phases(
                     loss = phase.step(model, got, generator)
                     loss.backward()
                     for hook in hooks:
-                        hook.after_backward(model)
+                        hook.after_backward(model, optimizer)
                     optimizer.step()
                     for hook in hooks:
                         hook.after_step(model, optimizer)
