@@ -27,10 +27,20 @@ from unbake.methods.base import (
     Unlearner,
     UnlearnResult,
     UnlearnTask,
+    copy_model,
     register_method,
 )
 
-__all__ = ["METHODS", "MethodTags", "UnlearnResult", "UnlearnTask", "Unlearner", "create", "register_method"]
+__all__ = [
+    "METHODS",
+    "MethodTags",
+    "UnlearnResult",
+    "UnlearnTask",
+    "Unlearner",
+    "copy_model",
+    "create",
+    "register_method",
+]
 
 
 def create(name: str, /, **params) -> Unlearner:
