@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from unbake.data import Dataset
-from unbake.exceptions import InvalidParameterError
 from unbake.evaluation.utility import Evaluation, avg_gap, evaluate
+from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS, Unlearner, UnlearnTask
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig, TrainedModel, fit
@@ -97,9 +97,7 @@ class Comparison:
             "n_forget": self.n_forget,
             "seed": self.seed,
             "attack_strength": round(self.attack_strength, 4),
-            "rows": [
-                {**r.public(), "vs_original": verdicts.get(r.method, "—")} for r in self.rows
-            ],
+            "rows": [{**r.public(), "vs_original": verdicts.get(r.method, "—")} for r in self.rows],
         }
 
     def to_json(self) -> str:

@@ -56,7 +56,9 @@ def kl_distill(
     return F.kl_div(s, q, reduction="batchmean", log_target=True) * t * t
 
 
-def random_wrong_labels(y: torch.Tensor, n_classes: int, generator: torch.Generator) -> torch.Tensor:
+def random_wrong_labels(
+    y: torch.Tensor, n_classes: int, generator: torch.Generator
+) -> torch.Tensor:
     """A label drawn uniformly from the *other* classes for each row of ``y``."""
     shift = torch.randint(1, n_classes, y.shape, generator=generator).to(y.device)
     return (y + shift) % n_classes

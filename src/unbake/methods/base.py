@@ -145,7 +145,7 @@ class Unlearner:
         if "needs_retain_data" in own and own["needs_retain_data"] != tags.needs_retain_data:
             reads = tuple(d for d in tags.reads if d != "retain")
             tags = dataclasses.replace(
-                tags, reads=reads + ("retain",) if own["needs_retain_data"] else reads
+                tags, reads=(*reads, "retain") if own["needs_retain_data"] else reads
             )
         cls.tags = tags
         for flag in _LEGACY_FLAGS:

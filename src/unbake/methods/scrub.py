@@ -66,9 +66,7 @@ class SCRUB(LoopUnlearner):
 
         def min_step(m, got, _):
             x, _y = got["retain"]
-            return self.alpha * kl_distill(m(x), teacher(x), t) + self.gamma * ce(
-                m, got["retain"]
-            )
+            return self.alpha * kl_distill(m(x), teacher(x), t) + self.gamma * ce(m, got["retain"])
 
         phases = []
         for epoch in range(self.epochs):

@@ -154,9 +154,7 @@ def run_phases(
     device = next(model.parameters()).device
     optimizer = make_optimizer(model.parameters() if params is None else params, config)
     scheduler = _scheduler(optimizer, config, total)
-    cycles = {
-        name: _Cycle(n, config.batch_size, generator) for name, n in sizes.items() if n > 0
-    }
+    cycles = {name: _Cycle(n, config.batch_size, generator) for name, n in sizes.items() if n > 0}
     model.train()
     with progress(total, description) as bar:
         for phase in phases:
