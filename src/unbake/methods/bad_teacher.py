@@ -25,7 +25,9 @@ class BadTeacher(LoopUnlearner):
     name = "bad_teacher"
     tags = MethodTags(
         cost="`epochs` passes over the retain set (plus one forget batch a step), "
-        "two teacher forward passes per step"
+        "two teacher forward passes per step",
+        limits="random forgetting: forgotten samples get random answers, below the test "
+        "accuracy a retrained model would give them",
     )
     _parameter_constraints = {
         **LoopUnlearner._parameter_constraints,

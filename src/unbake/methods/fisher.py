@@ -29,7 +29,8 @@ class FisherForgetting(Unlearner):
     name = "fisher"
     tags = MethodTags(
         cost="per-sample gradients over the retain set (no training)",
-        limits="little effect on random forgetting (forget and retain share their weights)",
+        limits="random forgetting (forget and retain share their weights); on class-wise "
+        "forgetting, noise large enough to forget also costs retain accuracy",
     )
     _parameter_constraints = {
         "alpha": [Interval(float, 0, None, closed="neither")],

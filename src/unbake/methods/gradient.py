@@ -53,7 +53,12 @@ class NegGrad(LoopUnlearner):
     """
 
     name = "neggrad"
-    tags = MethodTags(reads=("forget",), cost="`epochs` passes over the forget set")
+    tags = MethodTags(
+        reads=("forget",),
+        cost="`epochs` passes over the forget set",
+        limits="overshoots on random forgetting: with defaults set for class-wise "
+        "forgetting it drags retain and test accuracy down",
+    )
 
     def __init__(self, *, epochs: int = 5, lr: float = 5e-4, batch_size: int = 64) -> None:
         self.epochs = epochs
