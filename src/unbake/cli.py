@@ -101,8 +101,12 @@ def demo(
     model: Annotated[str, typer.Option(help="Architecture of the main model.")] = "mlp",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
     forget_fraction: Annotated[
-        float, typer.Option(help="Share of the training set to forget.")
+        float, typer.Option(help="Share of the training set to forget (random scenario).")
     ] = 0.1,
+    forget_class: Annotated[
+        int, typer.Option("--class", help="Class to forget (class-wise scenario).")
+    ] = 0,
+    scenario: Annotated[str, typer.Option(help="random, class, or both (default).")] = "both",
     seed: Annotated[int, typer.Option(help="Seed for training and the forget set.")] = 0,
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods (default: every registered one).")
@@ -111,7 +115,8 @@ def demo(
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train, forget a random 10%, compare every method against retraining, and report."""
+    """Train, forget a random 10% and then one class, compare every method against
+    retraining in each scenario, and report."""
     configure_threads(threads)
     from unbake.data import load_dataset
     from unbake.evaluation.compare import compare_methods
@@ -124,63 +129,94 @@ def demo(
         raise InvalidParameterError(
             f"--forget-fraction must be in (0, 1). Got {forget_fraction} instead."
         )
+    if scenario not in ("random", "class", "both"):
+        raise InvalidParameterError(
+            f"--scenario must be random, class or both. Got {scenario!r} instead."
+        )
     chosen = [m.strip() for m in methods.split(",")] if methods else None
     for name in chosen or []:
         METHODS.get(name)
     ds = load_dataset(dataset)
     config = TrainConfig.parse(epochs=epochs)
-    if not as_json:
-        console.print(
-            f"Training {model} on {ds.name} ({len(ds.train)} train / {len(ds.test)} test), "
-            f"forgetting {forget_fraction:.0%} (seed {seed}) and comparing methods…"
-        )
+    runs = {
+        "random": {"forget_fraction": forget_fraction},
+        "class": {"forget_class": forget_class},
+    }
+    if scenario != "both":
+        runs = {scenario: runs[scenario]}
 
     def show(row):
         if not as_json:
             console.print(f"  {row.method:<14} {row.model:<28} done in {row.seconds:.2f}s")
 
-    report = compare_methods(
-        ds,
-        methods=chosen,
-        model=model,
-        config=config,
-        forget_fraction=forget_fraction,
-        seed=seed,
-        on_row=show,
-    )
     workspace.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workspace / "report.json", report.to_json() + "\n")
-    atomic_write_text(workspace / "report.md", report.to_markdown())
-    plot_comparison(report, workspace / "report.png")
+    reports = {}
+    for name, kwargs in runs.items():
+        if not as_json:
+            what = (
+                f"{forget_fraction:.0%} at random" if name == "random" else f"class {forget_class}"
+            )
+            console.print(
+                f"Training {model} on {ds.name} ({len(ds.train)} train / {len(ds.test)} test), "
+                f"forgetting {what} (seed {seed}) and comparing methods…"
+            )
+        report = compare_methods(
+            ds, methods=chosen, model=model, config=config, seed=seed, on_row=show, **kwargs
+        )
+        stem = "report" if name == "random" else f"report-{name}"
+        atomic_write_text(workspace / f"{stem}.json", report.to_json() + "\n")
+        atomic_write_text(workspace / f"{stem}.md", report.to_markdown())
+        plot_comparison(report, workspace / f"{stem}.png")
+        reports[name] = report
     if as_json:
-        _emit_json(report.to_dict())
+        _emit_json({name: r.to_dict() for name, r in reports.items()})
         return
-    table = _table(
-        f"unbake demo on {ds.name}: forget {report.n_forget} of {report.n_train} "
-        "(avg gap and speedup against retraining the same model)",
-        ["method", "model", "FA", "RA", "TA", "MIA", "avg gap", "seconds", "speedup"],
-        [
-            [
-                r.method,
-                r.model,
-                r.fa,
-                r.ra,
-                r.ta,
-                r.mia,
-                r.avg_gap,
-                f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "—",
-                f"{r.speedup:.1f}×" if math.isfinite(r.speedup) else "—",
-            ]
-            for r in report.rows
-        ],
-    )
-    console.print(table)
+    for report in reports.values():
+        verdicts = report.verdicts()
+        console.print(
+            _table(
+                f"unbake demo on {ds.name}: forget {report.describe_scenario()} "
+                "(avg gap and speedup against retraining the same model)",
+                [
+                    "method",
+                    "model",
+                    "FA",
+                    "RA",
+                    "TA",
+                    "MIA",
+                    "avg gap",
+                    "vs original",
+                    "seconds",
+                    "speedup",
+                ],
+                [
+                    [
+                        r.method,
+                        r.model,
+                        r.fa,
+                        r.ra,
+                        r.ta,
+                        r.mia,
+                        r.avg_gap,
+                        verdicts.get(r.method, "—"),
+                        f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "—",
+                        f"{r.speedup:.1f}×" if math.isfinite(r.speedup) else "—",
+                    ]
+                    for r in report.rows
+                ],
+            )
+        )
+        behind = [m for m, v in verdicts.items() if v == "no"]
+        if behind:
+            console.print(f"Not better than doing nothing here: {', '.join(behind)}.")
+        console.print(report.timing_note())
+    strength = next(iter(reports.values())).attack_strength
     console.print(
         f"Attack strength (loss-threshold MIA, balanced accuracy on retain vs test): "
-        f"{report.attack_strength:.1f}% (50% = the attack sees nothing)."
+        f'{strength:.1f}% (50% = the attack sees nothing). "vs original": better = at most '
+        "half of doing nothing's avg gap; slightly = below it; no = not below it."
     )
-    console.print(report.timing_note())
-    console.print(f"Wrote report.json, report.md and report.png to {workspace}.")
+    console.print(f"Wrote report*.json, report*.md and report*.png to {workspace}.")
 
 
 # --- methods -------------------------------------------------------------------------
@@ -189,19 +225,24 @@ def demo(
 @app.command()
 @_handle_errors
 def methods(as_json: JsonOpt = False) -> None:
-    """List the registered unlearning methods with their flags and parameters."""
+    """List the registered unlearning methods: kind, what they read, cost and parameters."""
     from unbake.methods import METHODS
 
     rows = []
     for name in METHODS.available():
         m = METHODS.create(name)
+        tags = m.tags
         rows.append(
             {
                 "method": name,
-                "exact": m.exact,
-                "certified": m.certified,
-                "needs_retain_data": m.needs_retain_data,
-                "requires_strategy": m.requires_strategy,
+                "kind": tags.kind,
+                "exact": tags.exact,
+                "certified": tags.certified,
+                "reads": ["model", *tags.reads],
+                "needs_retain_data": tags.needs_retain_data,
+                "requires_strategy": tags.requires_strategy,
+                "cost": tags.cost,
+                "limits": tags.limits,
                 "params": m.get_params(),
                 "summary": (type(m).__doc__ or "").strip().splitlines()[0],
             }
@@ -212,24 +253,16 @@ def methods(as_json: JsonOpt = False) -> None:
     console.print(
         _table(
             "unlearning methods",
-            [
-                "method",
-                "exact",
-                "certified",
-                "retain data",
-                "needs strategy",
-                "parameters",
-                "summary",
-            ],
+            ["method", "kind", "reads", "needs strategy", "cost", "does not help", "parameters"],
             [
                 [
                     r["method"],
-                    r["exact"],
-                    r["certified"],
-                    r["needs_retain_data"],
+                    r["kind"],
+                    ", ".join(r["reads"]),
                     r["requires_strategy"] or "any",
+                    r["cost"],
+                    r["limits"] or "—",
                     ", ".join(f"{k}={v}" for k, v in r["params"].items()),
-                    r["summary"],
                 ]
                 for r in rows
             ],

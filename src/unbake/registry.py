@@ -13,11 +13,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from unbake.exceptions import InvalidParameterError, UnknownNameError
+from unbake.exceptions import InvalidParameterError, UnbakeError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -25,11 +26,32 @@ __all__ = ["Registry"]
 
 
 class Registry(Generic[T]):
-    """A name → factory map whose error messages are built from its own contents."""
+    """A name → factory map whose error messages are built from its own contents.
 
-    def __init__(self, kind: str) -> None:
+    ``entry_points`` names an ``importlib.metadata`` entry-point group (for example
+    ``"unbake.methods"``): other installed packages add items by declaring an entry point
+    in that group whose module registers them on import. The group is loaded once, on
+    the first lookup.
+    """
+
+    def __init__(self, kind: str, *, entry_points: str | None = None) -> None:
         self.kind = kind
         self._items: dict[str, Callable[..., T]] = {}
+        self._group = entry_points
+        self._plugins_loaded = entry_points is None
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in importlib.metadata.entry_points(group=self._group):
+            try:
+                ep.load()
+            except Exception as exc:  # a broken plug-in must name itself
+                raise UnbakeError(
+                    f"The {self.kind} plug-in {ep.name!r} ({ep.value}, entry point group "
+                    f"{self._group!r}) failed to load: {exc}; fix or uninstall that package."
+                ) from exc
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator registering ``factory`` under ``name``; a duplicate name raises."""
@@ -45,6 +67,7 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> Callable[..., T]:
+        self._load_plugins()
         try:
             return self._items[name]
         except KeyError:
@@ -67,16 +90,18 @@ class Registry(Generic[T]):
         return factory(**params)
 
     def available(self) -> list[str]:
+        self._load_plugins()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load_plugins()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.available())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.available())
 
 
 def _keyword_names(factory: Callable[..., object]) -> set[str] | None:

@@ -78,6 +78,9 @@ def test_methods_lists_flags():
     res = run("methods", "--json")
     rows = {r["method"]: r for r in json.loads(res.stdout)["methods"]}
     assert rows["retrain"]["exact"] is True and rows["neggrad"]["needs_retain_data"] is False
+    assert rows["retrain"]["kind"] == "exact" and rows["salun"]["kind"] == "approximate"
+    assert rows["neggrad"]["reads"] == ["model", "forget"] and rows["salun"]["cost"]
+    assert "random forgetting" in rows["influence"]["limits"]
 
 
 @pytest.mark.parametrize(
@@ -184,7 +187,11 @@ def test_demo_writes_reports(tmp_path):
     ws = tmp_path / "demo"
     res = run("demo", "--methods", "finetune,neggrad", "--epochs", "3", "--workspace", ws, "--json")
     assert res.exit_code == 0, res.output
-    report = json.loads(res.stdout)
+    both = json.loads(res.stdout)
+    assert both["class"]["scenario"] == "class" and both["class"]["forget_class"] == 0
+    assert {r["vs_original"] for r in both["class"]["rows"][1:]} <= {"better", "slightly", "no"}
+    assert (ws / "report-class.md").exists()
+    report = both["random"]
     assert [r["method"] for r in report["rows"]] == [
         "original",
         "retrain_seed",

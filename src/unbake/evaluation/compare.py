@@ -29,7 +29,13 @@ from unbake.methods import METHODS, Unlearner, UnlearnTask
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig, TrainedModel, fit
 
-__all__ = ["Comparison", "ComparisonRow", "compare_methods", "random_forget_ids"]
+__all__ = [
+    "Comparison",
+    "ComparisonRow",
+    "class_forget_ids",
+    "compare_methods",
+    "random_forget_ids",
+]
 
 
 @dataclass
@@ -68,9 +74,34 @@ class Comparison:
     reference_timing: dict[str, Any] = field(default_factory=dict)
     #: 1-minute load average when the comparison started and ended.
     load_average: dict[str, float] = field(default_factory=dict)
+    #: ``"random"`` (a seeded fraction of the training set) or ``"class"`` (one class).
+    scenario: str = "random"
+    forget_class: int | None = None
+
+    def verdicts(self) -> dict[str, str]:
+        """Each method row against doing nothing: ``better`` (at most half of ``original``'s
+        avg gap), ``slightly`` (below it) or ``no`` (not below it)."""
+        base = next((r.avg_gap for r in self.rows if r.method == "original"), float("nan"))
+        out = {}
+        for r in self.rows:
+            if r.method == "original":
+                continue
+            if r.avg_gap <= 0.5 * base:
+                out[r.method] = "better"
+            else:
+                out[r.method] = "slightly" if r.avg_gap < base else "no"
+        return out
+
+    def describe_scenario(self) -> str:
+        if self.scenario == "class":
+            return f"class {self.forget_class} ({self.n_forget} of {self.n_train} samples)"
+        return f"a random {self.n_forget} of {self.n_train} samples"
 
     def to_dict(self) -> dict[str, Any]:
+        verdicts = self.verdicts()
         return {
+            "scenario": self.scenario,
+            "forget_class": self.forget_class,
             "dataset": self.dataset,
             "n_train": self.n_train,
             "n_forget": self.n_forget,
@@ -78,7 +109,7 @@ class Comparison:
             "attack_strength": round(self.attack_strength, 4),
             "reference_timing": self.reference_timing,
             "load_average": self.load_average,
-            "rows": [r.public() for r in self.rows],
+            "rows": [{**r.public(), "vs_original": verdicts.get(r.method, "—")} for r in self.rows],
         }
 
     def timing_note(self) -> str:
@@ -99,22 +130,23 @@ class Comparison:
     def to_markdown(self) -> str:
         head = (
             f"# unbake comparison on {self.dataset}\n\n"
-            f"Forgetting {self.n_forget} of {self.n_train} training samples (seed {self.seed}). "
+            f"Forgetting {self.describe_scenario()} (seed {self.seed}). "
             "Accuracies and MIA in percent; avg gap in points against retraining the same "
             "model from scratch; speedup against that retrain, measured in the same run.\n\n"
             f"Attack strength (loss-threshold MIA, balanced accuracy on retain vs test): "
             f"{self.attack_strength:.1f}%. {self.timing_note()}\n\n"
         )
         lines = [
-            "| method | model | FA | RA | TA | MIA | avg gap | seconds | speedup |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| method | model | FA | RA | TA | MIA | avg gap | vs original | seconds | speedup |",
+            "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
         ]
+        verdicts = self.verdicts()
         for r in self.rows:
             seconds = f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "—"
             speedup = f"{r.speedup:.1f}×" if math.isfinite(r.speedup) else "—"
             lines.append(
                 f"| {r.method} | {r.model} | {r.fa:.2f} | {r.ra:.2f} | {r.ta:.2f} | {r.mia:.2f} "
-                f"| {r.avg_gap:.2f} | {seconds} | {speedup} |"
+                f"| {r.avg_gap:.2f} | {verdicts.get(r.method, '—')} | {seconds} | {speedup} |"
             )
         return head + "\n".join(lines) + "\n"
 
@@ -124,6 +156,22 @@ def random_forget_ids(dataset: Dataset, fraction: float, seed: int) -> np.ndarra
     rng = np.random.default_rng(seed)
     n = max(1, round(len(dataset.train) * fraction))
     return np.sort(rng.choice(dataset.train.ids.astype(str), size=n, replace=False))
+
+
+def class_forget_ids(dataset: Dataset, label: int) -> np.ndarray:
+    """The training IDs of every sample of class ``label``."""
+    if not 0 <= int(label) < dataset.n_classes:
+        raise InvalidParameterError(
+            f"The class to forget must be in [0, {dataset.n_classes - 1}] for {dataset.name}. "
+            f"Got {label!r} instead."
+        )
+    ids = dataset.train.ids[dataset.train.y == int(label)].astype(str)
+    if len(ids) == len(dataset.train):
+        raise InvalidParameterError(
+            f"Class {label} is the whole training set of {dataset.name}; nothing would be left "
+            "to retain. Forget another class."
+        )
+    return np.sort(ids)
 
 
 @dataclass
@@ -197,6 +245,7 @@ def compare_methods(
     config: TrainConfig | None = None,
     forget_ids: np.ndarray | None = None,
     forget_fraction: float = 0.1,
+    forget_class: int | None = None,
     seed: int = 0,
     device=None,
     on_row=None,
@@ -204,6 +253,9 @@ def compare_methods(
 ) -> Comparison:
     """Run every method (default: all registered) on one forget request and compare.
 
+    The request is ``forget_ids`` if given; else every sample of class ``forget_class``
+    (the class-wise scenario, where retraining gives FA ≈ 0); else a seeded random
+    ``forget_fraction`` of the training set (the random scenario, where FA ≈ TA).
     Speedups are against the median of ``reference_repeats`` timed retrains.
     """
     if reference_repeats < 1:
@@ -213,6 +265,9 @@ def compare_methods(
     load_start = _load_average()
     config = config or TrainConfig()
     params = params or {}
+    scenario = "class" if forget_class is not None and forget_ids is None else "random"
+    if forget_ids is None and forget_class is not None:
+        forget_ids = class_forget_ids(dataset, forget_class)
     if forget_ids is None:
         forget_ids = random_forget_ids(dataset, forget_fraction, seed)
     forget, retain = dataset.train.split(forget_ids)
@@ -261,6 +316,8 @@ def compare_methods(
         seed,
         original_ev.attack_strength,
         rows,
-        main.timing,
-        {"start": load_start, "end": _load_average(), "cores": os.cpu_count() or 1},
+        reference_timing=main.timing,
+        load_average={"start": load_start, "end": _load_average(), "cores": os.cpu_count() or 1},
+        scenario=scenario,
+        forget_class=int(forget_class) if scenario == "class" else None,
     )

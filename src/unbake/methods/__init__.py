@@ -6,19 +6,39 @@ True
 """
 
 from unbake.methods import (  # noqa: F401  (registers the methods)
+    bad_teacher,
+    fisher,
     gradient,
     influence,
+    l1_sparse,
+    neggrad_plus,
+    random_label,
+    reset_distill,
     retrain,
+    salun,
+    scrub,
+    ssd,
 )
 from unbake.methods.base import (
     METHODS,
+    MethodTags,
     Unlearner,
     UnlearnResult,
     UnlearnTask,
+    copy_model,
     register_method,
 )
 
-__all__ = ["METHODS", "UnlearnResult", "UnlearnTask", "Unlearner", "create", "register_method"]
+__all__ = [
+    "METHODS",
+    "MethodTags",
+    "UnlearnResult",
+    "UnlearnTask",
+    "Unlearner",
+    "copy_model",
+    "create",
+    "register_method",
+]
 
 
 def create(name: str, /, **params) -> Unlearner:

@@ -9,19 +9,74 @@ method needs and promises, so nothing special-cases method names.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from unbake._validation import Interval, validate_params
 from unbake.data import Samples
-from unbake.exceptions import EmptyRequestError, UnsupportedModelError
+from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnsupportedModelError
 from unbake.registry import Registry
 from unbake.training import TrainConfig, TrainedModel, get_params, set_params
 
-__all__ = ["METHODS", "UnlearnResult", "UnlearnTask", "Unlearner", "register_method"]
+__all__ = [
+    "METHODS",
+    "MethodTags",
+    "UnlearnResult",
+    "UnlearnTask",
+    "Unlearner",
+    "register_method",
+]
+
+#: What a method may read besides the original model.
+DATA = ("forget", "retain")
+
+
+@dataclass(frozen=True)
+class MethodTags:
+    """What a method promises and needs, in one place (scikit-learn's estimator tags).
+
+    The CLI, the policy, the comparison and the conformance suite read these; none of
+    them special-cases a method's name.
+    """
+
+    #: The result is distributed exactly as retraining on the retain set.
+    exact: bool = False
+    #: The result comes with an (ε, δ) certificate of indistinguishability.
+    certified: bool = False
+    #: The data the method reads besides the original model: ``"forget"``, ``"retain"``.
+    reads: tuple[str, ...] = DATA
+    #: The training strategy the original must have been trained with (None: any).
+    requires_strategy: str | None = None
+    #: What one run costs, in words (e.g. "2 epochs over the retain set").
+    cost: str = ""
+    #: Where the method does not help, said plainly (empty: no known blind spot).
+    limits: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.reads) - set(DATA)
+        if unknown:
+            raise InvalidParameterError(
+                f"MethodTags.reads names unknown data {sorted(unknown)}; use {list(DATA)}."
+            )
+
+    @property
+    def kind(self) -> str:
+        """``"exact"``, ``"certified"`` or ``"approximate"`` (no guarantee: measured)."""
+        return "exact" if self.exact else "certified" if self.certified else "approximate"
+
+    @property
+    def needs_retain_data(self) -> bool:
+        """Reads the retain set (a method without it can run after the data is gone)."""
+        return "retain" in self.reads
+
+
+#: Old per-attribute flags, still accepted on subclasses and kept in step with ``tags``.
+_LEGACY_FLAGS = ("exact", "certified", "needs_retain_data", "requires_strategy")
 
 
 @dataclass
@@ -55,23 +110,46 @@ class UnlearnResult:
 class Unlearner:
     """Base class of every unlearning method.
 
-    Subclasses set ``name``, the capability flags, ``_parameter_constraints``, a
-    keyword-only ``__init__`` that only stores its arguments, and ``_unlearn``.
+    Subclasses set ``name``, their :class:`MethodTags` (``tags``),
+    ``_parameter_constraints``, a keyword-only ``__init__`` that only stores its
+    arguments, and ``_unlearn``. The flags ``exact``, ``certified``,
+    ``needs_retain_data`` and ``requires_strategy`` mirror ``tags``; a subclass that
+    sets one of them as a class attribute updates its tags accordingly.
+
+    A method whose tags do not read ``"retain"`` is handed an empty retain set, so its
+    declaration is enforced rather than trusted.
     """
 
     name: ClassVar[str]
-    #: The result is distributed exactly as retraining on the retain set.
+    tags: ClassVar[MethodTags] = MethodTags()
     exact: ClassVar[bool] = False
-    #: The result comes with an (ε, δ) certificate of indistinguishability.
     certified: ClassVar[bool] = False
-    #: Reads the retain set (a method without it can run after the data is gone).
     needs_retain_data: ClassVar[bool] = True
-    #: The training strategy the original must have been trained with (None: any).
     requires_strategy: ClassVar[str | None] = None
     #: How to train a suitable original when ``requires_strategy`` is set (demo, bench):
     #: keyword arguments of :func:`unbake.training.fit` such as model and strategy_params.
     suggested_original: ClassVar[dict[str, Any] | None] = None
     _parameter_constraints: ClassVar[dict[str, list]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        tags = cls.tags
+        if "exact" in own or "certified" in own or "requires_strategy" in own:
+            tags = dataclasses.replace(
+                tags,
+                exact=own.get("exact", tags.exact),
+                certified=own.get("certified", tags.certified),
+                requires_strategy=own.get("requires_strategy", tags.requires_strategy),
+            )
+        if "needs_retain_data" in own and own["needs_retain_data"] != tags.needs_retain_data:
+            reads = tuple(d for d in tags.reads if d != "retain")
+            tags = dataclasses.replace(
+                tags, reads=(*reads, "retain") if own["needs_retain_data"] else reads
+            )
+        cls.tags = tags
+        for flag in _LEGACY_FLAGS:
+            setattr(cls, flag, getattr(tags, flag))
 
     def get_params(self) -> dict[str, Any]:
         return get_params(self)
@@ -96,6 +174,14 @@ class Unlearner:
         reason = self.supports(task.original)
         if reason:
             raise UnsupportedModelError(f"Cannot unlearn: {reason}.")
+        if not self.tags.needs_retain_data:
+            task = dataclasses.replace(task, retain=task.retain.subset(np.zeros(0, dtype=int)))
+        elif len(task.retain) == 0:
+            raise InvalidParameterError(
+                f"Method {self.name!r} reads the retain set, but the request removes every "
+                "training sample; forget fewer samples or pick a method that reads no retain "
+                "data (see `unbake methods`)."
+            )
         seed = task.original.seed if seed is None else int(seed)
         start = time.perf_counter()
         model, info = self._unlearn(task, seed)
@@ -113,7 +199,9 @@ class Unlearner:
         return f"{type(self).__name__}({args})"
 
 
-METHODS: Registry[Unlearner] = Registry("unlearning method")
+#: Every unlearning method; packages add their own through the ``unbake.methods``
+#: entry-point group (an entry point whose module applies :func:`register_method`).
+METHODS: Registry[Unlearner] = Registry("unlearning method", entry_points="unbake.methods")
 
 
 def register_method(cls: type[Unlearner]) -> type[Unlearner]:

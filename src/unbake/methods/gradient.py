@@ -1,79 +1,69 @@
-"""Gradient-based approximate methods that only change the loss: fine-tuning and NegGrad."""
+"""The two simplest baselines: fine-tuning on the retain set, and gradient ascent (NegGrad)."""
 
 from __future__ import annotations
 
-from torch.nn import functional as F
-
-from unbake.methods.base import (
-    GRADIENT_CONSTRAINTS,
-    Unlearner,
-    UnlearnTask,
-    copy_model,
-    gradient_config,
-    register_method,
-)
-from unbake.training import optimize, resolve_device
+from unbake.methods._blocks import LoopUnlearner, ce
+from unbake.methods.base import MethodTags, register_method
+from unbake.training.loop import Phase
 
 
-class _SingleSetDescent(Unlearner):
-    """Optimise ``_loss`` for a few epochs over one of the two sets (``_data``)."""
+@register_method
+class Finetune(LoopUnlearner):
+    """Fine-tune on the retain set only, relying on catastrophic forgetting.
 
-    _parameter_constraints = GRADIENT_CONSTRAINTS
-    _data: str  # "retain" or "forget"
+    Warnecke et al., "Machine Unlearning of Features and Labels" (NDSS 2023); the "FT"
+    baseline of Jia et al., "Model Sparsity Can Simplify Machine Unlearning" (NeurIPS 2023).
 
-    def __init__(self, *, epochs: int = 5, lr: float = 1e-3, batch_size: int = 64) -> None:
+        for epoch in 1..epochs, for each retain batch B_r:  θ ← θ − η ∇ℓ(B_r)
+
+    When to use: a baseline. It forgets only what more training on the retain set happens
+    to overwrite, so on a memorised forget set it barely moves. Cost: ``epochs`` passes
+    over the retain set.
+    """
+
+    name = "finetune"
+    tags = MethodTags(
+        reads=("retain",),
+        cost="`epochs` passes over the retain set",
+        limits="does not target the forget set; forgets only what further training overwrites",
+    )
+
+    def __init__(self, *, epochs: int = 5, lr: float = 5e-3, batch_size: int = 64) -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
 
-    @staticmethod
-    def _loss(model, x, y):
-        raise NotImplementedError
-
-    def _unlearn(self, task: UnlearnTask, seed: int):
-        model = copy_model(task.original, device=resolve_device(task.device))
-        data = getattr(task, self._data)
-        config = gradient_config(
-            task.original.config, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size
-        )
-        X, y = data.tensors()
-        optimize(model.module, X, y, config, seed=seed, loss_fn=self._loss, description=self.name)
-        return model, {f"{self._data}_samples": len(data)}
+    def _phases(self, task, model, seed):
+        return [Phase("retain", lambda m, got, _: ce(m, got["retain"]), epochs=self.epochs)], []
 
 
 @register_method
-class Finetune(_SingleSetDescent):
-    """Fine-tune on the retain set only, relying on catastrophic forgetting.
-
-    Warnecke et al., "Machine Unlearning of Features and Labels" (NDSS 2023) and the
-    "FT" baseline of Jia et al., "Model Sparsity Can Simplify Machine Unlearning"
-    (NeurIPS 2023).
-    """
-
-    name = "finetune"
-    _data = "retain"
-
-    @staticmethod
-    def _loss(model, x, y):
-        return F.cross_entropy(model(x), y)
-
-
-@register_method
-class NegGrad(_SingleSetDescent):
+class NegGrad(LoopUnlearner):
     """Gradient ascent on the forget set (the "GA"/"NegGrad" baseline).
 
     Thudi et al., "Unrolling SGD" (EuroS&P 2022); Golatkar et al., "Eternal Sunshine of
-    the Spotless Net" (CVPR 2020). Needs no retain data, and can overshoot: keep
-    ``epochs`` and ``lr`` small.
+    the Spotless Net" (CVPR 2020).
+
+        for epoch in 1..epochs, for each forget batch B_f:  θ ← θ + η ∇ℓ(B_f)
+
+    When to use: when no retain data is available (it reads none). It overshoots easily
+    and drags the retain accuracy down with it: keep ``epochs`` and ``lr`` small, and
+    prefer ``neggrad_plus`` when retain data exists. Cost: ``epochs`` passes over the
+    forget set.
     """
 
     name = "neggrad"
-    needs_retain_data = False
-    _data = "forget"
+    tags = MethodTags(
+        reads=("forget",),
+        cost="`epochs` passes over the forget set",
+        limits="overshoots on random forgetting: with defaults set for class-wise "
+        "forgetting it drags retain and test accuracy down",
+    )
 
-    def __init__(self, *, epochs: int = 3, lr: float = 1e-4, batch_size: int = 64) -> None:
-        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size)
+    def __init__(self, *, epochs: int = 5, lr: float = 5e-4, batch_size: int = 64) -> None:
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
 
-    @staticmethod
-    def _loss(model, x, y):
-        return -F.cross_entropy(model(x), y)
+    def _phases(self, task, model, seed):
+        return [Phase("forget", lambda m, got, _: -ce(m, got["forget"]), epochs=self.epochs)], []

@@ -14,7 +14,7 @@ from unbake.exceptions import (
     NotPositiveDefiniteError,
     UnsupportedModelError,
 )
-from unbake.methods.base import Unlearner, UnlearnTask, copy_model, register_method
+from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, copy_model, register_method
 from unbake.training import resolve_device
 from unbake.training.hessian import (
     conjugate_gradient,
@@ -79,10 +79,22 @@ class InfluenceNewton(Unlearner):
     iteration when ``None``). ``params="head"`` restricts the step to the last layer,
     where the loss is convex and the cost small. Approximate: no guarantee for deep
     networks, so it is measured against retraining.
+
+    Where it does not help: random forgetting on deep networks. A memorised sample's
+    trace lives in the hidden layers, which a head-only step does not touch, and a
+    first-order step from a near-zero-gradient optimum is small: on the certified
+    benchmark's MLP its avg gap equals doing nothing's (1.19 against 1.19). On class-wise
+    forgetting it closes part of the gap but stays far from retraining; prefer ``salun``,
+    ``scrub`` or ``bad_teacher`` there. Use it for convex or linear-head models.
     """
 
     name = "influence"
-    needs_retain_data = True
+    tags = MethodTags(
+        cost="one gradient over the forget set and a CG/LiSSA solve of Hessian-vector "
+        "products on up to `hessian_samples` retain rows",
+        limits="random forgetting on deep networks (avg gap = doing nothing's); "
+        "only partial on class-wise; meant for convex or linear-head models",
+    )
     _parameter_constraints = {
         "solver": [Options({"cg", "lissa"})],
         "params": [Options({"all", "head"})],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unbake._validation import Interval
-from unbake.methods.base import Unlearner, UnlearnTask, register_method
+from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, register_method
 
 
 @register_method
@@ -16,8 +16,7 @@ class Retrain(Unlearner):
     """
 
     name = "retrain"
-    exact = True
-    needs_retain_data = True
+    tags = MethodTags(exact=True, reads=("retain",), cost="a full training run on the retain set")
     _parameter_constraints = {"epochs": [Interval(int, 0, None, closed="left"), None]}
 
     def __init__(self, *, epochs: int | None = None) -> None:

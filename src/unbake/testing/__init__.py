@@ -5,6 +5,20 @@
 ['deterministic', ...]
 """
 
-from unbake.testing.conformance import CHECKS, check_unlearner, tiny_dataset, tiny_original
+from unbake.testing.conformance import (
+    CHECKS,
+    applicable_checks,
+    check_unlearner,
+    parametrize_with_checks,
+    tiny_dataset,
+    tiny_original,
+)
 
-__all__ = ["CHECKS", "check_unlearner", "tiny_dataset", "tiny_original"]
+__all__ = [
+    "CHECKS",
+    "applicable_checks",
+    "check_unlearner",
+    "parametrize_with_checks",
+    "tiny_dataset",
+    "tiny_original",
+]

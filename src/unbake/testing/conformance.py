@@ -1,8 +1,11 @@
 """``check_unlearner``: the API contract of an unlearning method, as executable checks.
 
 Each check takes an :class:`~unbake.methods.Unlearner` and raises ``AssertionError``
-with a message naming the broken promise. Tests parametrise over
-``METHODS.available() × CHECKS`` so every registered method runs every check.
+with a message naming the broken promise. A check declares which methods it applies to,
+from their :class:`~unbake.methods.MethodTags`; :func:`parametrize_with_checks` yields
+every (method, check) pair and marks the ones that do not apply as *skipped, with the
+reason*, as scikit-learn's ``parametrize_with_checks`` does, so nothing passes by
+returning early.
 """
 
 from __future__ import annotations
@@ -11,23 +14,57 @@ import copy
 import functools
 import hashlib
 import json
+import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from unbake.data import Dataset, Samples, load_dataset
-from unbake.exceptions import EmptyRequestError, UnknownSampleError
-from unbake.methods import METHODS, Unlearner, UnlearnTask
+from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnknownSampleError
+from unbake.methods import METHODS, MethodTags, Unlearner, UnlearnTask
 from unbake.training import TrainConfig, TrainedModel, fit
 from unbake.workspace import Workspace
 
-__all__ = ["CHECKS", "check_unlearner", "tiny_dataset", "tiny_original"]
+__all__ = [
+    "CHECKS",
+    "applicable_checks",
+    "check_unlearner",
+    "parametrize_with_checks",
+    "tiny_dataset",
+    "tiny_original",
+]
 
 TINY_CONFIG = TrainConfig(epochs=3, batch_size=32, lr=3e-3)
+#: Long enough on 240 digits for the MLP to memorise its training set.
+MEMORISE_CONFIG = TrainConfig(epochs=30, batch_size=32, lr=3e-3)
 FORGET = 12
+#: The class forgotten by :func:`check_forgets`.
+FORGET_CLASS = 0
+#: Share of the original→retrain gap (forget loss, or forget accuracy) a method must close.
+FORGET_SHARE = 0.1
+
+Check = Callable[[Unlearner], None]
+
+
+def _applies(when: Callable[[MethodTags], bool], reason: str) -> Callable[[Check], Check]:
+    """Declare which methods a check applies to, and why it is skipped for the others."""
+
+    def decorator(check: Check) -> Check:
+        check.applies = when  # type: ignore[attr-defined]
+        check.skip_reason = reason  # type: ignore[attr-defined]
+        return check
+
+    return decorator
+
+
+def _skip_reason(check: Check, unlearner: Unlearner) -> str | None:
+    when = getattr(check, "applies", None)
+    if when is None or when(unlearner.tags):
+        return None
+    return f"{check.__name__} does not apply to {unlearner.name}: {check.skip_reason}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,11 +80,10 @@ def tiny_dataset() -> Dataset:
     return Dataset("digits-tiny", train, ds.test.subset(np.sort(te)), 10, {"name": "__memory__"})
 
 
-def _original_kwargs(unlearner: Unlearner) -> dict:
-    kwargs = {"model": "mlp", "config": TINY_CONFIG}
+def _original_kwargs(unlearner: Unlearner, config: TrainConfig = TINY_CONFIG) -> dict:
+    kwargs = {"model": "mlp", "config": config}
     if unlearner.requires_strategy:
         kwargs.update(unlearner.suggested_original or {"strategy": unlearner.requires_strategy})
-    kwargs.setdefault("config", TINY_CONFIG)
     return kwargs
 
 
@@ -64,9 +100,9 @@ def _cached_original(key: str) -> TrainedModel:
     return fit(ds.train, n_classes=ds.n_classes, seed=0, **kwargs)
 
 
-def tiny_original(unlearner: Unlearner) -> TrainedModel:
+def tiny_original(unlearner: Unlearner, config: TrainConfig = TINY_CONFIG) -> TrainedModel:
     """A small trained model suitable for ``unlearner`` (cached; always returns a copy)."""
-    kwargs = _original_kwargs(unlearner)
+    kwargs = _original_kwargs(unlearner, config)
     key = json.dumps(
         {
             k: (
@@ -197,38 +233,144 @@ def check_workspace_requests(unlearner: Unlearner) -> None:
             ws.close()
 
 
-def check_exact_matches_retrain(unlearner: Unlearner) -> None:
-    """An exact method's result is bitwise the model trained from scratch on the retain set."""
-    if not unlearner.exact:
-        return
-    task = _task(unlearner)
-    out = unlearner.unlearn(task).model
+def _scratch(task: UnlearnTask) -> TrainedModel:
     original = task.original
-    scratch = original.make_strategy().fit(
+    return original.make_strategy().fit(
         task.retain,
         spec=original.spec,
         config=original.config,
         seed=original.seed,
         n_classes=original.n_classes,
     )
-    _assert_bitwise_equal(out, scratch, f"exact method {unlearner.name} differs from retraining")
 
 
-CHECKS: list[Callable[[Unlearner], None]] = [
+#: Retrain references of :func:`check_forgets`, by the original's training arguments.
+_REFERENCES: dict[str, TrainedModel] = {}
+
+
+@_applies(lambda tags: tags.exact, "it is not exact (tags.exact is False)")
+def check_exact_matches_retrain(unlearner: Unlearner) -> None:
+    """An exact method's result is bitwise the model trained from scratch on the retain set."""
+    task = _task(unlearner)
+    out = unlearner.unlearn(task).model
+    _assert_bitwise_equal(
+        out, _scratch(task), f"exact method {unlearner.name} differs from retraining"
+    )
+
+
+def _forget_loss_and_accuracy(model: TrainedModel, forget: Samples) -> tuple[float, float]:
+    probs = model.predict_proba(torch.from_numpy(forget.X))
+    y = torch.from_numpy(forget.y)
+    loss = float(-torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12)).mean())
+    return loss, float((probs.argmax(1) == y).float().mean() * 100)
+
+
+def check_forgets(unlearner: Unlearner) -> None:
+    """The method measurably forgets, where the original has memorised.
+
+    Setting: an MLP trained long enough on 240 digits to memorise them, asked to forget
+    every sample of one class, and the same model retrained without them. The method must
+    close at least ``FORGET_SHARE`` of the original→retrain gap in the forget set's
+    accuracy, or in its mean loss on a log scale (the retrained loss is orders of magnitude
+    above the memorised one, so the share is of ``log(loss)``). Returning a copy of the
+    original closes neither.
+    """
+    ds = tiny_dataset()
+    forget_ids = ds.train.ids[ds.train.y == FORGET_CLASS]
+    forget, retain = ds.train.split(forget_ids)
+    original = tiny_original(unlearner, MEMORISE_CONFIG)
+    task = UnlearnTask(original, forget, retain)
+    key = json.dumps(_original_kwargs(unlearner, MEMORISE_CONFIG), sort_keys=True, default=str)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _scratch(task)
+    reference = _REFERENCES[key]
+    out = unlearner.unlearn(task).model
+    (l0, a0), (lr, ar), (lm, am) = (
+        _forget_loss_and_accuracy(m, forget) for m in (original, reference, out)
+    )
+    assert lr - l0 > 1.0, f"the setting is broken: retraining raised the forget loss {l0}→{lr}"
+    closed_loss = math.log(max(lm, 1e-12) / max(l0, 1e-12)) / math.log(lr / max(l0, 1e-12))
+    closed_acc = (a0 - am) / max(a0 - ar, 1e-9)
+    assert max(closed_loss, closed_acc) >= FORGET_SHARE, (
+        f"{unlearner.name} does not forget: on the forget set the loss went {l0:.3f}→{lm:.3f} "
+        f"and the accuracy {a0:.1f}→{am:.1f}%, closing {closed_loss:.1%} and {closed_acc:.1%} "
+        f"of the gap to retraining (loss {lr:.3f} [log scale], accuracy {ar:.1f}%); it "
+        f"must close {FORGET_SHARE:.0%} of one of them"
+    )
+
+
+def _without_retain(unlearner: Unlearner) -> UnlearnTask:
+    ds = tiny_dataset()
+    return UnlearnTask(tiny_original(unlearner), ds.train, ds.train.subset(np.zeros(0, int)))
+
+
+@_applies(lambda tags: tags.needs_retain_data, "it reads no retain data")
+def check_rejects_missing_retain(unlearner: Unlearner) -> None:
+    """A method that reads the retain set refuses, clearly, a request that leaves none."""
+    try:
+        unlearner.unlearn(_without_retain(unlearner))
+    except InvalidParameterError as exc:
+        assert "retain" in str(exc), f"the error does not name the retain set: {exc}"
+        return
+    raise AssertionError(f"{unlearner.name} ran with no retain data although it reads it")
+
+
+@_applies(lambda tags: not tags.needs_retain_data, "it reads the retain set")
+def check_runs_without_retain(unlearner: Unlearner) -> None:
+    """A method that declares it reads no retain data runs when none is left."""
+    out = unlearner.unlearn(_without_retain(unlearner)).model
+    assert all(torch.isfinite(p).all() for p in out.module.parameters()), (
+        f"{unlearner.name} produced non-finite weights without retain data"
+    )
+
+
+CHECKS: list[Check] = [
     check_deterministic,
     check_same_architecture,
     check_original_untouched,
     check_rejects_empty,
     check_workspace_requests,
     check_exact_matches_retrain,
+    check_forgets,
+    check_rejects_missing_retain,
+    check_runs_without_retain,
 ]
 
 
+def applicable_checks(unlearner: Unlearner) -> Iterator[tuple[Check, str | None]]:
+    """Each check with ``None``, or the reason it does not apply to ``unlearner``."""
+    for check in CHECKS:
+        yield check, _skip_reason(check, unlearner)
+
+
+def parametrize_with_checks(methods: list[str] | None = None):
+    """A ``pytest.mark.parametrize`` over (method, check) for ``methods`` (default: all).
+
+    Checks that do not apply to a method's tags are marked skipped with the reason.
+
+    >>> @parametrize_with_checks(["finetune"])  # doctest: +SKIP
+    ... def test_conformance(method, check):
+    ...     check(METHODS.create(method))
+    """
+    import pytest
+
+    params = []
+    for name in methods or METHODS.available():
+        for check, reason in applicable_checks(METHODS.create(name)):
+            marks = [pytest.mark.skip(reason=reason)] if reason else []
+            params.append(pytest.param(name, check, marks=marks, id=f"{name}-{check.__name__}"))
+    return pytest.mark.parametrize(("method", "check"), params)
+
+
 def check_unlearner(method: str | Unlearner) -> list[str]:
-    """Run every conformance check on ``method``; returns the names of the checks passed."""
+    """Run the conformance checks that apply to ``method``; returns the names of those passed.
+
+    Checks that do not apply to its tags are not run (and not listed).
+    """
     unlearner = METHODS.create(method) if isinstance(method, str) else method
     passed = []
-    for check in CHECKS:
-        check(unlearner)
-        passed.append(check.__name__.removeprefix("check_"))
+    for check, reason in applicable_checks(unlearner):
+        if reason is None:
+            check(unlearner)
+            passed.append(check.__name__.removeprefix("check_"))
     return passed

@@ -1,13 +1,25 @@
-"""The seeded optimisation loop that training and every gradient-based method share.
+"""The seeded loop that training and every gradient-based unlearning method share.
 
-Determinism: the batch order comes from a ``torch.Generator`` seeded explicitly, and the
-model's initial weights from :func:`unbake.models.build_model`'s seed, so on CPU the same
-seed and thread count give bitwise-identical weights. The global RNG is never drawn from.
+One loop runs *phases* over *named streams*. A stream is a named ``(X, y)`` pair, such
+as ``forget`` and ``retain``. A :class:`Phase` walks one shuffled epoch of its driving
+stream; at each batch it also draws a batch from every paired stream (each cycles through
+its own shuffled epochs), hands all of them to its step function, back-propagates the
+loss that step returns, runs the hooks, and takes one optimiser step. A method is a list
+of phases: SCRUB alternates a *max* phase on ``forget`` with a *min* phase on ``retain``;
+NegGrad+ runs one phase driven by ``retain`` with ``forget`` paired; plain training
+(:func:`optimize`) is the single-phase case over one stream.
+
+Determinism: every batch order comes from one ``torch.Generator`` seeded explicitly, in
+the order the loop asks for it, and the model's initial weights from
+:func:`unbake.models.build_model`'s seed, so on CPU the same seed and thread count give
+bitwise-identical weights. The global RNG is never drawn from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -17,10 +29,44 @@ from unbake._progress import progress
 from unbake._threads import threads_for
 from unbake.training.config import TrainConfig
 
-__all__ = ["LossFn", "batches", "make_optimizer", "optimize", "resolve_device"]
+__all__ = [
+    "Batches",
+    "Hook",
+    "LossFn",
+    "Phase",
+    "StepFn",
+    "batches",
+    "make_optimizer",
+    "optimize",
+    "resolve_device",
+    "run_phases",
+]
 
 #: ``loss_fn(model, x, y) -> scalar`` computed on one batch.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+#: The batches one step sees, by stream name: ``{"forget": (x, y), "retain": (x, y)}``.
+Batches = dict[str, tuple[torch.Tensor, torch.Tensor]]
+#: ``step(model, batches, generator) -> loss`` to *minimise* (a max step returns ``-loss``).
+StepFn = Callable[[nn.Module, Batches, torch.Generator], torch.Tensor]
+
+
+class Hook(Protocol):
+    """Called around each optimiser step: after the backward pass, and after the step."""
+
+    def after_backward(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
+
+
+@dataclass(frozen=True)
+class Phase:
+    """``epochs`` passes over the ``stream`` batches, each paired with one from ``paired``."""
+
+    stream: str
+    step: StepFn
+    epochs: int = 1
+    paired: tuple[str, ...] = ()
+    name: str = ""
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -61,6 +107,83 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int
     return None
 
 
+@dataclass
+class _Cycle:
+    """Endless shuffled batches of one paired stream, reshuffled at each epoch's end."""
+
+    n: int
+    batch_size: int
+    generator: torch.Generator
+    _it: Iterator[torch.Tensor] = field(default_factory=lambda: iter(()))
+
+    def next(self) -> torch.Tensor:
+        idx = next(self._it, None)
+        if idx is None:
+            self._it = batches(self.n, self.batch_size, self.generator)
+            idx = next(self._it)
+        return idx
+
+
+def run_phases(
+    model: nn.Module,
+    streams: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    phases: Sequence[Phase],
+    config: TrainConfig,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    hooks: Sequence[Hook] = (),
+    params=None,
+    description: str = "training",
+) -> nn.Module:
+    """Run ``phases`` in order over ``streams``, updating ``model`` in place.
+
+    One optimiser (``config``'s optimiser, lr and schedule over all steps) serves every
+    phase, on ``params`` (default: all parameters). Batches are drawn from ``generator``
+    (or a fresh one seeded with ``seed``). A phase over an empty stream is skipped; an
+    empty paired stream is left out of the step's batches.
+    """
+    if generator is None:
+        if seed is None:
+            raise TypeError("run_phases needs a seed or a generator")
+        generator = torch.Generator().manual_seed(int(seed))
+    sizes = {name: len(y) for name, (_, y) in streams.items()}
+    phases = [p for p in phases if p.epochs > 0 and sizes[p.stream] > 0]
+    total = sum(p.epochs * -(-sizes[p.stream] // config.batch_size) for p in phases)
+    if total == 0:
+        return model
+    device = next(model.parameters()).device
+    optimizer = make_optimizer(model.parameters() if params is None else params, config)
+    scheduler = _scheduler(optimizer, config, total)
+    cycles = {name: _Cycle(n, config.batch_size, generator) for name, n in sizes.items() if n > 0}
+    model.train()
+    first = streams[phases[0].stream][0][: config.batch_size].to(device)
+    with threads_for(model, first), progress(total, description) as bar:
+        for phase in phases:
+            X, y = streams[phase.stream]
+            for _ in range(phase.epochs):
+                for idx in batches(sizes[phase.stream], config.batch_size, generator):
+                    got: Batches = {phase.stream: (X[idx].to(device), y[idx].to(device))}
+                    for other in phase.paired:
+                        if other in cycles:
+                            oi = cycles[other].next()
+                            ox, oy = streams[other]
+                            got[other] = (ox[oi].to(device), oy[oi].to(device))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = phase.step(model, got, generator)
+                    loss.backward()
+                    for hook in hooks:
+                        hook.after_backward(model, optimizer)
+                    optimizer.step()
+                    for hook in hooks:
+                        hook.after_step(model, optimizer)
+                    if scheduler is not None:
+                        scheduler.step()
+                    bar.advance()
+    model.eval()
+    return model
+
+
 def optimize(
     model: nn.Module,
     X: torch.Tensor,
@@ -74,30 +197,19 @@ def optimize(
 ) -> nn.Module:
     """Minimise ``loss_fn`` over ``(X, y)`` for ``config.epochs`` epochs, in place.
 
-    ``params`` restricts the update to some parameters (default: all).
+    The single-phase case of :func:`run_phases`. ``params`` restricts the update to some
+    parameters (default: all).
     """
-    n = len(y)
-    if n == 0 or config.epochs == 0:
-        return model
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(int(seed))
-    optimizer = make_optimizer(model.parameters() if params is None else params, config)
-    steps_per_epoch = -(-n // config.batch_size)
-    scheduler = _scheduler(optimizer, config, config.epochs * steps_per_epoch)
-    model.train()
-    with (
-        threads_for(model, X[: config.batch_size].to(device)),
-        progress(config.epochs * steps_per_epoch, description) as bar,
-    ):
-        for _ in range(config.epochs):
-            for idx in batches(n, config.batch_size, generator):
-                xb, yb = X[idx].to(device), y[idx].to(device)
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model, xb, yb)
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                bar.advance()
-    model.eval()
-    return model
+
+    def step(module: nn.Module, got: Batches, _: torch.Generator) -> torch.Tensor:
+        return loss_fn(module, *got["train"])
+
+    return run_phases(
+        model,
+        {"train": (X, y)},
+        [Phase("train", step, epochs=config.epochs)],
+        config,
+        seed=seed,
+        params=params,
+        description=description,
+    )

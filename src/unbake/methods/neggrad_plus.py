@@ -1,0 +1,43 @@
+"""NegGrad+: descent on the retain set and ascent on the forget set, interleaved."""
+
+from __future__ import annotations
+
+from unbake._validation import Interval
+from unbake.methods._blocks import LoopUnlearner, ce
+from unbake.methods.base import MethodTags, register_method
+from unbake.training.loop import Phase
+
+
+@register_method
+class NegGradPlus(LoopUnlearner):
+    """NegGrad+ (Kurmanji et al., "Towards Unbounded Machine Unlearning", NeurIPS 2023).
+
+        for epoch in 1..epochs, for each retain batch B_r, paired with a forget batch B_f:
+            θ ← θ − η ∇[ β·ℓ(B_r) − (1 − β)·ℓ(B_f) ]
+
+    When to use: the first method to try when retain data exists; tuned with the same
+    budget as the rest it is a strong baseline (Cadet et al., "Deep Unlearn", 2024).
+    ``beta`` trades keeping (retain) against forgetting (forget). Cost: ``epochs`` passes
+    over the retain set, each step with one forget batch too.
+    """
+
+    name = "neggrad_plus"
+    tags = MethodTags(cost="`epochs` passes over the retain set (plus one forget batch a step)")
+    _parameter_constraints = {
+        **LoopUnlearner._parameter_constraints,
+        "beta": [Interval(float, 0, 1, closed="both")],
+    }
+
+    def __init__(
+        self, *, epochs: int = 2, lr: float = 1e-3, batch_size: int = 64, beta: float = 0.98
+    ) -> None:
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.beta = beta
+
+    def _phases(self, task, model, seed):
+        def step(m, got, _):
+            return self.beta * ce(m, got["retain"]) - (1 - self.beta) * ce(m, got["forget"])
+
+        return [Phase("retain", step, epochs=self.epochs, paired=("forget",))], []

@@ -1,0 +1,40 @@
+"""Random labels: train on the forget set relabelled at random, together with the retain set."""
+
+from __future__ import annotations
+
+from unbake.methods._blocks import LoopUnlearner, ce, random_wrong_labels
+from unbake.methods.base import MethodTags, register_method
+from unbake.training.loop import Phase
+
+
+@register_method
+class RandomLabel(LoopUnlearner):
+    """Random-label unlearning (the baseline of Golatkar et al., "Eternal Sunshine of the
+    Spotless Net", CVPR 2020; also Graves et al., "Amnesiac Machine Learning", AAAI 2021).
+
+        for epoch in 1..epochs, for each retain batch B_r, paired with a forget batch B_f:
+            ỹ_f ← a uniformly drawn *wrong* label for each row of B_f (seeded generator)
+            θ ← θ − η ∇[ ℓ(B_r) + ℓ(x_f, ỹ_f) ]
+
+    When to use: class-wise forgetting, where the retrained model should answer anything
+    but the forgotten label; on random forgetting it pushes the forget set below the test
+    accuracy. Cost: ``epochs`` passes over the retain set, each step with one forget batch.
+    """
+
+    name = "random_label"
+    tags = MethodTags(cost="`epochs` passes over the retain set (plus one forget batch a step)")
+
+    def __init__(self, *, epochs: int = 2, lr: float = 1e-3, batch_size: int = 64) -> None:
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+
+    def _phases(self, task, model, seed):
+        n_classes = model.n_classes
+
+        def step(m, got, generator):
+            x_f, y_f = got["forget"]
+            wrong = random_wrong_labels(y_f, n_classes, generator)
+            return ce(m, got["retain"]) + ce(m, (x_f, wrong))
+
+        return [Phase("retain", step, epochs=self.epochs, paired=("forget",))], []

@@ -1,0 +1,67 @@
+"""Selective Synaptic Dampening: shrink the weights far more important to the forget set."""
+
+from __future__ import annotations
+
+import torch
+
+from unbake._validation import Interval
+from unbake.methods._blocks import diag_fisher
+from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, copy_model, register_method
+from unbake.training import resolve_device
+
+
+@register_method
+class SSD(Unlearner):
+    """Selective Synaptic Dampening (Foster et al., "Fast Machine Unlearning Without
+    Retraining Through Selective Synaptic Dampening", AAAI 2024).
+
+        I_D ← diag Fisher of θ_o over the training data D (forget set + retain rows)
+        I_f ← diag Fisher of θ_o over the forget set
+        for each weight i with I_f,i > α·I_D,i:   θ_i ← θ_i · min(λ·I_D,i / I_f,i, 1)
+
+    What it reads: the whole forget set, and ``retain_samples`` seeded retain rows (all of
+    them when ``None``), only to estimate I_D; it takes no gradient step, so it needs no
+    retain data beyond that importance estimate, which depends only on the original model
+    and could be computed once at training time. When to use: retraining-free, in seconds,
+    when a one-shot edit is enough. Cost: one per-sample gradient pass over the forget
+    set and the retain rows read.
+    """
+
+    name = "ssd"
+    tags = MethodTags(
+        cost="per-sample gradients over the forget set and the retain rows read (no training)",
+        limits="reads retain data only for the importance estimate over D",
+    )
+    _parameter_constraints = {
+        "alpha": [Interval(float, 0, None, closed="neither")],
+        "dampening": [Interval(float, 0, None, closed="neither")],
+        "retain_samples": [Interval(int, 1, None, closed="left"), None],
+    }
+
+    def __init__(
+        self, *, alpha: float = 5.0, dampening: float = 0.5, retain_samples: int | None = None
+    ) -> None:
+        self.alpha = alpha
+        self.dampening = dampening
+        self.retain_samples = retain_samples
+
+    def _unlearn(self, task: UnlearnTask, seed: int):
+        model = copy_model(task.original, device=resolve_device(task.device))
+        module = model.module
+        X_f, y_f = task.forget.tensors()
+        X_r, y_r = task.retain.tensors()
+        if self.retain_samples is not None and self.retain_samples < len(y_r):
+            rows = torch.randperm(len(y_r), generator=torch.Generator().manual_seed(seed))
+            X_r, y_r = X_r[rows[: self.retain_samples]], y_r[rows[: self.retain_samples]]
+        imp_f = diag_fisher(module, X_f, y_f)
+        imp_d = diag_fisher(module, torch.cat([X_f, X_r]), torch.cat([y_f, y_r]))
+        dampened = 0
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if name not in imp_f:
+                    continue
+                selected = imp_f[name] > self.alpha * imp_d[name]
+                factor = (self.dampening * imp_d[name] / imp_f[name].clamp_min(1e-30)).clamp(max=1)
+                p.mul_(torch.where(selected, factor, torch.ones_like(factor)))
+                dampened += int(selected.sum())
+        return model, {"dampened_weights": dampened, "retain_rows_read": len(y_r)}

@@ -1,0 +1,116 @@
+"""The shared building blocks, the tags object and plug-in registration."""
+
+import importlib.metadata
+
+import pytest
+import torch
+from torch import nn
+
+from unbake.evaluation.compare import class_forget_ids
+from unbake.exceptions import InvalidParameterError
+from unbake.methods import METHODS, MethodTags, Unlearner
+from unbake.methods._blocks import (
+    diag_fisher,
+    frozen_teacher,
+    kl_distill,
+    random_wrong_labels,
+    saliency_mask,
+)
+from unbake.registry import Registry
+from unbake.testing import tiny_dataset
+
+
+def test_kl_distill_is_zero_at_the_teacher_and_positive_elsewhere():
+    t = torch.tensor([[2.0, 0.0, -1.0]])
+    assert kl_distill(t, t).item() == pytest.approx(0.0, abs=1e-7)
+    assert kl_distill(torch.zeros(1, 3), t, temperature=2.0).item() > 0
+
+
+def test_diag_fisher_matches_per_sample_gradients():
+    torch.manual_seed(0)  # test-only
+    net = nn.Linear(3, 2)
+    X, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    fisher = diag_fisher(net, X, y)
+    expected = torch.zeros_like(net.weight)
+    for i in range(5):
+        net.zero_grad()
+        nn.functional.cross_entropy(net(X[i : i + 1]), y[i : i + 1]).backward()
+        expected += net.weight.grad**2 / 5
+    assert torch.allclose(fisher["weight"], expected, atol=1e-6)
+
+
+def test_saliency_mask_keeps_the_requested_fraction_and_teacher_is_frozen():
+    torch.manual_seed(0)  # test-only
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    X, y = torch.randn(20, 6), torch.randint(3, (20,))
+    mask = saliency_mask(net, X, y, 0.25)
+    share = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
+    assert share == pytest.approx(0.25, abs=0.02)
+    teacher = frozen_teacher(net)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+
+def test_random_wrong_labels_are_never_the_true_label():
+    y = torch.arange(10).repeat(50) % 10
+    wrong = random_wrong_labels(y, 10, torch.Generator().manual_seed(0))
+    assert not torch.any(wrong == y) and wrong.min() >= 0 and wrong.max() < 10
+
+
+def test_tags_and_legacy_flags_stay_in_step():
+    class Legacy(Unlearner):
+        name = "legacy"
+        needs_retain_data = False
+        exact = True
+
+    assert Legacy.tags.kind == "exact" and Legacy.tags.reads == ("forget",)
+    assert METHODS.create("neggrad").needs_retain_data is False
+    assert METHODS.create("salun").tags.reads == ("forget", "retain")
+    with pytest.raises(InvalidParameterError, match="unknown data"):
+        MethodTags(reads=("test",))
+
+
+def test_a_method_that_reads_no_retain_data_is_given_none():
+    seen = []
+
+    class Spy(Unlearner):
+        name = "spy"
+        tags = MethodTags(reads=("forget",))
+
+        def __init__(self):
+            pass
+
+        def _unlearn(self, task, seed):
+            seen.append(len(task.retain))
+            return task.original, {}
+
+    from unbake.testing.conformance import _task
+
+    Spy().unlearn(_task(Spy()))
+    assert seen == [0]
+
+
+def test_entry_point_plugins_are_loaded_once(monkeypatch):
+    registry = Registry("widget", entry_points="unbake.test-widgets")
+    loads = []
+
+    class EP:
+        name, value = "blue", "pkg.blue"
+
+        def load(self):
+            loads.append(1)
+            registry.register("blue")(lambda: "blue")
+
+    def fake(group):
+        return [EP()] if group == "unbake.test-widgets" else []
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    assert registry.available() == ["blue"] and registry.create("blue") == "blue"
+    assert "blue" in registry and loads == [1]
+
+
+def test_class_scenario_ids_and_bad_class():
+    ds = tiny_dataset()
+    ids = class_forget_ids(ds, 3)
+    assert len(ids) == int((ds.train.y == 3).sum()) > 0
+    with pytest.raises(InvalidParameterError, match=r"\[0, 9\]"):
+        class_forget_ids(ds, 10)
