@@ -46,9 +46,9 @@ def trained(tmp_path):
 
 def test_train_forget_evaluate_status_log(trained, tmp_path):
     ws, info = trained
-    assert info["n_train"] == 1438
+    assert info["n_train"] == 1229  # digits' train split (keyed hash of each ID, seed 0)
     ids_file = tmp_path / "ids.txt"
-    ids_file.write_text("digits-0001\ndigits-0002\n")
+    ids_file.write_text("digits-0001\ndigits-0003\n")
     res = run(
         "forget",
         "--ids-file",
@@ -67,7 +67,9 @@ def test_train_forget_evaluate_status_log(trained, tmp_path):
     res = run("evaluate", "--workspace", ws, "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["ta"] > 50
     st = json.loads(run("status", "--workspace", ws, "--json").stdout)
-    assert st["samples"] == {"active": 1436, "forgotten": 2}
+    assert st["samples"] == {"active": 1227, "forgotten": 2}
+    assert st["splits"] == {"train": 1227, "val": 180, "test": 388}
+    assert st["dataset"]["test_fraction"] == "0.2" and st["dataset"]["split_seed"] == "0"
     log = json.loads(run("log", "--workspace", ws, "--json").stdout)["requests"]
     assert [r["method"] for r in log] == ["finetune"]
     assert run("log", "--workspace", ws).exit_code == 0
@@ -85,7 +87,8 @@ def test_methods_lists_flags():
     [
         (["--ids", "nope-1"], ["Unknown sample IDs ['nope-1']"]),
         ([], ["selects no samples"]),
-        (["--ids", "digits-0005"], ["belong to the test split"]),
+        (["--ids", "digits-0004"], ["belong to the test split"]),
+        (["--ids", "digits-0002"], ["belong to the validation split"]),
         (
             ["--ids", "digits-0001", "--method", "bogus"],
             ["Unknown unlearning method 'bogus'", "retrain"],
@@ -99,7 +102,8 @@ def test_methods_lists_flags():
             ["--ids", "digits-0001", "--method", "finetune", "--param", "colour=1"],
             ["no parameter 'colour'"],
         ),
-        (["--class", "42"], ["Class 42 does not exist"]),
+        (["--class", "42"], ["Class '42' does not exist", "'0', '1'", "index 0..9"]),
+        (["--class", "A"], ["Class 'A' does not exist"]),
         (["--ids", "digits-0001", "--model", "model-nope"], ["No model 'model-nope'"]),
         (["--ids-file", "/no/such/file"], ["Cannot read --ids-file"]),
     ],
@@ -222,7 +226,7 @@ def test_csv_workspace_forgets_a_subject_from_another_directory(tmp_path, monkey
     csv = tmp_path / "people.csv"
     lines = ["uid,person,f1,f2,target"]
     for i in range(120):
-        lines.append(f"u{i},p{i % 10},{(i % 7) / 7},{(i % 2) + 0.1 * (i % 5)},{i % 2}")
+        lines.append(f"u{i},p{i % 30},{(i % 7) / 7},{(i % 2) + 0.1 * (i % 5)},{i % 2}")
     csv.write_text("\n".join(lines) + "\n")
     monkeypatch.chdir(tmp_path)
     ws = tmp_path / "ws"
@@ -248,11 +252,32 @@ def test_csv_workspace_forgets_a_subject_from_another_directory(tmp_path, monkey
     )
     assert res.exit_code == 0, res.output
     st = json.loads(run("status", "--workspace", ws, "--json").stdout)
-    assert st["subjects"] == 10
+    assert st["subjects"] == 30
     monkeypatch.chdir("/")
-    res = run("forget", "--subject", "p3", "--workspace", ws, "--json")
+    side = _subject_sides(ws)
+    person = next(p for p, split in sorted(side.items()) if split == "train")
+    res = run("forget", "--subject", person, "--workspace", ws, "--json")
     assert res.exit_code == 0, res.output
     n = json.loads(res.stdout)["n_samples"]
+    assert n == 4  # 120 rows over 30 people, all on one side of the split
     st = json.loads(run("status", "--workspace", ws, "--json").stdout)
-    assert st["samples"]["forgotten"] == n and st["subjects"] == 9
-    assert_one_line_error(run("forget", "--subject", "p3", "--workspace", ws), "already forgotten")
+    assert st["samples"]["forgotten"] == n and st["subjects"] == 29
+    assert_one_line_error(
+        run("forget", "--subject", person, "--workspace", ws), "already forgotten"
+    )
+    held_out = next(p for p, split in sorted(side.items()) if split == "test")
+    assert_one_line_error(
+        run("forget", "--subject", held_out, "--workspace", ws),
+        f"The 4 samples of subject '{held_out}' are all in the test split",
+    )
+
+
+def _subject_sides(ws):
+    """subject -> the one split holding all of its rows (from `unbake samples --json`)."""
+    res = run("samples", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    sides: dict[str, set] = {}
+    for row in json.loads(res.stdout)["samples"]:
+        sides.setdefault(row["subject"], set()).add(row["split"])
+    assert all(len(v) == 1 for v in sides.values()), sides
+    return {subject: v.pop() for subject, v in sides.items()}
