@@ -281,3 +281,110 @@ def _subject_sides(ws):
         sides.setdefault(row["subject"], set()).add(row["split"])
     assert all(len(v) == 1 for v in sides.values()), sides
     return {subject: v.pop() for subject, v in sides.items()}
+
+
+def _people_csv(path, drop_subjects=()):
+    lines = ["uid,person,f1,f2,target"]
+    for i in range(120):
+        if f"p{i % 30}" not in drop_subjects:
+            lines.append(f"u{i},p{i % 30},{(i % 7) / 7},{(i % 3) + 0.1 * (i % 5)},{'ABC'[i % 3]}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+CSV_TRAIN = [
+    "train",
+    "--dataset",
+    "csv",
+    "--label",
+    "target",
+    "--id-column",
+    "uid",
+    "--subject-column",
+    "person",
+    "--model",
+    "logreg",
+    "--epochs",
+    "2",
+]
+
+
+def test_forgotten_subject_deleted_from_csv_then_evaluate_forget_train(tmp_path):
+    source = _people_csv(tmp_path / "people.csv")
+    ws = tmp_path / "ws"
+    assert run(*CSV_TRAIN, "--path", source, "--workspace", ws).exit_code == 0
+    sides = _subject_sides(ws)
+    first, second = [p for p, split in sorted(sides.items()) if split == "train"][:2]
+    assert run("forget", "--subject", first, "--workspace", ws).exit_code == 0
+    _people_csv(source, drop_subjects={first})  # the person's raw rows are erased too
+    res = run("evaluate", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    res = run("forget", "--subject", second, "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n_samples"] == 4
+    res = run("train", "--model", "logreg", "--epochs", "2", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    gone = json.loads(run("samples", "--forgotten", "--workspace", ws, "--json").stdout)
+    assert len(gone["samples"]) == 8 and {r["split"] for r in gone["samples"]} == {"train"}
+    # an active (never forgotten) subject's rows deleted: an error naming them
+    third = next(p for p, split in sorted(sides.items()) if split == "test")
+    _people_csv(source, drop_subjects={first, third})
+    before = snapshot(ws)
+    assert_one_line_error(
+        run("evaluate", "--workspace", ws), "4 samples that were never forgotten are missing"
+    )
+    assert snapshot(ws) == before
+
+
+def test_samples_lists_ids_subjects_splits_and_label_names(tmp_path):
+    source = _people_csv(tmp_path / "people.csv")
+    ws = tmp_path / "ws"
+    res = run(*CSV_TRAIN, "--path", source, "--val-fraction", "0.2", "--workspace", ws)
+    assert res.exit_code == 0, res.output
+    person = next(p for p, split in sorted(_subject_sides(ws).items()) if split == "train")
+    res = run("samples", "--subject", person, "--workspace", ws, "--json")
+    rows = json.loads(res.stdout)["samples"]
+    assert [r["sample_id"] for r in rows] == [f"u{int(person[1:]) + 30 * k}" for k in range(4)]
+    assert all(r["label"] in {"A", "B", "C"} and r["status"] == "active" for r in rows)
+    text = run("samples", "--subject", person, "--workspace", ws)
+    assert text.exit_code == 0 and rows[0]["sample_id"] in text.stdout and "train" in text.stdout
+    st = run("status", "--workspace", ws)
+    assert "validation (fraction 0.2)" in st.stdout and "test (fraction 0.2)" in st.stdout
+    res = run("forget", "--class", "B", "--method", "retrain", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    log = json.loads(run("log", "--workspace", ws, "--json").stdout)["requests"]
+    assert log[-1]["selector"] == {"class": "B"}
+    assert_one_line_error(
+        run("forget", "--class", "D", "--workspace", ws), "Class 'D' does not exist", "'A', 'B'"
+    )
+    assert_one_line_error(
+        run("train", "--split-seed", "3", "--workspace", ws), "split_seed=0, not 3"
+    )
+
+
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (b"f1,label\n", "has a header but no data rows"),
+        (b"\x00\xff\xfe\x89binary\xff", "not UTF-8 text"),
+        (b"f1,label\n" + b"".join(b"%d,A\n" % i for i in range(40)), "at least two classes"),
+        (b"f1,label\n1,A\n", "fewer than the"),
+        (b"f1,label\n1,A\n2,B\n", "fewer than the"),
+        (
+            b"uid,f1,label\n"
+            + b"".join(
+                b"%s,%d,%d\n" % (b"" if i == 2 else b"u%d" % i, i, i % 2) for i in range(30)
+            ),
+            "Empty sample IDs in rows 2",
+        ),
+    ],
+)
+def test_degenerate_csv_refused_and_nothing_created(tmp_path, content, fragment):
+    source = tmp_path / "bad.csv"
+    source.write_bytes(content)
+    ws = tmp_path / "ws"
+    extra = ["--id-column", "uid"] if content.startswith(b"uid") else []
+    assert_one_line_error(
+        run("train", "--dataset", "csv", "--path", source, *extra, "--workspace", ws), fragment
+    )
+    assert not ws.exists()

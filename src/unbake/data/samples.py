@@ -183,13 +183,6 @@ class Dataset:
 
     def check(self, *, need_val: bool = False) -> None:
         """Refuse data too degenerate to train and evaluate on (one line: cause and fix)."""
-        present = np.unique(self.train.y)
-        if len(present) < 2:
-            only = self.classes[int(present[0])] if len(present) else "none"
-            raise DatasetError(
-                f"The training split of {self.name} holds {len(present)} class ({only!r}); "
-                "unbake needs at least two classes: add rows of another class."
-            )
         short = [
             (split, len(samples), least)
             for split, samples, least in (
@@ -205,6 +198,13 @@ class Dataset:
                 f"The {split} split of {self.name} has {n} rows, fewer than the {least} "
                 f"needed (at least {MIN_TRAIN_ROWS} training, {MIN_TEST_ROWS} test and 1 "
                 "validation row); add rows or change --test-fraction / --val-fraction."
+            )
+        present = np.unique(self.train.y)
+        if len(present) < 2:
+            only = self.classes[int(present[0])] if len(present) else "none"
+            raise DatasetError(
+                f"The training split of {self.name} holds {len(present)} class ({only!r}); "
+                "unbake needs at least two classes: add rows of another class."
             )
 
 
