@@ -222,34 +222,37 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.stderr.startswith("error: No workspace at") and "Traceback" not in proc.stderr
 
 
-def test_csv_workspace_forgets_a_subject_from_another_directory(tmp_path, monkeypatch):
-    csv = tmp_path / "people.csv"
+def _people_csv(path, drop_subjects=()):
     lines = ["uid,person,f1,f2,target"]
     for i in range(120):
-        lines.append(f"u{i},p{i % 30},{(i % 7) / 7},{(i % 2) + 0.1 * (i % 5)},{i % 2}")
-    csv.write_text("\n".join(lines) + "\n")
+        if f"p{i % 30}" not in drop_subjects:
+            lines.append(f"u{i},p{i % 30},{(i % 7) / 7},{(i % 3) + 0.1 * (i % 5)},{'ABC'[i % 3]}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+CSV_TRAIN = [
+    "train",
+    "--dataset",
+    "csv",
+    "--label",
+    "target",
+    "--id-column",
+    "uid",
+    "--subject-column",
+    "person",
+    "--model",
+    "logreg",
+    "--epochs",
+    "2",
+]
+
+
+def test_csv_workspace_forgets_a_subject_from_another_directory(tmp_path, monkeypatch):
+    _people_csv(tmp_path / "people.csv")
     monkeypatch.chdir(tmp_path)
     ws = tmp_path / "ws"
-    res = run(
-        "train",
-        "--dataset",
-        "csv",
-        "--path",
-        "people.csv",
-        "--label",
-        "target",
-        "--id-column",
-        "uid",
-        "--subject-column",
-        "person",
-        "--model",
-        "logreg",
-        "--epochs",
-        "3",
-        "--workspace",
-        ws,
-        "--json",
-    )
+    res = run(*CSV_TRAIN, "--path", "people.csv", "--workspace", ws, "--json")
     assert res.exit_code == 0, res.output
     st = json.loads(run("status", "--workspace", ws, "--json").stdout)
     assert st["subjects"] == 30
@@ -281,32 +284,6 @@ def _subject_sides(ws):
         sides.setdefault(row["subject"], set()).add(row["split"])
     assert all(len(v) == 1 for v in sides.values()), sides
     return {subject: v.pop() for subject, v in sides.items()}
-
-
-def _people_csv(path, drop_subjects=()):
-    lines = ["uid,person,f1,f2,target"]
-    for i in range(120):
-        if f"p{i % 30}" not in drop_subjects:
-            lines.append(f"u{i},p{i % 30},{(i % 7) / 7},{(i % 3) + 0.1 * (i % 5)},{'ABC'[i % 3]}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-CSV_TRAIN = [
-    "train",
-    "--dataset",
-    "csv",
-    "--label",
-    "target",
-    "--id-column",
-    "uid",
-    "--subject-column",
-    "person",
-    "--model",
-    "logreg",
-    "--epochs",
-    "2",
-]
 
 
 def test_forgotten_subject_deleted_from_csv_then_evaluate_forget_train(tmp_path):
