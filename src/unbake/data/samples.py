@@ -160,6 +160,14 @@ class Dataset:
         """``{"train": …, "val": …, "test": …}``."""
         return {"train": self.train, "val": self.val, "test": self.test}
 
+    def label_names(self, y: np.ndarray | Sequence[int]) -> list[str]:
+        """The class name of each label index (for example a model's predictions).
+
+        >>> Dataset("d", _EMPTY, _EMPTY, 2, classes=("cat", "dog")).label_names([1, 0])
+        ['dog', 'cat']
+        """
+        return [self.classes[int(i)] for i in y]
+
     def class_index(self, label: str | int) -> int:
         """Resolve a class to its label index.
 
@@ -206,6 +214,9 @@ class Dataset:
                 f"The training split of {self.name} holds {len(present)} class ({only!r}); "
                 "unbake needs at least two classes: add rows of another class."
             )
+
+
+_EMPTY = Samples(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), np.array([]), np.array([]))
 
 
 def content_hashes(samples: Samples) -> list[str]:

@@ -644,9 +644,9 @@ class Workspace:
         self.active_and_forgotten()  # checks the source against the catalog first
         ds = self.dataset()
         label_of = {
-            str(sid): ds.classes[int(y)]
+            str(sid): name
             for samples in ds.splits().values()
-            for sid, y in zip(samples.ids, samples.y, strict=True)
+            for sid, name in zip(samples.ids, ds.label_names(samples.y), strict=True)
         }
         status = "forgotten" if forgotten else "active"
         if subject is not None and forgotten:
