@@ -372,7 +372,8 @@ def _check_split_unchanged(ws, options: dict[str, Any]) -> None:
             ws.close()
             flag = "--" + key.replace("_", "-")
             raise InvalidParameterError(
-                f"Workspace {ws.root} was split with {key}={spec.get(key)}, not {options[key]}; "
+                f"Workspace {ws.root} was split with {key}={spec.get(key, '(none)')}, not "
+                f"{options[key]}; "
                 f"drop {flag} or use a new --workspace."
             )
 

@@ -606,7 +606,7 @@ class Workspace:
     # --- reading -------------------------------------------------------------------
 
     def evaluate(self, model_id: str | None = None) -> Evaluation:
-        """FA (on every forgotten sample), RA, TA and MIA of a model."""
+        """FA (on every forgotten sample still in the source), RA, TA and MIA of a model."""
         model = self.load_model(model_id)
         active, forgotten = self.active_and_forgotten()
         return evaluate(model, forgotten, active, self.dataset().test)
