@@ -221,6 +221,7 @@ def test_class_names_resolve_by_name_or_index(tmp_path):
         (b"f1,label\n0,A\n1,B\n", "fewer than the"),
         (b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary", "not UTF-8 text"),
         (b"", "is empty"),
+        (b"f1,f1,label\n1,2,A\n", "empty or repeated column name"),
     ],
 )
 def test_degenerate_csv_refused_in_one_line(tmp_path, content, fragment):

@@ -273,6 +273,12 @@ def _read_csv(file: Path) -> dict[str, list]:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None:
                 raise DatasetError(f"{file} is empty; give a CSV with a header row.")
+            names = [c.strip() for c in reader.fieldnames]
+            if "" in names or len(set(names)) != len(names):
+                raise DatasetError(
+                    f"{file} has an empty or repeated column name in its header "
+                    f"({', '.join(map(repr, names))}); give every column its own name."
+                )
             columns: dict[str, list] = {c: [] for c in reader.fieldnames}
             for row in reader:
                 for c in columns:
@@ -290,8 +296,6 @@ def _read_csv(file: Path) -> dict[str, list]:
         raise DatasetError(
             f"Cannot read {file} ({exc.strerror}); check the --path option."
         ) from None
-    if "" in columns or len(set(columns)) != len(columns):
-        raise DatasetError(f"{file} has an empty column name in its header; name every column.")
     return columns
 
 
