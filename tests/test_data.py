@@ -244,3 +244,17 @@ def test_too_few_rows_names_the_minimum():
         DatasetError, match=r"The training split of digits has \d rows.*at least 10"
     ):
         load_dataset("digits", test_fraction=0.998, val_fraction=0.0)
+
+
+def test_recorded_classes_fix_the_label_encoding(tmp_path):
+    f = tmp_path / "p.csv"
+    _people_csv(f)
+    kwargs = {"label": "target", "id_column": "uid", "subject_column": "person"}
+    ds = load_dataset("csv", path=str(f), classes='["C", "B", "A", "Q"]', **kwargs)
+    assert ds.classes == ("C", "B", "A", "Q") and ds.n_classes == 4
+    expected = ["B" if int(i[1:]) % 2 else "A" for i in ds.train.ids]
+    assert ds.label_names(ds.train.y) == expected
+    with pytest.raises(DatasetError, match=r"not among the recorded classes \['A'\]"):
+        load_dataset("csv", path=str(f), classes='["A"]', **kwargs)
+    with pytest.raises(DatasetError, match="not a JSON list"):
+        load_dataset("csv", path=str(f), classes="A,B", **kwargs)

@@ -347,3 +347,37 @@ def test_fashion_mnist_class_by_name(workspace_dir):
         rec = ws.forget(label="Sandal", method="finetune", params={"epochs": 1})
         assert rec.n_samples == int((active.y == 5).sum()) > 0
         assert ws.log()[0]["selector"] == {"class": "Sandal"}
+
+
+def test_deleting_a_whole_class_from_the_source_renumbers_nothing(tmp_path, workspace_dir):
+    """The workspace records its class names, so a class may vanish from the source."""
+    from unbake.data import assign_splits
+
+    people = [f"p{i}" for i in range(30)]
+    sides = assign_splits(people, people, test_fraction=0.2, val_fraction=0.1, seed=0)
+    owner = next(p for p, side in zip(people, sides, strict=True) if side == "train")
+    source = tmp_path / "people.csv"
+
+    def write(keep_owner: bool) -> None:
+        lines = ["uid,person,f1,f2,target"]
+        for i in range(120):
+            person = f"p{i % 30}"
+            label = "Z" if person == owner else "ABC"[i % 3]
+            if keep_owner or person != owner:
+                lines.append(f"u{i},{person},{(i % 7) / 7},{i % 3},{label}")
+        source.write_text("\n".join(lines) + "\n")
+
+    write(keep_owner=True)
+    options = {"path": str(source), **CSV_OPTIONS}
+    with Workspace.create(workspace_dir, dataset="csv", dataset_options=options) as ws:
+        assert ws.dataset().classes == ("A", "B", "C", "Z")
+        assert json.loads(ws.dataset_spec["classes"]) == ["A", "B", "C", "Z"]
+        ws.train(model="logreg", config=CFG, seed=0)
+        assert ws.forget(subject=owner, method="retrain").n_samples == 4
+    write(keep_owner=False)  # class Z is gone from the source entirely
+    with Workspace.open(workspace_dir) as ws:
+        assert ws.dataset().classes == ("A", "B", "C", "Z")
+        assert 0 <= ws.evaluate().ta <= 100
+        ws.train(model="logreg", config=CFG, seed=1)
+        with pytest.raises(EmptyRequestError):
+            ws.forget(label="Z", method="retrain")  # nothing of class Z is left to forget

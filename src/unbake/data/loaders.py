@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -230,6 +231,7 @@ def _table_to_dataset(
     subject_column: str | None,
     split: SplitSpec,
     source: str,
+    classes: str | None = None,
 ) -> Dataset:
     for col in (label, id_column, subject_column):
         if col is not None and col not in columns:
@@ -259,11 +261,41 @@ def _table_to_dataset(
         raise DatasetError(
             f"Missing labels in rows {', '.join(map(str, missing[:8]))}; fill or drop those rows."
         )
-    classes, y = np.unique(np.asarray([str(v) for v in raw_labels]), return_inverse=True)
+    names, y = _encode_labels([str(v) for v in raw_labels], classes, source)
     ids = columns[id_column] if id_column else [f"{name}-{i}" for i in range(n)]
     subjects = columns[subject_column] if subject_column else None
     full = Samples.build(feats, y, ids, subjects)
-    return _dataset(name, full, tuple(str(c) for c in classes), split)
+    ds = _dataset(name, full, names, split)
+    return replace(ds, spec={**ds.spec, "classes": json.dumps(list(names))})
+
+
+def _encode_labels(
+    labels: list[str], classes: str | None, source: str
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """(class names, label indices): the sorted label strings, or the recorded ``classes``.
+
+    A workspace records its classes (a JSON list), so that deleting every row of a class
+    from the source never renumbers the others.
+    """
+    if classes is None:
+        names, y = np.unique(np.asarray(labels), return_inverse=True)
+        return tuple(str(c) for c in names), y
+    try:
+        names = tuple(str(c) for c in json.loads(classes))
+    except (TypeError, ValueError):
+        raise DatasetError(
+            f"The 'classes' option {classes!r} is not a JSON list of names; "
+            'write it like \'["A", "B"]\'.'
+        ) from None
+    index = {c: i for i, c in enumerate(names)}
+    unknown = [i for i, label in enumerate(labels) if label not in index]
+    if unknown:
+        raise DatasetError(
+            f"Labels in rows {', '.join(map(str, unknown[:8]))} of {source} "
+            f"({labels[unknown[0]]!r}) are not among the recorded classes {list(names)}; "
+            "fix those rows or start a new workspace."
+        )
+    return names, np.array([index[label] for label in labels], dtype=np.int64)
 
 
 def _read_csv(file: Path) -> dict[str, list]:
@@ -308,20 +340,22 @@ def csv_table(
     test_fraction: float | str = 0.2,
     val_fraction: float | str = 0.1,
     split_seed: int | str = 0,
+    classes: str | None = None,
 ) -> Dataset:
     """A UTF-8 CSV file with a header row: one label column, optional ID and subject columns.
 
     Rows are split into train / validation / test by a keyed hash of the subject (or of
     the ID where a row has no subject). Without an ID column the IDs are row numbers,
     so deleting a row from the file renumbers the rows after it: give an ID column to
-    delete rows from the source.
+    delete rows from the source. ``classes`` (a JSON list) fixes the label names and
+    their order; by default they are the sorted label strings (recorded in the spec).
     """
     split = SplitSpec.parse(test_fraction, val_fraction, split_seed)
     file = Path(path)
     if not file.exists():
         raise DatasetError(f"CSV file {file} does not exist; check the --path option.")
     return _table_to_dataset(
-        file.stem, _read_csv(file), label, id_column, subject_column, split, str(file)
+        file.stem, _read_csv(file), label, id_column, subject_column, split, str(file), classes
     )
 
 
@@ -334,6 +368,7 @@ def parquet_table(
     test_fraction: float | str = 0.2,
     val_fraction: float | str = 0.1,
     split_seed: int | str = 0,
+    classes: str | None = None,
 ) -> Dataset:
     """A Parquet file (needs ``pyarrow``), with the same columns and split as :func:`csv_table`."""
     split = SplitSpec.parse(test_fraction, val_fraction, split_seed)
@@ -352,4 +387,6 @@ def parquet_table(
         raise DatasetError(
             f"{file} is not a readable Parquet file ({type(exc).__name__}); re-export it."
         ) from None
-    return _table_to_dataset(file.stem, table, label, id_column, subject_column, split, str(file))
+    return _table_to_dataset(
+        file.stem, table, label, id_column, subject_column, split, str(file), classes
+    )
