@@ -233,9 +233,10 @@ def test_degenerate_csv_refused_in_one_line(tmp_path, content, fragment):
 
 
 def test_empty_sample_id_refused(tmp_path):
-    rows = [["uid", "f1", "label"]] + [[f"u{i}" if i != 4 else "", i, i % 2] for i in range(40)]
+    blank = {4: "", 6: "  "}
+    rows = [["uid", "f1", "label"]] + [[blank.get(i, f"u{i}"), i, i % 2] for i in range(40)]
     _write_csv(tmp_path / "t.csv", rows)
-    with pytest.raises(DatasetError, match=r"Empty sample IDs in rows 4"):
+    with pytest.raises(DatasetError, match=r"Empty sample IDs in rows 4, 6;"):
         load_dataset("csv", path=str(tmp_path / "t.csv"), id_column="uid")
 
 

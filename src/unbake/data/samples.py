@@ -69,8 +69,8 @@ class Samples:
         if ids is None:
             ids_arr = np.array([f"{id_prefix}{i}" for i in range(n)], dtype=object)
         else:
-            ids_arr = np.array(["" if i is None else str(i).strip() for i in ids], dtype=object)
-            empty = np.flatnonzero(ids_arr == "")
+            ids_arr = np.array(["" if i is None else str(i) for i in ids], dtype=object)
+            empty = np.flatnonzero([not i.strip() for i in ids_arr])
             if len(empty):
                 raise DatasetError(
                     f"Empty sample IDs in rows {_rows(empty)}; give every row an ID "
