@@ -8,8 +8,10 @@ import torch
 
 from unbake import TrainConfig, Workspace, fit
 from unbake.exceptions import (
+    DatasetError,
     EmptyRequestError,
     IntegrityError,
+    InvalidParameterError,
     UnknownSampleError,
     WorkspaceError,
 )
@@ -215,3 +217,167 @@ def test_atomic_write_replaces_whole_file_with_default_mode(tmp_path):
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+# --- data identity: splits, the source losing forgotten rows, labels by name -----------
+
+
+def _people_csv(path, drop_subjects=(), extra_rows=0):
+    """120 rows, 30 subjects with 4 rows each, string labels A/B/C; ID column uid."""
+    lines = ["uid,person,f1,f2,target"]
+    for i in range(120 + extra_rows):
+        person = f"p{i % 30}"
+        if person not in drop_subjects:
+            label = "ABC"[i % 3]
+            lines.append(f"u{i},{person},{(i % 7) / 7},{(i % 3) + 0.1 * (i % 5)},{label}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+CSV_OPTIONS = {"label": "target", "id_column": "uid", "subject_column": "person"}
+
+
+@pytest.fixture
+def csv_ws(tmp_path, workspace_dir):
+    source = _people_csv(tmp_path / "people.csv")
+    w = Workspace.create(
+        workspace_dir, dataset="csv", dataset_options={"path": str(source), **CSV_OPTIONS}
+    )
+    w.train(model="logreg", config=CFG, seed=0)
+    yield w, source
+    w.close()
+
+
+def _train_subject(ws):
+    return next(r["subject"] for r in ws.samples() if r["split"] == "train")
+
+
+def test_catalog_records_every_split_and_the_split_options(csv_ws):
+    ws, _ = csv_ws
+    rows = ws.catalog.query("SELECT split, COUNT(*) AS n FROM samples GROUP BY split")
+    counts = {r["split"]: r["n"] for r in rows}
+    assert sum(counts.values()) == 120 and set(counts) == {"train", "val", "test"}
+    st = ws.status()
+    assert st["splits"] == counts and st["samples"]["active"] == counts["train"]
+    assert {k: st["dataset"][k] for k in ("test_fraction", "val_fraction", "split_seed")} == {
+        "test_fraction": "0.2",
+        "val_fraction": "0.1",
+        "split_seed": "0",
+    }
+    listed = ws.samples()
+    assert len(listed) == 120 and {r["label"] for r in listed} == {"A", "B", "C"}
+    by_subject = {}
+    for r in listed:
+        by_subject.setdefault(r["subject"], set()).add(r["split"])
+    assert all(len(v) == 1 for v in by_subject.values())
+
+
+def test_forgotten_subject_may_be_deleted_from_the_source(csv_ws, tmp_path):
+    """GDPR: after forgetting S, deleting S's raw rows leaves the workspace working."""
+    ws, source = csv_ws
+    person = _train_subject(ws)
+    rec = ws.forget(subject=person, method="retrain")
+    assert rec.n_samples == 4
+    splits_before = {r["sample_id"]: r["split"] for r in ws.samples()}
+    _people_csv(source, drop_subjects={person})
+    ws.close()
+    again = Workspace.open(ws.root)  # a fresh process would reload the source like this
+    try:
+        assert {r["sample_id"]: r["split"] for r in again.samples()} == splits_before
+        ev = again.evaluate()
+        assert 0 <= ev.ta <= 100 and 0 <= ev.ra <= 100
+        forgotten = again.samples(forgotten=True, subject=person)
+        assert len(forgotten) == 4 and all(r["label"] is None for r in forgotten)
+        other = next(r["subject"] for r in again.samples() if r["split"] == "train")
+        assert again.forget(subject=other, method="retrain").n_samples == 4
+        again.train(model="logreg", config=CFG, seed=1)
+        assert again.status()["samples"]["forgotten"] == 8
+    finally:
+        again.close()
+
+
+def test_source_losing_active_rows_or_gaining_rows_is_an_error(csv_ws, workspace_dir):
+    ws, source = csv_ws
+    person = _train_subject(ws)
+    _people_csv(source, drop_subjects={person})
+    ws.close()
+    before = snapshot(workspace_dir)
+    with Workspace.open(workspace_dir) as again:
+        with pytest.raises(DatasetError, match=r"4 samples that were never forgotten are missing"):
+            again.evaluate()
+        _people_csv(source, extra_rows=3)
+        again._dataset = None
+        with pytest.raises(DatasetError, match=r"3 samples the catalog does not know.*u120"):
+            again.forget(subject=person, method="retrain")
+    assert snapshot(workspace_dir) == before
+
+
+def test_forget_a_class_by_name_or_index(csv_ws):
+    ws, _ = csv_ws
+    n_b = sum(1 for r in ws.samples() if r["split"] == "train" and r["label"] == "B")
+    rec = ws.forget(label="B", method="retrain")
+    assert rec.n_samples == n_b
+    (req,) = ws.log()
+    assert req["selector"] == {"class": "B"}
+    with pytest.raises(InvalidParameterError, match=r"Class 'Z' does not exist.*'A', 'B', 'C'"):
+        ws.forget(label="Z", method="retrain")
+    n_c = sum(1 for r in ws.samples() if r["split"] == "train" and r["label"] == "C")
+    assert ws.forget(label=2, method="retrain").n_samples == n_c  # an int is an index
+
+
+def test_held_out_samples_cannot_be_forgotten(csv_ws):
+    ws, _ = csv_ws
+    val_id = next(r["sample_id"] for r in ws.samples() if r["split"] == "val")
+    with pytest.raises(UnknownSampleError, match="belong to the validation split"):
+        ws.forget(ids=[val_id], method="retrain")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").exists(),
+    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
+)
+def test_fashion_mnist_class_by_name(workspace_dir):
+    with Workspace.create(
+        workspace_dir, dataset="fashion-mnist", dataset_options={"limit": 600}
+    ) as ws:
+        assert ws.status()["splits"]["test"] == 100  # the official test set (limited)
+        ws.train(model="logreg", config=TrainConfig.parse(epochs=1), seed=0)
+        active, _ = ws.active_and_forgotten()
+        rec = ws.forget(label="Sandal", method="finetune", params={"epochs": 1})
+        assert rec.n_samples == int((active.y == 5).sum()) > 0
+        assert ws.log()[0]["selector"] == {"class": "Sandal"}
+
+
+def test_deleting_a_whole_class_from_the_source_renumbers_nothing(tmp_path, workspace_dir):
+    """The workspace records its class names, so a class may vanish from the source."""
+    from unbake.data import assign_splits
+
+    people = [f"p{i}" for i in range(30)]
+    sides = assign_splits(people, people, test_fraction=0.2, val_fraction=0.1, seed=0)
+    owner = next(p for p, side in zip(people, sides, strict=True) if side == "train")
+    source = tmp_path / "people.csv"
+
+    def write(keep_owner: bool) -> None:
+        lines = ["uid,person,f1,f2,target"]
+        for i in range(120):
+            person = f"p{i % 30}"
+            label = "Z" if person == owner else "ABC"[i % 3]
+            if keep_owner or person != owner:
+                lines.append(f"u{i},{person},{(i % 7) / 7},{i % 3},{label}")
+        source.write_text("\n".join(lines) + "\n")
+
+    write(keep_owner=True)
+    options = {"path": str(source), **CSV_OPTIONS}
+    with Workspace.create(workspace_dir, dataset="csv", dataset_options=options) as ws:
+        assert ws.dataset().classes == ("A", "B", "C", "Z")
+        assert json.loads(ws.dataset_spec["classes"]) == ["A", "B", "C", "Z"]
+        ws.train(model="logreg", config=CFG, seed=0)
+        assert ws.forget(subject=owner, method="retrain").n_samples == 4
+    write(keep_owner=False)  # class Z is gone from the source entirely
+    with Workspace.open(workspace_dir) as ws:
+        assert ws.dataset().classes == ("A", "B", "C", "Z")
+        assert 0 <= ws.evaluate().ta <= 100
+        ws.train(model="logreg", config=CFG, seed=1)
+        with pytest.raises(EmptyRequestError):
+            ws.forget(label="Z", method="retrain")  # nothing of class Z is left to forget

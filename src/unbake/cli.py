@@ -157,7 +157,8 @@ def demo(
                 f"{forget_fraction:.0%} at random" if name == "random" else f"class {forget_class}"
             )
             console.print(
-                f"Training {model} on {ds.name} ({len(ds.train)} train / {len(ds.test)} test), "
+                f"Training {model} on {ds.name} ({len(ds.train)} train / {len(ds.val)} "
+                f"validation / {len(ds.test)} test), "
                 f"forgetting {what} (seed {seed}) and comparing methods…"
             )
         report = compare_methods(
@@ -290,6 +291,16 @@ def train(
     subject_column: Annotated[
         str | None, typer.Option(help="Subject column (csv/parquet).")
     ] = None,
+    test_fraction: Annotated[
+        float | None, typer.Option(help="Share of rows held out for test (default 0.2).")
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of rows held out for validation, never trained on (default 0.1)."),
+    ] = None,
+    split_seed: Annotated[
+        int | None, typer.Option(help="Key of the split hash (default 0).")
+    ] = None,
     model: Annotated[str, typer.Option(help="Architecture name or 'module:function'.")] = "mlp",
     strategy: Annotated[
         str, typer.Option(help="Training strategy: monolithic, sisa or certified.")
@@ -349,6 +360,9 @@ def train(
         "label": label,
         "id_column": id_column,
         "subject_column": subject_column,
+        "test_fraction": test_fraction,
+        "val_fraction": val_fraction,
+        "split_seed": split_seed,
     }
     options = {k: v for k, v in options.items() if v is not None}
     created = False
@@ -361,6 +375,7 @@ def train(
                 f"Workspace {workspace} holds dataset {held!r}, not {dataset!r}; "
                 "drop --dataset or use a new --workspace."
             )
+        _check_split_unchanged(ws, options)
     else:
         _check_strategy(strategy, strategy_params)
         ws = Workspace.create(workspace, dataset=dataset or "digits", dataset_options=options)
@@ -397,6 +412,20 @@ def train(
         )
 
 
+def _check_split_unchanged(ws, options: dict[str, Any]) -> None:
+    """A workspace's split is fixed at creation; a different one on reuse is refused."""
+    spec = ws.dataset_spec
+    for key in ("test_fraction", "val_fraction", "split_seed"):
+        if key in options and str(spec.get(key)) != str(options[key]):
+            ws.close()
+            flag = "--" + key.replace("_", "-")
+            raise InvalidParameterError(
+                f"Workspace {ws.root} was split with {key}={spec.get(key, '(none)')}, not "
+                f"{options[key]}; "
+                f"drop {flag} or use a new --workspace."
+            )
+
+
 def _check_strategy(strategy: str, params: dict[str, Any]) -> None:
     from unbake.training import STRATEGIES
 
@@ -421,7 +450,10 @@ def forget(
     subject: Annotated[
         str | None, typer.Option(help="Forget every sample of this subject.")
     ] = None,
-    label: Annotated[int | None, typer.Option("--class", help="Forget a whole class.")] = None,
+    label: Annotated[
+        str | None,
+        typer.Option("--class", help="Forget a whole class, by name or index (--class Sandal)."),
+    ] = None,
     method: Annotated[
         str, typer.Option(help="Unlearning method (see `unbake methods`).")
     ] = "retrain",
@@ -528,10 +560,14 @@ def status(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> No
     if as_json:
         _emit_json(st)
         return
+    spec, splits = st["dataset"], st["splits"]
     console.print(
-        f"Workspace {st['workspace']}: dataset {st['dataset'].get('name')}, "
+        f"Workspace {st['workspace']}: dataset {spec.get('name')}, "
         f"{st['samples']['active']} active samples, {st['samples']['forgotten']} forgotten, "
-        f"{st['subjects']} subjects."
+        f"{st['subjects']} subjects.\n"
+        f"Split (keyed hash, seed {spec.get('split_seed', '—')}): {splits['train']} train, "
+        f"{splits['val']} validation (fraction {spec.get('val_fraction', '—')}), "
+        f"{splits['test']} test (fraction {spec.get('test_fraction', 'official')})."
     )
     console.print(
         _table(
@@ -558,6 +594,42 @@ def status(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> No
                     m["created_at"][:19],
                 ]
                 for m in st["models"]
+            ],
+        )
+    )
+
+
+@app.command()
+@_handle_errors
+def samples(
+    subject: Annotated[str | None, typer.Option(help="Only this subject's samples.")] = None,
+    forgotten: Annotated[
+        bool, typer.Option("--forgotten", help="List forgotten samples instead.")
+    ] = False,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """The samples: ID, subject, split (train, val, test), label name and status."""
+    from unbake.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        rows = ws.samples(subject=subject, forgotten=forgotten)
+    if as_json:
+        _emit_json({"samples": rows})
+        return
+    console.print(
+        _table(
+            f"{len(rows)} {'forgotten' if forgotten else 'active'} samples",
+            ["sample", "subject", "split", "label", "request"],
+            [
+                [
+                    r["sample_id"],
+                    r["subject"] or "—",
+                    r["split"],
+                    "—" if r["label"] is None else r["label"],
+                    r["request_id"] or "—",
+                ]
+                for r in rows
             ],
         )
     )

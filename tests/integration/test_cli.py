@@ -46,9 +46,9 @@ def trained(tmp_path):
 
 def test_train_forget_evaluate_status_log(trained, tmp_path):
     ws, info = trained
-    assert info["n_train"] == 1438
+    assert info["n_train"] == 1229  # digits' train split (keyed hash of each ID, seed 0)
     ids_file = tmp_path / "ids.txt"
-    ids_file.write_text("digits-0001\ndigits-0002\n")
+    ids_file.write_text("digits-0001\ndigits-0003\n")
     res = run(
         "forget",
         "--ids-file",
@@ -67,7 +67,9 @@ def test_train_forget_evaluate_status_log(trained, tmp_path):
     res = run("evaluate", "--workspace", ws, "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["ta"] > 50
     st = json.loads(run("status", "--workspace", ws, "--json").stdout)
-    assert st["samples"] == {"active": 1436, "forgotten": 2}
+    assert st["samples"] == {"active": 1227, "forgotten": 2}
+    assert st["splits"] == {"train": 1227, "val": 180, "test": 388}
+    assert st["dataset"]["test_fraction"] == "0.2" and st["dataset"]["split_seed"] == "0"
     log = json.loads(run("log", "--workspace", ws, "--json").stdout)["requests"]
     assert [r["method"] for r in log] == ["finetune"]
     assert run("log", "--workspace", ws).exit_code == 0
@@ -88,7 +90,8 @@ def test_methods_lists_flags():
     [
         (["--ids", "nope-1"], ["Unknown sample IDs ['nope-1']"]),
         ([], ["selects no samples"]),
-        (["--ids", "digits-0005"], ["belong to the test split"]),
+        (["--ids", "digits-0004"], ["belong to the test split"]),
+        (["--ids", "digits-0002"], ["belong to the validation split"]),
         (
             ["--ids", "digits-0001", "--method", "bogus"],
             ["Unknown unlearning method 'bogus'", "retrain"],
@@ -102,7 +105,8 @@ def test_methods_lists_flags():
             ["--ids", "digits-0001", "--method", "finetune", "--param", "colour=1"],
             ["no parameter 'colour'"],
         ),
-        (["--class", "42"], ["Class 42 does not exist"]),
+        (["--class", "42"], ["Class '42' does not exist", "'0', '1'", "index 0..9"]),
+        (["--class", "A"], ["Class 'A' does not exist"]),
         (["--ids", "digits-0001", "--model", "model-nope"], ["No model 'model-nope'"]),
         (["--ids-file", "/no/such/file"], ["Cannot read --ids-file"]),
     ],
@@ -225,41 +229,146 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.stderr.startswith("error: No workspace at") and "Traceback" not in proc.stderr
 
 
-def test_csv_workspace_forgets_a_subject_from_another_directory(tmp_path, monkeypatch):
-    csv = tmp_path / "people.csv"
+def _people_csv(path, drop_subjects=()):
     lines = ["uid,person,f1,f2,target"]
     for i in range(120):
-        lines.append(f"u{i},p{i % 10},{(i % 7) / 7},{(i % 2) + 0.1 * (i % 5)},{i % 2}")
-    csv.write_text("\n".join(lines) + "\n")
+        if f"p{i % 30}" not in drop_subjects:
+            lines.append(f"u{i},p{i % 30},{(i % 7) / 7},{(i % 3) + 0.1 * (i % 5)},{'ABC'[i % 3]}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+CSV_TRAIN = [
+    "train",
+    "--dataset",
+    "csv",
+    "--label",
+    "target",
+    "--id-column",
+    "uid",
+    "--subject-column",
+    "person",
+    "--model",
+    "logreg",
+    "--epochs",
+    "2",
+]
+
+
+def test_csv_workspace_forgets_a_subject_from_another_directory(tmp_path, monkeypatch):
+    _people_csv(tmp_path / "people.csv")
     monkeypatch.chdir(tmp_path)
     ws = tmp_path / "ws"
-    res = run(
-        "train",
-        "--dataset",
-        "csv",
-        "--path",
-        "people.csv",
-        "--label",
-        "target",
-        "--id-column",
-        "uid",
-        "--subject-column",
-        "person",
-        "--model",
-        "logreg",
-        "--epochs",
-        "3",
-        "--workspace",
-        ws,
-        "--json",
-    )
+    res = run(*CSV_TRAIN, "--path", "people.csv", "--workspace", ws, "--json")
     assert res.exit_code == 0, res.output
     st = json.loads(run("status", "--workspace", ws, "--json").stdout)
-    assert st["subjects"] == 10
+    assert st["subjects"] == 30
     monkeypatch.chdir("/")
-    res = run("forget", "--subject", "p3", "--workspace", ws, "--json")
+    side = _subject_sides(ws)
+    person = next(p for p, split in sorted(side.items()) if split == "train")
+    res = run("forget", "--subject", person, "--workspace", ws, "--json")
     assert res.exit_code == 0, res.output
     n = json.loads(res.stdout)["n_samples"]
+    assert n == 4  # 120 rows over 30 people, all on one side of the split
     st = json.loads(run("status", "--workspace", ws, "--json").stdout)
-    assert st["samples"]["forgotten"] == n and st["subjects"] == 9
-    assert_one_line_error(run("forget", "--subject", "p3", "--workspace", ws), "already forgotten")
+    assert st["samples"]["forgotten"] == n and st["subjects"] == 29
+    assert_one_line_error(
+        run("forget", "--subject", person, "--workspace", ws), "already forgotten"
+    )
+    held_out = next(p for p, split in sorted(side.items()) if split == "test")
+    assert_one_line_error(
+        run("forget", "--subject", held_out, "--workspace", ws),
+        f"The 4 samples of subject '{held_out}' are all in the test split",
+    )
+
+
+def _subject_sides(ws):
+    """subject -> the one split holding all of its rows (from `unbake samples --json`)."""
+    res = run("samples", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    sides: dict[str, set] = {}
+    for row in json.loads(res.stdout)["samples"]:
+        sides.setdefault(row["subject"], set()).add(row["split"])
+    assert all(len(v) == 1 for v in sides.values()), sides
+    return {subject: v.pop() for subject, v in sides.items()}
+
+
+def test_forgotten_subject_deleted_from_csv_then_evaluate_forget_train(tmp_path):
+    source = _people_csv(tmp_path / "people.csv")
+    ws = tmp_path / "ws"
+    assert run(*CSV_TRAIN, "--path", source, "--workspace", ws).exit_code == 0
+    sides = _subject_sides(ws)
+    first, second = [p for p, split in sorted(sides.items()) if split == "train"][:2]
+    assert run("forget", "--subject", first, "--workspace", ws).exit_code == 0
+    _people_csv(source, drop_subjects={first})  # the person's raw rows are erased too
+    res = run("evaluate", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    res = run("forget", "--subject", second, "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n_samples"] == 4
+    res = run("train", "--model", "logreg", "--epochs", "2", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    gone = json.loads(run("samples", "--forgotten", "--workspace", ws, "--json").stdout)
+    assert len(gone["samples"]) == 8 and {r["split"] for r in gone["samples"]} == {"train"}
+    # an active (never forgotten) subject's rows deleted: an error naming them
+    third = next(p for p, split in sorted(sides.items()) if split == "test")
+    _people_csv(source, drop_subjects={first, third})
+    before = snapshot(ws)
+    assert_one_line_error(
+        run("evaluate", "--workspace", ws), "4 samples that were never forgotten are missing"
+    )
+    assert snapshot(ws) == before
+
+
+def test_samples_lists_ids_subjects_splits_and_label_names(tmp_path):
+    source = _people_csv(tmp_path / "people.csv")
+    ws = tmp_path / "ws"
+    res = run(*CSV_TRAIN, "--path", source, "--val-fraction", "0.2", "--workspace", ws)
+    assert res.exit_code == 0, res.output
+    person = next(p for p, split in sorted(_subject_sides(ws).items()) if split == "train")
+    res = run("samples", "--subject", person, "--workspace", ws, "--json")
+    rows = json.loads(res.stdout)["samples"]
+    assert [r["sample_id"] for r in rows] == [f"u{int(person[1:]) + 30 * k}" for k in range(4)]
+    assert all(r["label"] in {"A", "B", "C"} and r["status"] == "active" for r in rows)
+    text = run("samples", "--subject", person, "--workspace", ws)
+    assert text.exit_code == 0 and rows[0]["sample_id"] in text.stdout and "train" in text.stdout
+    st = run("status", "--workspace", ws)
+    assert "validation (fraction 0.2)" in st.stdout and "test (fraction 0.2)" in st.stdout
+    res = run("forget", "--class", "B", "--method", "retrain", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    log = json.loads(run("log", "--workspace", ws, "--json").stdout)["requests"]
+    assert log[-1]["selector"] == {"class": "B"}
+    assert_one_line_error(
+        run("forget", "--class", "D", "--workspace", ws), "Class 'D' does not exist", "'A', 'B'"
+    )
+    assert_one_line_error(
+        run("train", "--split-seed", "3", "--workspace", ws), "split_seed=0, not 3"
+    )
+
+
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (b"f1,label\n", "has a header but no data rows"),
+        (b"\x00\xff\xfe\x89binary\xff", "not UTF-8 text"),
+        (b"f1,label\n" + b"".join(b"%d,A\n" % i for i in range(40)), "at least two classes"),
+        (b"f1,label\n1,A\n", "fewer than the"),
+        (b"f1,label\n1,A\n2,B\n", "fewer than the"),
+        (
+            b"uid,f1,label\n"
+            + b"".join(
+                b"%s,%d,%d\n" % (b"" if i == 2 else b"u%d" % i, i, i % 2) for i in range(30)
+            ),
+            "Empty sample IDs in rows 2",
+        ),
+    ],
+)
+def test_degenerate_csv_refused_and_nothing_created(tmp_path, content, fragment):
+    source = tmp_path / "bad.csv"
+    source.write_bytes(content)
+    ws = tmp_path / "ws"
+    extra = ["--id-column", "uid"] if content.startswith(b"uid") else []
+    assert_one_line_error(
+        run("train", "--dataset", "csv", "--path", source, *extra, "--workspace", ws), fragment
+    )
+    assert not ws.exists()

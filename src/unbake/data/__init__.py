@@ -2,5 +2,16 @@
 
 from unbake.data.loaders import DATASETS, load_dataset, read_idx
 from unbake.data.samples import Dataset, Samples, content_hashes
+from unbake.data.splits import SPLITS, SplitSpec, assign_splits
 
-__all__ = ["DATASETS", "Dataset", "Samples", "content_hashes", "load_dataset", "read_idx"]
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "Dataset",
+    "Samples",
+    "SplitSpec",
+    "assign_splits",
+    "content_hashes",
+    "load_dataset",
+    "read_idx",
+]

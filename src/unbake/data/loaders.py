@@ -5,15 +5,18 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from unbake.data.samples import Dataset, Samples
+from unbake.data.splits import SPLITS, SplitSpec, assign_splits
 from unbake.exceptions import DatasetError
 from unbake.registry import Registry
 
@@ -25,40 +28,66 @@ DATASETS: Registry[Dataset] = Registry("dataset")
 def load_dataset(name: str, **options: object) -> Dataset:
     """Load a registered dataset; ``options`` are the loader's keyword arguments.
 
+    The returned spec records the name, the options and the split actually used
+    (fractions and seed), so that reloading it from a workspace gives the same split.
+
     >>> ds = load_dataset("digits")
-    >>> ds.n_classes, ds.input_shape, len(ds.train) + len(ds.test)
+    >>> ds.n_classes, ds.input_shape, len(ds.train) + len(ds.val) + len(ds.test)
     (10, (1, 8, 8), 1797)
+    >>> ds.spec["test_fraction"], ds.spec["val_fraction"], ds.spec["split_seed"]
+    ('0.2', '0.1', '0')
     """
     options = {k: v for k, v in options.items() if v is not None}
     dataset = DATASETS.create(name, **options)
-    spec = {"name": name, **{k: str(v) for k, v in options.items()}}
-    return Dataset(dataset.name, dataset.train, dataset.test, dataset.n_classes, spec)
+    spec = {"name": name, **{k: str(v) for k, v in options.items()}, **dataset.spec}
+    return replace(dataset, spec=spec)
 
 
-def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """A seeded, stratified boolean test mask (the dataset's definition, not a training seed)."""
-    rng = np.random.default_rng(seed)
-    test = np.zeros(len(y), dtype=bool)
-    for label in np.unique(y):
-        rows = np.flatnonzero(y == label)
-        rng.shuffle(rows)
-        test[rows[: round(len(rows) * test_fraction)]] = True
-    return test
+def _split(full: Samples, split: SplitSpec) -> tuple[Samples, Samples, Samples]:
+    """(train, val, test) of ``full`` by the keyed hash of each row's subject or ID."""
+    where = assign_splits(
+        full.ids,
+        full.subjects,
+        test_fraction=split.test_fraction,
+        val_fraction=split.val_fraction,
+        seed=split.seed,
+    )
+    train, val, test = (full.subset(where == name) for name in SPLITS)
+    return train, val, test
+
+
+def _dataset(
+    name: str,
+    full: Samples,
+    classes: tuple[str, ...],
+    split: SplitSpec,
+    official_test: Samples | None = None,
+) -> Dataset:
+    """Split ``full`` (or carve only validation from it, given an official test set), check it."""
+    train, val, test = _split(full, split)
+    if official_test is not None:
+        test = official_test
+    ds = Dataset(name, train, test, len(classes), split.to_options(), val, classes)
+    ds.check(need_val=split.val_fraction > 0)
+    return ds
 
 
 @DATASETS.register("digits")
-def digits(test_fraction: float = 0.2) -> Dataset:
-    """scikit-learn's bundled 8×8 digits (1,797 images), scaled to [0, 1], split 80/20."""
+def digits(
+    test_fraction: float | str = 0.2, val_fraction: float | str = 0.1, split_seed: int | str = 0
+) -> Dataset:
+    """scikit-learn's bundled 8×8 digits (1,797 images), scaled to [0, 1].
+
+    About 70% train, 10% validation, 20% test, by a keyed hash of each image's ID.
+    """
     from sklearn.datasets import load_digits
 
+    split = SplitSpec.parse(test_fraction, val_fraction, split_seed)
     bunch = load_digits()
     X = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
     y = bunch.target.astype(np.int64)
-    test = _stratified_split(y, float(test_fraction), seed=0)
-    ids = np.array([f"digits-{i:04d}" for i in range(len(y))], dtype=object)
-    train = Samples.build(X[~test], y[~test], ids[~test])
-    test_s = Samples.build(X[test], y[test], ids[test])
-    return Dataset("digits", train, test_s, 10)
+    full = Samples.build(X, y, [f"digits-{i:04d}" for i in range(len(y))])
+    return _dataset("digits", full, tuple(str(c) for c in range(10)), split)
 
 
 # --- Fashion-MNIST -------------------------------------------------------------------
@@ -132,14 +161,36 @@ def _read_checked(path: Path) -> np.ndarray:
     return read_idx(raw)
 
 
+#: Fashion-MNIST's label names, by index (from the dataset's documentation).
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
 @DATASETS.register("fashion-mnist")
 def fashion_mnist(
-    data_dir: str | None = None, download: bool | str = False, limit: int | str | None = None
+    data_dir: str | None = None,
+    download: bool | str = False,
+    limit: int | str | None = None,
+    val_fraction: float | str = 0.1,
+    split_seed: int | str = 0,
 ) -> Dataset:
     """The full Fashion-MNIST (60,000 train + 10,000 test 28×28 images), scaled to [0, 1].
 
+    The official test set is kept; the validation split (``val_fraction`` of the training
+    images) is carved from the training set by a keyed hash of each image's ID.
     ``limit`` keeps the first N training and N//6 test images, for quick runs.
     """
+    split = SplitSpec.parse(None, val_fraction, split_seed)
     download = str(download).lower() in ("1", "true", "yes")
     found = next(
         (
@@ -166,7 +217,7 @@ def fashion_mnist(
         x_tr, y_tr, x_te, y_te = x_tr[:n], y_tr[:n], x_te[: max(n // 6, 1)], y_te[: max(n // 6, 1)]
     train = Samples.build(x_tr, y_tr, id_prefix="fmnist-train-")
     test = Samples.build(x_te, y_te, id_prefix="fmnist-test-")
-    return Dataset("fashion-mnist", train, test, 10)
+    return _dataset("fashion-mnist", train, FASHION_MNIST_CLASSES, split, official_test=test)
 
 
 # --- the user's own tables ----------------------------------------------------------
@@ -178,8 +229,9 @@ def _table_to_dataset(
     label: str,
     id_column: str | None,
     subject_column: str | None,
-    test_fraction: float,
+    split: SplitSpec,
     source: str,
+    classes: str | None = None,
 ) -> Dataset:
     for col in (label, id_column, subject_column):
         if col is not None and col not in columns:
@@ -191,6 +243,8 @@ def _table_to_dataset(
     if not feature_cols:
         raise DatasetError(f"{source} has no feature columns besides the label; add features.")
     n = len(columns[label])
+    if n == 0:
+        raise DatasetError(f"{source} has a header but no data rows; add rows below the header.")
     feats = np.empty((n, len(feature_cols)), dtype=np.float32)
     for j, col in enumerate(feature_cols):
         for i, value in enumerate(columns[col]):
@@ -207,12 +261,74 @@ def _table_to_dataset(
         raise DatasetError(
             f"Missing labels in rows {', '.join(map(str, missing[:8]))}; fill or drop those rows."
         )
-    classes, y = np.unique(np.asarray([str(v) for v in raw_labels]), return_inverse=True)
+    names, y = _encode_labels([str(v) for v in raw_labels], classes, source)
     ids = columns[id_column] if id_column else [f"{name}-{i}" for i in range(n)]
     subjects = columns[subject_column] if subject_column else None
     full = Samples.build(feats, y, ids, subjects)
-    test = _stratified_split(y, float(test_fraction), seed=0)
-    return Dataset(name, full.subset(~test), full.subset(test), len(classes))
+    ds = _dataset(name, full, names, split)
+    return replace(ds, spec={**ds.spec, "classes": json.dumps(list(names))})
+
+
+def _encode_labels(
+    labels: list[str], classes: str | None, source: str
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """(class names, label indices): the sorted label strings, or the recorded ``classes``.
+
+    A workspace records its classes (a JSON list), so that deleting every row of a class
+    from the source never renumbers the others.
+    """
+    if classes is None:
+        names, y = np.unique(np.asarray(labels), return_inverse=True)
+        return tuple(str(c) for c in names), y
+    try:
+        names = tuple(str(c) for c in json.loads(classes))
+    except (TypeError, ValueError):
+        raise DatasetError(
+            f"The 'classes' option {classes!r} is not a JSON list of names; "
+            'write it like \'["A", "B"]\'.'
+        ) from None
+    index = {c: i for i, c in enumerate(names)}
+    unknown = [i for i, label in enumerate(labels) if label not in index]
+    if unknown:
+        raise DatasetError(
+            f"Labels in rows {', '.join(map(str, unknown[:8]))} of {source} "
+            f"({labels[unknown[0]]!r}) are not among the recorded classes {list(names)}; "
+            "fix those rows or start a new workspace."
+        )
+    return names, np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def _read_csv(file: Path) -> dict[str, list]:
+    """The columns of a UTF-8 CSV with a header row; binary or malformed files raise."""
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None:
+                raise DatasetError(f"{file} is empty; give a CSV with a header row.")
+            names = [c.strip() for c in reader.fieldnames]
+            if "" in names or len(set(names)) != len(names):
+                raise DatasetError(
+                    f"{file} has an empty or repeated column name in its header "
+                    f"({', '.join(map(repr, names))}); give every column its own name."
+                )
+            columns: dict[str, list] = {c: [] for c in reader.fieldnames}
+            for row in reader:
+                for c in columns:
+                    columns[c].append(row.get(c))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); export it as a UTF-8 CSV."
+        ) from None
+    except csv.Error as exc:
+        raise DatasetError(
+            f"{file} is not a readable CSV ({exc}); export it as a plain UTF-8 CSV."
+        ) from None
+    except OSError as exc:
+        raise DatasetError(
+            f"Cannot read {file} ({exc.strerror}); check the --path option."
+        ) from None
+    return columns
 
 
 @DATASETS.register("csv")
@@ -222,21 +338,24 @@ def csv_table(
     id_column: str | None = None,
     subject_column: str | None = None,
     test_fraction: float | str = 0.2,
+    val_fraction: float | str = 0.1,
+    split_seed: int | str = 0,
+    classes: str | None = None,
 ) -> Dataset:
-    """A CSV file with a header row: one label column, optional ID and subject columns."""
+    """A UTF-8 CSV file with a header row: one label column, optional ID and subject columns.
+
+    Rows are split into train / validation / test by a keyed hash of the subject (or of
+    the ID where a row has no subject). Without an ID column the IDs are row numbers,
+    so deleting a row from the file renumbers the rows after it: give an ID column to
+    delete rows from the source. ``classes`` (a JSON list) fixes the label names and
+    their order; by default they are the sorted label strings (recorded in the spec).
+    """
+    split = SplitSpec.parse(test_fraction, val_fraction, split_seed)
     file = Path(path)
     if not file.exists():
         raise DatasetError(f"CSV file {file} does not exist; check the --path option.")
-    with file.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            raise DatasetError(f"{file} is empty; give a CSV with a header row.")
-        columns: dict[str, list] = {c: [] for c in reader.fieldnames}
-        for row in reader:
-            for c in columns:
-                columns[c].append(row.get(c))
     return _table_to_dataset(
-        file.stem, columns, label, id_column, subject_column, float(test_fraction), str(file)
+        file.stem, _read_csv(file), label, id_column, subject_column, split, str(file), classes
     )
 
 
@@ -247,8 +366,12 @@ def parquet_table(
     id_column: str | None = None,
     subject_column: str | None = None,
     test_fraction: float | str = 0.2,
+    val_fraction: float | str = 0.1,
+    split_seed: int | str = 0,
+    classes: str | None = None,
 ) -> Dataset:
-    """A Parquet file (needs ``pyarrow``), with the same columns as :func:`csv_table`."""
+    """A Parquet file (needs ``pyarrow``), with the same columns and split as :func:`csv_table`."""
+    split = SplitSpec.parse(test_fraction, val_fraction, split_seed)
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -258,7 +381,12 @@ def parquet_table(
     file = Path(path)
     if not file.exists():
         raise DatasetError(f"Parquet file {file} does not exist; check the --path option.")
-    table = pq.read_table(file).to_pydict()
+    try:
+        table = pq.read_table(file).to_pydict()
+    except Exception as exc:  # pyarrow raises its own error types for damaged files
+        raise DatasetError(
+            f"{file} is not a readable Parquet file ({type(exc).__name__}); re-export it."
+        ) from None
     return _table_to_dataset(
-        file.stem, table, label, id_column, subject_column, float(test_fraction), str(file)
+        file.stem, table, label, id_column, subject_column, split, str(file), classes
     )

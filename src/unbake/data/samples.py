@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from unbake.exceptions import DatasetError
+from unbake.exceptions import DatasetError, InvalidParameterError
 
 __all__ = ["Dataset", "Samples", "content_hashes"]
 
@@ -69,7 +69,13 @@ class Samples:
         if ids is None:
             ids_arr = np.array([f"{id_prefix}{i}" for i in range(n)], dtype=object)
         else:
-            ids_arr = np.array([str(i) for i in ids], dtype=object)
+            ids_arr = np.array(["" if i is None else str(i) for i in ids], dtype=object)
+            empty = np.flatnonzero([not i.strip() for i in ids_arr])
+            if len(empty):
+                raise DatasetError(
+                    f"Empty sample IDs in rows {_rows(empty)}; give every row an ID "
+                    "(fill the ID column, or drop the ID option to number the rows)."
+                )
         uniq, counts = np.unique(ids_arr.astype(str), return_counts=True)
         dup = uniq[counts > 1]
         if len(dup):
@@ -115,24 +121,107 @@ class Samples:
         )
 
 
+#: The least a dataset must hold to train and evaluate anything meaningful.
+MIN_TRAIN_ROWS = 10
+MIN_TEST_ROWS = 2
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """A named train/test pair. Only ``train`` rows can be forgotten."""
+    """A named dataset: ``train`` (trained on; the only rows that can be forgotten),
+    ``val`` (carved from training data, never trained on: for tuning and early stopping)
+    and ``test`` (read only for final tables). ``classes`` names each label index.
+    """
 
     name: str
     train: Samples
     test: Samples
     n_classes: int
     spec: dict = field(default_factory=dict)
+    val: Samples | None = None
+    classes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.val is None:
+            object.__setattr__(self, "val", self.train.subset(np.zeros(len(self.train), bool)))
+        if not self.classes:
+            object.__setattr__(self, "classes", tuple(str(i) for i in range(self.n_classes)))
+        if len(self.classes) != self.n_classes:
+            raise DatasetError(
+                f"Dataset {self.name!r} names {len(self.classes)} classes but has "
+                f"{self.n_classes}; pass one name per class."
+            )
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.train.input_shape
 
+    def splits(self) -> dict[str, Samples]:
+        """``{"train": …, "val": …, "test": …}``."""
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def label_names(self, y: np.ndarray | Sequence[int]) -> list[str]:
+        """The class name of each label index (for example a model's predictions).
+
+        >>> Dataset("d", _EMPTY, _EMPTY, 2, classes=("cat", "dog")).label_names([1, 0])
+        ['dog', 'cat']
+        """
+        return [self.classes[int(i)] for i in y]
+
+    def class_index(self, label: str | int) -> int:
+        """Resolve a class to its label index.
+
+        An ``int`` is an index; a string is a class name, or else an index written out
+        (``"3"``), so ``--class Sandal`` and ``--class 5`` both work on Fashion-MNIST.
+        """
+        text = str(label).strip()
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+            if 0 <= int(label) < self.n_classes:
+                return int(label)
+        elif text in self.classes:
+            return self.classes.index(text)
+        elif text.isdigit() and 0 <= int(text) < self.n_classes:
+            return int(text)
+        shown = ", ".join(repr(c) for c in self.classes[:20])
+        more = f" (and {self.n_classes - 20} more)" if self.n_classes > 20 else ""
+        raise InvalidParameterError(
+            f"Class {text!r} does not exist in {self.name}; name one of {shown}{more}, "
+            f"or give an index 0..{self.n_classes - 1}."
+        )
+
+    def check(self, *, need_val: bool = False) -> None:
+        """Refuse data too degenerate to train and evaluate on (one line: cause and fix)."""
+        short = [
+            (split, len(samples), least)
+            for split, samples, least in (
+                ("training", self.train, MIN_TRAIN_ROWS),
+                ("validation", self.val, 1 if need_val else 0),
+                ("test", self.test, MIN_TEST_ROWS),
+            )
+            if len(samples) < least
+        ]
+        if short:
+            split, n, least = short[0]
+            raise DatasetError(
+                f"The {split} split of {self.name} has {n} rows, fewer than the {least} "
+                f"needed (at least {MIN_TRAIN_ROWS} training, {MIN_TEST_ROWS} test and 1 "
+                "validation row); add rows or change --test-fraction / --val-fraction."
+            )
+        present = np.unique(self.train.y)
+        if len(present) < 2:
+            only = self.classes[int(present[0])] if len(present) else "none"
+            raise DatasetError(
+                f"The training split of {self.name} holds {len(present)} class ({only!r}); "
+                "unbake needs at least two classes: add rows of another class."
+            )
+
+
+_EMPTY = Samples(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), np.array([]), np.array([]))
+
 
 def content_hashes(samples: Samples) -> list[str]:
     """sha256 of each sample's features and label, to detect changed source data."""
-    flat = samples.X.reshape(len(samples), -1)
+    flat = samples.X.reshape(len(samples), int(np.prod(samples.input_shape)))
     return [
         hashlib.sha256(flat[i].tobytes() + int(samples.y[i]).to_bytes(8, "little")).hexdigest()
         for i in range(len(samples))

@@ -69,7 +69,7 @@ def _skip_reason(check: Check, unlearner: Unlearner) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def tiny_dataset() -> Dataset:
-    """240 digits for training (with 12 synthetic subjects), 120 for testing."""
+    """240 digits for training (with 12 synthetic subjects), 60 for validation, 120 for testing."""
     ds = load_dataset("digits")
     rng = np.random.default_rng(0)
     tr = rng.choice(len(ds.train), 240, replace=False)
@@ -77,7 +77,9 @@ def tiny_dataset() -> Dataset:
     train = ds.train.subset(np.sort(tr))
     subjects = np.array([f"subject-{i % 12:02d}" for i in range(len(train))], dtype=object)
     train = Samples(train.X, train.y, train.ids, subjects)
-    return Dataset("digits-tiny", train, ds.test.subset(np.sort(te)), 10, {"name": "__memory__"})
+    val = ds.val.subset(np.sort(rng.choice(len(ds.val), 60, replace=False)))
+    test = ds.test.subset(np.sort(te))
+    return Dataset("digits-tiny", train, test, 10, {"name": "__memory__"}, val, ds.classes)
 
 
 def _original_kwargs(unlearner: Unlearner, config: TrainConfig = TINY_CONFIG) -> dict:

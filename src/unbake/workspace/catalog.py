@@ -23,7 +23,7 @@ from unbake.exceptions import WorkspaceError
 
 __all__ = ["SCHEMA_VERSION", "Catalog", "utcnow"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

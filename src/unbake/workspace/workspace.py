@@ -15,20 +15,19 @@ import json
 import os
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from unbake.data import DATASETS, Dataset, Samples, content_hashes, load_dataset
+from unbake.data import DATASETS, SPLITS, Dataset, Samples, content_hashes, load_dataset
 from unbake.evaluation import Evaluation, evaluate
 from unbake.exceptions import (
     DatasetError,
     EmptyRequestError,
     IntegrityError,
-    InvalidParameterError,
     UnknownSampleError,
     WorkspaceError,
 )
@@ -52,7 +51,7 @@ class ForgetSelector:
 
     ids: tuple[str, ...] = ()
     subject: str | None = None
-    label: int | None = None
+    label: str | int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -79,6 +78,15 @@ class RequestRecord:
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def _split_name(split: str) -> str:
+    return {"val": "validation"}.get(split, split)
+
+
+def _duplicates(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({v for v in values if v in seen or seen.add(v)})
 
 
 class Workspace:
@@ -122,9 +130,10 @@ class Workspace:
             ds = dataset
             if ds.spec.get("name") not in DATASETS:
                 # In-memory data cannot be reloaded by name later; keep it on the instance.
-                ds = Dataset(ds.name, ds.train, ds.test, ds.n_classes, {"name": "__memory__"})
+                ds = replace(ds, spec={"name": "__memory__"})
         else:
             ds = load_dataset(dataset, **(dataset_options or {}))
+        ds.check()
         root.mkdir(parents=True, exist_ok=True)
         (root / CHECKPOINTS).mkdir(exist_ok=True)
         (root / ".lock").touch()
@@ -137,17 +146,24 @@ class Workspace:
                     "created_at": utcnow(),
                 }
             )
-            hashes = content_hashes(ds.train)
+            rows = [
+                (str(sid), str(subj) or None, split, h)
+                for split, samples in ds.splits().items()
+                for sid, subj, h in zip(
+                    samples.ids, samples.subjects, content_hashes(samples), strict=True
+                )
+            ]
+            duplicated = _duplicates([r[0] for r in rows])
+            if duplicated:
+                raise DatasetError(
+                    f"Sample IDs {duplicated[:5]} appear in more than one split; "
+                    "give every sample of the dataset its own ID."
+                )
             with catalog.transaction() as cur:
                 cur.executemany(
                     "INSERT INTO samples(row, sample_id, subject, split, content_hash, status) "
-                    "VALUES (?, ?, ?, 'train', ?, 'active')",
-                    [
-                        (i, str(sid), str(subj) or None, h)
-                        for i, (sid, subj, h) in enumerate(
-                            zip(ds.train.ids, ds.train.subjects, hashes, strict=True)
-                        )
-                    ],
+                    "VALUES (?, ?, ?, ?, ?, 'active')",
+                    [(i, *r) for i, r in enumerate(rows)],
                 )
         except BaseException:
             catalog.close()
@@ -229,60 +245,83 @@ class Workspace:
         return self._dataset
 
     def active_and_forgotten(self) -> tuple[Samples, Samples]:
-        """(active training samples, forgotten samples still present in the source)."""
+        """(active training samples, forgotten samples still present in the source).
+
+        The source is checked against the catalog first: rows the catalog does not know,
+        rows never forgotten that are missing, rows that changed split or content are
+        errors. Rows that were forgotten may be missing (deleted from the source): that
+        is normal and silent.
+        """
         ds = self.dataset()
-        status = self.catalog.sample_status()
-        ids = ds.train.ids.astype(str)
-        unknown = [i for i in ids if i not in status]
-        if unknown:
-            raise DatasetError(
-                f"The dataset source has samples the catalog does not know ({unknown[:3]}); "
-                "the source changed since the workspace was created: restore it or start a new workspace."
-            )
-        active_mask = np.array([status[i] == "active" for i in ids], dtype=bool)
-        missing = {i for i, s in status.items() if s == "active"} - set(ids)
-        if missing:
-            raise DatasetError(
-                f"{len(missing)} active samples are missing from the dataset source "
-                f"(e.g. {sorted(missing)[:3]}); restore the source or forget them first."
-            )
-        active = ds.train.subset(active_mask)
-        expected = {
-            r["sample_id"]: r["content_hash"]
+        known = {
+            r["sample_id"]: r
             for r in self.catalog.query(
-                "SELECT sample_id, content_hash FROM samples WHERE status='active'"
+                "SELECT sample_id, split, status, content_hash FROM samples"
             )
         }
+        source = {str(sid): split for split, samples in ds.splits().items() for sid in samples.ids}
+        unknown = [i for i in source if i not in known]
+        if unknown:
+            raise DatasetError(
+                f"The dataset source has {len(unknown)} samples the catalog does not know "
+                f"(e.g. {unknown[:3]}); the source gained rows since the workspace was created: "
+                "remove them, or start a new workspace for the new data."
+            )
+        missing = sorted(i for i, r in known.items() if r["status"] == "active" and i not in source)
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} samples that were never forgotten are missing from the dataset "
+                f"source (e.g. {missing[:3]}); restore them, or forget them first (only "
+                "forgotten rows may be deleted from the source)."
+            )
+        moved = [i for i, split in source.items() if known[i]["split"] != split]
+        if moved:
+            raise IntegrityError(
+                f"{len(moved)} samples moved to another split since the workspace was created "
+                f"(e.g. {moved[:3]}); the split options or subjects changed: restore them or "
+                "start a new workspace."
+            )
         changed = [
             sid
-            for sid, h in zip(active.ids, content_hashes(active), strict=True)
-            if expected[sid] != h
+            for samples in ds.splits().values()
+            for sid, h in zip(samples.ids, content_hashes(samples), strict=True)
+            if known[sid]["status"] == "active" and known[sid]["content_hash"] != h
         ]
         if changed:
             raise IntegrityError(
                 f"{len(changed)} samples changed in the dataset source since they were recorded "
-                f"(e.g. {changed[:3]}); restore the original data or start a new workspace."
+                f"(e.g. {changed[:3]}); restore the original data or start a new workspace "
+                "(without an ID column, IDs are row numbers: deleting a row renumbers the rest)."
             )
-        return active, ds.train.subset(~active_mask)
+        active_mask = np.array([known[i]["status"] == "active" for i in ds.train.ids], dtype=bool)
+        return ds.train.subset(active_mask), ds.train.subset(~active_mask)
 
     def select(self, selector: ForgetSelector, *, active: Samples | None = None) -> list[str]:
-        """Resolve a selector to sample IDs, rejecting empty, unknown and forgotten ones."""
-        status = self.catalog.sample_status()
+        """Resolve a selector to sample IDs, rejecting empty, unknown and forgotten ones.
+
+        Only training-split samples can be forgotten: validation and test samples were
+        never trained on, and naming them is an error that says so.
+        """
+        known = {
+            r["sample_id"]: (r["split"], r["status"])
+            for r in self.catalog.query("SELECT sample_id, split, status FROM samples")
+        }
         chosen: list[str] = []
         if selector.ids:
-            unknown = [i for i in selector.ids if i not in status]
-            held_out = set(unknown) & set(self.dataset().test.ids.astype(str)) if unknown else set()
-            if held_out:
-                raise UnknownSampleError(
-                    f"Sample IDs {sorted(held_out)[:5]} belong to the test split, which no model "
-                    "was trained on; name training-set IDs (`unbake status --json`)."
-                )
+            unknown = [i for i in selector.ids if i not in known]
             if unknown:
                 raise UnknownSampleError(
                     f"Unknown sample IDs {unknown[:5]}{' …' if len(unknown) > 5 else ''} "
-                    f"({len(unknown)} in all); list valid IDs with `unbake status --json`."
+                    f"({len(unknown)} in all); list valid IDs with `unbake samples`."
                 )
-            gone = [i for i in selector.ids if status[i] == "forgotten"]
+            held_out = [i for i in selector.ids if known[i][0] != "train"]
+            if held_out:
+                raise UnknownSampleError(
+                    f"Sample IDs {held_out[:5]} belong to the {_split_name(known[held_out[0]][0])} "
+                    "split, which no model was trained on; name training-split IDs "
+                    "(`unbake samples`)."
+                )
+            gone = [i for i in selector.ids if known[i][1] == "forgotten"]
             if gone:
                 raise UnknownSampleError(
                     f"Sample IDs {gone[:5]} were already forgotten; drop them from the request "
@@ -290,35 +329,12 @@ class Workspace:
                 )
             chosen += list(dict.fromkeys(selector.ids))
         if selector.subject is not None:
-            rows = self.catalog.query(
-                "SELECT sample_id FROM samples WHERE subject = ? ORDER BY row",
-                (selector.subject,),
-            )
-            if not rows:
-                done = [
-                    r["request_id"]
-                    for r in self.catalog.query("SELECT request_id, selector FROM requests")
-                    if json.loads(r["selector"]).get("subject") == selector.subject
-                ]
-                if done:
-                    raise UnknownSampleError(
-                        f"Every sample of subject {selector.subject!r} was already forgotten "
-                        f"(request {done[-1]}); see `unbake log`."
-                    )
-                raise UnknownSampleError(
-                    f"No samples belong to subject {selector.subject!r}; check the subject ID."
-                )
-            # forgotten samples have their subject cleared, so every row here is active
-            chosen += [r["sample_id"] for r in rows]
+            chosen += self._subject_ids(selector.subject)
         if selector.label is not None:
             if active is None:
                 active, _ = self.active_and_forgotten()
-            n_classes = self.dataset().n_classes
-            if not 0 <= selector.label < n_classes:
-                raise InvalidParameterError(
-                    f"Class {selector.label} does not exist; classes are 0..{n_classes - 1}."
-                )
-            chosen += [str(i) for i in active.ids[active.y == selector.label]]
+            index = self.dataset().class_index(selector.label)
+            chosen += [str(i) for i in active.ids[active.y == index]]
         chosen = list(dict.fromkeys(chosen))
         if not chosen:
             raise EmptyRequestError(
@@ -326,6 +342,34 @@ class Workspace:
                 "or --class."
             )
         return chosen
+
+    def _subject_ids(self, subject: str) -> list[str]:
+        """The active training-split IDs of ``subject`` (forgotten rows keep no subject)."""
+        rows = self.catalog.query(
+            "SELECT sample_id, split FROM samples WHERE subject = ? ORDER BY row", (subject,)
+        )
+        if not rows:
+            done = self._requests_naming(subject)
+            if done:
+                raise UnknownSampleError(
+                    f"Every sample of subject {subject!r} was already forgotten "
+                    f"(request {done[-1]['request_id']}); see `unbake log`."
+                )
+            raise UnknownSampleError(
+                f"No samples belong to subject {subject!r}; check the subject ID "
+                "(`unbake samples` lists them)."
+            )
+        train = [r["sample_id"] for r in rows if r["split"] == "train"]
+        if not train:
+            raise UnknownSampleError(
+                f"The {len(rows)} samples of subject {subject!r} are all in the "
+                f"{_split_name(rows[0]['split'])} split, which no model was trained on; "
+                "there is nothing to unlearn."
+            )
+        return train
+
+    def _requests_naming(self, subject: str) -> list[dict[str, Any]]:
+        return [r for r in self.catalog.requests() if r["selector"].get("subject") == subject]
 
     # --- models --------------------------------------------------------------------
 
@@ -437,7 +481,7 @@ class Workspace:
         *,
         ids: Sequence[str] = (),
         subject: str | None = None,
-        label: int | None = None,
+        label: str | int | None = None,
         method: str = "retrain",
         params: dict[str, Any] | None = None,
         model_id: str | None = None,
@@ -446,9 +490,14 @@ class Workspace:
     ) -> RequestRecord:
         """File and apply a deletion request; every model that saw the data is purged.
 
-        Nothing is written unless the request is valid and the method succeeds.
+        ``label`` is a class name or index (an ``int`` is always an index); the request
+        records the class by name. Nothing is written unless the request is valid and
+        the method succeeds.
         """
         unlearner = METHODS.create(method, **(params or {}))
+        if label is not None:
+            ds = self.dataset()
+            label = ds.classes[ds.class_index(label)]
         selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
         with self._lock():
             active, _ = self.active_and_forgotten()
@@ -557,25 +606,78 @@ class Workspace:
     # --- reading -------------------------------------------------------------------
 
     def evaluate(self, model_id: str | None = None) -> Evaluation:
-        """FA (on every forgotten sample), RA, TA and MIA of a model."""
+        """FA (on every forgotten sample still in the source), RA, TA and MIA of a model."""
         model = self.load_model(model_id)
         active, forgotten = self.active_and_forgotten()
         return evaluate(model, forgotten, active, self.dataset().test)
 
     def status(self) -> dict[str, Any]:
+        """Counts (training samples active and forgotten, rows per split), subjects, models."""
         counts = {
-            r["status"]: r["n"]
-            for r in self.catalog.query("SELECT status, COUNT(*) AS n FROM samples GROUP BY status")
+            (r["split"], r["status"]): r["n"]
+            for r in self.catalog.query(
+                "SELECT split, status, COUNT(*) AS n FROM samples GROUP BY split, status"
+            )
         }
         return {
             "workspace": str(self.root),
             "dataset": self.dataset_spec,
-            "samples": {"active": counts.get("active", 0), "forgotten": counts.get("forgotten", 0)},
+            "samples": {
+                "active": counts.get(("train", "active"), 0),
+                "forgotten": sum(n for (_, st), n in counts.items() if st == "forgotten"),
+            },
+            "splits": {split: counts.get((split, "active"), 0) for split in SPLITS},
             "subjects": self.catalog.query(
                 "SELECT COUNT(DISTINCT subject) AS n FROM samples WHERE status='active' AND subject IS NOT NULL"
             )[0]["n"],
             "models": self.catalog.models(),
         }
+
+    def samples(self, *, subject: str | None = None, forgotten: bool = False) -> list[dict]:
+        """The samples the catalog knows: ID, subject, split, label name, status.
+
+        By default the samples not forgotten (every split); ``forgotten=True`` lists the
+        forgotten ones instead, with their request (their subject is cleared when they
+        are forgotten, so ``subject`` then finds them through the requests that named it).
+        Label names are read from the source; a forgotten row deleted from it has none.
+        """
+        self.active_and_forgotten()  # checks the source against the catalog first
+        ds = self.dataset()
+        label_of = {
+            str(sid): name
+            for samples in ds.splits().values()
+            for sid, name in zip(samples.ids, ds.label_names(samples.y), strict=True)
+        }
+        status = "forgotten" if forgotten else "active"
+        if subject is not None and forgotten:
+            wanted = {sid for r in self._requests_naming(subject) for sid in r["sample_ids"]}
+            rows = [
+                r
+                for r in self.catalog.query(
+                    "SELECT * FROM samples WHERE status = ? ORDER BY row", (status,)
+                )
+                if r["sample_id"] in wanted
+            ]
+        elif subject is not None:
+            rows = self.catalog.query(
+                "SELECT * FROM samples WHERE status = ? AND subject = ? ORDER BY row",
+                (status, subject),
+            )
+        else:
+            rows = self.catalog.query(
+                "SELECT * FROM samples WHERE status = ? ORDER BY row", (status,)
+            )
+        return [
+            {
+                "sample_id": r["sample_id"],
+                "subject": r["subject"],
+                "split": r["split"],
+                "label": label_of.get(r["sample_id"]),
+                "status": r["status"],
+                "request_id": r["request_id"],
+            }
+            for r in rows
+        ]
 
     def log(self) -> list[dict[str, Any]]:
         return self.catalog.requests()
