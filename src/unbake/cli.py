@@ -1,8 +1,11 @@
 """The ``unbake`` command line: a thin typer layer over the Python API.
 
-Every command takes ``--workspace`` and ``--json``. A user error prints one line
-(``error: <cause>; <fix>``) to stderr and exits with status 2, leaving the workspace
-as it was.
+Every command takes ``--workspace`` and ``--json``. The error contract: every failure
+prints ONE line (``error: <cause>; <fix>``) to stderr, never a traceback. Bad input, a
+usage error or a damaged workspace exits with status 2 and leaves the workspace as it
+was; an unexpected failure prints ``error: internal error: ...; please report it`` and
+exits with status 1. Console output never interprets user text as rich markup, and
+``--json`` output is strict JSON (a non-finite number is ``null``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,35 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer._click import exceptions as click  # typer vendors click; these are its errors
+from typer.core import TyperGroup
 
+from unbake import _json as strict_json
 from unbake._progress import enable_progress
 from unbake.exceptions import InvalidParameterError, UnbakeError
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, a missing argument) get the one-line contract too."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "unbake"
+            print_error(f"{exc.format_message().rstrip('.')}; see `{where} --help`.")
+            sys.exit(2)
+        except typer.Abort:
+            print_error("aborted; the workspace is unchanged.")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     name="unbake",
@@ -26,14 +55,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_OneLineErrors,
 )
+# Nothing printed is read as rich markup or emoji codes: messages and tables quote user
+# text (IDs, subjects, paths), which must appear exactly as given.
+_PLAIN = {"markup": False, "emoji": False, "highlight": False}
 # A pipe gets a wide console, so the comparison table is never truncated in logs.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 160, **_PLAIN)
+err_console = Console(stderr=True, **_PLAIN)
 
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
 DEFAULT_WS = Path("unbake-workspace")
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: newlines and other control characters shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def print_error(message: str) -> None:
+    """Print ``error: <message>`` as one literal line on stderr."""
+    line = Text.assemble(("error:", "bold red"), " ", _one_line(message))
+    err_console.print(line, soft_wrap=True)
 
 
 def _handle_errors(fn):
@@ -43,17 +87,32 @@ def _handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UnbakeError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("error: interrupted; the workspace is unchanged.")
+            print_error("interrupted; the workspace is unchanged.")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise
+        except OSError as exc:
+            # The environment refused (disk full, permissions): a cause the user can fix.
+            where = f" ({exc.filename})" if exc.filename else ""
+            print_error(
+                f"{exc.strerror or exc}{where}; check the path, its permissions and free space."
+            )
+            raise typer.Exit(2) from None
+        except Exception as exc:  # a bug: still one line, and a non-zero exit
+            print_error(
+                f"internal error: {type(exc).__name__}: {exc}; please report it to the unbake "
+                "developers with the command you ran."
+            )
+            raise typer.Exit(1) from None
 
     return wrapper
 
 
 def _emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.write(strict_json.dumps(obj, indent=2) + "\n")
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -392,11 +451,17 @@ def forget(
     id_list: list[str] = [i.strip() for i in ids.split(",") if i.strip()] if ids else []
     if ids_file is not None:
         try:
-            id_list += [ln.strip() for ln in ids_file.read_text().splitlines() if ln.strip()]
+            text = ids_file.read_bytes().decode("utf-8")
         except OSError as exc:
             raise InvalidParameterError(
                 f"Cannot read --ids-file {ids_file} ({exc.strerror}); check the path."
             ) from None
+        except UnicodeDecodeError as exc:
+            raise InvalidParameterError(
+                f"--ids-file {ids_file} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                f"offset {exc.start}); give a text file with one sample ID per line."
+            ) from None
+        id_list += [ln.strip() for ln in text.splitlines() if ln.strip()]
     params = parse_params(param)
     with Workspace.open(workspace) as ws:
         rec = ws.forget(
@@ -581,7 +646,7 @@ def bench(
     if as_json:
         _emit_json(result)
     else:
-        console.print_json(json.dumps(result.get("summary", {}), default=str))
+        console.print_json(strict_json.dumps(result.get("summary", {})))
         if out:
             console.print(f"Wrote {out}.")
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from unbake import _json as strict_json
 from unbake.data import Dataset
 from unbake.evaluation.utility import Evaluation, avg_gap, evaluate
 from unbake.methods import METHODS, Unlearner, UnlearnTask
@@ -69,7 +70,7 @@ class Comparison:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return strict_json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
         head = (

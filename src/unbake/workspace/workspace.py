@@ -34,7 +34,7 @@ from unbake.exceptions import (
 )
 from unbake.methods import METHODS, UnlearnResult, UnlearnTask
 from unbake.models import ModelSpec
-from unbake.training import TrainConfig, TrainedModel, fit
+from unbake.training import TrainConfig, TrainedModel, fit, resolve_device
 from unbake.workspace.atomic import TMP_SUFFIX, atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
@@ -358,7 +358,7 @@ class Workspace:
             data, expected_sha256=row["sha256"], source=f"Checkpoint {path}"
         )
         if device is not None:
-            model.module.to(device)
+            model.module.to(resolve_device(device))
         return model
 
     def _write_model(
@@ -407,6 +407,8 @@ class Workspace:
         if not isinstance(spec, ModelSpec):
             spec = ModelSpec.from_module(spec)
         spec.to_dict()  # an in-memory nn.Module cannot be saved: fail before training
+        if device is not None:
+            resolve_device(device)  # an unknown or absent device: fail before the lock
         with self._lock():
             active, _ = self.active_and_forgotten()
             trained = fit(  # builds and validates the strategy against `active` first
@@ -449,6 +451,8 @@ class Workspace:
         Nothing is written unless the request is valid and the method succeeds.
         """
         unlearner = METHODS.create(method, **(params or {}))
+        if device is not None:
+            resolve_device(device)  # an unknown or absent device: fail before the lock
         selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
         with self._lock():
             active, _ = self.active_and_forgotten()
