@@ -10,6 +10,7 @@ exits with status 1. Console output never interprets user text as rich markup, a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -374,6 +375,7 @@ def train(
             )
     else:
         _check_strategy(strategy, strategy_params)
+        existed = workspace.exists()
         ws = Workspace.create(workspace, dataset=dataset or "digits", dataset_options=options)
         created = True
     try:
@@ -389,7 +391,7 @@ def train(
     except BaseException:
         ws.close()
         if created:
-            _remove_workspace(workspace)
+            _remove_workspace(workspace, keep_folder=existed)
         raise
     ws.close()
     out = {
@@ -414,11 +416,24 @@ def _check_strategy(strategy: str, params: dict[str, Any]) -> None:
     STRATEGIES.create(strategy, **params).validate()
 
 
-def _remove_workspace(root: Path) -> None:
-    """Undo a workspace this command created before failing, so nothing is left behind."""
+def _remove_workspace(root: Path, *, keep_folder: bool) -> None:
+    """Undo a workspace this command created before failing, so nothing is left behind.
+
+    A folder that existed before keeps everything but what unbake put there.
+    """
     import shutil
 
-    shutil.rmtree(root, ignore_errors=True)
+    from unbake.workspace.workspace import CATALOG, CHECKPOINTS
+
+    if not keep_folder:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for path in (root / CHECKPOINTS).glob("*model-*"):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (root / CHECKPOINTS).rmdir()  # only if empty: a folder of the user's stays
+    for name in (CATALOG, f"{CATALOG}-journal", ".lock"):
+        (root / name).unlink(missing_ok=True)
 
 
 # --- forget --------------------------------------------------------------------------

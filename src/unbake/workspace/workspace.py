@@ -81,6 +81,22 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+def _check_root(root: str | os.PathLike) -> Path:
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise WorkspaceError(
+            f"Workspace path {root} is a file, not a folder; point --workspace at a workspace "
+            "folder or a path that does not exist yet."
+        )
+    return root
+
+
+def _writable(root: Path) -> bool:
+    """Whether this process may change the workspace (its folder, catalog and lock file)."""
+    paths = (root, root / CATALOG, root / CHECKPOINTS, root / ".lock")
+    return all(os.access(p, os.W_OK) for p in paths if p.exists())
+
+
 class Workspace:
     """A workspace folder. Use :meth:`create` or :meth:`open`, and ``close`` when done.
 
@@ -113,7 +129,7 @@ class Workspace:
 
         The dataset is loaded and checked before anything is written.
         """
-        root = Path(root)
+        root = _check_root(root)
         if (root / CATALOG).exists():
             raise WorkspaceError(
                 f"{root} already holds a workspace; open it, or pick another --workspace."
@@ -160,17 +176,29 @@ class Workspace:
 
     @classmethod
     def open(cls, root: str | os.PathLike = DEFAULT_WORKSPACE) -> Workspace:
-        root = Path(root)
-        if not (root / CATALOG).exists():
+        """Open a workspace; stray files of an interrupted operation are swept first.
+
+        A workspace this process cannot write opens read-only: reading works and writes
+        nothing, and any change is refused with a :class:`WorkspaceError`.
+        """
+        root = _check_root(root)
+        if not (root / CATALOG).is_file():
             raise WorkspaceError(
                 f"No workspace at {root}; create one with `unbake train --workspace {root} "
                 "--dataset NAME`."
             )
-        catalog = Catalog(root / CATALOG)
-        catalog.check_version()
-        ws = cls(root, catalog)
-        with ws._lock():
-            ws._sweep()
+        readonly = not _writable(root)
+        catalog = Catalog(root / CATALOG, readonly=readonly)
+        try:
+            catalog.check_version()
+            catalog.check_integrity()
+            ws = cls(root, catalog)
+            if not readonly:
+                with ws._lock():
+                    ws._sweep()
+        except BaseException:
+            catalog.close()
+            raise
         return ws
 
     def close(self) -> None:
@@ -185,6 +213,11 @@ class Workspace:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         """An exclusive, cross-process lock on the workspace (fails fast if held)."""
+        if self.catalog.readonly:
+            raise WorkspaceError(
+                f"Workspace {self.root} is read-only; make it writable "
+                f"(chmod -R u+w {self.root}) to change it, or copy it."
+            )
         with open(self.root / ".lock", "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -199,7 +232,12 @@ class Workspace:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _sweep(self) -> None:
-        """Remove temp files and checkpoints the catalog no longer references."""
+        """Remove temp files, checkpoints the catalog no longer references, and a stale journal.
+
+        Opening the catalog has already rolled back a hot journal (SQLite deletes it); one
+        still there while this process holds the lock is stale, so it goes too.
+        """
+        (self.root / f"{CATALOG}-journal").unlink(missing_ok=True)
         live = {
             r["checkpoint"]
             for r in self.catalog.query("SELECT checkpoint FROM models WHERE status='active'")
@@ -213,7 +251,13 @@ class Workspace:
 
     @property
     def dataset_spec(self) -> dict[str, Any]:
-        return json.loads(self.catalog.meta("dataset") or "{}")
+        spec = self.catalog.parse_json(self.catalog.meta("dataset") or "{}", "the dataset spec")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise IntegrityError(
+                f"Catalog {self.catalog.path} is damaged: the dataset spec {spec!r:.60} is not "
+                "an object with a dataset name; restore it from a backup or start a new workspace."
+            )
+        return spec
 
     def dataset(self) -> Dataset:
         """The workspace's dataset, reloaded from its source and checked against the catalog."""
