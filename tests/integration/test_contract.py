@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.test_cli import assert_one_line_error, run, snapshot
@@ -246,7 +246,7 @@ def test_read_only_workspace_can_be_read(readonly_copy):
         }
     )
     for name in ("status", "log", "evaluate"):
-        code, stdout, stderr = out[name]
+        code, _, stderr = out[name]
         assert code == 0, (name, stderr)
     assert strict_json(out["status"][1]) == expected
     assert strict_json(out["evaluate"][1])["ra"] > 0
@@ -382,3 +382,130 @@ def test_failed_first_train_keeps_a_folder_that_existed(tmp_path):
     res = run("train", "--dataset", "digits", *FAST, "--device", "tpu", "--workspace", folder)
     assert_one_line_error(res, "device")
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+# --- the fuzzer ------------------------------------------------------------------------
+
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+ID_POOL = [f"r{i:03d}" for i in range(90)]
+SPECIAL = ["nan", "inf", "-inf", "1e400", "0.01", "-1", "0", "true", "null", "[1]", "{}", '"x"']
+
+
+def _small(text: str) -> bool:
+    """No generated value may ask for a huge number of epochs or samples."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return True
+    return not isinstance(value, (int, float)) or abs(value) <= 10 or value != value
+
+
+values = st.one_of(
+    st.integers(-2, 4).map(str), st.sampled_from(SPECIAL), st.text(max_size=8).filter(_small)
+)
+params = st.lists(
+    st.one_of(
+        st.builds(
+            "{}={}".format,
+            st.sampled_from(["epochs", "lr", "batch_size", "damping", "bogus", "", "seed"]),
+            values,
+        ),
+        st.text(max_size=10),
+    ),
+    max_size=3,
+)
+id_lists = st.lists(st.one_of(st.sampled_from(ID_POOL), st.text(max_size=12)), max_size=6)
+selectors = st.one_of(
+    st.tuples(st.just("--ids"), id_lists.map(",".join)),
+    st.tuples(
+        st.just("--ids-file"),
+        st.one_of(st.binary(max_size=40), id_lists.map(lambda ids: "\n".join(ids).encode())),
+    ),
+    st.tuples(st.just("--subject"), st.one_of(st.sampled_from(["s1", MARKUP_SUBJECT]), st.text())),
+    st.tuples(st.just("--class"), st.one_of(st.integers(-2, 4).map(str), st.text(max_size=5))),
+    st.just(None),
+)
+methods = st.sampled_from(["retrain", "finetune", "neggrad", "influence", "sisa", "bogus"])
+
+
+def assert_contract(res, ws: Path | None, before: dict | None) -> None:
+    """Exit 0 (with strict JSON) or 2 (one line, workspace untouched); never a traceback."""
+    assert "Traceback" not in res.output + res.stderr, res.output + res.stderr
+    assert res.exit_code in (0, 2), (res.exit_code, res.stderr)
+    event(f"exit {res.exit_code}")
+    if res.exit_code == 0:
+        strict_json(res.stdout)
+        return
+    err = res.stderr.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    if before is None:
+        assert ws is None or not ws.exists(), "a refused train left a workspace behind"
+    else:
+        assert snapshot(ws) == before, "a refused command changed the workspace"
+
+
+@FUZZ
+@given(selector=selectors, method=methods, params=params)
+def test_fuzz_forget(template, selector, method, params):
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = fresh(template, Path(tmp) / "ws")
+        args = ["forget", "--method", method, "--workspace", str(ws), "--json"]
+        for p in params:
+            args += ["--param", p]
+        if selector is not None:
+            flag, value = selector
+            if flag == "--ids-file":
+                (Path(tmp) / "ids").write_bytes(value)
+                value = str(Path(tmp) / "ids")
+            args += [flag, value]
+        before = snapshot(ws)
+        assert_contract(run(*args), ws, before)
+
+
+cells = st.one_of(
+    st.sampled_from(["", "1", "0", "2", "2.5", "-1", "nan", "inf", "x", "[b]", "r1", "s1"]),
+    st.text(max_size=4),
+)
+rows = st.lists(st.lists(cells, min_size=0, max_size=6), max_size=8)
+headers = st.lists(
+    st.sampled_from(["uid", "person", "f0", "f1", "y", "y", "", "[x]"]), min_size=0, max_size=6
+)
+
+
+numbers = st.sampled_from(["0", "1", "2", "0.5", "-1.25", "3"])
+plausible = st.lists(  # a well-formed table: uid, person, f0, f1, y
+    st.tuples(
+        st.sampled_from(ID_POOL), st.sampled_from(["s1", "s2", ""]), numbers, numbers, numbers
+    ).map(list),
+    max_size=12,
+    unique_by=lambda row: row[0],
+)
+
+
+def _csv_text(header: list[str], body: list[list[str]]) -> bytes:
+    return "\n".join(",".join(r) for r in [header, *body]).encode("utf-8", "surrogatepass")
+
+
+@FUZZ
+@given(
+    content=st.one_of(
+        st.builds(_csv_text, st.just(["uid", "person", "f0", "f1", "y"]), plausible),
+        st.builds(_csv_text, headers, rows),
+        st.binary(max_size=60),
+    ),
+    with_ids=st.booleans(),
+)
+def test_fuzz_csv(content, with_ids):
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / "data.csv"
+        csv.write_bytes(content)
+        ws = Path(tmp) / "ws"
+        flags = CSV_TRAIN if with_ids else CSV_TRAIN[:4]
+        res = run("train", *flags, "--path", csv, *FAST, "--workspace", ws, "--json")
+        assert_contract(res, ws, None)
+        if res.exit_code == 0:
+            assert_contract(run("evaluate", "--workspace", ws, "--json"), ws, snapshot(ws))

@@ -30,7 +30,13 @@ def load_dataset(name: str, **options: object) -> Dataset:
     (10, (1, 8, 8), 1797)
     """
     options = {k: v for k, v in options.items() if v is not None}
-    dataset = DATASETS.create(name, **options)
+    try:
+        dataset = DATASETS.create(name, **options)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"The {name} source is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8 (e.g. CSV UTF-8 in a spreadsheet)."
+        ) from None
     spec = {"name": name, **{k: str(v) for k, v in options.items()}}
     return Dataset(dataset.name, dataset.train, dataset.test, dataset.n_classes, spec)
 
@@ -191,6 +197,8 @@ def _table_to_dataset(
     if not feature_cols:
         raise DatasetError(f"{source} has no feature columns besides the label; add features.")
     n = len(columns[label])
+    if n == 0:
+        raise DatasetError(f"{source} has a header but no rows; add the data rows.")
     feats = np.empty((n, len(feature_cols)), dtype=np.float32)
     for j, col in enumerate(feature_cols):
         for i, value in enumerate(columns[col]):
