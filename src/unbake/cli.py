@@ -167,7 +167,9 @@ def demo(
     from unbake.report import plot_comparison
     from unbake.training import TrainConfig
     from unbake.workspace.atomic import atomic_write_text
+    from unbake.workspace.workspace import check_workspace_path
 
+    check_workspace_path(workspace)  # before the long run, not after it
     if not 0 < forget_fraction < 1:
         raise InvalidParameterError(
             f"--forget-fraction must be in (0, 1). Got {forget_fraction} instead."

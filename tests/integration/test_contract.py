@@ -107,7 +107,9 @@ def test_cuda_on_a_cpu_machine(ws):
     assert snapshot(ws) == before
 
 
-@pytest.mark.parametrize("cmd", [["status"], ["log"], ["evaluate"], ["forget", "--ids", "x"]])
+@pytest.mark.parametrize(
+    "cmd", [["status"], ["log"], ["evaluate"], ["forget", "--ids", "x"], ["demo"]]
+)
 def test_workspace_that_is_a_file(tmp_path, cmd):
     file = tmp_path / "not-a-folder"
     file.write_text("hello")
@@ -407,17 +409,14 @@ def _small(text: str) -> bool:
 values = st.one_of(
     st.integers(-2, 4).map(str), st.sampled_from(SPECIAL), st.text(max_size=8).filter(_small)
 )
-params = st.lists(
-    st.one_of(
-        st.builds(
-            "{}={}".format,
-            st.sampled_from(["epochs", "lr", "batch_size", "damping", "bogus", "", "seed"]),
-            values,
-        ),
-        st.text(max_size=10),
-    ),
-    max_size=3,
-)
+
+
+def param_lists(keys: list[str]):
+    pairs = st.builds("{}={}".format, st.sampled_from(keys), values)
+    return st.lists(st.one_of(pairs, st.text(max_size=10)), max_size=3)
+
+
+params = param_lists(["epochs", "lr", "batch_size", "damping", "bogus", "", "seed"])
 id_lists = st.lists(st.one_of(st.sampled_from(ID_POOL), st.text(max_size=12)), max_size=6)
 selectors = st.one_of(
     st.tuples(st.just("--ids"), id_lists.map(",".join)),
@@ -509,3 +508,19 @@ def test_fuzz_csv(content, with_ids):
         assert_contract(res, ws, None)
         if res.exit_code == 0:
             assert_contract(run("evaluate", "--workspace", ws, "--json"), ws, snapshot(ws))
+
+
+@FUZZ
+@given(
+    strategy=st.sampled_from(["monolithic", "sisa", "certified", "bogus"]),
+    params=param_lists(["shards", "slices", "aggregation", "epsilon", "lam", "bogus", ""]),
+)
+def test_fuzz_train_params(template, strategy, params):
+    """Training on an existing workspace with generated strategy parameters."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = fresh(template, Path(tmp) / "ws")
+        args = ["train", *FAST, "--strategy", strategy, "--workspace", str(ws), "--json"]
+        for p in params:
+            args += ["--param", p]
+        before = snapshot(ws)
+        assert_contract(run(*args), ws, before)

@@ -39,7 +39,13 @@ from unbake.workspace.atomic import TMP_SUFFIX, atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
 
-__all__ = ["DEFAULT_WORKSPACE", "ForgetSelector", "RequestRecord", "Workspace"]
+__all__ = [
+    "DEFAULT_WORKSPACE",
+    "ForgetSelector",
+    "RequestRecord",
+    "Workspace",
+    "check_workspace_path",
+]
 
 DEFAULT_WORKSPACE = "unbake-workspace"
 CATALOG = "catalog.sqlite"
@@ -81,7 +87,8 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def _check_root(root: str | os.PathLike) -> Path:
+def check_workspace_path(root: str | os.PathLike) -> Path:
+    """``root`` as a Path, refused if it exists and is not a folder."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise WorkspaceError(
@@ -129,7 +136,7 @@ class Workspace:
 
         The dataset is loaded and checked before anything is written.
         """
-        root = _check_root(root)
+        root = check_workspace_path(root)
         if (root / CATALOG).exists():
             raise WorkspaceError(
                 f"{root} already holds a workspace; open it, or pick another --workspace."
@@ -181,7 +188,7 @@ class Workspace:
         A workspace this process cannot write opens read-only: reading works and writes
         nothing, and any change is refused with a :class:`WorkspaceError`.
         """
-        root = _check_root(root)
+        root = check_workspace_path(root)
         if not (root / CATALOG).is_file():
             raise WorkspaceError(
                 f"No workspace at {root}; create one with `unbake train --workspace {root} "
