@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -85,31 +86,51 @@ def _handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         enable_progress(None)
-        try:
-            return fn(*args, **kwargs)
-        except UnbakeError as exc:
-            print_error(str(exc))
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            print_error("interrupted; the workspace is unchanged.")
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, click.ClickException):
-            raise
-        except OSError as exc:
-            # The environment refused (disk full, permissions): a cause the user can fix.
-            where = f" ({exc.filename})" if exc.filename else ""
-            print_error(
-                f"{exc.strerror or exc}{where}; check the path, its permissions and free space."
-            )
-            raise typer.Exit(2) from None
-        except Exception as exc:  # a bug: still one line, and a non-zero exit
-            print_error(
-                f"internal error: {type(exc).__name__}: {exc}; please report it to the unbake "
-                "developers with the command you ran."
-            )
-            raise typer.Exit(1) from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                out = _run_command(fn, args, kwargs)
+            except typer.Exit as exc:
+                if exc.exit_code == 0:
+                    _print_warnings(caught)
+                raise  # a failure already printed its one line; warnings would add more
+        _print_warnings(caught)
+        return out
 
     return wrapper
+
+
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """A command that succeeded shows each distinct warning as one literal line."""
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        err_console.print(Text.assemble(("warning:", "yellow"), " ", _one_line(message)))
+
+
+def _run_command(fn, args, kwargs):
+    """Run a command, turning every failure into one line on stderr and an exit status."""
+    try:
+        return fn(*args, **kwargs)
+    except UnbakeError as exc:
+        print_error(str(exc))
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        print_error("interrupted; the workspace is unchanged.")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, click.ClickException):
+        raise
+    except OSError as exc:
+        # The environment refused (disk full, permissions): a cause the user can fix.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print_error(
+            f"{exc.strerror or exc}{where}; check the path, its permissions and free space."
+        )
+        raise typer.Exit(2) from None
+    except Exception as exc:  # a bug: still one line, and a non-zero exit
+        print_error(
+            f"internal error: {type(exc).__name__}: {exc}; please report it to the unbake "
+            "developers with the command you ran."
+        )
+        raise typer.Exit(1) from None
 
 
 def _emit_json(obj: Any) -> None:

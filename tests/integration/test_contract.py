@@ -377,6 +377,28 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(ws, monkeypatch):
     assert len(err.splitlines()) == 1 and "Traceback" not in res.output
 
 
+def test_warnings_never_break_the_one_line_error(ws, monkeypatch):
+    import warnings
+
+    from unbake.exceptions import WorkspaceError
+    from unbake.workspace import Workspace
+
+    real = Workspace.status
+
+    def noisy(self, fail):
+        warnings.warn("invalid value\nencountered", RuntimeWarning, stacklevel=1)
+        if fail:
+            raise WorkspaceError("broken; fix it.")
+        return real(self)
+
+    monkeypatch.setattr(Workspace, "status", lambda self: noisy(self, True))
+    assert_one_line_error(run("status", "--workspace", ws), "broken; fix it.")
+    monkeypatch.setattr(Workspace, "status", lambda self: noisy(self, False))
+    res = run("status", "--workspace", ws, "--json")
+    assert res.exit_code == 0 and strict_json(res.stdout)["models"]
+    assert res.stderr.strip() == "warning: invalid value\\nencountered"
+
+
 def test_failed_first_train_keeps_a_folder_that_existed(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
