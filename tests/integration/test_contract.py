@@ -175,7 +175,7 @@ def test_damaged_catalog(ws, damage, cmd):
 
 
 def test_requests_with_junk_json_are_a_damaged_catalog(ws):
-    assert run("forget", "--ids", "r001", "--method", "neggrad", "--workspace", ws).exit_code == 0
+    assert run("forget", "--class", "1", "--method", "neggrad", "--workspace", ws).exit_code == 0
     _sql("UPDATE requests SET selector = '{oops'")(ws)
     assert_one_line_error(run("log", "--workspace", ws), "damaged", "selector")
 
