@@ -1,27 +1,58 @@
 """The ``unbake`` command line: a thin typer layer over the Python API.
 
-Every command takes ``--workspace`` and ``--json``. A user error prints one line
-(``error: <cause>; <fix>``) to stderr and exits with status 2, leaving the workspace
-as it was.
+Every command takes ``--workspace`` and ``--json``. The error contract: every failure
+prints ONE line (``error: <cause>; <fix>``) to stderr, never a traceback. Bad input, a
+usage error or a damaged workspace exits with status 2 and leaves the workspace as it
+was; an unexpected failure prints ``error: internal error: ...; please report it`` and
+exits with status 1. Console output never interprets user text as rich markup, and
+``--json`` output is strict JSON (a non-finite number is ``null``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer._click import exceptions as click  # typer vendors click; these are its errors
+from typer.core import TyperGroup
 
+from unbake import _json as strict_json
 from unbake._progress import enable_progress
 from unbake._threads import configure_threads
 from unbake.bench import BENCHMARKS
 from unbake.exceptions import InvalidParameterError, UnbakeError
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, a missing argument) get the one-line contract too."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "unbake"
+            print_error(f"{exc.format_message().rstrip('.')}; see `{where} --help`.")
+            sys.exit(2)
+        except typer.Abort:
+            print_error("aborted; the workspace is unchanged.")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     name="unbake",
@@ -29,10 +60,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_OneLineErrors,
 )
+# Nothing printed is read as rich markup or emoji codes: messages and tables quote user
+# text (IDs, subjects, paths), which must appear exactly as given.
+_PLAIN = {"markup": False, "emoji": False, "highlight": False}
 # A pipe gets a wide console, so the comparison table is never truncated in logs.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 160, **_PLAIN)
+err_console = Console(stderr=True, **_PLAIN)
 
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
@@ -46,24 +81,70 @@ ThreadsOpt = Annotated[
 ]
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line: newlines and other control characters shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def print_error(message: str) -> None:
+    """Print ``error: <message>`` as one literal line on stderr."""
+    line = Text.assemble(("error:", "bold red"), " ", _one_line(message))
+    err_console.print(line, soft_wrap=True)
+
+
 def _handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         enable_progress(None)
-        try:
-            return fn(*args, **kwargs)
-        except UnbakeError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("error: interrupted; the workspace is unchanged.")
-            raise typer.Exit(130) from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                out = _run_command(fn, args, kwargs)
+            except typer.Exit as exc:
+                if exc.exit_code == 0:
+                    _print_warnings(caught)
+                raise  # a failure already printed its one line; warnings would add more
+        _print_warnings(caught)
+        return out
 
     return wrapper
 
 
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """A command that succeeded shows each distinct warning as one literal line."""
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        err_console.print(Text.assemble(("warning:", "yellow"), " ", _one_line(message)))
+
+
+def _run_command(fn, args, kwargs):
+    """Run a command, turning every failure into one line on stderr and an exit status."""
+    try:
+        return fn(*args, **kwargs)
+    except UnbakeError as exc:
+        print_error(str(exc))
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        print_error("interrupted; the workspace is unchanged.")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, click.ClickException):
+        raise
+    except OSError as exc:
+        # The environment refused (disk full, permissions): a cause the user can fix.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print_error(
+            f"{exc.strerror or exc}{where}; check the path, its permissions and free space."
+        )
+        raise typer.Exit(2) from None
+    except Exception as exc:  # a bug: still one line, and a non-zero exit
+        print_error(
+            f"internal error: {type(exc).__name__}: {exc}; please report it to the unbake "
+            "developers with the command you ran."
+        )
+        raise typer.Exit(1) from None
+
+
 def _emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.write(strict_json.dumps(obj, indent=2) + "\n")
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -124,7 +205,9 @@ def demo(
     from unbake.report import plot_comparison
     from unbake.training import TrainConfig
     from unbake.workspace.atomic import atomic_write_text
+    from unbake.workspace.workspace import check_workspace_path
 
+    check_workspace_path(workspace)  # before the long run, not after it
     if not 0 < forget_fraction < 1:
         raise InvalidParameterError(
             f"--forget-fraction must be in (0, 1). Got {forget_fraction} instead."
@@ -378,6 +461,7 @@ def train(
         _check_split_unchanged(ws, options)
     else:
         _check_strategy(strategy, strategy_params)
+        existed = workspace.exists()
         ws = Workspace.create(workspace, dataset=dataset or "digits", dataset_options=options)
         created = True
     try:
@@ -393,7 +477,7 @@ def train(
     except BaseException:
         ws.close()
         if created:
-            _remove_workspace(workspace)
+            _remove_workspace(workspace, keep_folder=existed)
         raise
     ws.close()
     out = {
@@ -432,11 +516,24 @@ def _check_strategy(strategy: str, params: dict[str, Any]) -> None:
     STRATEGIES.create(strategy, **params).validate()
 
 
-def _remove_workspace(root: Path) -> None:
-    """Undo a workspace this command created before failing, so nothing is left behind."""
+def _remove_workspace(root: Path, *, keep_folder: bool) -> None:
+    """Undo a workspace this command created before failing, so nothing is left behind.
+
+    A folder that existed before keeps everything but what unbake put there.
+    """
     import shutil
 
-    shutil.rmtree(root, ignore_errors=True)
+    from unbake.workspace.workspace import CATALOG, CHECKPOINTS
+
+    if not keep_folder:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for path in (root / CHECKPOINTS).glob("*model-*"):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (root / CHECKPOINTS).rmdir()  # only if empty: a folder of the user's stays
+    for name in (CATALOG, f"{CATALOG}-journal", ".lock"):
+        (root / name).unlink(missing_ok=True)
 
 
 # --- forget --------------------------------------------------------------------------
@@ -474,11 +571,17 @@ def forget(
     id_list: list[str] = [i.strip() for i in ids.split(",") if i.strip()] if ids else []
     if ids_file is not None:
         try:
-            id_list += [ln.strip() for ln in ids_file.read_text().splitlines() if ln.strip()]
+            text = ids_file.read_bytes().decode("utf-8")
         except OSError as exc:
             raise InvalidParameterError(
                 f"Cannot read --ids-file {ids_file} ({exc.strerror}); check the path."
             ) from None
+        except UnicodeDecodeError as exc:
+            raise InvalidParameterError(
+                f"--ids-file {ids_file} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                f"offset {exc.start}); give a text file with one sample ID per line."
+            ) from None
+        id_list += [ln.strip() for ln in text.splitlines() if ln.strip()]
     params = parse_params(param)
     with Workspace.open(workspace) as ws:
         rec = ws.forget(
@@ -705,7 +808,7 @@ def bench(
     if as_json:
         _emit_json(result)
     else:
-        console.print_json(json.dumps(result.get("summary", {}), default=str))
+        console.print_json(strict_json.dumps(result.get("summary", {})))
         if out:
             console.print(f"Wrote {out}.")
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -10,6 +16,37 @@ from typing import TypeVar
 from unbake.backends import BACKENDS, Backend
 
 __all__ = ["LocalBackend"]
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: this worker ends when the process that started it dies.
+
+    Without it, a parent killed with SIGKILL leaves its workers (and, through the pipe
+    they hold, the multiprocessing resource tracker) running forever. On Linux the
+    kernel sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); elsewhere a
+    daemon thread watches the parent's PID. Either way, a parent already gone by the
+    time this runs is caught by the PID check.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -38,6 +75,9 @@ class LocalBackend(Backend):
             return [fn(job) for job in jobs]
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            max_workers=min(self.workers, len(jobs)), mp_context=context
+            max_workers=min(self.workers, len(jobs)),
+            mp_context=context,
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
         ) as pool:
             return list(pool.map(fn, jobs))

@@ -7,7 +7,6 @@ paired with a baseline measured in the same run and quoted as ratios.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from unbake import _json as strict_json
 from unbake._threads import thread_policy
 from unbake.registry import Registry
 from unbake.workspace.atomic import atomic_write_text
@@ -72,7 +72,7 @@ def run_benchmark(
         **body,
     }
     if out is not None:
-        atomic_write_text(Path(out), json.dumps(result, indent=2, default=float) + "\n")
+        atomic_write_text(Path(out), strict_json.dumps(result, indent=2) + "\n")
     return result
 
 

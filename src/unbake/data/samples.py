@@ -81,7 +81,7 @@ class Samples:
         if len(dup):
             rows = np.flatnonzero(np.isin(ids_arr.astype(str), dup))
             raise DatasetError(
-                f"Duplicate sample IDs {list(dup[:5])} in rows {_rows(rows)}; "
+                f"Duplicate sample IDs {[str(i) for i in dup[:5]]} in rows {_rows(rows)}; "
                 "make the ID column unique."
             )
         if subjects is None:

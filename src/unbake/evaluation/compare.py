@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unbake import _json as strict_json
 from unbake.data import Dataset
 from unbake.evaluation.utility import Evaluation, avg_gap, evaluate
 from unbake.exceptions import InvalidParameterError
@@ -125,7 +126,7 @@ class Comparison:
         )
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return strict_json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
         head = (

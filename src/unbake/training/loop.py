@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from unbake._progress import progress
 from unbake._threads import threads_for
+from unbake.exceptions import InvalidParameterError
 from unbake.training.config import TrainConfig
 
 __all__ = [
@@ -70,10 +71,33 @@ class Phase:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` or ``"auto"`` picks CUDA when available, else the CPU."""
+    """``None`` or ``"auto"`` picks CUDA when available, else the CPU.
+
+    A device this machine does not have is refused with :class:`InvalidParameterError`.
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidParameterError(
+            f"Unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto."
+        ) from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": torch.cuda.is_available,
+        "mps": torch.backends.mps.is_available,
+    }
+    if not available.get(dev.type, lambda: False)():
+        raise InvalidParameterError(
+            f"Device {device!r} is not available on this machine; use cpu or auto."
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidParameterError(
+            f"Device {device!r} does not exist: this machine has "
+            f"{torch.cuda.device_count()} CUDA devices; use cuda:0 or auto."
+        )
+    return dev
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from unbake.exceptions import WorkspaceError
+from unbake.exceptions import IntegrityError, WorkspaceError
 
 __all__ = ["SCHEMA_VERSION", "Catalog", "utcnow"]
 
@@ -80,19 +80,81 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-class Catalog:
-    """A thin, transactional wrapper over the workspace's SQLite file."""
+def _expected_columns() -> dict[str, list[str]]:
+    """Each table of the schema and its columns, read back from an in-memory copy."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+    finally:
+        conn.close()
 
-    def __init__(self, path: Path) -> None:
+
+class Catalog:
+    """A thin, transactional wrapper over the workspace's SQLite file.
+
+    Every SQLite failure leaves as a typed unbake error with a fix: a damaged file as
+    :class:`IntegrityError`, a busy, read-only or unreadable one as :class:`WorkspaceError`.
+    ``readonly=True`` opens the file without ever writing to it.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
+        with self._errors():
+            if readonly:
+                uri = f"{path.resolve().as_uri()}?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+            else:
+                self._conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            if not readonly:
+                self._conn.execute("PRAGMA secure_delete = ON")
+                self._conn.execute("PRAGMA journal_mode = DELETE")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn SQLite's exceptions into unbake's, each naming the cause and the fix."""
         try:
-            self._conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+            yield
         except sqlite3.Error as exc:
-            raise WorkspaceError(f"Cannot open catalog {path} ({exc}); check the path.") from None
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        self._conn.execute("PRAGMA secure_delete = ON")
-        self._conn.execute("PRAGMA journal_mode = DELETE")
+            raise self._convert(exc) from None
+
+    def _convert(self, exc: sqlite3.Error) -> Exception:
+        text = str(exc)
+        folder = self.path.parent
+        if "locked" in text or "busy" in text:
+            return WorkspaceError(
+                f"Catalog {self.path} is busy with another process ({text}); wait for it "
+                "to finish and retry."
+            )
+        if "readonly" in text or "read-only" in text:
+            if self.path.with_name(self.path.name + "-journal").exists():
+                return WorkspaceError(
+                    f"Catalog {self.path} has an interrupted transaction (its -journal file) "
+                    f"that needs write access to roll back; make {folder} writable "
+                    f"(chmod -R u+w {folder}) and rerun."
+                )
+            return WorkspaceError(
+                f"Workspace {folder} is read-only ({text}); make it writable "
+                f"(chmod -R u+w {folder}) to change it."
+            )
+        if "unable to open" in text or "disk I/O" in text or "full" in text:
+            return WorkspaceError(
+                f"Cannot use catalog {self.path} ({text}); check that it is a readable file "
+                "and the disk has free space."
+            )
+        if "not a database" in text:
+            return WorkspaceError(
+                f"{self.path} is not an unbake catalog ({text}); point --workspace at a "
+                "workspace folder or a new one, or restore the catalog from a backup."
+            )
+        return IntegrityError(
+            f"Catalog {self.path} is damaged ({text}); restore it from a backup or start a "
+            "new workspace."
+        )
 
     def close(self) -> None:
         self._conn.close()
@@ -108,39 +170,57 @@ class Catalog:
             cur.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", list(meta.items()))
 
     def check_version(self) -> None:
-        try:
-            version = self.meta("schema_version")
-        except sqlite3.DatabaseError as exc:
-            raise WorkspaceError(
-                f"{self.path} is not an unbake catalog ({exc}); point --workspace at a workspace "
-                "folder or a new one."
-            ) from None
+        """Refuse a catalog of another schema version, or one whose tables were altered."""
+        version = self.meta("schema_version")
         if version != str(SCHEMA_VERSION):
             raise WorkspaceError(
                 f"Catalog schema version {version} is not supported (this unbake reads "
                 f"version {SCHEMA_VERSION}); use the unbake version that wrote it."
             )
+        for table, columns in _expected_columns().items():
+            found = [r["name"] for r in self.query(f"PRAGMA table_info({table})")]
+            if found != columns:
+                what = "is missing" if not found else "has other columns than this unbake writes"
+                raise IntegrityError(
+                    f"Catalog {self.path} is damaged: table {table!r} {what}; restore it "
+                    "from a backup or start a new workspace."
+                )
+
+    def check_integrity(self) -> None:
+        """SQLite's own page-level check; a damaged page is refused before it is read."""
+        problems = [r[0] for r in self.query("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise IntegrityError(
+                f"Catalog {self.path} is damaged ({problems[0]}); restore it from a backup or "
+                "start a new workspace."
+            )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
-        cur = self._conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        with self._errors():
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
         try:
             yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                cur.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._convert(exc) from None
             raise
         else:
-            cur.execute("COMMIT")
+            with self._errors():
+                cur.execute("COMMIT")
 
     # --- reads ---------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row["value"]
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
 
     def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        return self._conn.execute(sql, params).fetchall()
+        with self._errors():
+            return self._conn.execute(sql, params).fetchall()
 
     def sample_status(self) -> dict[str, str]:
         return {
@@ -160,12 +240,22 @@ class Catalog:
     def models(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.query("SELECT * FROM models ORDER BY created_at, rowid")]
 
+    def parse_json(self, text: str, what: str) -> Any:
+        """A JSON value stored in the catalog; junk there is a damaged catalog."""
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise IntegrityError(
+                f"Catalog {self.path} is damaged: {what} is not valid JSON ({exc}); restore it "
+                "from a backup or start a new workspace."
+            ) from None
+
     def requests(self) -> list[dict[str, Any]]:
         out = []
         for r in self.query("SELECT * FROM requests ORDER BY created_at, rowid"):
             row = dict(r)
             for key in ("selector", "sample_ids", "params", "metrics", "info"):
                 if row.get(key):
-                    row[key] = json.loads(row[key])
+                    row[key] = self.parse_json(row[key], f"request {row['request_id']}'s {key}")
             out.append(row)
         return out

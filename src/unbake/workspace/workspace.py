@@ -33,12 +33,18 @@ from unbake.exceptions import (
 )
 from unbake.methods import METHODS, UnlearnResult, UnlearnTask
 from unbake.models import ModelSpec
-from unbake.training import TrainConfig, TrainedModel, fit
+from unbake.training import TrainConfig, TrainedModel, fit, resolve_device
 from unbake.workspace.atomic import TMP_SUFFIX, atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
 
-__all__ = ["DEFAULT_WORKSPACE", "ForgetSelector", "RequestRecord", "Workspace"]
+__all__ = [
+    "DEFAULT_WORKSPACE",
+    "ForgetSelector",
+    "RequestRecord",
+    "Workspace",
+    "check_workspace_path",
+]
 
 DEFAULT_WORKSPACE = "unbake-workspace"
 CATALOG = "catalog.sqlite"
@@ -89,6 +95,23 @@ def _duplicates(values: list[str]) -> list[str]:
     return sorted({v for v in values if v in seen or seen.add(v)})
 
 
+def check_workspace_path(root: str | os.PathLike) -> Path:
+    """``root`` as a Path, refused if it exists and is not a folder."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise WorkspaceError(
+            f"Workspace path {root} is a file, not a folder; point --workspace at a workspace "
+            "folder or a path that does not exist yet."
+        )
+    return root
+
+
+def _writable(root: Path) -> bool:
+    """Whether this process may change the workspace (its folder, catalog and lock file)."""
+    paths = (root, root / CATALOG, root / CHECKPOINTS, root / ".lock")
+    return all(os.access(p, os.W_OK) for p in paths if p.exists())
+
+
 class Workspace:
     """A workspace folder. Use :meth:`create` or :meth:`open`, and ``close`` when done.
 
@@ -121,7 +144,7 @@ class Workspace:
 
         The dataset is loaded and checked before anything is written.
         """
-        root = Path(root)
+        root = check_workspace_path(root)
         if (root / CATALOG).exists():
             raise WorkspaceError(
                 f"{root} already holds a workspace; open it, or pick another --workspace."
@@ -176,17 +199,29 @@ class Workspace:
 
     @classmethod
     def open(cls, root: str | os.PathLike = DEFAULT_WORKSPACE) -> Workspace:
-        root = Path(root)
-        if not (root / CATALOG).exists():
+        """Open a workspace; stray files of an interrupted operation are swept first.
+
+        A workspace this process cannot write opens read-only: reading works and writes
+        nothing, and any change is refused with a :class:`WorkspaceError`.
+        """
+        root = check_workspace_path(root)
+        if not (root / CATALOG).is_file():
             raise WorkspaceError(
                 f"No workspace at {root}; create one with `unbake train --workspace {root} "
                 "--dataset NAME`."
             )
-        catalog = Catalog(root / CATALOG)
-        catalog.check_version()
-        ws = cls(root, catalog)
-        with ws._lock():
-            ws._sweep()
+        readonly = not _writable(root)
+        catalog = Catalog(root / CATALOG, readonly=readonly)
+        try:
+            catalog.check_version()
+            catalog.check_integrity()
+            ws = cls(root, catalog)
+            if not readonly:
+                with ws._lock():
+                    ws._sweep()
+        except BaseException:
+            catalog.close()
+            raise
         return ws
 
     def close(self) -> None:
@@ -201,6 +236,11 @@ class Workspace:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         """An exclusive, cross-process lock on the workspace (fails fast if held)."""
+        if self.catalog.readonly:
+            raise WorkspaceError(
+                f"Workspace {self.root} is read-only; make it writable "
+                f"(chmod -R u+w {self.root}) to change it, or copy it."
+            )
         with open(self.root / ".lock", "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -215,7 +255,12 @@ class Workspace:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _sweep(self) -> None:
-        """Remove temp files and checkpoints the catalog no longer references."""
+        """Remove temp files, checkpoints the catalog no longer references, and a stale journal.
+
+        Opening the catalog has already rolled back a hot journal (SQLite deletes it); one
+        still there while this process holds the lock is stale, so it goes too.
+        """
+        (self.root / f"{CATALOG}-journal").unlink(missing_ok=True)
         live = {
             r["checkpoint"]
             for r in self.catalog.query("SELECT checkpoint FROM models WHERE status='active'")
@@ -229,7 +274,13 @@ class Workspace:
 
     @property
     def dataset_spec(self) -> dict[str, Any]:
-        return json.loads(self.catalog.meta("dataset") or "{}")
+        spec = self.catalog.parse_json(self.catalog.meta("dataset") or "{}", "the dataset spec")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise IntegrityError(
+                f"Catalog {self.catalog.path} is damaged: the dataset spec {spec!r:.60} is not "
+                "an object with a dataset name; restore it from a backup or start a new workspace."
+            )
+        return spec
 
     def dataset(self) -> Dataset:
         """The workspace's dataset, reloaded from its source and checked against the catalog."""
@@ -402,7 +453,7 @@ class Workspace:
             data, expected_sha256=row["sha256"], source=f"Checkpoint {path}"
         )
         if device is not None:
-            model.module.to(device)
+            model.module.to(resolve_device(device))
         return model
 
     def _write_model(
@@ -451,6 +502,8 @@ class Workspace:
         if not isinstance(spec, ModelSpec):
             spec = ModelSpec.from_module(spec)
         spec.to_dict()  # an in-memory nn.Module cannot be saved: fail before training
+        if device is not None:
+            resolve_device(device)  # an unknown or absent device: fail before the lock
         with self._lock():
             active, _ = self.active_and_forgotten()
             trained = fit(  # builds and validates the strategy against `active` first
@@ -498,6 +551,9 @@ class Workspace:
         if label is not None:
             ds = self.dataset()
             label = ds.classes[ds.class_index(label)]
+
+        if device is not None:
+            resolve_device(device)  # an unknown or absent device: fail before the lock
         selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
         with self._lock():
             active, _ = self.active_and_forgotten()
