@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from unbake import TrainConfig, Workspace, fit
+from unbake.evaluation import accuracy
 from unbake.exceptions import (
     DatasetError,
     EmptyRequestError,
@@ -315,8 +316,10 @@ def test_source_losing_active_rows_or_gaining_rows_is_an_error(csv_ws, workspace
 def test_forget_a_class_by_name_or_index(csv_ws):
     ws, _ = csv_ws
     n_b = sum(1 for r in ws.samples() if r["split"] == "train" and r["label"] == "B")
+    held_b = sum(1 for r in ws.samples() if r["split"] != "train" and r["label"] == "B")
     rec = ws.forget(label="B", method="retrain")
-    assert rec.n_samples == n_b
+    assert (rec.n_samples, rec.n_held_out) == (n_b, held_b)  # held-out B rows leave the metrics
+    assert all(ws.dataset().label_names(s.y).count("B") == 0 for s in ws.held_out())
     (req,) = ws.log()
     assert req["selector"] == {"class": "B"}
     with pytest.raises(InvalidParameterError, match=r"Class 'Z' does not exist.*'A', 'B', 'C'"):
@@ -325,11 +328,90 @@ def test_forget_a_class_by_name_or_index(csv_ws):
     assert ws.forget(label=2, method="retrain").n_samples == n_c  # an int is an index
 
 
-def test_held_out_samples_cannot_be_forgotten(csv_ws):
+def _subject_in(ws, split):
+    """A subject whose rows all lie in ``split`` (the split as the API reports it)."""
+    sides = {}
+    for r in ws.samples():
+        sides.setdefault(r["subject"], set()).add(r["split"])
+    return next(s for s, v in sorted(sides.items()) if v == {split})
+
+
+def _expected_ta(ws, without):
+    """Test accuracy of the newest model on the source's test rows minus ``without``."""
+    test = ws.dataset().test
+    return accuracy(ws.load_model(), test.subset(~test.mask_of(without)))
+
+
+def test_held_out_subject_is_erased_without_touching_a_model(csv_ws):
+    """A subject whose rows are all in test: recorded, no new model, nothing purged."""
+    ws, source = csv_ws
+    person = _subject_in(ws, "test")
+    ids = [r["sample_id"] for r in ws.samples(subject=person)]
+    models = ws.status()["models"]
+    rec = ws.forget(subject=person, method="retrain")
+    assert (rec.n_samples, rec.n_held_out, rec.method) == (0, 4, "none")
+    assert not rec.changed_model and rec.evaluation is None
+    assert ws.status()["models"] == models  # still active, nothing new
+    (req,) = ws.log()
+    assert req["selector"] == {"subject": person} and req["method"] == "none"
+    assert req["exact"] == 1 and req["hash_before"] == req["hash_after"] == models[0]["sha256"]
+    assert req["info"] == {"held_out": 4, "held_out_splits": {"val": 0, "test": 4}}
+    gone = ws.samples(forgotten=True, subject=person)
+    assert sorted(r["sample_id"] for r in gone) == sorted(ids)
+    assert {(r["split"], r["subject"], r["request_id"]) for r in gone} == {
+        ("test", None, rec.request_id)
+    }
+    hashes = ws.catalog.query(
+        "SELECT content_hash FROM samples WHERE request_id = ?", (rec.request_id,)
+    )
+    assert [r["content_hash"] for r in hashes] == [None] * 4
+    assert ws.status()["splits"]["test"] == len(ws.dataset().test) - 4
+    assert ws.evaluate().ta == pytest.approx(_expected_ta(ws, ids))
+    with pytest.raises(UnknownSampleError, match="already forgotten"):
+        ws.forget(subject=person, method="retrain")
+    _people_csv(source, drop_subjects={person})  # the source loses the rows, silently
+    ws.close()
+    with Workspace.open(ws.root) as again:
+        assert len(again.dataset().test) == len(again.held_out()[1])
+        assert again.evaluate().ta == pytest.approx(_expected_ta(again, ids))
+        other = _subject_in(again, "train")
+        assert again.forget(subject=other, method="retrain").n_samples == 4
+        again.train(model="logreg", config=CFG, seed=1)
+        assert again.status()["samples"]["forgotten"] == 8
+
+
+def test_train_and_test_ids_in_one_request_and_one_transaction(csv_ws, monkeypatch):
     ws, _ = csv_ws
-    val_id = next(r["sample_id"] for r in ws.samples() if r["split"] == "val")
-    with pytest.raises(UnknownSampleError, match="belong to the validation split"):
-        ws.forget(ids=[val_id], method="retrain")
+    rows = ws.samples()
+    train_ids = [r["sample_id"] for r in rows if r["split"] == "train"][:2]
+    test_ids = [r["sample_id"] for r in rows if r["split"] == "test"][:2]
+    before = snapshot(ws.root)
+    with pytest.raises(InvalidParameterError):
+        ws.forget(ids=train_ids + test_ids, method="finetune", params={"epochs": -1})
+    assert snapshot(ws.root) == before
+    record = Workspace._record_request
+
+    def fail_after_marking(self, cur, *args, **kwargs):
+        record(self, cur, *args, **kwargs)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Workspace, "_record_request", fail_after_marking)
+    with pytest.raises(sqlite3.OperationalError):
+        ws.forget(ids=train_ids + test_ids, method="retrain")
+    assert snapshot(ws.root) == before
+    monkeypatch.undo()
+    (old,) = ws.status()["models"]
+    rec = ws.forget(ids=train_ids + test_ids, method="retrain")
+    assert (rec.n_samples, rec.n_held_out, rec.changed_model) == (2, 2, True)
+    assert [m["status"] for m in ws.status()["models"]] == ["purged", "active"]
+    (req,) = ws.log()
+    assert req["sample_ids"] == train_ids and req["model_before"] == old["model_id"]
+    assert req["info"]["held_out_splits"] == {"val": 0, "test": 2}
+    gone = {r["sample_id"]: r["request_id"] for r in ws.samples(forgotten=True)}
+    assert gone == dict.fromkeys(train_ids + test_ids, rec.request_id)
+    assert rec.evaluation.ta == pytest.approx(_expected_ta(ws, test_ids))
+    active, _ = ws.active_and_forgotten()
+    assert not active.mask_of(train_ids).any()
 
 
 @pytest.mark.slow

@@ -598,19 +598,31 @@ def forget(
         "request_id": rec.request_id,
         "method": rec.method,
         "n_samples": rec.n_samples,
+        "n_held_out": rec.n_held_out,
+        "model_changed": rec.changed_model,
         "model_before": rec.model_before,
         "model_after": rec.model_after,
         "seconds": round(rec.seconds, 4),
-        "evaluation": rec.evaluation.to_dict(),
-        "info": rec.result.info,
+        "evaluation": rec.evaluation.to_dict() if rec.evaluation else None,
+        "info": rec.result.info if rec.result else {},
     }
     if as_json:
         _emit_json(out)
         return
+    held = (
+        f" and marked {rec.n_held_out} validation/test samples forgotten" if rec.n_held_out else ""
+    )
     ev = rec.evaluation
+    if ev is None:
+        console.print(
+            f"Request {rec.request_id}: marked {rec.n_held_out} validation/test samples "
+            "forgotten. No model was trained on them, so no model changed and none was "
+            "purged; evaluation no longer reads them."
+        )
+        return
     console.print(
         f"Request {rec.request_id}: forgot {rec.n_samples} samples with {rec.method} in "
-        f"{rec.seconds:.2f}s → model {rec.model_after}.\n"
+        f"{rec.seconds:.2f}s → model {rec.model_after}{held}.\n"
         f"  FA {ev.fa:.2f}  RA {ev.ra:.2f}  TA {ev.ta:.2f}  MIA {ev.mia:.2f}  "
         f"(older models that saw the data were purged)"
     )
@@ -770,19 +782,29 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
                     r["request_id"],
                     r["created_at"][:19],
                     json.dumps(r["selector"]),
-                    r["n_samples"],
+                    _log_count(r),
                     r["method"],
                     bool(r["exact"]),
-                    f"{r['hash_before'][:8]} → {(r['hash_after'] or '')[:8]}",
+                    _log_models(r),
                     r["seconds"],
-                    r["metrics"]["fa"],
-                    r["metrics"]["ta"],
-                    r["metrics"]["mia"],
+                    *((r["metrics"] or {}).get(k, "—") for k in ("fa", "ta", "mia")),
                 ]
                 for r in reqs
             ],
         )
     )
+
+
+def _log_count(r: dict[str, Any]) -> str:
+    """Training samples unlearned, plus validation/test rows marked forgotten."""
+    held = (r["info"] or {}).get("held_out", 0)
+    return f"{r['n_samples']} + {held} held out" if held else str(r["n_samples"])
+
+
+def _log_models(r: dict[str, Any]) -> str:
+    if r["model_after"] == r["model_before"]:
+        return "no model changed"
+    return f"{r['hash_before'][:8]} → {(r['hash_after'] or '')[:8]}"
 
 
 # --- bench ---------------------------------------------------------------------------

@@ -90,8 +90,6 @@ def test_methods_lists_flags():
     [
         (["--ids", "nope-1"], ["Unknown sample IDs ['nope-1']"]),
         ([], ["selects no samples"]),
-        (["--ids", "digits-0004"], ["belong to the test split"]),
-        (["--ids", "digits-0002"], ["belong to the validation split"]),
         (
             ["--ids", "digits-0001", "--method", "bogus"],
             ["Unknown unlearning method 'bogus'", "retrain"],
@@ -134,10 +132,13 @@ def test_already_forgotten_ids(trained):
         ).exit_code
         == 0
     )
+    held = "digits-0002,digits-0004"  # a validation and a test sample: no model changes
+    res = run("forget", "--ids", held, "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n_held_out"] == 2
     before = snapshot(ws)
-    assert_one_line_error(
-        run("forget", "--ids", "digits-0001", "--workspace", ws), "already forgotten"
-    )
+    for ids in ("digits-0001", "digits-0004"):
+        assert_one_line_error(run("forget", "--ids", ids, "--workspace", ws), "already forgotten")
     assert snapshot(ws) == before
 
 
@@ -275,10 +276,8 @@ def test_csv_workspace_forgets_a_subject_from_another_directory(tmp_path, monkey
     assert_one_line_error(
         run("forget", "--subject", person, "--workspace", ws), "already forgotten"
     )
-    held_out = next(p for p, split in sorted(side.items()) if split == "test")
     assert_one_line_error(
-        run("forget", "--subject", held_out, "--workspace", ws),
-        f"The 4 samples of subject '{held_out}' are all in the test split",
+        run("forget", "--subject", "nobody", "--workspace", ws), "No samples belong to subject"
     )
 
 
@@ -372,3 +371,46 @@ def test_degenerate_csv_refused_and_nothing_created(tmp_path, content, fragment)
         run("train", "--dataset", "csv", "--path", source, *extra, "--workspace", ws), fragment
     )
     assert not ws.exists()
+
+
+def test_held_out_subject_forgotten_then_deleted_from_csv(tmp_path):
+    """A subject all in test can be erased (no model changes), then deleted from the CSV."""
+    from unbake.evaluation import accuracy
+    from unbake.workspace import Workspace
+
+    source = _people_csv(tmp_path / "people.csv")
+    ws = tmp_path / "ws"
+    assert run(*CSV_TRAIN, "--path", source, "--workspace", ws).exit_code == 0
+    sides = _subject_sides(ws)
+    held = next(p for p, split in sorted(sides.items()) if split == "test")
+    with Workspace.open(ws) as w:  # the split, read through the API
+        ids = [r["sample_id"] for r in w.samples(subject=held)]
+        assert {r["split"] for r in w.samples(subject=held)} == {"test"}
+    models = json.loads(run("status", "--workspace", ws, "--json").stdout)["models"]
+    res = run("forget", "--subject", held, "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (out["n_samples"], out["n_held_out"], out["model_changed"]) == (0, 4, False)
+    assert out["model_after"] == out["model_before"] == models[0]["model_id"]
+    assert json.loads(run("status", "--workspace", ws, "--json").stdout)["models"] == models
+    (req,) = json.loads(run("log", "--workspace", ws, "--json").stdout)["requests"]
+    assert req["method"] == "none" and req["exact"] == 1 and req["metrics"] is None
+    assert req["hash_before"] == req["hash_after"]
+    text = run("log", "--workspace", ws)
+    assert text.exit_code == 0 and "no model changed" in text.stdout and "0 + 4 held" in text.stdout
+    gone = json.loads(run("samples", "--forgotten", "--workspace", ws, "--json").stdout)
+    assert sorted(r["sample_id"] for r in gone["samples"]) == sorted(ids)
+    with Workspace.open(ws) as w:  # TA without the erased rows
+        test = w.dataset().test
+        expected = accuracy(w.load_model(), test.subset(~test.mask_of(ids)))
+    for step in ("forgotten", "deleted from the source"):
+        res = run("evaluate", "--workspace", ws, "--json")
+        assert res.exit_code == 0, (step, res.output)
+        assert json.loads(res.stdout)["ta"] == pytest.approx(expected, abs=1e-3), step
+        _people_csv(source, drop_subjects={held})  # the person's raw rows are erased too
+    other = next(p for p, split in sorted(sides.items()) if split == "train")
+    res = run("forget", "--subject", other, "--workspace", ws, "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_samples"] == 4, res.output
+    res = run("train", "--model", "logreg", "--epochs", "2", "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    assert_one_line_error(run("forget", "--subject", held, "--workspace", ws), "already forgotten")

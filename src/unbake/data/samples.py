@@ -128,7 +128,7 @@ MIN_TEST_ROWS = 2
 
 @dataclass(frozen=True)
 class Dataset:
-    """A named dataset: ``train`` (trained on; the only rows that can be forgotten),
+    """A named dataset: ``train`` (trained on; the only rows a request unlearns),
     ``val`` (carved from training data, never trained on: for tuning and early stopping)
     and ``test`` (read only for final tables). ``classes`` names each label index.
     """

@@ -72,22 +72,31 @@ class ForgetSelector:
 
 @dataclass(frozen=True)
 class RequestRecord:
+    """What a deletion request did.
+
+    ``n_samples`` training samples were unlearned and ``n_held_out`` validation or test
+    rows were marked forgotten. A request that selects no training sample changes no
+    model: then ``model_after == model_before`` and ``evaluation`` and ``result`` are
+    ``None``.
+    """
+
     request_id: str
     model_before: str
     model_after: str
     method: str
     n_samples: int
     seconds: float
-    evaluation: Evaluation
-    result: UnlearnResult
+    evaluation: Evaluation | None
+    result: UnlearnResult | None
+    n_held_out: int = 0
+
+    @property
+    def changed_model(self) -> bool:
+        return self.model_after != self.model_before
 
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def _split_name(split: str) -> str:
-    return {"val": "validation"}.get(split, split)
 
 
 def _duplicates(values: list[str]) -> list[str]:
@@ -347,11 +356,29 @@ class Workspace:
         active_mask = np.array([known[i]["status"] == "active" for i in ds.train.ids], dtype=bool)
         return ds.train.subset(active_mask), ds.train.subset(~active_mask)
 
+    def held_out(self, *, without: Sequence[str] = ()) -> tuple[Samples, Samples]:
+        """(validation, test) rows not forgotten, nor in ``without``.
+
+        A deletion request also forgets the held-out rows it selects, and no metric
+        reads them afterwards: the validation and test sets shrink, and the source may
+        then lose those rows. Call :meth:`active_and_forgotten` first to check the source.
+        """
+        ds = self.dataset()
+        gone = [
+            r["sample_id"]
+            for r in self.catalog.query(
+                "SELECT sample_id FROM samples WHERE status = 'forgotten' AND split != 'train'"
+            )
+        ]
+        gone += list(without)
+        return ds.val.subset(~ds.val.mask_of(gone)), ds.test.subset(~ds.test.mask_of(gone))
+
     def select(self, selector: ForgetSelector, *, active: Samples | None = None) -> list[str]:
         """Resolve a selector to sample IDs, rejecting empty, unknown and forgotten ones.
 
-        Only training-split samples can be forgotten: validation and test samples were
-        never trained on, and naming them is an error that says so.
+        The IDs may lie in any split: training rows are unlearned, while validation and
+        test rows (never trained on) are only marked forgotten, so that no metric reads
+        them again. A class selects its rows in every split.
         """
         known = {
             r["sample_id"]: (r["split"], r["status"])
@@ -364,13 +391,6 @@ class Workspace:
                 raise UnknownSampleError(
                     f"Unknown sample IDs {unknown[:5]}{' …' if len(unknown) > 5 else ''} "
                     f"({len(unknown)} in all); list valid IDs with `unbake samples`."
-                )
-            held_out = [i for i in selector.ids if known[i][0] != "train"]
-            if held_out:
-                raise UnknownSampleError(
-                    f"Sample IDs {held_out[:5]} belong to the {_split_name(known[held_out[0]][0])} "
-                    "split, which no model was trained on; name training-split IDs "
-                    "(`unbake samples`)."
                 )
             gone = [i for i in selector.ids if known[i][1] == "forgotten"]
             if gone:
@@ -385,7 +405,8 @@ class Workspace:
             if active is None:
                 active, _ = self.active_and_forgotten()
             index = self.dataset().class_index(selector.label)
-            chosen += [str(i) for i in active.ids[active.y == index]]
+            for samples in (active, *self.held_out()):
+                chosen += [str(i) for i in samples.ids[samples.y == index]]
         chosen = list(dict.fromkeys(chosen))
         if not chosen:
             raise EmptyRequestError(
@@ -395,7 +416,7 @@ class Workspace:
         return chosen
 
     def _subject_ids(self, subject: str) -> list[str]:
-        """The active training-split IDs of ``subject`` (forgotten rows keep no subject)."""
+        """The active IDs of ``subject``, in every split (forgotten rows keep no subject)."""
         rows = self.catalog.query(
             "SELECT sample_id, split FROM samples WHERE subject = ? ORDER BY row", (subject,)
         )
@@ -410,14 +431,7 @@ class Workspace:
                 f"No samples belong to subject {subject!r}; check the subject ID "
                 "(`unbake samples` lists them)."
             )
-        train = [r["sample_id"] for r in rows if r["split"] == "train"]
-        if not train:
-            raise UnknownSampleError(
-                f"The {len(rows)} samples of subject {subject!r} are all in the "
-                f"{_split_name(rows[0]['split'])} split, which no model was trained on; "
-                "there is nothing to unlearn."
-            )
-        return train
+        return [r["sample_id"] for r in rows]
 
     def _requests_naming(self, subject: str) -> list[dict[str, Any]]:
         return [r for r in self.catalog.requests() if r["selector"].get("subject") == subject]
@@ -544,8 +558,10 @@ class Workspace:
         """File and apply a deletion request; every model that saw the data is purged.
 
         ``label`` is a class name or index (an ``int`` is always an index); the request
-        records the class by name. Nothing is written unless the request is valid and
-        the method succeeds.
+        records the class by name. Selected validation and test rows are marked forgotten
+        in the same transaction; a request that selects only such rows is recorded with
+        method ``"none"`` and changes and purges no model (none was trained on them).
+        Nothing is written unless the request is valid and the method succeeds.
         """
         unlearner = METHODS.create(method, **(params or {}))
         if label is not None:
@@ -557,11 +573,16 @@ class Workspace:
         selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
         with self._lock():
             active, _ = self.active_and_forgotten()
-            sample_ids = self.select(selector, active=active)
+            chosen = self.select(selector, active=active)
+            in_train = set(active.ids[active.mask_of(chosen)].astype(str))
+            sample_ids = [i for i in chosen if i in in_train]
+            held_ids = [i for i in chosen if i not in in_train]
+            if not sample_ids:
+                return self._forget_held_out_only(selector, held_ids, model_id)
             row = self._model_row(model_id)
             original = self.load_model(row["model_id"], device=device)
             forget, retain = active.split(sample_ids)
-            test = self.dataset().test
+            _, test = self.held_out(without=held_ids)
             result = unlearner.unlearn(
                 UnlearnTask(original, forget, retain, device=device), seed=seed
             )
@@ -582,6 +603,7 @@ class Workspace:
                     result,
                     evaluation,
                     len(retain),
+                    held_ids,
                 )
             except BaseException:
                 (self.root / rel).unlink(missing_ok=True)
@@ -597,6 +619,62 @@ class Workspace:
             result.seconds,
             evaluation,
             result,
+            len(held_ids),
+        )
+
+    def _forget_held_out_only(
+        self, selector: ForgetSelector, held_ids: list[str], model_id: str | None
+    ) -> RequestRecord:
+        """Record a request that selects only validation/test rows: no model changes."""
+        row = self._model_row(model_id) if model_id else self.catalog.latest_active_model()
+        model, digest = (row["model_id"], row["sha256"]) if row else ("", "")
+        request_id = _new_id("req")
+        with self.catalog.transaction() as cur:
+            self._record_request(
+                cur,
+                held_ids,
+                request_id=request_id,
+                selector=json.dumps(selector.to_dict()),
+                n_samples=0,
+                sample_ids="[]",
+                method="none",
+                params="{}",
+                exact=1,
+                model_before=model,
+                hash_before=digest,
+                model_after=model,
+                hash_after=digest,
+                seconds=0.0,
+                metrics=None,
+                info=json.dumps(self._held_out_info(held_ids), sort_keys=True),
+            )
+        return RequestRecord(request_id, model, model, "none", 0, 0.0, None, None, len(held_ids))
+
+    def _held_out_info(self, held_ids: list[str]) -> dict[str, Any]:
+        """How many rows of each held-out split a request marks forgotten."""
+        splits = {
+            r["sample_id"]: r["split"]
+            for r in self.catalog.query(
+                "SELECT sample_id, split FROM samples WHERE split != 'train'"
+            )
+        }
+        counts = {split: sum(splits[i] == split for i in held_ids) for split in SPLITS[1:]}
+        return {"held_out": len(held_ids), "held_out_splits": counts}
+
+    def _record_request(self, cur, forgotten: Sequence[str], **values: Any) -> None:
+        """Insert one applied request and mark ``forgotten`` (train and held-out IDs) as
+        forgotten by it: their content hash and subject are cleared."""
+        now = utcnow()
+        columns = ", ".join(values)  # column names from this module, never user input
+        marks = ", ".join("?" for _ in values)
+        cur.execute(
+            f"INSERT INTO requests(created_at, {columns}, status) VALUES (?, {marks}, 'applied')",
+            (now, *values.values()),
+        )
+        cur.executemany(
+            "UPDATE samples SET status='forgotten', content_hash=NULL, subject=NULL, "
+            "request_id=?, forgotten_at=? WHERE sample_id=?",
+            [(values["request_id"], now, sid) for sid in forgotten],
         )
 
     def _commit_forget(
@@ -612,39 +690,32 @@ class Workspace:
         result,
         evaluation,
         n_retain,
+        held_ids=(),
     ) -> list[str]:
-        now = utcnow()
+        info = dict(result.info)
+        if held_ids:
+            info.update(self._held_out_info(list(held_ids)))
         with self.catalog.transaction() as cur:
             self._insert_model(
                 cur, result.model, new_id, row["model_id"], "forget", rel, digest, n_retain
             )
-            cur.execute(
-                "INSERT INTO requests(request_id, created_at, selector, n_samples, sample_ids, "
-                "status, method, params, exact, model_before, hash_before, model_after, "
-                "hash_after, seconds, metrics, info) "
-                "VALUES (?, ?, ?, ?, ?, 'applied', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    request_id,
-                    now,
-                    json.dumps(selector.to_dict()),
-                    len(sample_ids),
-                    json.dumps(sample_ids),
-                    unlearner.name,
-                    json.dumps(result.params, sort_keys=True, default=str),
-                    int(unlearner.exact),
-                    row["model_id"],
-                    row["sha256"],
-                    new_id,
-                    digest,
-                    result.seconds,
-                    json.dumps(evaluation.to_dict()),
-                    json.dumps(result.info, sort_keys=True, default=str),
-                ),
-            )
-            cur.executemany(
-                "UPDATE samples SET status='forgotten', content_hash=NULL, subject=NULL, "
-                "request_id=?, forgotten_at=? WHERE sample_id=?",
-                [(request_id, now, sid) for sid in sample_ids],
+            self._record_request(
+                cur,
+                [*sample_ids, *held_ids],
+                request_id=request_id,
+                selector=json.dumps(selector.to_dict()),
+                n_samples=len(sample_ids),
+                sample_ids=json.dumps(sample_ids),
+                method=unlearner.name,
+                params=json.dumps(result.params, sort_keys=True, default=str),
+                exact=int(unlearner.exact),
+                model_before=row["model_id"],
+                hash_before=row["sha256"],
+                model_after=new_id,
+                hash_after=digest,
+                seconds=result.seconds,
+                metrics=json.dumps(evaluation.to_dict()),
+                info=json.dumps(info, sort_keys=True, default=str),
             )
             stale = [
                 r["checkpoint"]
@@ -662,10 +733,12 @@ class Workspace:
     # --- reading -------------------------------------------------------------------
 
     def evaluate(self, model_id: str | None = None) -> Evaluation:
-        """FA (on every forgotten sample still in the source), RA, TA and MIA of a model."""
+        """FA (on every forgotten training sample still in the source), RA, TA (on the test
+        rows not forgotten) and MIA of a model."""
         model = self.load_model(model_id)
         active, forgotten = self.active_and_forgotten()
-        return evaluate(model, forgotten, active, self.dataset().test)
+        _, test = self.held_out()  # forgotten test rows are never read
+        return evaluate(model, forgotten, active, test)
 
     def status(self) -> dict[str, Any]:
         """Counts (training samples active and forgotten, rows per split), subjects, models."""
@@ -706,13 +779,13 @@ class Workspace:
         }
         status = "forgotten" if forgotten else "active"
         if subject is not None and forgotten:
-            wanted = {sid for r in self._requests_naming(subject) for sid in r["sample_ids"]}
+            wanted = {r["request_id"] for r in self._requests_naming(subject)}
             rows = [
                 r
                 for r in self.catalog.query(
                     "SELECT * FROM samples WHERE status = ? ORDER BY row", (status,)
                 )
-                if r["sample_id"] in wanted
+                if r["request_id"] in wanted
             ]
         elif subject is not None:
             rows = self.catalog.query(
