@@ -233,19 +233,14 @@ class Unlearner:
         reason = self.supports(task.original)
         if reason:
             raise UnsupportedModelError(f"Cannot unlearn: {reason}.")
-        if len(task.retain) == 0 and self.tags.needs_retain_data:
+        if not self.tags.needs_retain_data:
+            task = dataclasses.replace(task, retain=task.retain.subset(np.zeros(0, dtype=int)))
+        elif len(task.retain) == 0:
             raise InvalidParameterError(
                 f"Method {self.name!r} reads the retain set, but the request removes every "
                 "training sample; forget fewer samples or pick a method that reads no retain "
                 "data (see `unbake methods`)."
             )
-        if len(task.retain) == 0:
-            raise InvalidParameterError(
-                f"The request removes every training sample ({len(task.forget)}), so no model "
-                "would be left to keep or verify; forget fewer samples, or delete the model."
-            )
-        if not self.tags.needs_retain_data:
-            task = dataclasses.replace(task, retain=task.retain.subset(np.zeros(0, dtype=int)))
         seed = task.original.seed if seed is None else int(seed)
         start = time.perf_counter()
         model, info = self._unlearn(task, seed)
