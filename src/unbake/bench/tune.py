@@ -230,8 +230,8 @@ def tune(
             opt.optimize(objective, n_trials=1)
             bar.advance()
     study.load_average = {
-        "start": load_start,
-        "end": load_average(),
+        "start": _finite(load_start),
+        "end": _finite(load_average()),
         "cores": os.cpu_count() or 1,
     }
     return study
