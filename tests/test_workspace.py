@@ -396,7 +396,7 @@ def test_train_and_test_ids_in_one_request_and_one_transaction(csv_ws, monkeypat
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(Workspace, "_record_request", fail_after_marking)
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(WorkspaceError, match="disk I/O error"):  # the catalog's typed error
         ws.forget(ids=train_ids + test_ids, method="retrain")
     assert snapshot(ws.root) == before
     monkeypatch.undo()

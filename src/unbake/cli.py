@@ -807,6 +807,80 @@ def _log_models(r: dict[str, Any]) -> str:
     return f"{r['hash_before'][:8]} → {(r['hash_after'] or '')[:8]}"
 
 
+# --- tune ----------------------------------------------------------------------------
+
+
+@app.command()
+@_handle_errors
+def tune(
+    method: Annotated[str, typer.Option(help="Method to tune (see `unbake methods`).")],
+    trials: Annotated[int, typer.Option(help="Trial budget.")] = 20,
+    scenario: Annotated[str, typer.Option(help="random (10% of training) or class.")] = "random",
+    forget_class: Annotated[
+        str | None, typer.Option(help="Class to forget in the class scenario (name or index).")
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "digits",
+    model: Annotated[str, typer.Option(help="Model architecture.")] = "mlp",
+    epochs: Annotated[int | None, typer.Option(help="Training epochs of the original.")] = None,
+    time_fraction: Annotated[
+        float, typer.Option(help="Prune trials slower than this fraction of retrain time.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the data, training and sampler.")] = 0,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="Pin a parameter: key=value.")
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Folder holding the dataset's files.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the study's JSON here.")] = None,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search a method's knobs with Optuna against retraining (validation, never test)."""
+    configure_threads(threads)
+    from unbake.bench.tune import tune as run_tune
+    from unbake.data import load_dataset
+    from unbake.training import TrainConfig
+
+    params = parse_params(param)
+    config = TrainConfig.parse(epochs=epochs)
+    ds = load_dataset(dataset, **({"data_dir": data_dir} if data_dir else {}))
+    study = run_tune(
+        ds,
+        method,
+        trials=trials,
+        scenario=scenario,
+        forget_class=forget_class,
+        model=model,
+        config=config,
+        time_fraction=time_fraction,
+        seed=seed,
+        fixed=params,
+    )
+    if out is not None:
+        study.save(out)
+    if as_json:
+        _emit_json(study.to_dict())
+        return
+    best = study.best
+    rows = [
+        [t["number"], t["state"], t["score"], t["seconds"], json.dumps(t["params"])]
+        for t in study.trials
+    ]
+    console.print(
+        _table(f"tune {method} ({study.scenario})", ["#", "state", "avg gap", "s", "params"], rows)
+    )
+    if best is None:
+        console.print("No trial finished within the time budget; raise --time-fraction.")
+    else:
+        console.print(
+            f"Best: trial {best['number']}, avg gap {best['score']:.2f} (original "
+            f"{study.original_score}), {best['time_fraction']:.3f} × retrain time: {best['params']}"
+        )
+    if out:
+        console.print(f"Wrote {out}.")
+
+
 # --- bench ---------------------------------------------------------------------------
 
 

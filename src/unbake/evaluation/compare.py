@@ -35,7 +35,9 @@ __all__ = [
     "ComparisonRow",
     "class_forget_ids",
     "compare_methods",
+    "load_average",
     "random_forget_ids",
+    "timed_reference",
 ]
 
 
@@ -184,14 +186,14 @@ class _Family:
     timing: dict[str, Any]
 
 
-def _load_average() -> float:
+def load_average() -> float:
     try:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return float("nan")
 
 
-def _timed_reference(task: UnlearnTask, repeats: int) -> tuple[TrainedModel, dict[str, Any]]:
+def timed_reference(task: UnlearnTask, repeats: int) -> tuple[TrainedModel, dict[str, Any]]:
     """Retrain ``repeats`` times; the first model, and the times' median and spread.
 
     Every repeat must give the same bits on the CPU (the retrain is seeded); that it did
@@ -263,7 +265,7 @@ def compare_methods(
         raise InvalidParameterError(
             f"reference_repeats must be at least 1. Got {reference_repeats} instead."
         )
-    load_start = _load_average()
+    load_start = load_average()
     config = config or TrainConfig()
     params = params or {}
     scenario = "class" if forget_class is not None and forget_ids is None else "random"
@@ -283,7 +285,7 @@ def compare_methods(
                 dataset.train, n_classes=dataset.n_classes, seed=seed, device=device, **kwargs
             )
             task = UnlearnTask(original, forget, retain, device=device)
-            ref_model, timing = _timed_reference(task, reference_repeats)
+            ref_model, timing = timed_reference(task, reference_repeats)
             ev = evaluate(ref_model, forget, retain, dataset.test)
             families[key] = _Family(original, task, ev, timing["median_s"], timing)
         return families[key]
@@ -318,7 +320,7 @@ def compare_methods(
         original_ev.attack_strength,
         rows,
         reference_timing=main.timing,
-        load_average={"start": load_start, "end": _load_average(), "cores": os.cpu_count() or 1},
+        load_average={"start": load_start, "end": load_average(), "cores": os.cpu_count() or 1},
         scenario=scenario,
         forget_class=int(forget_class) if scenario == "class" else None,
     )

@@ -21,6 +21,7 @@ from unbake.methods import (  # noqa: F401  (registers the methods)
 )
 from unbake.methods.base import (
     METHODS,
+    Knob,
     MethodTags,
     Unlearner,
     UnlearnResult,
@@ -31,6 +32,7 @@ from unbake.methods.base import (
 
 __all__ = [
     "METHODS",
+    "Knob",
     "MethodTags",
     "UnlearnResult",
     "UnlearnTask",

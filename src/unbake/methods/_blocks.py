@@ -17,7 +17,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from unbake._validation import Interval
-from unbake.methods.base import Unlearner, UnlearnTask, copy_model, gradient_config
+from unbake.methods.base import Knob, Unlearner, UnlearnTask, copy_model, gradient_config
 from unbake.training import TrainedModel, resolve_device
 from unbake.training.loop import Batches, Hook, Phase, run_phases
 
@@ -178,6 +178,10 @@ class LoopUnlearner(Unlearner):
         "epochs": [Interval(int, 0, None, closed="left")],
         "lr": [Interval(float, 0, None, closed="neither")],
         "batch_size": [Interval(int, 1, None, closed="left")],
+    }
+    search_space: ClassVar[dict[str, Knob]] = {
+        "epochs": Knob(1, 5),
+        "lr": Knob(1e-4, 1e-2, log=True),
     }
     epochs: int
     lr: float

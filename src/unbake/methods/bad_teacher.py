@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from unbake._validation import Interval
 from unbake.methods._blocks import LoopUnlearner, frozen_teacher, kl_distill, reinitialised
-from unbake.methods.base import MethodTags, register_method
+from unbake.methods.base import Knob, MethodTags, register_method
 from unbake.training.loop import Phase
 
 
@@ -33,6 +33,7 @@ class BadTeacher(LoopUnlearner):
         **LoopUnlearner._parameter_constraints,
         "temperature": [Interval(float, 0, None, closed="neither")],
     }
+    search_space = {**LoopUnlearner.search_space, "temperature": Knob(0.5, 4.0)}
 
     def __init__(
         self, *, epochs: int = 1, lr: float = 1e-3, batch_size: int = 64, temperature: float = 1.0

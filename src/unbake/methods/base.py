@@ -25,6 +25,7 @@ from unbake.training import TrainConfig, TrainedModel, get_params, set_params
 
 __all__ = [
     "METHODS",
+    "Knob",
     "MethodTags",
     "UnlearnResult",
     "UnlearnTask",
@@ -73,6 +74,50 @@ class MethodTags:
     def needs_retain_data(self) -> bool:
         """Reads the retain set (a method without it can run after the data is gone)."""
         return "retain" in self.reads
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One tunable hyperparameter's search range, declared by the method beside its
+    constraints (``search_space``) and read by ``unbake tune``.
+
+    ``low``/``high`` bound a number (an int when both are ints; ``log`` samples on a log
+    scale); ``choices`` instead lists the allowed values.
+
+    >>> Knob(1e-4, 1e-2, log=True).kind, Knob(1, 5).kind, Knob(choices=("cg", "lissa")).kind
+    ('float', 'int', 'choice')
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.choices:
+            return
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise InvalidParameterError(
+                f"A Knob needs low < high or choices. Got low={self.low!r}, high={self.high!r}."
+            )
+        if self.log and self.low <= 0:
+            raise InvalidParameterError(f"A log-scale Knob needs low > 0. Got {self.low!r}.")
+
+    @property
+    def kind(self) -> str:
+        if self.choices:
+            return "choice"
+        both_int = isinstance(self.low, int) and isinstance(self.high, int)
+        return "int" if both_int else "float"
+
+    def endpoints(self) -> tuple[Any, ...]:
+        """The values the search can reach at its edges (for checking against constraints)."""
+        return self.choices or (self.low, self.high)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.choices:
+            return {"kind": "choice", "choices": list(self.choices)}
+        return {"kind": self.kind, "low": self.low, "high": self.high, "log": self.log}
 
 
 #: Old per-attribute flags, still accepted on subclasses and kept in step with ``tags``.
@@ -130,6 +175,9 @@ class Unlearner:
     #: keyword arguments of :func:`unbake.training.fit` such as model and strategy_params.
     suggested_original: ClassVar[dict[str, Any] | None] = None
     _parameter_constraints: ClassVar[dict[str, list]] = {}
+    #: The knobs ``unbake tune`` searches and their ranges; every edge of a range must
+    #: satisfy the knob's ``_parameter_constraints`` (checked when the class is defined).
+    search_space: ClassVar[dict[str, Knob]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -150,6 +198,17 @@ class Unlearner:
         cls.tags = tags
         for flag in _LEGACY_FLAGS:
             setattr(cls, flag, getattr(tags, flag))
+        owner = cls.__dict__.get("name", cls.__name__)
+        for knob_name, knob in cls.search_space.items():
+            if knob_name not in cls._parameter_constraints:
+                raise InvalidParameterError(
+                    f"{owner} declares a search range for {knob_name!r}, which has no parameter "
+                    "constraint; declare it in _parameter_constraints first."
+                )
+            for edge in knob.endpoints():
+                validate_params(
+                    {knob_name: edge}, cls._parameter_constraints, f"{owner} (search_space)"
+                )
 
     def get_params(self) -> dict[str, Any]:
         return get_params(self)

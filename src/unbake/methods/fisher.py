@@ -6,7 +6,14 @@ import torch
 
 from unbake._validation import Interval
 from unbake.methods._blocks import diag_fisher
-from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, copy_model, register_method
+from unbake.methods.base import (
+    Knob,
+    MethodTags,
+    Unlearner,
+    UnlearnTask,
+    copy_model,
+    register_method,
+)
 from unbake.training import resolve_device
 
 
@@ -36,6 +43,7 @@ class FisherForgetting(Unlearner):
         "alpha": [Interval(float, 0, None, closed="neither")],
         "cap": [Interval(float, 0, None, closed="neither")],
     }
+    search_space = {"alpha": Knob(1e-9, 1e-4, log=True)}
 
     def __init__(self, *, alpha: float = 1e-6, cap: float = 1e4) -> None:
         self.alpha = alpha

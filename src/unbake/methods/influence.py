@@ -14,7 +14,14 @@ from unbake.exceptions import (
     NotPositiveDefiniteError,
     UnsupportedModelError,
 )
-from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, copy_model, register_method
+from unbake.methods.base import (
+    Knob,
+    MethodTags,
+    Unlearner,
+    UnlearnTask,
+    copy_model,
+    register_method,
+)
 from unbake.training import resolve_device
 from unbake.training.hessian import (
     conjugate_gradient,
@@ -104,6 +111,7 @@ class InfluenceNewton(Unlearner):
         "batch_size": [Interval(int, 1, None, closed="left")],
         "scale": [Interval(float, 0, None, closed="neither"), None],
     }
+    search_space = {"damping": Knob(1e-4, 1.0, log=True), "solver": Knob(choices=("cg", "lissa"))}
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from unbake._validation import Interval
 from unbake.methods._blocks import LoopUnlearner, ce
-from unbake.methods.base import MethodTags, register_method
+from unbake.methods.base import Knob, MethodTags, register_method
 from unbake.training.loop import Phase
 
 
@@ -27,6 +27,7 @@ class L1Sparse(LoopUnlearner):
         **LoopUnlearner._parameter_constraints,
         "gamma": [Interval(float, 0, None, closed="left")],
     }
+    search_space = {**LoopUnlearner.search_space, "gamma": Knob(1e-5, 1e-2, log=True)}
 
     def __init__(
         self, *, epochs: int = 5, lr: float = 1e-3, batch_size: int = 64, gamma: float = 2e-3

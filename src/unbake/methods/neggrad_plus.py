@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from unbake._validation import Interval
 from unbake.methods._blocks import LoopUnlearner, ce
-from unbake.methods.base import MethodTags, register_method
+from unbake.methods.base import Knob, MethodTags, register_method
 from unbake.training.loop import Phase
 
 
@@ -27,6 +27,7 @@ class NegGradPlus(LoopUnlearner):
         **LoopUnlearner._parameter_constraints,
         "beta": [Interval(float, 0, 1, closed="both")],
     }
+    search_space = {**LoopUnlearner.search_space, "beta": Knob(0.8, 1.0)}
 
     def __init__(
         self, *, epochs: int = 2, lr: float = 1e-3, batch_size: int = 64, beta: float = 0.98

@@ -6,7 +6,7 @@ import torch
 
 from unbake._validation import Interval
 from unbake.methods._blocks import LoopUnlearner, ce, frozen_teacher, kl_distill, reinitialised
-from unbake.methods.base import MethodTags, register_method
+from unbake.methods.base import Knob, MethodTags, register_method
 from unbake.training.loop import Phase
 
 
@@ -37,6 +37,11 @@ class ResetDistill(LoopUnlearner):
         **LoopUnlearner._parameter_constraints,
         "reset_fraction": [Interval(float, 0, 1, closed="both")],
         "temperature": [Interval(float, 0, None, closed="neither")],
+    }
+    search_space = {
+        **LoopUnlearner.search_space,
+        "reset_fraction": Knob(0.05, 0.6),
+        "temperature": Knob(1.0, 4.0),
     }
 
     def __init__(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from unbake._validation import Interval
 from unbake.methods._blocks import GradientMask, saliency_mask
-from unbake.methods.base import MethodTags, register_method
+from unbake.methods.base import Knob, MethodTags, register_method
 from unbake.methods.random_label import RandomLabel
 
 
@@ -31,6 +31,7 @@ class SalUn(RandomLabel):
         **RandomLabel._parameter_constraints,
         "fraction": [Interval(float, 0, 1, closed="right")],
     }
+    search_space = {**RandomLabel.search_space, "fraction": Knob(0.1, 0.9)}
 
     def __init__(
         self, *, epochs: int = 2, lr: float = 1e-3, batch_size: int = 64, fraction: float = 0.5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from unbake._validation import Interval
 from unbake.methods._blocks import LoopUnlearner, ce, frozen_teacher, kl_distill
-from unbake.methods.base import MethodTags, register_method
+from unbake.methods.base import Knob, MethodTags, register_method
 from unbake.training.loop import Phase
 
 
@@ -35,6 +35,12 @@ class SCRUB(LoopUnlearner):
         "alpha": [Interval(float, 0, None, closed="left")],
         "gamma": [Interval(float, 0, None, closed="left")],
         "temperature": [Interval(float, 0, None, closed="neither")],
+    }
+    search_space = {
+        **LoopUnlearner.search_space,
+        "max_epochs": Knob(1, 4),
+        "alpha": Knob(0.1, 10.0, log=True),
+        "temperature": Knob(1.0, 4.0),
     }
 
     def __init__(

@@ -6,7 +6,14 @@ import torch
 
 from unbake._validation import Interval
 from unbake.methods._blocks import diag_fisher
-from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, copy_model, register_method
+from unbake.methods.base import (
+    Knob,
+    MethodTags,
+    Unlearner,
+    UnlearnTask,
+    copy_model,
+    register_method,
+)
 from unbake.training import resolve_device
 
 
@@ -37,6 +44,7 @@ class SSD(Unlearner):
         "dampening": [Interval(float, 0, None, closed="neither")],
         "retain_samples": [Interval(int, 1, None, closed="left"), None],
     }
+    search_space = {"alpha": Knob(1.0, 50.0, log=True), "dampening": Knob(0.1, 2.0, log=True)}
 
     def __init__(
         self, *, alpha: float = 5.0, dampening: float = 0.5, retain_samples: int | None = None

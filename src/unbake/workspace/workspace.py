@@ -28,6 +28,7 @@ from unbake.exceptions import (
     DatasetError,
     EmptyRequestError,
     IntegrityError,
+    InvalidParameterError,
     UnknownSampleError,
     WorkspaceError,
 )
@@ -582,6 +583,13 @@ class Workspace:
             row = self._model_row(model_id)
             original = self.load_model(row["model_id"], device=device)
             forget, retain = active.split(sample_ids)
+            if len(retain) == 0:
+                reads = " (and it reads the retain set)" if unlearner.tags.needs_retain_data else ""
+                raise InvalidParameterError(
+                    f"The request removes every remaining training sample ({len(forget)}), so "
+                    f"no model would be left to keep or verify with {method!r}{reads}; forget "
+                    "fewer samples."
+                )
             _, test = self.held_out(without=held_ids)
             result = unlearner.unlearn(
                 UnlearnTask(original, forget, retain, device=device), seed=seed

@@ -1,0 +1,258 @@
+"""``unbake tune``: search a method's own knobs with Optuna, scored against retraining.
+
+Each trial runs the method on one forget request and is scored by its avg gap against
+the retrain reference on forget / retain / **validation** (FA, RA, the validation
+accuracy and the forget-vs-validation MIA): the test set is never read. A trial slower
+than ``time_fraction`` × the retrain's time is pruned (kept in the study, never best).
+The sampler is Optuna's TPE with an explicit seed, and every run is seeded, so the
+same seed gives the same study (unless a trial's time crosses the budget differently).
+
+Studies committed under ``benchmarks/tuning/<method>-<scenario>.json`` become the
+tuned defaults that :func:`tuned_params` hands to the benchmarks; without one, a
+method keeps the defaults in its code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unbake._progress import progress
+from unbake._validation import validate_params
+from unbake.data import Dataset
+from unbake.evaluation.compare import (
+    class_forget_ids,
+    load_average,
+    random_forget_ids,
+    timed_reference,
+)
+from unbake.evaluation.utility import avg_gap, evaluate
+from unbake.exceptions import InvalidParameterError
+from unbake.methods import METHODS, Knob, UnlearnTask
+from unbake.models import ModelSpec
+from unbake.training import TrainConfig, fit
+from unbake.workspace.atomic import atomic_write_text
+
+__all__ = ["SCENARIOS", "TUNING_DIR", "Study", "tune", "tuned_params"]
+
+SCENARIOS = ("random", "class")
+#: Where committed studies live (``UNBAKE_TUNING_DIR`` overrides it).
+TUNING_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "tuning"
+
+
+def _finite(value: float | None, digits: int = 4) -> float | None:
+    """``value`` rounded, or ``None`` when it is missing or not finite (JSON has no NaN)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+@dataclass
+class Study:
+    """Every trial of one tuning run, the best within the time budget, and its setting."""
+
+    method: str
+    dataset: str
+    model: str
+    scenario: str
+    forget_class: int | None
+    n_forget: int
+    seed: int
+    budget_trials: int
+    time_fraction: float
+    search_space: dict[str, Any]
+    defaults: dict[str, Any]
+    reference: dict[str, Any]
+    original_score: float | None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    load_average: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The lowest-scoring trial that finished within the time budget (None: none did)."""
+        within = [t for t in self.trials if t["state"] == "complete"]
+        return min(within, key=lambda t: (t["score"], t["number"])) if within else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "best": self.best, "sampler": "optuna.TPESampler"}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the study as JSON, atomically."""
+        atomic_write_text(Path(path), self.to_json())
+
+
+def _suggest(trial, name: str, knob: Knob) -> Any:
+    if knob.kind == "choice":
+        return trial.suggest_categorical(name, list(knob.choices))
+    if knob.kind == "int":
+        return trial.suggest_int(name, int(knob.low), int(knob.high), log=knob.log)
+    return trial.suggest_float(name, float(knob.low), float(knob.high), log=knob.log)
+
+
+def tune(
+    dataset: Dataset,
+    method: str,
+    *,
+    trials: int = 20,
+    scenario: str = "random",
+    forget_class: int | str | None = None,
+    forget_fraction: float = 0.1,
+    model: ModelSpec | str = "mlp",
+    config: TrainConfig | None = None,
+    time_fraction: float = 0.2,
+    seed: int = 0,
+    fixed: dict[str, Any] | None = None,
+    reference_repeats: int = 1,
+    device=None,
+) -> Study:
+    """Tune ``method``'s ``search_space`` on one forget request of ``dataset``.
+
+    ``scenario`` is ``"random"`` (a seeded ``forget_fraction`` of the training set) or
+    ``"class"`` (every sample of ``forget_class``, a name or an index). ``fixed`` pins
+    some hyperparameters (checked against the method's constraints before any work);
+    the knobs it names are not searched.
+    """
+    import optuna
+
+    unlearner_cls = METHODS.get(method)
+    fixed = dict(fixed or {})
+    unknown = sorted(set(fixed) - set(unlearner_cls._parameter_constraints))
+    if unknown:
+        raise InvalidParameterError(
+            f"Method {method!r} has no parameter {unknown[0]!r}; its parameters are "
+            f"{sorted(unlearner_cls._parameter_constraints)}."
+        )
+    validate_params(fixed, unlearner_cls._parameter_constraints, method)
+    space = {k: v for k, v in unlearner_cls.search_space.items() if k not in fixed}
+    if not space:
+        raise InvalidParameterError(
+            f"Method {method!r} has no knobs left to tune; pick a method with a search space "
+            "(see `unbake methods`) or pin fewer parameters."
+        )
+    if isinstance(trials, bool) or int(trials) < 1:
+        raise InvalidParameterError(
+            f"The tuning budget must be at least 1 trial. Got {trials!r}; pass --trials 1 or more."
+        )
+    if not time_fraction > 0:
+        raise InvalidParameterError(
+            f"The time budget must be a positive fraction of retrain time. Got {time_fraction!r}; "
+            "pass e.g. --time-fraction 0.2."
+        )
+    if scenario not in SCENARIOS:
+        raise InvalidParameterError(
+            f"The scenario must be one of {list(SCENARIOS)}. Got {scenario!r} instead."
+        )
+    dataset.check(need_val=True)
+    if scenario == "class":
+        if forget_class is None:
+            raise InvalidParameterError(
+                "The class scenario needs a class to forget; pass --forget-class NAME or INDEX."
+            )
+        forget_class = dataset.class_index(forget_class)
+        forget_ids = class_forget_ids(dataset, forget_class)
+    else:
+        forget_class = None
+        forget_ids = random_forget_ids(dataset, forget_fraction, seed)
+    if len(forget_ids) >= len(dataset.train):
+        raise InvalidParameterError(
+            "The forget set is the whole training set; nothing would be left to retain. "
+            "Forget fewer samples."
+        )
+    defaults = {**unlearner_cls().get_params(), **fixed}
+    load_start = load_average()
+    config = config or TrainConfig()
+    forget, retain = dataset.train.split(forget_ids)
+    original = fit(
+        dataset.train, n_classes=dataset.n_classes, model=model, config=config, seed=seed,
+        device=device,
+    )  # fmt: skip
+    task = UnlearnTask(original, forget, retain, device=device)
+    ref_model, timing = timed_reference(task, reference_repeats)
+    reference = evaluate(ref_model, forget, retain, dataset.val)
+    budget_s = time_fraction * timing["median_s"]
+    study = Study(
+        method=method,
+        dataset=dataset.name,
+        model=original.describe(),
+        scenario=scenario,
+        forget_class=forget_class,
+        n_forget=len(forget),
+        seed=seed,
+        budget_trials=int(trials),
+        time_fraction=float(time_fraction),
+        search_space={k: v.to_dict() for k, v in space.items()},
+        defaults=defaults,
+        reference={
+            "method": "retrain",
+            "seconds": timing["median_s"],
+            "timing": timing,
+            "evaluation_on_validation": reference.to_dict(),
+        },
+        original_score=_finite(avg_gap(evaluate(original, forget, retain, dataset.val), reference)),
+    )
+
+    def objective(trial) -> float:
+        params = {**defaults, **{k: _suggest(trial, k, knob) for k, knob in space.items()}}
+        result = METHODS.create(method, **params).unlearn(task, seed=seed)
+        ev = evaluate(result.model, forget, retain, dataset.val)
+        score = avg_gap(ev, reference)
+        within = result.seconds <= budget_s
+        finite = math.isfinite(score)
+        study.trials.append(
+            {
+                "number": trial.number,
+                "params": {k: params[k] for k in space},
+                "score": _finite(score),
+                "seconds": round(result.seconds, 4),
+                "time_fraction": _finite(result.seconds / timing["median_s"]),
+                "state": "complete" if within and finite else "pruned",
+                "reason": "" if finite else "non-finite score",
+            }
+        )
+        if not within:
+            study.trials[-1]["reason"] = f"over {time_fraction:g} × retrain time"
+        if not (within and finite):
+            raise optuna.TrialPruned(study.trials[-1]["reason"])
+        return score
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    opt = optuna.create_study(direction="minimize", sampler=sampler)
+    with progress(int(trials), f"tune {method}") as bar:
+        for _ in range(int(trials)):
+            opt.optimize(objective, n_trials=1)
+            bar.advance()
+    study.load_average = {
+        "start": _finite(load_start),
+        "end": _finite(load_average()),
+        "cores": os.cpu_count() or 1,
+    }
+    return study
+
+
+def tuned_params(
+    method: str, scenario: str = "random", *, directory: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """The best parameters of the committed study for ``method`` and ``scenario``, checked
+    against the method's constraints; ``{}`` (keep the code's defaults) when none exists.
+    """
+    root = Path(directory or os.environ.get("UNBAKE_TUNING_DIR") or TUNING_DIR)
+    path = root / f"{method}-{scenario}.json"
+    if not path.is_file():
+        return {}
+    try:
+        best = json.loads(path.read_text()).get("best") or {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidParameterError(
+            f"Cannot read the tuning study {path} ({exc}); fix or delete it."
+        ) from None
+    params = dict(best.get("params") or {})
+    validate_params(params, METHODS.get(method)._parameter_constraints, method)
+    return params

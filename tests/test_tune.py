@@ -1,0 +1,187 @@
+"""``unbake tune``: seeded, scored on validation, the best within budget, atomic JSON;
+and the bad inputs of issue 7, each one line and exit 2 with the workspace unchanged."""
+
+import hashlib
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from unbake.bench import tune as tune_module
+from unbake.bench.tune import tune, tuned_params
+from unbake.cli import app
+from unbake.data import load_dataset
+from unbake.exceptions import InvalidParameterError
+from unbake.methods import METHODS, Knob, Unlearner
+from unbake.training import TrainConfig
+
+runner = CliRunner()
+CONFIG = TrainConfig.parse(epochs=3)
+FIXED = {"epochs": 1}  # one pass a trial keeps the test fast; lr and beta are searched
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def study(digits):
+    return tune(digits, "neggrad_plus", trials=3, config=CONFIG, time_fraction=1e6, fixed=FIXED)
+
+
+def test_same_seed_same_study(digits, study):
+    again = tune(digits, "neggrad_plus", trials=3, config=CONFIG, time_fraction=1e6, fixed=FIXED)
+    strip = [{k: t[k] for k in ("number", "params", "score", "state")} for t in study.trials]
+    assert strip == [
+        {k: t[k] for k in ("number", "params", "score", "state")} for t in again.trials
+    ]
+    assert len({json.dumps(t["params"]) for t in study.trials}) == 3  # the sampler explores
+    assert set(study.trials[0]["params"]) == {"lr", "beta"}  # pinned epochs is not searched
+
+
+def test_best_is_min_within_time_budget(study):
+    scores = [t["score"] for t in study.trials if t["state"] == "complete"]
+    assert study.best["score"] == min(scores)
+    # Tighten the budget after the fact: the same rule now leaves out the slow trials.
+    fastest = min(study.trials, key=lambda t: t["seconds"])
+    for t in study.trials:
+        t["state"] = "complete" if t is fastest else "pruned"
+    assert study.best["number"] == fastest["number"]
+
+
+def test_scored_on_validation_never_test(digits, monkeypatch):
+    seen = []
+    real = tune_module.evaluate
+
+    def spy(model, forget, retain, held_out):
+        seen.append(held_out)
+        return real(model, forget, retain, held_out)
+
+    monkeypatch.setattr(tune_module, "evaluate", spy)
+    tune(digits, "fisher", trials=1, config=CONFIG, time_fraction=1e6)
+    assert seen and all(s is digits.val for s in seen)
+
+
+def test_over_budget_trials_are_pruned_and_never_best(digits):
+    s = tune(digits, "neggrad_plus", trials=2, config=CONFIG, time_fraction=1e-9, fixed=FIXED)
+    assert [t["state"] for t in s.trials] == ["pruned", "pruned"]
+    assert s.best is None and json.loads(s.to_json())["best"] is None
+
+
+def test_json_atomic_and_without_nan(study, tmp_path, monkeypatch):
+    path = tmp_path / "study.json"
+    study.save(path)
+    data = json.loads(path.read_text())
+    assert data["best"]["score"] == study.best["score"]
+    assert data["reference"]["method"] == "retrain" and data["trials"]
+    assert {"dataset", "scenario", "seed", "load_average", "search_space"} <= set(data)
+    # A failed write leaves the previous file whole and no stray temporary file.
+    before = path.read_bytes()
+    monkeypatch.setattr("os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        study.save(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["study.json"]
+    monkeypatch.undo()
+    # A non-finite score is written as null, never NaN.
+    study.trials.append({**study.trials[0], "number": 99, "score": None, "state": "pruned"})
+    text = study.to_json()
+    assert "NaN" not in text and "Infinity" not in text
+    assert not any(isinstance(v, float) and math.isnan(v) for v in study.trials[0].values())
+
+
+def test_tuned_params_read_committed_study(study, tmp_path):
+    assert tuned_params("neggrad_plus", "random", directory=tmp_path) == {}
+    study.save(tmp_path / "neggrad_plus-random.json")
+    assert tuned_params("neggrad_plus", "random", directory=tmp_path) == study.best["params"]
+    bad = {"best": {"params": {"beta": 7.0}}}
+    (tmp_path / "neggrad_plus-class.json").write_text(json.dumps(bad))
+    with pytest.raises(InvalidParameterError, match="'beta' parameter"):
+        tuned_params("neggrad_plus", "class", directory=tmp_path)
+
+
+def test_search_space_edges_checked_against_constraints():
+    for name in METHODS.available():
+        cls = METHODS.get(name)
+        assert set(cls.search_space) <= set(cls._parameter_constraints), name
+    with pytest.raises(InvalidParameterError, match="'lr' parameter"):
+
+        class Bad(Unlearner):
+            name = "bad"
+            _parameter_constraints = METHODS.get("finetune")._parameter_constraints
+            search_space = {"lr": Knob(-1.0, 1.0)}
+
+
+# --- bad input at the CLI ------------------------------------------------------------
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    for f in fragments:
+        assert f in err, err
+
+
+def snapshot(root):
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+TUNE = ["tune", "--method", "neggrad_plus", "--epochs", "1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--scenario", "class", "--forget-class", "Sandal"], "Class 'Sandal' does not exist"),
+        (["--param", "beta=2"], "The 'beta' parameter of neggrad_plus must be a float in [0, 1]"),
+        (["--trials", "0"], "at least 1 trial"),
+        (["--scenario", "sideways"], "scenario must be one of"),
+    ],
+)
+def test_tune_bad_input_writes_nothing(tmp_path, args, fragment):
+    out = tmp_path / "study.json"
+    one_line_error(run(*TUNE, *args, "--out", out), fragment)
+    assert not out.exists()
+
+
+@pytest.fixture
+def csv_workspace(tmp_path):
+    lines = ["uid,f1,f2,target"]
+    lines += [f"u{i},{(i % 7) / 7},{(i % 3) + 0.1 * (i % 5)},{'ABC'[i % 3]}" for i in range(90)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    ws = tmp_path / "ws"
+    train = ["train", "--dataset", "csv", "--path", tmp_path / "d.csv", "--label", "target"]
+    result = run(*train, "--id-column", "uid", "--model", "logreg", "--epochs", "1", "-w", ws)
+    assert result.exit_code == 0, result.output
+    listed = json.loads(run("samples", "-w", ws, "--json").stdout)["samples"]
+    ids = tmp_path / "all.txt"
+    ids.write_text("\n".join(s["sample_id"] for s in listed if s["split"] == "train"))
+    return ws, ids
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--class", "Sandal"], "Class 'Sandal' does not exist"),
+        (["--class", "A", "--method", "finetune", "--param", "lr=-1"], "'lr' parameter"),
+        (["--method", "finetune"], "(and it reads the retain set)"),
+        (["--method", "neggrad"], "removes every remaining training sample"),
+    ],
+)
+def test_forget_bad_input_leaves_workspace(csv_workspace, args, fragment):
+    ws, ids = csv_workspace
+    if "--class" not in args:
+        args = ["--ids-file", ids, *args]
+    before = snapshot(ws)
+    one_line_error(run("forget", *args, "-w", ws), fragment)
+    assert snapshot(ws) == before
