@@ -40,8 +40,8 @@ class SCRUB(LoopUnlearner):
     def __init__(
         self,
         *,
-        epochs: int = 5,
-        max_epochs: int = 4,
+        epochs: int = 3,
+        max_epochs: int = 3,
         lr: float = 1e-3,
         batch_size: int = 64,
         alpha: float = 1.0,
