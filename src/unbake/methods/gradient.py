@@ -28,7 +28,7 @@ class Finetune(LoopUnlearner):
         limits="does not target the forget set; forgets only what further training overwrites",
     )
 
-    def __init__(self, *, epochs: int = 5, lr: float = 5e-3, batch_size: int = 64) -> None:
+    def __init__(self, *, epochs: int = 3, lr: float = 5e-3, batch_size: int = 64) -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
@@ -60,7 +60,7 @@ class NegGrad(LoopUnlearner):
         "forgetting it drags retain and test accuracy down",
     )
 
-    def __init__(self, *, epochs: int = 5, lr: float = 5e-4, batch_size: int = 64) -> None:
+    def __init__(self, *, epochs: int = 4, lr: float = 3e-4, batch_size: int = 64) -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size

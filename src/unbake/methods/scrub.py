@@ -19,7 +19,10 @@ class SCRUB(LoopUnlearner):
             for each retain batch B_r:                                 (min step)
                 θ ← θ − η ∇[ α·KL(teacher(B_r) ‖ student(B_r)) + γ·ℓ(B_r) ]
 
-    KL at temperature ``temperature``. When to use: when the forget set should look like
+    At the start the student *is* the teacher, where the KL and its gradient are zero, so
+    the first max phase does nothing; the forget set moves only after min steps have
+    separated the two, which is why it needs several epochs. KL at temperature
+    ``temperature``. When to use: when the forget set should look like
     unseen data while retain behaviour stays the teacher's. Cost: a teacher forward pass
     per step, ``max_epochs`` passes over the forget set and ``epochs`` over the retain set.
     """
