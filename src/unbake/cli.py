@@ -119,7 +119,8 @@ def demo(
     config = TrainConfig.parse(epochs=epochs)
     if not as_json:
         console.print(
-            f"Training {model} on {ds.name} ({len(ds.train)} train / {len(ds.test)} test), "
+            f"Training {model} on {ds.name} ({len(ds.train)} train / {len(ds.val)} validation / "
+            f"{len(ds.test)} test), "
             f"forgetting {forget_fraction:.0%} (seed {seed}) and comparing methods…"
         )
 
