@@ -72,6 +72,18 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _metric_columns(*, column_only: bool = True):
+    """The declared metric results that compact tables show, in order."""
+    from unbake.evaluation import result_specs
+
+    return result_specs(column_only=column_only)
+
+
+def _metric_line(values: dict[str, Any]) -> str:
+    """``FA 98.00  RA 99.10 …`` for the compact columns present in ``values``."""
+    return "  ".join(f"{c.label} {values[c.key]:.2f}" for c in _metric_columns() if c.key in values)
+
+
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     table = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
@@ -143,18 +155,16 @@ def demo(
     if as_json:
         _emit_json(report.to_dict())
         return
+    cols = _metric_columns()
     table = _table(
         f"unbake demo on {ds.name}: forget {report.n_forget} of {report.n_train} "
         "(avg gap and speedup against retraining the same model)",
-        ["method", "model", "FA", "RA", "TA", "MIA", "avg gap", "seconds", "speedup"],
+        ["method", "model", *(c.label for c in cols), "avg gap", "seconds", "speedup"],
         [
             [
                 r.method,
                 r.model,
-                r.fa,
-                r.ra,
-                r.ta,
-                r.mia,
+                *(r.metrics.get(c.key, float("nan")) for c in cols),
                 r.avg_gap,
                 f"{r.seconds:.3f}",
                 "—" if r.speedup != r.speedup else f"{r.speedup:.1f}×",
@@ -422,11 +432,11 @@ def forget(
     if as_json:
         _emit_json(out)
         return
-    ev = rec.evaluation
+    ev = rec.evaluation.to_dict()
     console.print(
         f"Request {rec.request_id}: forgot {rec.n_samples} samples with {rec.method} in "
         f"{rec.seconds:.2f}s → model {rec.model_after}.\n"
-        f"  FA {ev.fa:.2f}  RA {ev.ra:.2f}  TA {ev.ta:.2f}  MIA {ev.mia:.2f}  "
+        f"  {_metric_line(ev)}  "
         f"(older models that saw the data were purged)"
     )
 
@@ -456,12 +466,9 @@ def evaluate(
             f"model {row['model_id']} ({row['description']})",
             ["metric", "", "value"],
             [
-                ["FA", "forget accuracy", ev.fa],
-                ["RA", "retain accuracy", ev.ra],
-                ["TA", "test accuracy", ev.ta],
-                ["MIA", "forget-vs-test AUC", ev.mia],
-                ["MIA-efficacy", "forget called non-member", ev.mia_efficacy],
-                ["attack strength", "retain-vs-test bal. acc.", ev.attack_strength],
+                [c.label, c.description, ev[c.key]]
+                for c in _metric_columns(column_only=False)
+                if c.key in ev
             ],
         )
     )
@@ -524,6 +531,7 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json({"requests": reqs})
         return
+    cols = _metric_columns()
     console.print(
         _table(
             "deletion requests",
@@ -536,9 +544,8 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
                 "exact",
                 "before → after",
                 "seconds",
-                "FA",
-                "TA",
-                "MIA",
+                *(c.label for c in cols),
+                "audit",
             ],
             [
                 [
@@ -550,9 +557,8 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
                     bool(r["exact"]),
                     f"{r['hash_before'][:8]} → {(r['hash_after'] or '')[:8]}",
                     r["seconds"],
-                    r["metrics"]["fa"],
-                    r["metrics"]["ta"],
-                    r["metrics"]["mia"],
+                    *((r["metrics"] or {}).get(c.key, float("nan")) for c in cols),
+                    (r.get("audit") or {}).get("verdict", "—"),
                 ]
                 for r in reqs
             ],

@@ -42,6 +42,7 @@ class CertifiedStrategy(TrainingStrategy):
 
     name = "certified"
     label_params = ("epsilon",)
+    output = "ovr_log_sigmoid"  # CertifiedLinear returns one-vs-rest log σ(z_k)
 
     def __init__(
         self,
