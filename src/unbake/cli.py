@@ -566,6 +566,58 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
     )
 
 
+# --- audit ---------------------------------------------------------------------------
+
+
+@app.command()
+@_handle_errors
+def audit(
+    request: Annotated[
+        str | None, typer.Option(help="Request ID (default: the latest deletion).")
+    ] = None,
+    references: Annotated[
+        int, typer.Option(help="Reference models K (trained once, reused by later audits).")
+    ] = 8,
+    model: Annotated[
+        str | None, typer.Option(help="Deployed model to score (default: the request's result).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the permutation test and sampling.")] = 0,
+    backend: Annotated[str, typer.Option(help="Where references train: local or ray.")] = "local",
+    workers: Annotated[int, typer.Option(help="References trained in parallel.")] = 1,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Is a request's unlearning distinguishable from retraining? U-LiRA against K references."""
+    from unbake.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        report = ws.audit(
+            request_id=request,
+            references=references,
+            model_id=model,
+            seed=seed,
+            backend=backend,
+            workers=workers,
+        )
+    out = report.to_dict()
+    if as_json:
+        _emit_json(out)
+        return
+    console.print(f"[bold]{report.verdict}[/]: {report.statement}", highlight=False)
+    console.print(
+        _table(
+            f"audit of request {report.stats['request_id']} ({report.method})",
+            ["statistic", "value"],
+            [
+                [k, f"{v:.4g}" if isinstance(v, float) else v]
+                for k, v in report.stats.items()
+                if k != "request_id"
+            ],
+        )
+    )
+    console.print("Recorded on the request (see `unbake log`).")
+
+
 # --- bench ---------------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ from unbake.evaluation.lira import (
 )
 from unbake.evaluation.metrics import roc_auc, roc_summary
 from unbake.exceptions import InvalidParameterError
+from unbake.methods import UnlearnTask
 from unbake.training import TrainedModel
 
 __all__ = ["MIN_REFERENCES", "AuditReport", "audit", "concat_samples", "permutation_test"]
@@ -148,8 +149,6 @@ def audit(
     ``pool`` is the retained data the bank's halves were drawn from; ``target``, if
     given, is the deployed model, scored against the shadows' Gaussians.
     """
-    from unbake.methods import UnlearnTask
-
     K = len(bank)
     if K < MIN_REFERENCES:
         raise InvalidParameterError(
