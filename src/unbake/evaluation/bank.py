@@ -8,7 +8,7 @@ reference model that saw a forgotten sample. Models train in parallel on a backe
 (:mod:`unbake.backends`: a local process pool or Ray); each job fixes its own seed, so
 every backend returns the same bits.
 
->>> half_mask(6, seed=0).sum()
+>>> int(half_mask(6, seed=0).sum())
 3
 """
 

@@ -97,7 +97,7 @@ def minimum_detectable_auc(
     the detectable shift is ``(z₁₋α/₂ + z_power)`` standard errors.
 
     >>> round(minimum_detectable_auc(100, 100), 4)
-    0.1148
+    0.1147
     """
     if n_positive < 1 or n_negative < 1:
         return float("nan")
