@@ -11,10 +11,11 @@ For a forget set ``F`` and a bank of K reference models (each trained on a rando
    Gaussians of the logit-scaled confidence are fitted on the other unlearned and
    retrained shadows, and the target scored by their likelihood ratio. The ROC of
    those scores (unlearned positive) gives AUC, accuracy and TPR at 1% / 0.1% FPR.
-4. *Significance and power*: a model-level permutation test (shuffle which shadows are
-   called unlearned) gives the p-value, and its null distribution the smallest
-   |AUC − ½| this K could have flagged. Scores of one model are correlated across
-   examples, which is why the permutation is over models, not examples.
+4. *Significance and power*: a permutation test over shadow pairs (swap which of
+   unlearned_k and retrained_k, both built on ``H_k``, is called unlearned) gives the
+   p-value, and its null distribution the smallest |AUC − ½| this K could have
+   flagged. Scores of one model are correlated across examples, which is why the
+   permutation is over models, not examples.
 
 The verdict is "distinguishable" when p < α, else "indistinguishable from retraining
 within this test's power", stated with the detectable gap so a weak test cannot pass
@@ -34,7 +35,6 @@ from unbake.evaluation.bank import FitJob, Recipe, ReferenceBank, fit_many, mode
 from unbake.evaluation.lira import (
     cross_fit_scores,
     fit_gaussians,
-    fold_of_rows,
     likelihood_ratio,
 )
 from unbake.evaluation.metrics import roc_auc, roc_summary
@@ -42,11 +42,20 @@ from unbake.exceptions import InvalidParameterError
 from unbake.methods import UnlearnTask
 from unbake.training import TrainedModel
 
-__all__ = ["MIN_REFERENCES", "AuditReport", "audit", "concat_samples", "permutation_test"]
+__all__ = [
+    "MIN_REFERENCES",
+    "AuditReport",
+    "audit",
+    "check_references",
+    "concat_samples",
+    "pair_swaps",
+    "permutation_test",
+]
 
-#: Fewer models cannot reach p < 0.05: a two-sided permutation test over 2K shadows has
-#: C(2K, K) labelings, and C(6, 3) = 20 gives at best p = 2/20.
-MIN_REFERENCES = 4
+#: Fewer models cannot reach p < 0.05: the permutation test swaps labels within the K
+#: (unlearned, retrained) shadow pairs, so it has 2^K labelings, two of them (a labeling
+#: and its mirror) as extreme as the observed; 2/2^5 = 0.0625, 2/2^6 = 0.031.
+MIN_REFERENCES = 6
 #: Seed offsets, so the IN shadows and the method's runs never reuse a reference's seed.
 IN_SEED_OFFSET = 500_009
 UNLEARN_SEED_OFFSET = 1_000_003
@@ -78,6 +87,15 @@ class AuditReport:
         }
 
 
+def check_references(k: object) -> None:
+    """Raise unless ``k`` reference models are enough for a meaningful test."""
+    if not isinstance(k, int) or k < MIN_REFERENCES:
+        raise InvalidParameterError(
+            f"An audit needs at least {MIN_REFERENCES} reference models, got {k}: with fewer, "
+            "the permutation test over shadow pairs cannot reach p < 0.05; pass --references 8."
+        )
+
+
 def concat_samples(a: Samples, b: Samples) -> Samples:
     """Rows of ``a`` then rows of ``b``."""
     return Samples(
@@ -88,32 +106,53 @@ def concat_samples(a: Samples, b: Samples) -> Samples:
     )
 
 
-def ulira_scores(phi: np.ndarray, unlearned_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two-fold cross-fitted U-LiRA scores of every (shadow, forget example) cell."""
+def ulira_scores(
+    phi: np.ndarray, unlearned_rows: np.ndarray, fold: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-fitted U-LiRA scores of every (shadow, forget example) cell; label 1: unlearned."""
     pos = np.broadcast_to(unlearned_rows[:, None], phi.shape)
-    return cross_fit_scores(phi, pos, ~pos, fold_of_rows(unlearned_rows, FOLDS))
+    return cross_fit_scores(phi, pos, ~pos, fold)
 
 
-def _ulira_auc(phi: np.ndarray, unlearned_rows: np.ndarray) -> float:
-    scores, labels = ulira_scores(phi, unlearned_rows)
+def _ulira_auc(phi: np.ndarray, unlearned_rows: np.ndarray, fold: np.ndarray) -> float:
+    scores, labels = ulira_scores(phi, unlearned_rows, fold)
     return roc_auc(scores[labels], scores[~labels])
 
 
-def permutation_test(
-    phi: np.ndarray, unlearned_rows: np.ndarray, *, permutations: int, seed: int
-) -> tuple[float, float, float]:
-    """``(auc, p_value, critical_gap)`` of U-LiRA with rows (models) as the unit.
+def pair_swaps(k: int, *, limit: int, seed: int) -> np.ndarray:
+    """``(m, k)`` booleans: which of ``k`` pairs swap labels. All ``2^k`` when at most ``limit``.
 
-    ``critical_gap`` is the 95th percentile of |AUC − ½| under shuffled row labels:
-    the smallest gap the test flags at α = 0.05.
+    >>> pair_swaps(2, limit=8, seed=0).astype(int).tolist()
+    [[0, 0], [1, 0], [0, 1], [1, 1]]
     """
-    auc = _ulira_auc(phi, unlearned_rows)
+    if 2**k <= limit:
+        return (np.arange(2**k)[:, None] >> np.arange(k)) & 1 == 1
     rng = np.random.default_rng(seed)
-    null = np.array(
-        [abs(_ulira_auc(phi, rng.permutation(unlearned_rows)) - 0.5) for _ in range(permutations)]
-    )
-    p = (1 + np.sum(null >= abs(auc - 0.5) - 1e-12)) / (1 + permutations)
-    return auc, float(p), float(np.quantile(null, 0.95))
+    return np.vstack([np.zeros((1, k), bool), rng.random((limit - 1, k)) < 0.5])
+
+
+def permutation_test(
+    phi_unlearned: np.ndarray, phi_retrained: np.ndarray, *, permutations: int, seed: int
+) -> tuple[float, float, float]:
+    """``(auc, p_value, critical_gap)`` of U-LiRA, with shadow *pairs* as the unit.
+
+    Row ``k`` of both matrices shares its training half, so under the null (the method
+    is distributed as retraining) the labels of each pair are exchangeable: the null
+    distribution swaps them, exhaustively when ``2^K ≤ permutations``. The two rows of
+    a pair always share a fold. ``critical_gap`` is the 95th percentile of |AUC − ½|
+    under the null: the smallest gap the test flags at α = 0.05.
+    """
+    k = len(phi_unlearned)
+    fold = np.tile(np.arange(k) % FOLDS, 2)
+    null = []
+    for swap in pair_swaps(k, limit=permutations, seed=seed):
+        u = np.where(swap[:, None], phi_retrained, phi_unlearned)
+        r = np.where(swap[:, None], phi_unlearned, phi_retrained)
+        rows = np.r_[np.ones(k, bool), np.zeros(k, bool)]
+        null.append(_ulira_auc(np.concatenate([u, r]), rows, fold))
+    auc, gaps = null[0], np.abs(np.array(null) - 0.5)
+    p = float(np.mean(gaps >= gaps[0] - 1e-12))
+    return auc, p, float(np.quantile(gaps, 0.95))
 
 
 def _lira_on_bank(bank: ReferenceBank, pool: Samples, seed: int) -> dict[str, float]:
@@ -140,7 +179,7 @@ def audit(
     target: TrainedModel | None = None,
     seed: int = 0,
     alpha: float = 0.05,
-    permutations: int = 200,
+    permutations: int = 256,
     backend: str = "local",
     workers: int = 1,
 ) -> AuditReport:
@@ -150,11 +189,7 @@ def audit(
     given, is the deployed model, scored against the shadows' Gaussians.
     """
     K = len(bank)
-    if K < MIN_REFERENCES:
-        raise InvalidParameterError(
-            f"An audit needs at least {MIN_REFERENCES} reference models, got {K}: with fewer, "
-            "a permutation test over the shadows cannot reach p < 0.05; pass --references 8 or more."
-        )
+    check_references(K)
     if len(forget) == 0:
         raise InvalidParameterError("The forget set is empty; audit a request that forgot samples.")
     if len(forget) >= len(pool) + len(forget) or len(forget) > len(pool):
@@ -191,11 +226,12 @@ def audit(
         ]
     phi_u = model_statistics(unlearned, forget)
     phi_r = bank.statistics(forget)
-    phi = np.concatenate([phi_u, phi_r])
     rows = np.r_[np.ones(K, dtype=bool), np.zeros(K, dtype=bool)]
-    scores, labels = ulira_scores(phi, rows)
+    scores, labels = ulira_scores(
+        np.concatenate([phi_u, phi_r]), rows, np.tile(np.arange(K) % FOLDS, 2)
+    )
     summary = roc_summary(scores[labels], scores[~labels])
-    auc, p, gap = permutation_test(phi, rows, permutations=permutations, seed=seed)
+    auc, p, gap = permutation_test(phi_u, phi_r, permutations=permutations, seed=seed)
     st: dict[str, Any] = {
         "references": K,
         "n_forget": len(forget),

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unbake.data import Samples
-from unbake.evaluation.audit import MIN_REFERENCES, AuditReport, audit
+from unbake.evaluation.audit import AuditReport, audit, check_references
 from unbake.evaluation.bank import Recipe, ReferenceBank, train_bank
 from unbake.exceptions import (
     DatasetError,
-    InvalidParameterError,
     UnknownNameError,
     WorkspaceError,
 )
@@ -138,16 +137,12 @@ def audit_request(
     references: int = 8,
     model_id: str | None = None,
     seed: int = 0,
-    permutations: int = 200,
+    permutations: int = 256,
     backend: str = "local",
     workers: int = 1,
 ) -> AuditReport:
     """Audit a recorded request's method against retraining, and record the result on it."""
-    if not isinstance(references, int) or references < MIN_REFERENCES:
-        raise InvalidParameterError(
-            f"--references must be at least {MIN_REFERENCES}, got {references}: with fewer, a "
-            "permutation test over the shadows cannot reach p < 0.05; pass 8 or more."
-        )
+    check_references(references)
     with ws._lock():
         req = _request(ws, request_id)
         target = ws.load_model(model_id or req["model_after"])
