@@ -558,7 +558,7 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
                     f"{r['hash_before'][:8]} → {(r['hash_after'] or '')[:8]}",
                     r["seconds"],
                     *((r["metrics"] or {}).get(c.key, float("nan")) for c in cols),
-                    (r.get("audit") or {}).get("verdict", "—"),
+                    _audit_cell(r.get("audit")),
                 ]
                 for r in reqs
             ],
@@ -567,6 +567,13 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
 
 
 # --- audit ---------------------------------------------------------------------------
+
+
+def _audit_cell(record: dict[str, Any] | None) -> str:
+    """``pass`` (indistinguishable) or ``flagged`` (distinguishable), or — if not audited."""
+    if not record:
+        return "—"
+    return "flagged" if record["verdict"] == "distinguishable" else "pass"
 
 
 @app.command()
