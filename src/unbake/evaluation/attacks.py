@@ -132,28 +132,19 @@ class LossAttack(_ThresholdAttack):
         return {"mia": self._auc(ctx), "attack_strength": strength}
 
 
-@register_metric
-class ConfidenceAttack(_ThresholdAttack):
-    name = "mia_confidence"
-    score = "confidence"
-    order = 11
-    results = (Result("mia_confidence", "MIA conf.", "confidence AUC, forget vs test (%)"),)
+def _register_threshold_attack(name: str, score: str, key: str, label: str, order: int) -> None:
+    """Register the AUC of one more membership score of :data:`ATTACK_SCORES` as a metric."""
+    doc = f"{score.replace('_', ' ').capitalize()} AUC, forget vs test (Song & Mittal 2021)."
+    result = Result(key, label, f"{score.replace('_', '-')} AUC, forget vs test (%)")
+    attrs = {"name": name, "score": score, "order": order, "results": (result,), "__doc__": doc}
+    register_metric(type(f"{score.title().replace('_', '')}Attack", (_ThresholdAttack,), attrs))
 
 
-@register_metric
-class EntropyAttack(_ThresholdAttack):
-    name = "mia_entropy"
-    score = "entropy"
-    order = 12
-    results = (Result("mia_entropy", "MIA entr.", "entropy AUC, forget vs test (%)"),)
-
-
-@register_metric
-class ModifiedEntropyAttack(_ThresholdAttack):
-    name = "mia_modified_entropy"
-    score = "modified_entropy"
-    order = 13
-    results = (Result("mia_mentropy", "MIA m-entr.", "modified-entropy AUC, forget vs test (%)"),)
+_register_threshold_attack("mia_confidence", "confidence", "mia_confidence", "MIA conf.", 11)
+_register_threshold_attack("mia_entropy", "entropy", "mia_entropy", "MIA entr.", 12)
+_register_threshold_attack(
+    "mia_modified_entropy", "modified_entropy", "mia_mentropy", "MIA m-entr.", 13
+)
 
 
 @register_metric
