@@ -149,3 +149,24 @@ def test_metrics_are_named_once_and_drive_evaluate(digits_small):
     assert ev.fa == ev["fa"] and 0 <= ev.mia <= 100
     only = evaluate(tm, forget, retain, ds.test, metrics=["utility"])
     assert sorted(only) == ["fa", "ra", "ta"]
+
+
+def test_a_version_1_catalog_is_migrated_on_open(tmp_path):
+    import sqlite3
+
+    from unbake.workspace import Workspace
+    from unbake.workspace.catalog import SCHEMA_VERSION
+
+    ws = Workspace.create(tmp_path / "ws", dataset="digits")
+    ws.close()
+    db = sqlite3.connect(tmp_path / "ws" / "catalog.sqlite")
+    db.executescript(
+        "DROP TABLE reference_models; DROP TABLE reference_members; "
+        "ALTER TABLE requests DROP COLUMN audit; "
+        "UPDATE meta SET value='1' WHERE key='schema_version';"
+    )
+    db.close()
+    with Workspace.open(tmp_path / "ws") as ws:
+        assert ws.catalog.meta("schema_version") == str(SCHEMA_VERSION)
+        assert ws.catalog.query("SELECT COUNT(*) AS n FROM reference_models")[0]["n"] == 0
+        assert ws.log() == []
