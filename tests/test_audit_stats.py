@@ -170,3 +170,28 @@ def test_a_version_1_catalog_is_migrated_on_open(tmp_path):
         assert ws.catalog.meta("schema_version") == str(SCHEMA_VERSION)
         assert ws.catalog.query("SELECT COUNT(*) AS n FROM reference_models")[0]["n"] == 0
         assert ws.log() == []
+
+
+def test_klom_and_challenge_closed_forms():
+    from unbake.evaluation.klom import (
+        bucket_scores,
+        challenge_score,
+        epsilon_from_thresholds,
+        gaussian_kl,
+        klom,
+        margins,
+    )
+
+    assert gaussian_kl(0.0, 1.0, 0.0, 2.0) == pytest.approx(np.log(2) + 1 / 8 - 0.5)
+    rng = np.random.default_rng(0)
+    same = rng.normal(0, 1, (400, 3))
+    assert klom(same[:200], same[200:]).max() < 0.05
+    r = same[200:]
+    assert klom(r + 3, r) == pytest.approx(9 / (2 * r.var(0, ddof=1)))  # equal σ: Δμ²/2σ²
+    lp = np.log(np.array([[0.7, 0.2, 0.1]]))
+    assert margins(lp, np.array([1]))[0] == pytest.approx(np.log(0.2 / 0.7))
+    n = 8  # perfectly separated: FPR = FNR = 0, floored at 1/(N+1)
+    eps = epsilon_from_thresholds(np.ones((n, 1)), np.zeros((n, 1)), delta=1e-5)
+    assert eps[0] == pytest.approx(np.log((1 - 1e-5 - 1 / (n + 1)) * (n + 1)))
+    assert bucket_scores(np.array([0.25, 0.75, 1.75])).tolist() == [1.0, 0.5, 0.125]
+    assert challenge_score(1.0, 95.0, 100.0, 90.0, 90.0) == pytest.approx(0.95)

@@ -25,22 +25,22 @@ def test_audit_records_reuses_and_is_purged_by_deletions(tmp_path):
     request = json.loads(res.stdout)["request_id"]
 
     before = snapshot(ws)
-    assert_one_line_error(run("audit", "--references", 2, "--workspace", ws), "at least 6")
+    assert_one_line_error(run("audit", "--references", 2, "--workspace", ws), "at least 8")
     assert_one_line_error(run("audit", "--request", "req-nope", "--workspace", ws), "req-nope")
     assert snapshot(ws) == before
 
-    res = run("audit", "--references", 6, "--workspace", ws, "--json")
+    res = run("audit", "--references", 8, "--workspace", ws, "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["verdict"] in ("distinguishable", "indistinguishable")
-    assert len(out["references"]) == 6 and 0 <= out["stats"]["ulira_auc"] <= 1
+    assert len(out["references"]) == 8 and 0 <= out["stats"]["ulira_auc"] <= 1
     logged = json.loads(run("log", "--workspace", ws, "--json").stdout)["requests"][0]
     assert logged["request_id"] == request and logged["audit"]["verdict"] == out["verdict"]
     shown = "flagged" if out["verdict"] == "distinguishable" else "pass"
     assert shown in run("log", "--workspace", ws).stdout
 
     # a second audit reuses the stored bank
-    again = json.loads(run("audit", "--references", 6, "--workspace", ws, "--json").stdout)
+    again = json.loads(run("audit", "--references", 8, "--workspace", ws, "--json").stdout)
     assert again["references"] == out["references"]
     refs = {f"{r}.safetensors" for r in out["references"]}
     assert refs <= {p.name for p in (ws / "checkpoints").iterdir()}

@@ -170,6 +170,7 @@ def audit_request(
             bank=bank,
             unlearner=unlearner,
             target=target,
+            test=ds.test,
             seed=seed,
             permutations=permutations,
             backend=backend,
