@@ -195,3 +195,18 @@ def test_klom_and_challenge_closed_forms():
     assert eps[0] == pytest.approx(np.log((1 - 1e-5 - 1 / (n + 1)) * (n + 1)))
     assert bucket_scores(np.array([0.25, 0.75, 1.75])).tolist() == [1.0, 0.5, 0.125]
     assert challenge_score(1.0, 95.0, 100.0, 90.0, 90.0) == pytest.approx(0.95)
+
+
+def test_ghost_check_reads_the_penultimate_layer(digits_small):
+    from unbake.evaluation.ghost import nearest_neighbours, penultimate
+    from unbake.models import ModelSpec
+    from unbake.training import TrainConfig, fit
+
+    cfg = TrainConfig.parse(epochs=1)
+    X = digits_small.train.X[:5]
+    mlp = fit(digits_small.train, n_classes=10, model=ModelSpec("mlp", {"hidden": [7]}), config=cfg)
+    assert penultimate(mlp, X).shape == (5, 7)
+    lin = fit(digits_small.train, n_classes=10, model="logreg", config=cfg)
+    assert penultimate(lin, X).shape == (5, 64)
+    nb = nearest_neighbours(penultimate(lin, X), penultimate(lin, digits_small.train.X), 3)
+    assert nb.shape == (5, 3) and (nb[:, 0] == np.arange(5)).all()  # each row is its own nearest

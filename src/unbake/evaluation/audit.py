@@ -33,6 +33,7 @@ import torch
 
 from unbake.data import Samples
 from unbake.evaluation.bank import FitJob, Recipe, ReferenceBank, fit_many, model_statistics
+from unbake.evaluation.ghost import ghost_gap, nearest_neighbours, penultimate
 from unbake.evaluation.klom import (
     bucket_scores,
     challenge_score,
@@ -71,6 +72,8 @@ IN_SEED_OFFSET = 500_009
 UNLEARN_SEED_OFFSET = 1_000_003
 #: Shadows are split in two: Gaussians fitted on one half score the other.
 FOLDS = 2
+#: Training neighbours per forget sample in the ghost check.
+GHOST_K = 5
 #: KLoM on retained data looks at this many samples.
 KLOM_SAMPLE = 500
 #: LiRA on the bank scores at most this many retained samples per reference.
@@ -194,6 +197,17 @@ def _mean_accuracy(models: list[TrainedModel], halves: list[Samples]) -> float:
     return float(np.mean(accs))
 
 
+def _ghost(in_models, unlearned, retrained, forget, halves) -> dict[str, float]:
+    """Ghost check per shadow pair: neighbours of the forget set in the IN model's features."""
+    gaps = []
+    for m_in, m_u, m_r, half in zip(in_models, unlearned, retrained, halves, strict=True):
+        nb = nearest_neighbours(penultimate(m_in, forget.X), penultimate(m_in, half.X), GHOST_K)
+        near = half.subset(np.unique(nb.ravel()))
+        phi = model_statistics([m_u, m_r], near)
+        gaps.append(ghost_gap(phi[0], phi[1]))
+    return {"ghost_gap_mean": float(np.mean(gaps)), "ghost_gap_std": float(np.std(gaps, ddof=1))}
+
+
 def _klom_and_challenge(unlearned, retrained, forget, pool, halves, test, seed) -> dict[str, float]:
     """KLoM (median, p95) per split and the NeurIPS 2023 challenge score."""
     rows = np.random.default_rng(seed).permutation(len(pool))[:KLOM_SAMPLE]
@@ -300,6 +314,7 @@ def audit(
         **_lira_on_bank(bank, pool, seed),
     }
     st.update(_klom_and_challenge(unlearned, bank.models, forget, pool, halves, test, seed))
+    st.update(_ghost(in_models, unlearned, bank.models, forget, halves))
     if target is not None:
         phi_t = model_statistics([target], forget)[0]
         all_rows = np.ones_like(phi_u, dtype=bool)
