@@ -9,17 +9,9 @@ from unbake.data import load_dataset
 def test_audit_records_reuses_and_is_purged_by_deletions(tmp_path):
     ws = tmp_path / "ws"
     assert run(*TRAIN, "--workspace", ws).exit_code == 0
+    finetune = ("--method", "finetune", "--param", "epochs=1")
     res = run(
-        "forget",
-        "--ids",
-        "digits-0001,digits-0002,digits-0003",
-        "--method",
-        "finetune",
-        "--param",
-        "epochs=1",
-        "--workspace",
-        ws,
-        "--json",
+        "forget", "--ids", "digits-0001,digits-0002,digits-0003", *finetune, "-w", ws, "--json"
     )
     assert res.exit_code == 0, res.output
     request = json.loads(res.stdout)["request_id"]
