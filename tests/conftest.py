@@ -10,3 +10,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 @pytest.fixture
 def workspace_dir(tmp_path):
     return tmp_path / "ws"
+
+
+@pytest.fixture(scope="session")
+def digits_small():
+    """Digits with 600 training rows: enough for tiny models, fast to train."""
+    from unbake.data import Dataset, load_dataset
+
+    ds = load_dataset("digits")
+    return Dataset(ds.name, ds.train.subset(slice(0, 600)), ds.test, ds.n_classes, ds.spec)

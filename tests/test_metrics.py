@@ -27,6 +27,6 @@ def test_best_threshold_perfect_and_useless():
 
 
 def test_avg_gap_is_mean_abs_difference_in_points():
-    a = Evaluation(90, 95, 85, 60, 10, 55)
-    b = Evaluation(80, 95, 87, 50, 30, 52)
+    a = Evaluation({"fa": 90, "ra": 95, "ta": 85, "mia": 60, "mia_efficacy": 10})
+    b = Evaluation({"fa": 80, "ra": 95, "ta": 87, "mia": 50, "mia_efficacy": 30})
     assert avg_gap(a, b) == pytest.approx((10 + 0 + 2 + 10) / 4)

@@ -66,7 +66,7 @@ app = typer.Typer(
 # text (IDs, subjects, paths), which must appear exactly as given.
 _PLAIN = {"markup": False, "emoji": False, "highlight": False}
 # A pipe gets a wide console, so the comparison table is never truncated in logs.
-console = Console(width=None if sys.stdout.isatty() else 160, **_PLAIN)
+console = Console(width=None if sys.stdout.isatty() else 200, **_PLAIN)
 err_console = Console(stderr=True, **_PLAIN)
 
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.")]
@@ -163,6 +163,18 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _metric_columns(*, column_only: bool = True):
+    """The declared metric results that compact tables show, in order."""
+    from unbake.evaluation import result_specs
+
+    return result_specs(column_only=column_only)
+
+
+def _metric_line(values: dict[str, Any]) -> str:
+    """``FA 98.00  RA 99.10 …`` for the compact columns present in ``values``."""
+    return "  ".join(f"{c.label} {values[c.key]:.2f}" for c in _metric_columns() if c.key in values)
+
+
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     table = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
@@ -255,6 +267,7 @@ def demo(
     if as_json:
         _emit_json({name: r.to_dict() for name, r in reports.items()})
         return
+    cols = _metric_columns()
     for report in reports.values():
         verdicts = report.verdicts()
         console.print(
@@ -264,10 +277,7 @@ def demo(
                 [
                     "method",
                     "model",
-                    "FA",
-                    "RA",
-                    "TA",
-                    "MIA",
+                    *(c.label for c in cols),
                     "avg gap",
                     "vs original",
                     "seconds",
@@ -277,10 +287,7 @@ def demo(
                     [
                         r.method,
                         r.model,
-                        r.fa,
-                        r.ra,
-                        r.ta,
-                        r.mia,
+                        *(r.metrics.get(c.key, float("nan")) for c in cols),
                         r.avg_gap,
                         verdicts.get(r.method, "—"),
                         f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "—",
@@ -612,8 +619,7 @@ def forget(
     held = (
         f" and marked {rec.n_held_out} validation/test samples forgotten" if rec.n_held_out else ""
     )
-    ev = rec.evaluation
-    if ev is None:
+    if rec.evaluation is None:
         console.print(
             f"Request {rec.request_id}: marked {rec.n_held_out} validation/test samples "
             "forgotten. No model was trained on them, so no model changed and none was "
@@ -623,7 +629,7 @@ def forget(
     console.print(
         f"Request {rec.request_id}: forgot {rec.n_samples} samples with {rec.method} in "
         f"{rec.seconds:.2f}s → model {rec.model_after}{held}.\n"
-        f"  FA {ev.fa:.2f}  RA {ev.ra:.2f}  TA {ev.ta:.2f}  MIA {ev.mia:.2f}  "
+        f"  {_metric_line(rec.evaluation.to_dict())}  "
         f"(older models that saw the data were purged)"
     )
 
@@ -653,12 +659,9 @@ def evaluate(
             f"model {row['model_id']} ({row['description']})",
             ["metric", "", "value"],
             [
-                ["FA", "forget accuracy", ev.fa],
-                ["RA", "retain accuracy", ev.ra],
-                ["TA", "test accuracy", ev.ta],
-                ["MIA", "forget-vs-test AUC", ev.mia],
-                ["MIA-efficacy", "forget called non-member", ev.mia_efficacy],
-                ["attack strength", "retain-vs-test bal. acc.", ev.attack_strength],
+                [c.label, c.description, ev[c.key]]
+                for c in _metric_columns(column_only=False)
+                if c.key in ev
             ],
         )
     )
@@ -761,6 +764,7 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit_json({"requests": reqs})
         return
+    cols = _metric_columns()
     console.print(
         _table(
             "deletion requests",
@@ -773,9 +777,8 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
                 "exact",
                 "before → after",
                 "seconds",
-                "FA",
-                "TA",
-                "MIA",
+                *(c.label for c in cols),
+                "audit",
             ],
             [
                 [
@@ -787,7 +790,8 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
                     bool(r["exact"]),
                     _log_models(r),
                     r["seconds"],
-                    *((r["metrics"] or {}).get(k, "—") for k in ("fa", "ta", "mia")),
+                    *((r["metrics"] or {}).get(c.key, "—") for c in cols),
+                    _audit_cell(r.get("audit")),
                 ]
                 for r in reqs
             ],
@@ -807,7 +811,14 @@ def _log_models(r: dict[str, Any]) -> str:
     return f"{r['hash_before'][:8]} → {(r['hash_after'] or '')[:8]}"
 
 
-# --- tune ----------------------------------------------------------------------------
+# --- tune / audit --------------------------------------------------------------------
+
+
+def _audit_cell(record: dict[str, Any] | None) -> str:
+    """``pass`` (indistinguishable) or ``flagged`` (distinguishable), or — if not audited."""
+    if not record:
+        return "—"
+    return "flagged" if record["verdict"] == "distinguishable" else "pass"
 
 
 @app.command()
@@ -879,6 +890,55 @@ def tune(
         )
     if out:
         console.print(f"Wrote {out}.")
+
+
+@app.command()
+@_handle_errors
+def audit(
+    request: Annotated[
+        str | None, typer.Option(help="Request ID (default: the latest deletion).")
+    ] = None,
+    references: Annotated[
+        int, typer.Option(help="Reference models K (trained once, reused by later audits).")
+    ] = 8,
+    model: Annotated[
+        str | None, typer.Option(help="Deployed model to score (default: the request's result).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the permutation test and sampling.")] = 0,
+    backend: Annotated[str, typer.Option(help="Where references train: local or ray.")] = "local",
+    workers: Annotated[int, typer.Option(help="References trained in parallel.")] = 1,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Is a request's unlearning distinguishable from retraining? U-LiRA against K references."""
+    from unbake.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        report = ws.audit(
+            request_id=request,
+            references=references,
+            model_id=model,
+            seed=seed,
+            backend=backend,
+            workers=workers,
+        )
+    out = report.to_dict()
+    if as_json:
+        _emit_json(out)
+        return
+    console.print(f"{report.verdict}: {report.statement}")
+    console.print(
+        _table(
+            f"audit of request {report.stats['request_id']} ({report.method})",
+            ["statistic", "value"],
+            [
+                [k, f"{v:.4g}" if isinstance(v, float) else v]
+                for k, v in report.stats.items()
+                if k != "request_id"
+            ],
+        )
+    )
+    console.print("Recorded on the request (see `unbake log`).")
 
 
 # --- bench ---------------------------------------------------------------------------

@@ -316,10 +316,12 @@ def test_json_has_no_nan(ws):
 
 
 def test_report_json_is_strict():
+    from unbake.evaluation import Evaluation
     from unbake.evaluation.compare import Comparison, ComparisonRow
 
     nan = float("nan")
-    row = ComparisonRow("original", "mlp", 100.0, 99.0, nan, 50.0, 0.5, 0.1, nan)
+    metrics = Evaluation({"fa": 100.0, "ra": 99.0, "ta": nan, "mia": 50.0})
+    row = ComparisonRow("original", "mlp", metrics, 0.5, 0.1, nan)
     report = strict_json(Comparison("digits", 10, 1, 0, float("inf"), [row]).to_json())
     assert report["attack_strength"] is None
     assert report["rows"][0]["speedup"] is None and report["rows"][0]["ta"] is None

@@ -24,13 +24,13 @@ from typing import Any
 from unbake._progress import progress
 from unbake._validation import validate_params
 from unbake.data import Dataset
+from unbake.evaluation import avg_gap, evaluate
 from unbake.evaluation.compare import (
     class_forget_ids,
     load_average,
     random_forget_ids,
     timed_reference,
 )
-from unbake.evaluation.utility import avg_gap, evaluate
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS, Knob, UnlearnTask
 from unbake.models import ModelSpec

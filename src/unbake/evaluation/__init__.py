@@ -1,14 +1,31 @@
-"""Verification: utility (FA/RA/TA), membership inference, and the gap to retraining."""
+"""Verification: named metrics (utility, membership inference) and the gap to retraining."""
 
-from unbake.evaluation.metrics import best_threshold, roc_auc
-from unbake.evaluation.utility import Evaluation, accuracy, avg_gap, evaluate, per_sample_loss
+from unbake.evaluation import attacks as _attacks  # noqa: F401  (registers the attacks)
+from unbake.evaluation.base import (
+    METRICS,
+    EvalContext,
+    Evaluation,
+    Metric,
+    Result,
+    avg_gap,
+    evaluate,
+    result_specs,
+)
+from unbake.evaluation.metrics import best_threshold, roc_auc, roc_summary
+from unbake.evaluation.utility import accuracy, per_sample_loss
 
 __all__ = [
+    "METRICS",
+    "EvalContext",
     "Evaluation",
+    "Metric",
+    "Result",
     "accuracy",
     "avg_gap",
     "best_threshold",
     "evaluate",
     "per_sample_loss",
+    "result_specs",
     "roc_auc",
+    "roc_summary",
 ]

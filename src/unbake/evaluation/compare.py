@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import torch
 
 from unbake import _json as strict_json
 from unbake.data import Dataset
-from unbake.evaluation.utility import Evaluation, avg_gap, evaluate
+from unbake.evaluation.base import Evaluation, avg_gap, evaluate, result_specs
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS, Unlearner, UnlearnTask
 from unbake.models import ModelSpec
@@ -43,25 +43,35 @@ __all__ = [
 
 @dataclass
 class ComparisonRow:
+    """One method's row: its named metrics (``row.fa``, ``row["mia"]``) and its cost."""
+
     method: str
     model: str
-    fa: float
-    ra: float
-    ta: float
-    mia: float
+    metrics: Evaluation
     avg_gap: float
     seconds: float
     speedup: float
     exact: bool = False
-    mia_efficacy: float = float("nan")
     info: dict[str, Any] = field(default_factory=dict)
 
+    def __getattr__(self, name: str) -> float:
+        metrics = self.__dict__.get("metrics")
+        if metrics is not None and name in metrics:
+            return metrics[name]
+        raise AttributeError(f"ComparisonRow has no field or metric {name!r}.")
+
     def public(self) -> dict[str, Any]:
-        keys = ("method", "model", "fa", "ra", "ta", "mia", "avg_gap", "seconds", "speedup")
+        def r(v):
+            return round(v, 4) if isinstance(v, float) else v
+
         return {
-            k: (round(v, 4) if isinstance(v, float) else v)
-            for k, v in asdict(self).items()
-            if k in keys or k in ("exact", "mia_efficacy")
+            "method": self.method,
+            "model": self.model,
+            **{k: r(v) for k, v in self.metrics.items()},
+            "avg_gap": r(self.avg_gap),
+            "seconds": r(self.seconds),
+            "speedup": r(self.speedup),
+            "exact": self.exact,
         }
 
 
@@ -139,17 +149,21 @@ class Comparison:
             f"Attack strength (loss-threshold MIA, balanced accuracy on retain vs test): "
             f"{self.attack_strength:.1f}%. {self.timing_note()}\n\n"
         )
+        cols = result_specs(column_only=True)
         lines = [
-            "| method | model | FA | RA | TA | MIA | avg gap | vs original | seconds | speedup |",
-            "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+            "| method | model | "
+            + " | ".join(c.label for c in cols)
+            + " | avg gap | vs original | seconds | speedup |",
+            "|---|---|" + "---:|" * (len(cols) + 1) + "---|---:|---:|",
         ]
         verdicts = self.verdicts()
         for r in self.rows:
             seconds = f"{r.seconds:.3f}" if math.isfinite(r.seconds) else "—"
             speedup = f"{r.speedup:.1f}×" if math.isfinite(r.speedup) else "—"
+            values = " | ".join(f"{r.metrics.get(c.key, float('nan')):.2f}" for c in cols)
             lines.append(
-                f"| {r.method} | {r.model} | {r.fa:.2f} | {r.ra:.2f} | {r.ta:.2f} | {r.mia:.2f} "
-                f"| {r.avg_gap:.2f} | {verdicts.get(r.method, '—')} | {seconds} | {speedup} |"
+                f"| {r.method} | {r.model} | {values} | {r.avg_gap:.2f} "
+                f"| {verdicts.get(r.method, '—')} | {seconds} | {speedup} |"
             )
         return head + "\n".join(lines) + "\n"
 
@@ -226,15 +240,11 @@ def _row(
     return ComparisonRow(
         name,
         fam.original.describe(),
-        ev.fa,
-        ev.ra,
-        ev.ta,
-        ev.mia,
+        ev,
         avg_gap(ev, fam.reference),
         seconds,
         speedup,
         exact,
-        ev.mia_efficacy,
         info or {},
     ), ev
 

@@ -9,15 +9,18 @@ from unbake.models import ModelSpec
 from unbake.training.config import TrainConfig
 from unbake.training.loop import batches, make_optimizer, optimize, resolve_device
 from unbake.training.strategy import (
+    OUTPUT_KINDS,
     STRATEGIES,
     Monolithic,
     TrainedModel,
     TrainingStrategy,
     get_params,
     set_params,
+    to_log_proba,
 )
 
 __all__ = [
+    "OUTPUT_KINDS",
     "STRATEGIES",
     "Monolithic",
     "TrainConfig",
@@ -30,6 +33,7 @@ __all__ = [
     "optimize",
     "resolve_device",
     "set_params",
+    "to_log_proba",
 ]
 
 

@@ -24,13 +24,36 @@ from unbake.training.config import TrainConfig
 from unbake.training.loop import optimize, resolve_device
 
 __all__ = [
+    "OUTPUT_KINDS",
     "STRATEGIES",
     "Monolithic",
     "TrainedModel",
     "TrainingStrategy",
     "get_params",
     "set_params",
+    "to_log_proba",
 ]
+
+#: How a strategy's module output maps to log-probabilities. ``logits``: unnormalised
+#: scores (log-softmax). ``log_probs``: already normalised log-probabilities (kept as
+#: they are). ``ovr_log_sigmoid``: one-vs-rest ``log σ(z_k)``, normalised over classes as
+#: scikit-learn does for one-vs-rest probabilities (log-softmax of the log-sigmoids).
+OUTPUT_KINDS = ("logits", "log_probs", "ovr_log_sigmoid")
+
+
+def to_log_proba(output: torch.Tensor, kind: str) -> torch.Tensor:
+    """Class log-probabilities from a module's raw ``output`` of the declared ``kind``.
+
+    >>> to_log_proba(torch.tensor([[0.0, 0.0]]), "logits").exp()
+    tensor([[0.5000, 0.5000]])
+    """
+    if kind == "log_probs":
+        return output
+    if kind in ("logits", "ovr_log_sigmoid"):
+        return torch.log_softmax(output, dim=1)
+    raise InvalidParameterError(
+        f"Unknown module output kind {kind!r}; declare one of: {', '.join(OUTPUT_KINDS)}."
+    )
 
 
 @dataclass
@@ -67,16 +90,25 @@ class TrainedModel:
         return f"{name}/{self.strategy}({params})" if params else f"{name}/{self.strategy}"
 
     @torch.no_grad()
-    def predict_proba(self, X: torch.Tensor | Any, batch_size: int = 4096) -> torch.Tensor:
-        """Class probabilities for ``X``, computed in eval mode on the model's device."""
+    def log_proba(self, X: torch.Tensor | Any, batch_size: int = 4096) -> torch.Tensor:
+        """Class log-probabilities for ``X`` (eval mode, on the model's device; CPU result).
+
+        The one score every metric reads: the strategy declares what its module outputs
+        (:attr:`TrainingStrategy.output`), so nothing downstream guesses.
+        """
         X = torch.as_tensor(X)
         device = next(self.module.parameters()).device
+        kind = STRATEGIES.get(self.strategy).output
         self.module.eval()
         outs = [
-            torch.softmax(self.module(X[i : i + batch_size].to(device)), dim=1).cpu()
+            to_log_proba(self.module(X[i : i + batch_size].to(device)), kind).cpu()
             for i in range(0, len(X), batch_size)
         ]
         return torch.cat(outs) if outs else torch.empty(0, self.n_classes)
+
+    def predict_proba(self, X: torch.Tensor | Any, batch_size: int = 4096) -> torch.Tensor:
+        """Class probabilities: ``log_proba(X).exp()``."""
+        return self.log_proba(X, batch_size).exp()
 
 
 def get_params(obj: object) -> dict[str, Any]:
@@ -108,6 +140,8 @@ class TrainingStrategy:
     _parameter_constraints: ClassVar[dict[str, list]] = {}
     #: The parameters that name a trained model in tables and logs (e.g. shards, slices).
     label_params: ClassVar[tuple[str, ...]] = ()
+    #: What the trained module's ``forward`` returns (one of :data:`OUTPUT_KINDS`).
+    output: ClassVar[str] = "logits"
 
     def get_params(self) -> dict[str, Any]:
         return get_params(self)

@@ -1,9 +1,12 @@
 """The workspace catalog: an embedded SQLite database with a schema version.
 
 Tables: ``samples`` (ID, subject, split, content hash, status), ``models`` (ID,
-architecture, config, seed, parent, checkpoint path and sha256, status) and
+architecture, config, seed, parent, checkpoint path and sha256, status),
 ``requests`` (one row per forget operation: what was selected, the method and its
-parameters, the model hashes before and after, timings, metrics, outcome).
+parameters, the model hashes before and after, timings, metrics, outcome, audit), and
+``reference_models`` / ``reference_members`` (the audit's reference bank and the
+samples each reference trained on, so a deletion can purge every one that saw them).
+Older catalogs are migrated forward on open, one version at a time.
 
 Every mutation runs in one transaction. ``secure_delete`` is on, so SQLite
 overwrites the bytes of cleared values instead of leaving them in free pages.
@@ -23,7 +26,7 @@ from unbake.exceptions import IntegrityError, WorkspaceError
 
 __all__ = ["SCHEMA_VERSION", "Catalog", "utcnow"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,9 +74,38 @@ CREATE TABLE IF NOT EXISTS requests (
     seconds REAL,
     metrics TEXT,
     info TEXT,
-    error TEXT
+    error TEXT,
+    audit TEXT
 );
 """
+
+#: Reference models (the audit's bank) and which samples each trained on. Added in v3.
+_REFERENCES = """
+CREATE TABLE IF NOT EXISTS reference_models (
+    ref_id TEXT PRIMARY KEY,
+    recipe TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    n_train INTEGER NOT NULL,
+    checkpoint TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('active', 'purged')),
+    purged_by TEXT
+);
+CREATE TABLE IF NOT EXISTS reference_members (
+    ref_id TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    PRIMARY KEY (ref_id, sample_id)
+);
+CREATE INDEX IF NOT EXISTS reference_members_sample ON reference_members(sample_id);
+"""
+
+#: Statements that bring a catalog of version N up to N + 1.
+_MIGRATIONS = {2: "ALTER TABLE requests ADD COLUMN audit TEXT;" + _REFERENCES}
+
+
+def _statements(script: str) -> list[str]:
+    return [s for s in script.strip().split(";") if s.strip()]
 
 
 def utcnow() -> str:
@@ -161,9 +193,8 @@ class Catalog:
 
     def initialise(self, meta: dict[str, str]) -> None:
         with self.transaction() as cur:
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
-                    cur.execute(statement)
+            for statement in _statements(_SCHEMA + _REFERENCES):
+                cur.execute(statement)
             cur.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
@@ -172,6 +203,12 @@ class Catalog:
     def check_version(self) -> None:
         """Refuse a catalog of another schema version, or one whose tables were altered."""
         version = self.meta("schema_version")
+        while version is not None and version.isdigit() and int(version) in _MIGRATIONS:
+            with self.transaction() as cur:
+                for statement in _statements(_MIGRATIONS[int(version)]):
+                    cur.execute(statement)
+                version = str(int(version) + 1)
+                cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
         if version != str(SCHEMA_VERSION):
             raise WorkspaceError(
                 f"Catalog schema version {version} is not supported (this unbake reads "
@@ -254,7 +291,7 @@ class Catalog:
         out = []
         for r in self.query("SELECT * FROM requests ORDER BY created_at, rowid"):
             row = dict(r)
-            for key in ("selector", "sample_ids", "params", "metrics", "info"):
+            for key in ("selector", "sample_ids", "params", "metrics", "info", "audit"):
                 if row.get(key):
                     row[key] = self.parse_json(row[key], f"request {row['request_id']}'s {key}")
             out.append(row)

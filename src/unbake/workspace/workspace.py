@@ -96,6 +96,31 @@ class RequestRecord:
         return self.model_after != self.model_before
 
 
+def _purge_references(
+    cur, sample_ids: Sequence[str], request_id: str
+) -> tuple[list[str], list[str]]:
+    """Mark every reference model that trained on ``sample_ids`` purged (in ``cur``'s transaction).
+
+    Returns their IDs and their checkpoint files (to delete after the commit); their
+    membership rows go too, so no record of a forgotten sample's use survives.
+    """
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS _forget_ids (sample_id TEXT PRIMARY KEY)")
+    cur.execute("DELETE FROM _forget_ids")
+    cur.executemany("INSERT OR IGNORE INTO _forget_ids VALUES (?)", [(s,) for s in sample_ids])
+    rows = cur.execute(
+        "SELECT ref_id, checkpoint FROM reference_models WHERE status='active' AND ref_id IN "
+        "(SELECT ref_id FROM reference_members JOIN _forget_ids USING (sample_id)) ORDER BY ref_id"
+    ).fetchall()
+    refs = [r["ref_id"] for r in rows]
+    cur.executemany(
+        "UPDATE reference_models SET status='purged', purged_by=? WHERE ref_id=?",
+        [(request_id, r) for r in refs],
+    )
+    cur.executemany("DELETE FROM reference_members WHERE ref_id=?", [(r,) for r in refs])
+    cur.execute("DELETE FROM _forget_ids")
+    return refs, [r["checkpoint"] for r in rows]
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -273,7 +298,8 @@ class Workspace:
         (self.root / f"{CATALOG}-journal").unlink(missing_ok=True)
         live = {
             r["checkpoint"]
-            for r in self.catalog.query("SELECT checkpoint FROM models WHERE status='active'")
+            for table in ("models", "reference_models")
+            for r in self.catalog.query(f"SELECT checkpoint FROM {table} WHERE status='active'")
         }
         for path in (self.root / CHECKPOINTS).glob("*"):
             rel = f"{CHECKPOINTS}/{path.name}"
@@ -707,6 +733,8 @@ class Workspace:
             self._insert_model(
                 cur, result.model, new_id, row["model_id"], "forget", rel, digest, n_retain
             )
+            purged_refs, ref_files = _purge_references(cur, sample_ids, request_id)
+            info["purged_references"] = result.info["purged_references"] = purged_refs
             self._record_request(
                 cur,
                 [*sample_ids, *held_ids],
@@ -736,7 +764,7 @@ class Workspace:
                 "UPDATE models SET status='purged' WHERE status='active' AND model_id != ?",
                 (new_id,),
             )
-        return stale
+        return stale + ref_files
 
     # --- reading -------------------------------------------------------------------
 
@@ -747,6 +775,32 @@ class Workspace:
         active, forgotten = self.active_and_forgotten()
         _, test = self.held_out()  # forgotten test rows are never read
         return evaluate(model, forgotten, active, test)
+
+    def audit(
+        self,
+        *,
+        request_id: str | None = None,
+        references: int = 8,
+        model_id: str | None = None,
+        seed: int = 0,
+        backend: str = "local",
+        workers: int = 1,
+    ):
+        """Audit a request (default: the latest) against retraining; records it on the request.
+
+        See :func:`unbake.workspace.references.audit_request`.
+        """
+        from unbake.workspace.references import audit_request
+
+        return audit_request(
+            self,
+            request_id=request_id,
+            references=references,
+            model_id=model_id,
+            seed=seed,
+            backend=backend,
+            workers=workers,
+        )
 
     def status(self) -> dict[str, Any]:
         """Counts (training samples active and forgotten, rows per split), subjects, models."""

@@ -45,6 +45,7 @@ class CertifiedStrategy(CertifiedParams, TrainingStrategy):
 
     name = "certified"
     label_params = ("epsilon",)
+    output = "ovr_log_sigmoid"  # CertifiedLinear returns one-vs-rest log σ(z_k)
 
     extractor: str | None = hyperparameter(
         None,

@@ -181,6 +181,7 @@ class SISA(TrainingStrategy):
 
     name = "sisa"
     label_params = ("shards", "slices")
+    output = "log_probs"  # SISAEnsemble aggregates the shards' log-probabilities
     _parameter_constraints = {
         "shards": [Interval(int, 1, None, closed="left")],
         "slices": [Interval(int, 1, None, closed="left")],
