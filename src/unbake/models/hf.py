@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +122,18 @@ def load_causal_lm(name: str, *, seed: int, lora_rank: int = 0, **_: Any) -> nn.
             f"{name!r} is a {type(config).__name__}, not a causal language model; give a "
             "model that AutoModelForCausalLM loads (Llama, SmolLM2, GPT-2, ...)."
         )
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         torch.manual_seed(int(seed))
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32
-        )
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=torch.float32
+            )
+        except OSError as exc:
+            raise InvalidParameterError(
+                f"Cannot load the weights of {name!r} offline ({str(exc).splitlines()[0]}); "
+                "give a directory holding the model's safetensors."
+            ) from None
         if int(lora_rank) > 0:
             peft = require_llm("peft")
             lora = peft.LoraConfig(
