@@ -144,7 +144,7 @@ def test_lora_trains_only_seeded_adapters():
     assert trainable and all("lora_" in n for n in trainable)
 
 
-@pytest.mark.parametrize("rank", [-1])
+@pytest.mark.parametrize("rank", [-1, 0, "two"])
 def test_bad_lora_rank_is_refused(rank):
     ds = tiny_text_dataset()
     spec = ModelSpec(f"hf:{tiny_lm_path()}", {"lora_rank": rank})

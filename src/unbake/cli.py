@@ -284,7 +284,7 @@ def train(
         str | None, typer.Option(help="Folder holding the dataset's files.")
     ] = None,
     path: Annotated[
-        str | None, typer.Option(help="CSV/Parquet file for --dataset csv|parquet.")
+        str | None, typer.Option(help="CSV/Parquet/JSONL file for --dataset csv|parquet|jsonl.")
     ] = None,
     label: Annotated[str | None, typer.Option(help="Label column (csv/parquet).")] = None,
     id_column: Annotated[str | None, typer.Option(help="Sample ID column (csv/parquet).")] = None,
@@ -301,7 +301,9 @@ def train(
     split_seed: Annotated[
         int | None, typer.Option(help="Key of the split hash (default 0).")
     ] = None,
-    model: Annotated[str, typer.Option(help="Architecture name or 'module:function'.")] = "mlp",
+    model: Annotated[
+        str, typer.Option(help="Architecture name, 'module:function', or hf:PATH (a causal LM).")
+    ] = "mlp",
     strategy: Annotated[
         str, typer.Option(help="Training strategy: monolithic, sisa or certified.")
     ] = "monolithic",
@@ -346,6 +348,10 @@ def train(
         weight_decay=weight_decay,
     )
     strategy_params = parse_params(param)
+    if model.startswith("hf:") and "lora_rank" in strategy_params:  # a model parameter
+        from unbake.models import ModelSpec
+
+        model = ModelSpec(model, {"lora_rank": strategy_params.pop("lora_rank")})
     if shards is not None:
         strategy_params["shards"] = shards
     if slices is not None:

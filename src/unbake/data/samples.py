@@ -190,6 +190,8 @@ class Dataset:
                 f"needed (at least {MIN_TRAIN_ROWS} training, {MIN_TEST_ROWS} test and 1 "
                 "validation row); add rows or change --test-fraction / --val-fraction."
             )
+        if self.n_classes == 0:  # text: prompt–answer pairs have no classes
+            return
         present = np.unique(self.train.y)
         if len(present) < 2:
             only = self.classes[int(present[0])] if len(present) else "none"
@@ -203,7 +205,12 @@ _EMPTY = Samples(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), np.array([
 
 
 def content_hashes(samples: Samples) -> list[str]:
-    """sha256 of each sample's features and label, to detect changed source data."""
+    """sha256 of each sample's features and label, to detect changed source data.
+
+    Text samples hash their own prompt and answer (:meth:`TextSamples.content_hashes`).
+    """
+    if hasattr(samples, "content_hashes"):
+        return samples.content_hashes()
     flat = samples.X.reshape(len(samples), int(np.prod(samples.input_shape)))
     return [
         hashlib.sha256(flat[i].tobytes() + int(samples.y[i]).to_bytes(8, "little")).hexdigest()

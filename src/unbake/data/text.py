@@ -15,6 +15,7 @@ only ever attends to the real tokens before it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,6 +98,13 @@ class TextSamples:
         """Return ``(forget, retain)``, each in this set's order."""
         mask = self.mask_of(forget_ids)
         return self.subset(mask), self.subset(~mask)
+
+    def content_hashes(self) -> list[str]:
+        """sha256 of each row's prompt and answer, to detect changed source data."""
+        return [
+            hashlib.sha256(json.dumps([str(p), str(a)]).encode()).hexdigest()
+            for p, a in zip(self.prompts, self.answers, strict=True)
+        ]
 
     def with_answers(self, answers: Sequence[str]) -> TextSamples:
         """The same prompts and identities with other answers (e.g. refusals)."""

@@ -17,9 +17,17 @@ __all__ = ["Evaluation", "accuracy", "avg_gap", "evaluate", "per_sample_loss"]
 
 @torch.no_grad()
 def per_sample_loss(model: TrainedModel, samples: Samples) -> tuple[np.ndarray, np.ndarray]:
-    """(cross-entropy loss, correct?) for every sample."""
+    """(cross-entropy loss, correct?) for every sample.
+
+    For text: the mean loss over the answer tokens, and whether every answer token is
+    the model's top prediction (:func:`unbake.training.lm.answer_loss_and_match`).
+    """
     if len(samples) == 0:
         return np.empty(0), np.empty(0, dtype=bool)
+    if not hasattr(samples, "X"):
+        from unbake.training.lm import answer_loss_and_match
+
+        return answer_loss_and_match(model, samples)
     probs = model.predict_proba(torch.from_numpy(samples.X))
     y = torch.from_numpy(samples.y)
     loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), y, reduction="none")

@@ -18,7 +18,6 @@ import hashlib
 import importlib
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -101,13 +100,18 @@ def base_hash(name: str) -> str:
     return digest.hexdigest()
 
 
-def load_causal_lm(name: str, *, seed: int, lora_rank: int = 0, **_: Any) -> nn.Module:
-    """The causal LM ``hf:PATH`` in float32, with seeded LoRA adapters when ``lora_rank`` > 0."""
+def load_causal_lm(name: str, *, seed: int, lora_rank: int | None = None) -> nn.Module:
+    """The causal LM ``hf:PATH`` in float32, with seeded LoRA adapters of rank ``lora_rank``.
+
+    Without ``lora_rank`` every weight is trained (full fine-tuning).
+    """
     transformers = require_llm()
-    if int(lora_rank) < 0 or isinstance(lora_rank, bool):
+    if lora_rank is not None and (
+        not isinstance(lora_rank, int) or isinstance(lora_rank, bool) or lora_rank < 1
+    ):
         raise InvalidParameterError(
-            f"The 'lora_rank' model parameter must be an int >= 0 (0: full fine-tuning). "
-            f"Got {lora_rank!r} instead."
+            f"The 'lora_rank' parameter must be an int >= 1 (leave it out for full "
+            f"fine-tuning). Got {lora_rank!r} instead."
         )
     path = _path(name)
     try:
@@ -134,7 +138,7 @@ def load_causal_lm(name: str, *, seed: int, lora_rank: int = 0, **_: Any) -> nn.
                 f"Cannot load the weights of {name!r} offline ({str(exc).splitlines()[0]}); "
                 "give a directory holding the model's safetensors."
             ) from None
-        if int(lora_rank) > 0:
+        if lora_rank is not None:
             peft = require_llm("peft")
             lora = peft.LoraConfig(
                 r=int(lora_rank),

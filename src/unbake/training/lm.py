@@ -17,7 +17,14 @@ from unbake.models import ModelSpec, build_model
 from unbake.training.config import TrainConfig
 from unbake.training.loop import optimize, resolve_device
 
-__all__ = ["answer_nll", "context_length", "fit_causal_lm", "lm_loss", "lm_streams"]
+__all__ = [
+    "answer_loss_and_match",
+    "answer_nll",
+    "context_length",
+    "fit_causal_lm",
+    "lm_loss",
+    "lm_streams",
+]
 
 
 def answer_nll(
@@ -82,3 +89,24 @@ def fit_causal_lm(
         description=f"fine-tuning {spec.name}",
     )
     return module
+
+
+@torch.no_grad()
+def answer_loss_and_match(model, samples: TextSamples, batch_size: int = 16):
+    """Per sample: mean answer-token loss, and whether greedy decoding under teacher
+    forcing reproduces every answer token (numpy arrays)."""
+    import numpy as np
+
+    module = model.module.eval()
+    ids, labels = lm_streams(module, model.spec, eval=samples)["eval"]
+    device = next(module.parameters()).device
+    losses, matches = [], []
+    for i in range(0, len(ids), batch_size):
+        x, y = ids[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
+        logits = module(input_ids=x).logits[:, :-1].float()
+        target = y[:, 1:]
+        keep = target != IGNORE
+        nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+        losses.append((nll.sum(1) / keep.sum(1).clamp_min(1)).cpu())
+        matches.append(((logits.argmax(-1) == target) | ~keep).all(1).cpu())
+    return torch.cat(losses).double().numpy(), np.asarray(torch.cat(matches).numpy(), dtype=bool)
