@@ -93,3 +93,18 @@ def test_bad_lm_input_is_one_line_and_leaves_nothing(tmp_path, tofu_and_model):
     bad = run("train", "--dataset", "jsonl", "--path", empty, "--model", model, "--workspace", ws)
     assert_one_line_error(bad, "no 'answer'")
     assert not ws.exists()
+
+
+def test_tofu_command_writes_a_seeded_set_the_jsonl_loader_reads(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        res = run("tofu", "--out", out, "--persons", "20", "--seed", "3", "--json")
+        assert res.exit_code == 0, res.output
+    assert (a / "train.jsonl").read_bytes() == (b / "train.jsonl").read_bytes()
+    splits = json.loads((a / "splits.json").read_text())
+    assert len(splits["forget"]["forget10"]) == 2 == len(splits["canaries"])
+    from unbake.data import load_dataset
+
+    ds = load_dataset("jsonl", path=str(a / "train.jsonl"))
+    assert len(ds.train) + len(ds.val) + len(ds.test) == json.loads(res.stdout)["train_rows"]
+    assert_one_line_error(run("tofu", "--out", a, "--persons", "2"), "persons")
