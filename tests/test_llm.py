@@ -185,3 +185,35 @@ def test_methods_refuse_the_wrong_kind_of_model():
     with pytest.raises(UnsupportedModelError, match="classifiers"):
         METHODS.create("npo").unlearn(UnlearnTask(mlp, f, r))
     assert issubclass(UnsupportedModelError, UnbakeError) and np.all(len(forget) == 2)
+
+
+def test_lora_checkpoint_holds_only_adapters_and_refuses_another_base(tmp_path):
+    import shutil
+
+    from unbake.models.hf import write_tiny_llama
+    from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_lm_path(), base)
+    spec = ModelSpec(f"hf:{base}", {"lora_rank": 2})
+    model = fit(tiny_text_dataset().train, n_classes=0, model=spec, config=CONFIG, seed=0)
+    data = encode_checkpoint(model, model_id="m", parent_id=None)
+    back, meta = decode_checkpoint(data, expected_sha256=None)
+    assert _states_equal(back.module, model.module) and len(meta["base_sha256"]) == 64
+    full = ModelSpec(f"hf:{base}")
+    assert (
+        len(data)
+        < len(
+            encode_checkpoint(
+                fit(
+                    tiny_text_dataset().train, n_classes=0, model=full, config=TrainConfig(epochs=0)
+                ),
+                model_id="f",
+                parent_id=None,
+            )
+        )
+        / 3
+    )
+    write_tiny_llama(base, seed=1)  # the base's weights change under the adapters
+    with pytest.raises(UnbakeError, match="another base model"):
+        decode_checkpoint(data, expected_sha256=None)
