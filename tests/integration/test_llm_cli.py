@@ -23,20 +23,17 @@ def tofu_and_model(tmp_path_factory):
 TRAIN = ["--epochs", "2", "--batch-size", "8", "--lr", "0.003", "--test-fraction", "0.2"]
 
 
+def _train(path, model) -> list:
+    return ["train", "--dataset", "jsonl", "--path", path, "--model", model, *TRAIN]
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_train_then_forget_a_person(tmp_path, tofu_and_model, lora):
     tofu, path, model = tofu_and_model
     ws = tmp_path / "ws"
     extra = ["--param", "lora_rank=2"] if lora else []
     out = run(
-        "train",
-        "--dataset",
-        "jsonl",
-        "--path",
-        path,
-        "--model",
-        model,
-        *TRAIN,
+        *_train(path, model),
         *extra,
         "--workspace",
         ws,
@@ -73,14 +70,7 @@ def test_bad_lm_input_is_one_line_and_leaves_nothing(tmp_path, tofu_and_model):
     _, path, model = tofu_and_model
     ws = tmp_path / "ws"
     bad = run(
-        "train",
-        "--dataset",
-        "jsonl",
-        "--path",
-        path,
-        "--model",
-        model,
-        *TRAIN,
+        *_train(path, model),
         "--param",
         "lora_rank=0",
         "--workspace",

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unbake.data.samples import Dataset, _rows, checked_ids
+from unbake.data.samples import Dataset, Samples, _rows, checked_ids
 from unbake.exceptions import DatasetError
 
 __all__ = ["IGNORE", "TextSamples", "encode", "read_jsonl", "text_dataset"]
@@ -90,14 +90,9 @@ class TextSamples:
             self.subjects[mask_or_index],
         )
 
-    def mask_of(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
-        """Boolean mask of the rows whose ID is in ``ids``."""
-        return np.isin(self.ids.astype(str), np.asarray(list(ids), dtype=str))
-
-    def split(self, forget_ids: Sequence[str] | np.ndarray) -> tuple[TextSamples, TextSamples]:
-        """Return ``(forget, retain)``, each in this set's order."""
-        mask = self.mask_of(forget_ids)
-        return self.subset(mask), self.subset(~mask)
+    # The identity API reads only ``ids`` and ``subset``: one implementation serves both.
+    mask_of = Samples.mask_of
+    split = Samples.split
 
     def content_hashes(self) -> list[str]:
         """sha256 of each row's prompt and answer, to detect changed source data."""

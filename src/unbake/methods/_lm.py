@@ -23,6 +23,7 @@ from unbake.training.loop import Batches
 
 __all__ = [
     "LMUnlearner",
+    "PreferenceUnlearner",
     "lm_tags",
     "log_likelihood",
     "npo_loss",
@@ -46,6 +47,25 @@ class LMUnlearner(LoopUnlearner):
 
     def _streams(self, task: UnlearnTask, model: TrainedModel):
         return lm_streams(model.module, model.spec, forget=task.forget, retain=task.retain)
+
+
+class PreferenceUnlearner(LMUnlearner):
+    """Shared constructor of the preference methods (NPO, SimNPO, IdkPO): ``beta``, ``retain_weight``."""
+
+    def __init__(
+        self,
+        *,
+        epochs: int = 2,
+        lr: float = 1e-4,
+        batch_size: int = 8,
+        beta: float = 0.1,
+        retain_weight: float = 1.0,
+    ) -> None:
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.beta = beta
+        self.retain_weight = retain_weight
 
 
 def lm_tags(**tags: Any) -> MethodTags:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from unbake.data.text import IGNORE
 from unbake.methods._blocks import frozen_teacher
 from unbake.methods._lm import (
-    LMUnlearner,
+    PreferenceUnlearner,
     lm_tags,
     log_likelihood,
     ref_log_likelihood,
@@ -43,7 +43,7 @@ def _pad_to(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
 
 
 @register_method
-class IdkPO(LMUnlearner):
+class IdkPO(PreferenceUnlearner):
     """DPO with a refusal as the preferred answer and the true answer as the rejected one.
 
     Rafailov et al., "Direct Preference Optimization" (NeurIPS 2023), applied to
@@ -58,21 +58,6 @@ class IdkPO(LMUnlearner):
 
     name = "idk"
     tags = lm_tags(cost="`epochs` passes over the forget set, each paired with retain batches")
-
-    def __init__(
-        self,
-        *,
-        epochs: int = 2,
-        lr: float = 1e-4,
-        batch_size: int = 8,
-        beta: float = 0.1,
-        retain_weight: float = 1.0,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.beta = beta
-        self.retain_weight = retain_weight
 
     def _streams(self, task, model):
         """``forget`` holds each row's true and refusal encodings side by side: (n, 2, L)."""

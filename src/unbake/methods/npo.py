@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from unbake.methods._blocks import frozen_teacher
 from unbake.methods._lm import (
-    LMUnlearner,
+    PreferenceUnlearner,
     lm_tags,
     log_likelihood,
     npo_loss,
@@ -20,27 +20,8 @@ from unbake.training.loop import Phase
 _COST = "`epochs` passes over the forget set, each paired with retain batches"
 
 
-class _PreferenceUnlearner(LMUnlearner):
-    """Shared constructor of NPO and SimNPO (``beta``, ``retain_weight``)."""
-
-    def __init__(
-        self,
-        *,
-        epochs: int = 2,
-        lr: float = 1e-4,
-        batch_size: int = 8,
-        beta: float = 0.1,
-        retain_weight: float = 1.0,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.beta = beta
-        self.retain_weight = retain_weight
-
-
 @register_method
-class NPO(_PreferenceUnlearner):
+class NPO(PreferenceUnlearner):
     """Negative Preference Optimisation, with the retain term (NPO+RT).
 
     Zhang, Lin, Bai and Mei, "Negative Preference Optimization: From Catastrophic Collapse
@@ -67,7 +48,7 @@ class NPO(_PreferenceUnlearner):
 
 
 @register_method
-class SimNPO(_PreferenceUnlearner):
+class SimNPO(PreferenceUnlearner):
     """SimNPO: NPO without a reference model, on the length-normalised log-likelihood.
 
     Fan, Liu, Lin, Jia, Zhang, Mei and Liu, "Simplicity Prevails: Rethinking Negative
