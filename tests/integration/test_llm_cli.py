@@ -60,6 +60,9 @@ def test_train_then_forget_a_person(tmp_path, tofu_and_model, lora):
         status = opened.catalog.sample_status()
     forgotten = {k for k, v in status.items() if v != "active"}
     assert forgotten == set(tofu.train.ids[tofu.train.subjects == person])
+    listed = run("samples", "--forgotten", "--workspace", ws, "--json")
+    assert listed.exit_code == 0, listed.output
+    assert set(tofu.train.ids[tofu.train.subjects == person]) <= set(listed.stdout.split('"'))
     before = snapshot(ws)
     bad = run("forget", "--subject", person, "--method", "npo", "--workspace", ws)
     assert_one_line_error(bad)
