@@ -60,6 +60,9 @@ def test_train_then_forget_a_person(tmp_path, tofu_and_model, lora):
         status = opened.catalog.sample_status()
     forgotten = {k for k, v in status.items() if v != "active"}
     assert forgotten == set(tofu.train.ids[tofu.train.subjects == person])
+    evaluated = run("evaluate", "--workspace", ws, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert 0 <= json.loads(evaluated.stdout)["ra"] <= 100
     listed = run("samples", "--forgotten", "--workspace", ws, "--json")
     assert listed.exit_code == 0, listed.output
     assert set(tofu.train.ids[tofu.train.subjects == person]) <= set(listed.stdout.split('"'))
