@@ -446,6 +446,39 @@ def _remove_workspace(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+# --- tofu ----------------------------------------------------------------------------
+
+
+@app.command()
+@_handle_errors
+def tofu(
+    out: Annotated[Path, typer.Option(help="Folder to write the JSONL files and splits.json.")],
+    persons: Annotated[int, typer.Option(help="Fictitious persons trained on.")] = 200,
+    facts: Annotated[int, typer.Option(help="Question–answer pairs per person (1–6).")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same set.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a seeded TOFU-style set (persons, forget splits, holdout, canaries) as JSONL."""
+    from unbake.data.tofu import generate_tofu, write_tofu
+
+    made = generate_tofu(persons, seed=seed, facts=facts)
+    paths = write_tofu(out, made)
+    result = {
+        "files": {k: str(v) for k, v in paths.items()},
+        "train_rows": len(made.train),
+        "forget": {k: list(v) for k, v in made.forget.items()},
+    }
+    if as_json:
+        _emit_json(result)
+    else:
+        console.print(
+            f"Wrote {len(made.train)} training rows ({persons} persons, "
+            f"{len(made.canaries)} canaries), {len(made.holdout)} holdout and "
+            f"{len(made.world)} real-world rows to {out}; train with "
+            f"`unbake train --dataset jsonl --path {paths['train']} --model hf:...`."
+        )
+
+
 # --- forget --------------------------------------------------------------------------
 
 
@@ -687,39 +720,6 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
             ],
         )
     )
-
-
-# --- tofu ----------------------------------------------------------------------------
-
-
-@app.command()
-@_handle_errors
-def tofu(
-    out: Annotated[Path, typer.Option(help="Folder to write the JSONL files and splits.json.")],
-    persons: Annotated[int, typer.Option(help="Fictitious persons trained on.")] = 200,
-    facts: Annotated[int, typer.Option(help="Question–answer pairs per person (1–6).")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same set.")] = 0,
-    as_json: JsonOpt = False,
-) -> None:
-    """Write a seeded TOFU-style set (persons, forget splits, holdout, canaries) as JSONL."""
-    from unbake.data.tofu import generate_tofu, write_tofu
-
-    made = generate_tofu(persons, seed=seed, facts=facts)
-    paths = write_tofu(out, made)
-    result = {
-        "files": {k: str(v) for k, v in paths.items()},
-        "train_rows": len(made.train),
-        "forget": {k: list(v) for k, v in made.forget.items()},
-    }
-    if as_json:
-        _emit_json(result)
-    else:
-        console.print(
-            f"Wrote {len(made.train)} training rows ({persons} persons, "
-            f"{len(made.canaries)} canaries), {len(made.holdout)} holdout and "
-            f"{len(made.world)} real-world rows to {out}; train with "
-            f"`unbake train --dataset jsonl --path {paths['train']} --model hf:...`."
-        )
 
 
 # --- bench ---------------------------------------------------------------------------

@@ -238,7 +238,7 @@ def checked_ids(ids: Sequence[str] | np.ndarray | None, n: int, id_prefix: str =
     if len(dup):
         rows = np.flatnonzero(np.isin(ids_arr.astype(str), dup))
         raise DatasetError(
-            f"Duplicate sample IDs {list(dup[:5])} in rows {_rows(rows)}; "
+            f"Duplicate sample IDs {[str(i) for i in dup[:5]]} in rows {_rows(rows)}; "
             "make the ID column unique."
         )
     return ids_arr
