@@ -27,6 +27,7 @@ torch's defaults alone, for comparison.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import warnings
@@ -184,6 +185,8 @@ def auto_threads(flops: float) -> int:
     """Intra-op threads for a forward pass of ``flops`` per batch (automatic policy)."""
     if not _passive():
         return 1
+    if not math.isfinite(flops):  # a module the FLOP counter cannot trace: assume it is large
+        return _cores()
     return max(1, min(_cores(), int(flops // FLOPS_PER_THREAD) + 1))
 
 

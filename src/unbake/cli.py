@@ -334,6 +334,7 @@ def methods(as_json: JsonOpt = False) -> None:
                 "requires_strategy": tags.requires_strategy,
                 "cost": tags.cost,
                 "limits": tags.limits,
+                "inputs": list(tags.inputs),
                 "params": m.get_params(),
                 "summary": (type(m).__doc__ or "").strip().splitlines()[0],
             }
@@ -374,7 +375,7 @@ def train(
         str | None, typer.Option(help="Folder holding the dataset's files.")
     ] = None,
     path: Annotated[
-        str | None, typer.Option(help="CSV/Parquet file for --dataset csv|parquet.")
+        str | None, typer.Option(help="CSV/Parquet/JSONL file for --dataset csv|parquet|jsonl.")
     ] = None,
     label: Annotated[str | None, typer.Option(help="Label column (csv/parquet).")] = None,
     id_column: Annotated[str | None, typer.Option(help="Sample ID column (csv/parquet).")] = None,
@@ -391,7 +392,9 @@ def train(
     split_seed: Annotated[
         int | None, typer.Option(help="Key of the split hash (default 0).")
     ] = None,
-    model: Annotated[str, typer.Option(help="Architecture name or 'module:function'.")] = "mlp",
+    model: Annotated[
+        str, typer.Option(help="Architecture name, 'module:function', or hf:PATH (a causal LM).")
+    ] = "mlp",
     strategy: Annotated[
         str, typer.Option(help="Training strategy: monolithic, sisa or certified.")
     ] = "monolithic",
@@ -436,6 +439,10 @@ def train(
         weight_decay=weight_decay,
     )
     strategy_params = parse_params(param)
+    if model.startswith("hf:") and "lora_rank" in strategy_params:  # a model parameter
+        from unbake.models import ModelSpec
+
+        model = ModelSpec(model, {"lora_rank": strategy_params.pop("lora_rank")})
     if shards is not None:
         strategy_params["shards"] = shards
     if slices is not None:
@@ -541,6 +548,39 @@ def _remove_workspace(root: Path, *, keep_folder: bool) -> None:
         (root / CHECKPOINTS).rmdir()  # only if empty: a folder of the user's stays
     for name in (CATALOG, f"{CATALOG}-journal", ".lock"):
         (root / name).unlink(missing_ok=True)
+
+
+# --- tofu ----------------------------------------------------------------------------
+
+
+@app.command()
+@_handle_errors
+def tofu(
+    out: Annotated[Path, typer.Option(help="Folder to write the JSONL files and splits.json.")],
+    persons: Annotated[int, typer.Option(help="Fictitious persons trained on.")] = 200,
+    facts: Annotated[int, typer.Option(help="Question–answer pairs per person (1–6).")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same set.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a seeded TOFU-style set (persons, forget splits, holdout, canaries) as JSONL."""
+    from unbake.data.tofu import generate_tofu, write_tofu
+
+    made = generate_tofu(persons, seed=seed, facts=facts)
+    paths = write_tofu(out, made)
+    result = {
+        "files": {k: str(v) for k, v in paths.items()},
+        "train_rows": len(made.train),
+        "forget": {k: list(v) for k, v in made.forget.items()},
+    }
+    if as_json:
+        _emit_json(result)
+    else:
+        console.print(
+            f"Wrote {len(made.train)} training rows ({persons} persons, "
+            f"{len(made.canaries)} canaries), {len(made.holdout)} holdout and "
+            f"{len(made.world)} real-world rows to {out}; train with "
+            f"`unbake train --dataset jsonl --path {paths['train']} --model hf:...`."
+        )
 
 
 # --- forget --------------------------------------------------------------------------

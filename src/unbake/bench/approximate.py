@@ -39,7 +39,11 @@ TARGETS = {
 
 def approximate_methods() -> list[str]:
     """Every registered method whose tags call it approximate (no guarantee: measured)."""
-    return [n for n in METHODS.available() if METHODS.get(n).tags.kind == "approximate"]
+    return [
+        n
+        for n in METHODS.available()
+        if METHODS.get(n).tags.kind == "approximate" and "arrays" in METHODS.get(n).tags.inputs
+    ]
 
 
 def _stat(values: list[float]) -> tuple[float | None, float | None]:

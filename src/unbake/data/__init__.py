@@ -3,6 +3,7 @@
 from unbake.data.loaders import DATASETS, load_dataset, read_idx
 from unbake.data.samples import Dataset, Samples, content_hashes
 from unbake.data.splits import SPLITS, SplitSpec, assign_splits
+from unbake.data.text import TextSamples
 
 __all__ = [
     "DATASETS",
@@ -10,6 +11,7 @@ __all__ = [
     "Dataset",
     "Samples",
     "SplitSpec",
+    "TextSamples",
     "assign_splits",
     "content_hashes",
     "load_dataset",

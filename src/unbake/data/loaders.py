@@ -17,6 +17,7 @@ import numpy as np
 
 from unbake.data.samples import Dataset, Samples
 from unbake.data.splits import SPLITS, SplitSpec, assign_splits
+from unbake.data.text import read_jsonl, text_dataset
 from unbake.exceptions import DatasetError
 from unbake.registry import Registry
 
@@ -390,3 +391,22 @@ def parquet_table(
     return _table_to_dataset(
         file.stem, table, label, id_column, subject_column, split, str(file), classes
     )
+
+
+@DATASETS.register("jsonl")
+def jsonl_text(
+    path: str,
+    test_fraction: float | str = 0.2,
+    val_fraction: float | str = 0.1,
+    split_seed: int | str = 0,
+) -> Dataset:
+    """Prompt–answer text, one JSON object per line: ``id``, ``subject``, ``prompt``, ``answer``.
+
+    Split by the keyed hash of each row's subject, so a person's rows stay together.
+    """
+    split = SplitSpec.parse(test_fraction, val_fraction, split_seed)
+    file = Path(path)
+    if not file.exists():
+        raise DatasetError(f"JSONL file {file} does not exist; check the --path option.")
+    train, val, test = _split(read_jsonl(file), split)  # type: ignore[arg-type]
+    return text_dataset(file.stem, train, val, test, {**split.to_options(), "path": str(file)})

@@ -11,7 +11,7 @@ import torch
 
 from unbake.exceptions import DatasetError, InvalidParameterError
 
-__all__ = ["Dataset", "Samples", "content_hashes"]
+__all__ = ["Dataset", "Samples", "checked_ids", "content_hashes"]
 
 
 @dataclass(frozen=True)
@@ -66,24 +66,7 @@ class Samples:
             raise DatasetError(
                 f"NaN or infinite features in rows {_rows(bad_rows)}; impute or drop those rows."
             )
-        if ids is None:
-            ids_arr = np.array([f"{id_prefix}{i}" for i in range(n)], dtype=object)
-        else:
-            ids_arr = np.array(["" if i is None else str(i) for i in ids], dtype=object)
-            empty = np.flatnonzero([not i.strip() for i in ids_arr])
-            if len(empty):
-                raise DatasetError(
-                    f"Empty sample IDs in rows {_rows(empty)}; give every row an ID "
-                    "(fill the ID column, or drop the ID option to number the rows)."
-                )
-        uniq, counts = np.unique(ids_arr.astype(str), return_counts=True)
-        dup = uniq[counts > 1]
-        if len(dup):
-            rows = np.flatnonzero(np.isin(ids_arr.astype(str), dup))
-            raise DatasetError(
-                f"Duplicate sample IDs {[str(i) for i in dup[:5]]} in rows {_rows(rows)}; "
-                "make the ID column unique."
-            )
+        ids_arr = checked_ids(ids, n, id_prefix)
         if subjects is None:
             subj_arr = np.array([""] * n, dtype=object)
         else:
@@ -207,6 +190,8 @@ class Dataset:
                 f"needed (at least {MIN_TRAIN_ROWS} training, {MIN_TEST_ROWS} test and 1 "
                 "validation row); add rows or change --test-fraction / --val-fraction."
             )
+        if self.n_classes == 0:  # text: prompt–answer pairs have no classes
+            return
         present = np.unique(self.train.y)
         if len(present) < 2:
             only = self.classes[int(present[0])] if len(present) else "none"
@@ -220,12 +205,43 @@ _EMPTY = Samples(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), np.array([
 
 
 def content_hashes(samples: Samples) -> list[str]:
-    """sha256 of each sample's features and label, to detect changed source data."""
+    """sha256 of each sample's features and label, to detect changed source data.
+
+    Text samples hash their own prompt and answer (:meth:`TextSamples.content_hashes`).
+    """
+    if hasattr(samples, "content_hashes"):
+        return samples.content_hashes()
     flat = samples.X.reshape(len(samples), int(np.prod(samples.input_shape)))
     return [
         hashlib.sha256(flat[i].tobytes() + int(samples.y[i]).to_bytes(8, "little")).hexdigest()
         for i in range(len(samples))
     ]
+
+
+def checked_ids(ids: Sequence[str] | np.ndarray | None, n: int, id_prefix: str = "") -> np.ndarray:
+    """The sample IDs as an object array; blank or duplicate IDs are refused naming the rows.
+
+    ``None`` numbers the rows ``f"{id_prefix}{row}"``.
+    """
+    if ids is None:
+        ids_arr = np.array([f"{id_prefix}{i}" for i in range(n)], dtype=object)
+    else:
+        ids_arr = np.array(["" if i is None else str(i) for i in ids], dtype=object)
+        empty = np.flatnonzero([not i.strip() for i in ids_arr])
+        if len(empty):
+            raise DatasetError(
+                f"Empty sample IDs in rows {_rows(empty)}; give every row an ID "
+                "(fill the ID column, or drop the ID option to number the rows)."
+            )
+    uniq, counts = np.unique(ids_arr.astype(str), return_counts=True)
+    dup = uniq[counts > 1]
+    if len(dup):
+        rows = np.flatnonzero(np.isin(ids_arr.astype(str), dup))
+        raise DatasetError(
+            f"Duplicate sample IDs {[str(i) for i in dup[:5]]} in rows {_rows(rows)}; "
+            "make the ID column unique."
+        )
+    return ids_arr
 
 
 def _rows(rows: np.ndarray, limit: int = 8) -> str:

@@ -100,6 +100,7 @@ class _ThresholdAttack(Metric):
 
     score: ClassVar[str]
     order = 10
+    needs = frozenset({"class_probs"})
 
     def _auc(self, ctx: EvalContext) -> float:
         fn = ATTACK_SCORES[self.score]
@@ -117,6 +118,7 @@ class LossAttack(_ThresholdAttack):
 
     name = "mia_loss"
     score = "loss"
+    needs = frozenset()  # the per-sample loss: defined for classes and for text answers
     results = (
         Result("mia", "MIA", "loss-threshold AUC, forget vs test (%)", gap=True, column=True),
         Result(
@@ -129,7 +131,8 @@ class LossAttack(_ThresholdAttack):
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         r, t = -ctx.loss("retain"), -ctx.loss("test")
         strength = best_threshold(r, t)[1] * 100.0 if len(r) and len(t) else float("nan")
-        return {"mia": self._auc(ctx), "attack_strength": strength}
+        # Members have low loss: the score is -loss (the "loss" entry of ATTACK_SCORES).
+        return {"mia": roc_auc(-ctx.loss("forget"), t) * 100.0, "attack_strength": strength}
 
 
 def _register_threshold_attack(name: str, score: str, key: str, label: str, order: int) -> None:
@@ -153,6 +156,7 @@ class SVCEfficacy(Metric):
 
     name = "mia_efficacy"
     order = 20
+    needs = frozenset({"class_probs"})
     results = (Result("mia_efficacy", "MIA-efficacy", "forget called non-member by the SVC (%)"),)
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: What a metric may need beyond the model and its forget/retain/test sets.
-NEEDS = ("validation", "bank")
+NEEDS = ("validation", "bank", "class_probs")
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,22 @@ class EvalContext:
     def has(self, need: str) -> bool:
         return getattr(self, need) is not None
 
+    @property
+    def class_probs(self) -> bool | None:
+        """True where the model scores classes (arrays); None for text (answer tokens)."""
+        return True if hasattr(self.forget, "X") else None
+
+    def _text(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mean answer-token loss and exact-answer match of each text sample."""
+        key = f"text:{split}"
+        if key not in self._log_probs:
+            from unbake.training.lm import answer_loss_and_match
+
+            s = self.samples(split)
+            loss, ok = answer_loss_and_match(self.model, s) if len(s) else (np.empty(0),) * 2
+            self._log_probs[key] = np.stack([np.asarray(loss, float), np.asarray(ok, float)])
+        return self._log_probs[key][0], self._log_probs[key][1].astype(bool)
+
     def log_probs(self, split: str) -> np.ndarray:
         """``(n, classes)`` float64 log-probabilities of ``split`` under the model."""
         if split not in self._log_probs:
@@ -123,7 +139,16 @@ class EvalContext:
         return self._log_probs[split]
 
     def loss(self, split: str) -> np.ndarray:
+        """Per-sample cross-entropy (for text, the mean over the answer tokens)."""
+        if not self.class_probs:
+            return self._text(split)[0]
         return nll(self.log_probs(split), self.samples(split).y)
+
+    def correct(self, split: str) -> np.ndarray:
+        """Per-sample top-1 correctness (for text, every answer token predicted)."""
+        if not self.class_probs:
+            return self._text(split)[1]
+        return self.log_probs(split).argmax(1) == self.samples(split).y
 
 
 class Evaluation(Mapping[str, float]):

@@ -313,7 +313,9 @@ def compare_methods(
     emit(row)
     again = METHODS.create("retrain").unlearn(main.task, seed=seed + 1)
     emit(_row("retrain_seed", main, again.model, again.seconds, dataset.test, exact=True)[0])
-    for name in methods or METHODS.available():
+    for name in methods or [
+        n for n in METHODS.available() if "arrays" in METHODS.get(n).tags.inputs
+    ]:
         unlearner = METHODS.create(name, **params.get(name, {}))
         fam = family(unlearner if unlearner.requires_strategy else None)
         result = unlearner.unlearn(fam.task)

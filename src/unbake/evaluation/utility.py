@@ -14,9 +14,17 @@ __all__ = ["Utility", "accuracy", "per_sample_loss"]
 
 
 def per_sample_loss(model: TrainedModel, samples: Samples) -> tuple[np.ndarray, np.ndarray]:
-    """(cross-entropy loss, correct?) for every sample, from the model's log-probabilities."""
+    """(cross-entropy loss, correct?) for every sample, from the model's log-probabilities.
+
+    For text: the mean loss over the answer tokens, and whether every answer token is
+    the model's top prediction (:func:`unbake.training.lm.answer_loss_and_match`).
+    """
     if len(samples) == 0:
         return np.empty(0), np.empty(0, dtype=bool)
+    if not hasattr(samples, "X"):
+        from unbake.training.lm import answer_loss_and_match
+
+        return answer_loss_and_match(model, samples)
     lp = model.log_proba(torch.from_numpy(samples.X)).double().numpy()
     return nll(lp, samples.y), lp.argmax(1) == samples.y
 
@@ -45,6 +53,5 @@ class Utility(Metric):
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         out = {}
         for key, split in (("fa", "forget"), ("ra", "retain"), ("ta", "test")):
-            lp = ctx.log_probs(split)
-            out[key] = _pct(lp.argmax(1) == ctx.samples(split).y)
+            out[key] = _pct(ctx.correct(split))
         return out

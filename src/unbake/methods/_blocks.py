@@ -192,13 +192,19 @@ class LoopUnlearner(Unlearner):
     ) -> tuple[Sequence[Phase], Sequence[Hook]]:
         raise NotImplementedError
 
+    def _streams(
+        self, task: UnlearnTask, model: TrainedModel
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The loop's named streams: ``forget`` and ``retain`` as tensors."""
+        return {"forget": task.forget.tensors(), "retain": task.retain.tensors()}
+
     def _unlearn(self, task: UnlearnTask, seed: int) -> tuple[TrainedModel, dict[str, Any]]:
         model = copy_model(task.original, device=resolve_device(task.device))
         phases, hooks = self._phases(task, model, seed)
         config = gradient_config(
             task.original.config, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size
         )
-        streams = {"forget": task.forget.tensors(), "retain": task.retain.tensors()}
+        streams = self._streams(task, model)
         run_phases(
             model.module, streams, phases, config, seed=seed, hooks=hooks, description=self.name
         )

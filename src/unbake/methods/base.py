@@ -35,6 +35,8 @@ __all__ = [
 
 #: What a method may read besides the original model.
 DATA = ("forget", "retain")
+#: The kinds of samples a method may unlearn.
+INPUTS = ("arrays", "text")
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,20 @@ class MethodTags:
     cost: str = ""
     #: Where the method does not help, said plainly (empty: no known blind spot).
     limits: str = ""
+    #: The kinds of samples it unlearns: ``"arrays"`` (classifiers on ``Samples``) and/or
+    #: ``"text"`` (causal language models on ``TextSamples``).
+    inputs: tuple[str, ...] = ("arrays",)
 
     def __post_init__(self) -> None:
         unknown = set(self.reads) - set(DATA)
         if unknown:
             raise InvalidParameterError(
                 f"MethodTags.reads names unknown data {sorted(unknown)}; use {list(DATA)}."
+            )
+        odd = set(self.inputs) - set(INPUTS)
+        if odd or not self.inputs:
+            raise InvalidParameterError(
+                f"MethodTags.inputs must name some of {list(INPUTS)}. Got {self.inputs!r} instead."
             )
 
     @property
@@ -224,6 +234,13 @@ class Unlearner:
                 f"method {self.name!r} needs a model trained with --strategy "
                 f"{self.requires_strategy}, but this one was trained with {model.strategy!r}; "
                 "retrain with that strategy or pick another method"
+            )
+        kind = "text" if model.spec.name.startswith("hf:") else "arrays"
+        if kind not in self.tags.inputs:
+            what = {"text": "language models", "arrays": "classifiers"}
+            return (
+                f"method {self.name!r} unlearns {what[self.tags.inputs[0]]}, and this model is "
+                f"one of the {what[kind]}; pick a method for {what[kind]} (see `unbake methods`)"
             )
         return None
 

@@ -16,7 +16,12 @@ class Retrain(Unlearner):
     """
 
     name = "retrain"
-    tags = MethodTags(exact=True, reads=("retain",), cost="a full training run on the retain set")
+    tags = MethodTags(
+        exact=True,
+        reads=("retain",),
+        cost="a full training run on the retain set",
+        inputs=("arrays", "text"),
+    )
     _parameter_constraints = {"epochs": [Interval(int, 0, None, closed="left"), None]}
 
     def __init__(self, *, epochs: int | None = None) -> None:

@@ -74,6 +74,10 @@ def build_model(
         spec = ModelSpec(spec)
     if spec.module is not None:
         return copy.deepcopy(spec.module)
+    if spec.name.startswith("hf:"):
+        from unbake.models.hf import load_causal_lm
+
+        return load_causal_lm(spec.name, seed=seed, **spec.params)
     factory = _import_factory(spec.name) if ":" in spec.name else MODELS.get(spec.name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

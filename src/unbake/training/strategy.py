@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from unbake._validation import validate_params
-from unbake.data import Samples
+from unbake.data import Samples, TextSamples
 from unbake.exceptions import InvalidParameterError
 from unbake.models import ModelSpec, build_model
 from unbake.registry import Registry
@@ -172,7 +172,11 @@ STRATEGIES: Registry[TrainingStrategy] = Registry("training strategy")
 
 @STRATEGIES.register("monolithic")
 class Monolithic(TrainingStrategy):
-    """One model trained on all samples: the classic setting, and the retrain reference."""
+    """One model trained on all samples: the classic setting, and the retrain reference.
+
+    Given :class:`~unbake.data.TextSamples` and an ``hf:`` model, it fine-tunes the
+    language model on the answers (:func:`unbake.training.lm.fit_causal_lm`).
+    """
 
     name = "monolithic"
 
@@ -181,6 +185,11 @@ class Monolithic(TrainingStrategy):
 
     def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
         self.validate()
+        if isinstance(samples, TextSamples):
+            from unbake.training.lm import fit_causal_lm
+
+            module = fit_causal_lm(samples, spec=spec, config=config, seed=seed, device=device)
+            return TrainedModel(module, spec, config, seed, (), 0, strategy=self.name)
         device = resolve_device(device)
         module = build_model(
             spec, input_shape=samples.input_shape, n_classes=n_classes, seed=seed

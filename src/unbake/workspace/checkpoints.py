@@ -30,7 +30,8 @@ FORMAT = "unbake-checkpoint/1"
 def encode_checkpoint(model: TrainedModel, *, model_id: str, parent_id: str | None) -> bytes:
     """Serialise ``model`` to safetensors bytes (tensors, then provenance metadata)."""
     tensors: dict[str, torch.Tensor] = {}
-    for key, value in model.module.state_dict().items():
+    state, extra = _stored_state(model)
+    for key, value in state.items():
         tensors[f"module.{key}"] = value.detach().cpu().contiguous().clone()
     for key, value in model.artifacts.items():
         tensors[f"artifact.{key}"] = value.detach().cpu().contiguous().clone()
@@ -46,8 +47,39 @@ def encode_checkpoint(model: TrainedModel, *, model_id: str, parent_id: str | No
         "strategy": model.strategy,
         "strategy_params": json.dumps(model.strategy_params, sort_keys=True),
         "meta": json.dumps(model.meta, sort_keys=True),
+        **extra,
     }
     return st_save(tensors, metadata=metadata)
+
+
+def _stored_state(model: TrainedModel) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The module's whole state, or for a LoRA model only its adapters plus the base's hash."""
+    state = model.module.state_dict()
+    if not hasattr(model.module, "peft_config"):
+        return state, {}
+    from unbake.models.hf import base_hash
+
+    trainable = {n for n, p in model.module.named_parameters() if p.requires_grad}
+    adapters = {k: v for k, v in state.items() if k in trainable}
+    return adapters, {"base_sha256": base_hash(model.spec.name)}
+
+
+def _load_state(module: torch.nn.Module, state, meta: dict[str, str], spec, source: str) -> None:
+    """Load ``state`` strictly; adapters only onto the very base model they were trained on."""
+    if "base_sha256" not in meta:
+        module.load_state_dict(state, strict=True)
+        return
+    from unbake.models.hf import base_hash
+
+    if base_hash(spec.name) != meta["base_sha256"]:
+        raise IntegrityError(
+            f"{source} holds LoRA adapters of another base model than the current "
+            f"{spec.name!r} (its weights changed); restore that base model or retrain."
+        )
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    if set(state) != trainable:
+        raise RuntimeError(f"adapter tensors {sorted(set(state) ^ trainable)[:3]} do not match")
+    module.load_state_dict(state, strict=False)
 
 
 def _metadata(data: bytes) -> dict[str, str]:
@@ -86,7 +118,7 @@ def decode_checkpoint(
     module = strategy.skeleton(spec, input_shape, n_classes)
     state = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
     try:
-        module.load_state_dict(state, strict=True)
+        _load_state(module, state, meta, spec, source)
     except RuntimeError as exc:
         raise IntegrityError(
             f"{source} does not fit its declared architecture ({str(exc).splitlines()[0]}); "

@@ -837,7 +837,11 @@ class Workspace:
         label_of = {
             str(sid): name
             for samples in ds.splits().values()
-            for sid, name in zip(samples.ids, ds.label_names(samples.y), strict=True)
+            for sid, name in zip(
+                samples.ids,
+                ds.label_names(samples.y) if ds.n_classes else [""] * len(samples),  # text: none
+                strict=True,
+            )
         }
         status = "forgotten" if forgotten else "active"
         if subject is not None and forgotten:

@@ -1,0 +1,112 @@
+"""Fine-tuning causal language models on the shared loop.
+
+A text stream is the pair ``(input_ids, labels)`` of :func:`unbake.data.text.encode`, so
+:func:`~unbake.training.loop.run_phases` drives language models exactly as it drives
+classifiers: same seeded batch order, same optimiser, same hooks. The losses here read
+only the answer tokens (``labels != -100``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from unbake.data.text import IGNORE, TextSamples, encode
+from unbake.models import ModelSpec, build_model
+from unbake.training.config import TrainConfig
+from unbake.training.loop import optimize, resolve_device
+
+__all__ = [
+    "answer_loss_and_match",
+    "answer_nll",
+    "context_length",
+    "fit_causal_lm",
+    "lm_loss",
+    "lm_streams",
+]
+
+
+def answer_nll(
+    model: nn.Module, ids: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample summed negative log-likelihood of the answer tokens, and their counts."""
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    target = labels[:, 1:]
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        target.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    ).view(target.shape)
+    counts = (target != IGNORE).sum(1)
+    return nll.sum(1), counts
+
+
+def lm_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over every answer token of the batch."""
+    total, counts = answer_nll(model, ids, labels)
+    return total.sum() / counts.sum().clamp_min(1)
+
+
+def context_length(model: nn.Module) -> int:
+    """The model's context window in tokens (``max_position_embeddings``)."""
+    config = getattr(model, "config", None)
+    return int(getattr(config, "max_position_embeddings", 2048) or 2048)
+
+
+def lm_streams(
+    model: nn.Module, spec: ModelSpec, **samples: TextSamples
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each named text set tokenised by the model's own tokenizer: the loop's streams."""
+    from unbake.models.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(spec.name)
+    limit = context_length(model)
+    return {name: encode(s, tokenizer, max_length=limit) for name, s in samples.items()}
+
+
+def fit_causal_lm(
+    samples: TextSamples,
+    *,
+    spec: ModelSpec,
+    config: TrainConfig,
+    seed: int,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Fine-tune ``spec`` (full, or its LoRA adapters) on the answers of ``samples``."""
+    module = build_model(spec, input_shape=(), n_classes=0, seed=seed).to(resolve_device(device))
+    X, y = lm_streams(module, spec, train=samples)["train"]
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimize(
+        module,
+        X,
+        y,
+        config,
+        seed=seed,
+        loss_fn=lm_loss,
+        params=trainable,
+        description=f"fine-tuning {spec.name}",
+    )
+    return module
+
+
+@torch.no_grad()
+def answer_loss_and_match(model, samples: TextSamples, batch_size: int = 16):
+    """Per sample: mean answer-token loss, and whether greedy decoding under teacher
+    forcing reproduces every answer token (numpy arrays)."""
+    import numpy as np
+
+    module = model.module.eval()
+    ids, labels = lm_streams(module, model.spec, eval=samples)["eval"]
+    device = next(module.parameters()).device
+    losses, matches = [], []
+    for i in range(0, len(ids), batch_size):
+        x, y = ids[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
+        logits = module(input_ids=x).logits[:, :-1].float()
+        target = y[:, 1:]
+        keep = target != IGNORE
+        nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+        losses.append((nll.sum(1) / keep.sum(1).clamp_min(1)).cpu())
+        matches.append(((logits.argmax(-1) == target) | ~keep).all(1).cpu())
+    return torch.cat(losses).double().numpy(), np.asarray(torch.cat(matches).numpy(), dtype=bool)
