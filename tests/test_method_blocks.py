@@ -112,5 +112,6 @@ def test_class_scenario_ids_and_bad_class():
     ds = tiny_dataset()
     ids = class_forget_ids(ds, 3)
     assert len(ids) == int((ds.train.y == 3).sum()) > 0
-    with pytest.raises(InvalidParameterError, match=r"\[0, 9\]"):
+    assert list(class_forget_ids(ds, "3")) == list(ids)  # a name or an index written out
+    with pytest.raises(InvalidParameterError, match=r"index 0\.\.9"):
         class_forget_ids(ds, 10)

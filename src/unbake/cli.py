@@ -197,8 +197,9 @@ def demo(
         float, typer.Option(help="Share of the training set to forget (random scenario).")
     ] = 0.1,
     forget_class: Annotated[
-        int, typer.Option("--class", help="Class to forget (class-wise scenario).")
-    ] = 0,
+        str,
+        typer.Option("--class", help="Class to forget, by name or index (class-wise scenario)."),
+    ] = "0",
     scenario: Annotated[str, typer.Option(help="random, class, or both (default).")] = "both",
     seed: Annotated[int, typer.Option(help="Seed for training and the forget set.")] = 0,
     methods: Annotated[

@@ -175,14 +175,10 @@ def random_forget_ids(dataset: Dataset, fraction: float, seed: int) -> np.ndarra
     return np.sort(rng.choice(dataset.train.ids.astype(str), size=n, replace=False))
 
 
-def class_forget_ids(dataset: Dataset, label: int) -> np.ndarray:
-    """The training IDs of every sample of class ``label``."""
-    if not 0 <= int(label) < dataset.n_classes:
-        raise InvalidParameterError(
-            f"The class to forget must be in [0, {dataset.n_classes - 1}] for {dataset.name}. "
-            f"Got {label!r} instead."
-        )
-    ids = dataset.train.ids[dataset.train.y == int(label)].astype(str)
+def class_forget_ids(dataset: Dataset, label: int | str) -> np.ndarray:
+    """The training IDs of every sample of class ``label`` (a name or an index)."""
+    label = dataset.class_index(label)
+    ids = dataset.train.ids[dataset.train.y == label].astype(str)
     if len(ids) == len(dataset.train):
         raise InvalidParameterError(
             f"Class {label} is the whole training set of {dataset.name}; nothing would be left "
@@ -258,7 +254,7 @@ def compare_methods(
     config: TrainConfig | None = None,
     forget_ids: np.ndarray | None = None,
     forget_fraction: float = 0.1,
-    forget_class: int | None = None,
+    forget_class: int | str | None = None,
     seed: int = 0,
     device=None,
     on_row=None,
@@ -280,6 +276,7 @@ def compare_methods(
     params = params or {}
     scenario = "class" if forget_class is not None and forget_ids is None else "random"
     if forget_ids is None and forget_class is not None:
+        forget_class = dataset.class_index(forget_class)
         forget_ids = class_forget_ids(dataset, forget_class)
     if forget_ids is None:
         forget_ids = random_forget_ids(dataset, forget_fraction, seed)
