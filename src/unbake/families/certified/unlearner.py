@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from unbake.families.certified.strategy import to_trained_model
-from unbake.methods.base import Unlearner, UnlearnTask, register_method
+from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, register_method
 from unbake.training import TrainedModel, resolve_device
 
 __all__ = ["CertifiedRemoval"]
@@ -27,9 +27,14 @@ class CertifiedRemoval(Unlearner):
     """
 
     name = "certified"
-    certified = True
-    needs_retain_data = True
-    requires_strategy = "certified"
+    tags = MethodTags(
+        certified=True,
+        reads=("retain",),
+        requires_strategy="certified",
+        cost="one Newton step: Hessian-vector products over the retain set "
+        "(a retrain when the (ε, δ) budget runs out)",
+        limits="convex models only: a logistic regression on raw or frozen features",
+    )
     suggested_original = {
         "model": "logreg",
         "strategy": "certified",

@@ -18,7 +18,7 @@ from unbake.families.sisa.strategy import (
     restore_state,
     single_thread,
 )
-from unbake.methods.base import Unlearner, UnlearnTask, register_method
+from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, register_method
 from unbake.training import resolve_device
 
 
@@ -40,9 +40,13 @@ class SISAUnlearner(Unlearner):
     """
 
     name = "sisa"
-    exact = True
-    needs_retain_data = True
-    requires_strategy = "sisa"
+    tags = MethodTags(
+        exact=True,
+        reads=("retain",),
+        requires_strategy="sisa",
+        cost="retrains each affected shard from the slice checkpoint before its earliest "
+        "forgotten sample",
+    )
     suggested_original = {"strategy": "sisa", "strategy_params": {"shards": 5, "slices": 4}}
     _parameter_constraints = backend_constraints()
 
