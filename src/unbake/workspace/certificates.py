@@ -1,7 +1,7 @@
 """Signed deletion certificates: what a request forgot, how, how well, and where in the ledger.
 
 A certificate file is the JSON object ``{"certificate": BODY, "signature": {"algorithm":
-"Ed25519", "public_key_sha256": ..., "value": HEX}}``, written in one canonical layout
+"Ed25519", "value": HEX}}`` (BODY names the signing key by its PEM's SHA-256), written in one canonical layout
 (sorted keys, two-space indent, ASCII, a final newline). The signature covers the
 canonical compact encoding of BODY. :func:`verify_certificate` refuses a file that is not
 byte-for-byte in that layout, so any changed byte is refused, even one that would parse
@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -83,11 +83,8 @@ def _layout(document: dict[str, Any]) -> bytes:
 
 def sign_certificate(body: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
     """The certificate file's bytes: ``body`` and its Ed25519 signature."""
-    signature = {
-        "algorithm": "Ed25519",
-        "public_key_sha256": hashlib.sha256(public_key_pem(key)).hexdigest(),
-        "value": key.sign(canonical_json(body).encode("ascii")).hex(),
-    }
+    body = {**body, "public_key_sha256": hashlib.sha256(public_key_pem(key)).hexdigest()}
+    signature = {"algorithm": "Ed25519", "value": key.sign(canonical_json(body).encode()).hex()}
     return _layout({"certificate": body, "signature": signature})
 
 
@@ -98,7 +95,7 @@ def _load_public_key(data: bytes) -> Ed25519PublicKey:
     )
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise refuse from None
     if not isinstance(key, Ed25519PublicKey) or public_key_pem(key) != data:
         raise refuse
@@ -118,8 +115,13 @@ def _parse(data: bytes) -> tuple[dict[str, Any], str]:
     signature = document.get("signature") if isinstance(document, dict) else None
     value = signature.get("value") if isinstance(signature, dict) else None
     if (
-        not isinstance(body, dict)
+        not isinstance(document, dict)
+        or set(document) != {"certificate", "signature"}
+        or not isinstance(body, dict)
         or body.get("format") != FORMAT
+        or not isinstance(signature, dict)
+        or set(signature) != {"algorithm", "value"}
+        or signature["algorithm"] != "Ed25519"
         or not isinstance(value, str)
         or not _HEX_SIGNATURE.fullmatch(value)
         or _layout(document) != data
@@ -143,6 +145,11 @@ def verify_certificate(data: bytes, public_key: bytes) -> dict[str, Any]:
     """
     key = _load_public_key(public_key)
     body, value = _parse(data)
+    if body.get("public_key_sha256") != hashlib.sha256(public_key).hexdigest():
+        raise CertificateError(
+            f"Certificate {body.get('request_id')!r} was signed with another key than this "
+            "public key; get the public key of the workspace that issued it."
+        )
     try:
         key.verify(bytes.fromhex(value), canonical_json(body).encode("ascii"))
     except InvalidSignature:
@@ -214,7 +221,7 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
         with ws.catalog.transaction() as cur:
             payload = {"certificate_sha256": sha256_bytes(data), "ledger_head": seq}
             ledger.append_entry(cur, request_id, "certified", payload, body["issued_at"])
-    return data, body
+    return data, read_certificate(data)
 
 
 def subject_matches(ws: Workspace, body: dict[str, Any], subject: str) -> bool:

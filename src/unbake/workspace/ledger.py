@@ -134,19 +134,23 @@ def verify_chain(rows: Iterable[Any], recorded_head: str | None) -> tuple[int, s
     reordered, or the end of the ledger if entries were dropped from it.
     """
     rows = list(rows)
-    by_hash = {r["hash"]: r["seq"] for r in rows}
     prev = GENESIS
     for position, r in enumerate(rows, start=1):
         where = f"entry {position}"
         if r["seq"] > position:
-            raise _tampered(f"entry {position}", f"was deleted (the sequence jumps to {r['seq']})")
-        recomputed = entry_hash(
-            r["seq"], r["request_id"], r["state"], r["timestamp"], r["payload"], r["prev_hash"]
-        )
-        if recomputed != r["hash"] or r["seq"] != position:
-            origin = by_hash.get(r["prev_hash"])
-            if origin is not None and origin + 1 != position:
-                raise _tampered(where, f"was reordered (it was entry {origin + 1})")
+            raise _tampered(where, f"was deleted (the sequence jumps to {r['seq']})")
+        fields = (r["request_id"], r["state"], r["timestamp"], r["payload"], r["prev_hash"])
+        if entry_hash(position, *fields) != r["hash"]:
+            # Written at another position? Then it was moved; otherwise its contents changed.
+            origin = next(
+                (s for s in range(1, len(rows) + 2) if entry_hash(s, *fields) == r["hash"]), None
+            )
+            if origin is not None:
+                raise _tampered(
+                    where,
+                    f"is out of place (it was entry {origin}): entries were reordered or "
+                    "deleted before it",
+                )
             raise _tampered(
                 f"{where} (request {r['request_id']}, {r['state']})",
                 "was edited (its hash does not match its contents)",
