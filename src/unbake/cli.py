@@ -1001,6 +1001,9 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(certificate_app, name="certificate")
 
 
+CertificateArg = Annotated[Path, typer.Argument(help="The certificate (JSON).")]
+
+
 def _read_input(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
@@ -1067,7 +1070,7 @@ def certificate_public_key(
 @certificate_app.command("verify")
 @_handle_errors
 def certificate_verify(
-    file: Annotated[Path, typer.Argument(help="The certificate (JSON).")],
+    file: CertificateArg,
     public_key: Annotated[Path, typer.Option(help="The workspace's public key (PEM).")],
     as_json: JsonOpt = False,
 ) -> None:
@@ -1090,7 +1093,7 @@ def certificate_verify(
 @certificate_app.command("check-subject")
 @_handle_errors
 def certificate_check_subject(
-    file: Annotated[Path, typer.Argument(help="The certificate (JSON).")],
+    file: CertificateArg,
     subject: Annotated[str, typer.Option(help="The subject ID to look for.")],
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
