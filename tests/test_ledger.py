@@ -36,7 +36,7 @@ def _ids(n, start=0):
 
 
 def _states(ws, request_id):
-    return [e["state"] for e in ledger.request_states(ws.catalog._conn, request_id)]
+    return [e["state"] for e in ws.catalog.request_entries(request_id)]
 
 
 def test_forget_records_received_applying_applied_and_chains(ws):
@@ -64,7 +64,7 @@ def test_a_failure_is_recorded_and_changes_nothing_else(ws, monkeypatch):
     assert ws.status() == before and ws.log() == []
     (rid,) = {r["request_id"] for r in ws.catalog.ledger_rows()}
     assert _states(ws, rid) == ["received", "applying", "failed"]
-    assert "disk on fire" in ledger.request_states(ws.catalog._conn, rid)[-1]["payload"]["reason"]
+    assert "disk on fire" in ws.catalog.request_entries(rid)[-1]["payload"]["reason"]
     monkeypatch.undo()
     # A retry with the same key continues the same request.
     rec = ws.forget(ids=_ids(2), **FAST, idempotency_key="k")
@@ -97,12 +97,12 @@ def test_deadline_is_one_month_by_default_and_configurable(ws):
     assert ledger.deadline(datetime(2026, 1, 31, 9)) == "2026-02-28T09:00:00.000000"
     assert ledger.deadline(datetime(2026, 12, 5)) == "2027-01-05T00:00:00.000000"
     rec = ws.forget(ids=_ids(1), **FAST)
-    (received,) = [e for e in ledger.request_states(ws.catalog._conn, rec.request_id)][:1]
+    received = ws.catalog.request_entries(rec.request_id)[0]
     at = datetime.fromisoformat(received["timestamp"])
     assert received["payload"]["deadline"] == ledger.deadline(at)
     ws.set_deadline_days(3)
     rec = ws.forget(ids=_ids(1, 1), **FAST)
-    received = ledger.request_states(ws.catalog._conn, rec.request_id)[0]
+    received = ws.catalog.request_entries(rec.request_id)[0]
     assert received["payload"]["deadline"] == ledger.deadline(
         datetime.fromisoformat(received["timestamp"]), 3
     )

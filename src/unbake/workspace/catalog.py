@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from unbake.exceptions import IntegrityError, WorkspaceError
+from unbake.workspace.ledger import head, last_state, verify_chain
 
 __all__ = ["SCHEMA_VERSION", "Catalog", "utcnow"]
 
@@ -315,9 +316,25 @@ class Catalog:
 
     def verify_ledger(self) -> tuple[int, str]:
         """Recompute the ledger's hash chain; returns its head (entries, hash)."""
-        from unbake.workspace.ledger import verify_chain
-
         return verify_chain(self.ledger_rows(), self.meta("ledger_head"))
+
+    def ledger_head(self) -> tuple[int, str]:
+        """(seq, hash) of the newest ledger entry."""
+        with self._errors():
+            return head(self._conn)
+
+    def request_entries(self, request_id: str) -> list[dict[str, Any]]:
+        """One request's ledger entries, oldest first, with their payloads parsed."""
+        rows = self.query("SELECT * FROM ledger WHERE request_id = ? ORDER BY seq", (request_id,))
+        return [
+            {**dict(r), "payload": self.parse_json(r["payload"], f"ledger entry {r['seq']}")}
+            for r in rows
+        ]
+
+    def request_state(self, request_id: str) -> str | None:
+        """A request's latest ledger state (``None``: not in the ledger)."""
+        with self._errors():
+            return last_state(self._conn, request_id)
 
     def requests(self) -> list[dict[str, Any]]:
         out = []

@@ -181,14 +181,14 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
     with ws._lock():
         req = ws.request_record(request_id)  # an unknown or unapplied request: refused
         row = next(r for r in ws.catalog.requests() if r["request_id"] == request_id)
-        state = ledger.last_state(ws.catalog._conn, request_id)
+        state = ws.catalog.request_state(request_id)
         if state not in ledger.DONE:
             raise WorkspaceError(
                 f"Request {request_id} is {state or 'not in the ledger'}, not applied; only an "
                 "applied request gets a certificate (see `unbake log`)."
             )
         key = load_or_create_signing_key(ws.root)
-        seq, head_hash = ledger.head(ws.catalog._conn)
+        seq, head_hash = ws.catalog.ledger_head()
         subject = row["selector"].get("subject_hmac")
         held = [
             r["sample_id"]
@@ -201,7 +201,7 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
             "format": FORMAT,
             "request_id": request_id,
             "dataset": ws.dataset_spec.get("name"),
-            "received_at": ledger.request_states(ws.catalog._conn, request_id)[0]["timestamp"],
+            "received_at": ws.catalog.request_entries(request_id)[0]["timestamp"],
             "applied_at": row["created_at"],
             "subject_hmac": subject,
             "class": row["selector"].get("class"),

@@ -31,7 +31,6 @@ __all__ = [
     "deadline",
     "entry_hash",
     "head",
-    "request_states",
     "verify_chain",
 ]
 
@@ -167,11 +166,3 @@ def verify_chain(rows: Iterable[Any], recorded_head: str | None) -> tuple[int, s
             f"does not match the recorded head {recorded_head}: entries were deleted from the end",
         )
     return found
-
-
-def request_states(cur, request_id: str) -> list[dict[str, Any]]:
-    """The ledger entries of one request, oldest first, with their payloads parsed."""
-    rows = cur.execute(
-        "SELECT * FROM ledger WHERE request_id = ? ORDER BY seq", (request_id,)
-    ).fetchall()
-    return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]

@@ -770,7 +770,7 @@ class Workspace:
         return self.request_record(ticket.request_id) if self._applied(ticket.request_id) else None
 
     def _applied(self, request_id: str) -> bool:
-        return ledger.last_state(self.catalog._conn, request_id) in ledger.DONE
+        return self.catalog.request_state(request_id) in ledger.DONE
 
     def request_record(self, request_id: str) -> RequestRecord:
         """The :class:`RequestRecord` of an applied request, from the catalog."""
