@@ -230,3 +230,17 @@ def test_certificate_signs_verifies_and_refuses_any_flipped_byte(ws, workspace_d
 def test_certificate_of_an_unknown_request_is_refused(ws):
     with pytest.raises(Exception, match="No applied deletion request 'req-nope'"):
         issue_certificate(ws, "req-nope")
+
+
+def test_a_failed_checkpoint_write_is_recorded_too(ws, monkeypatch):
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    before = ws.status()
+    monkeypatch.setattr(Workspace, "_write_model", full)
+    with pytest.raises(OSError, match="No space"):
+        ws.forget(ids=_ids(2), **FAST)
+    assert ws.status() == before and ws.log() == []
+    (row,) = [r for r in ws.catalog.ledger_rows() if r["state"] == "failed"]
+    assert "No space left" in json.loads(row["payload"])["reason"]
+    ws.catalog.verify_ledger()

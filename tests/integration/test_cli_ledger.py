@@ -82,3 +82,19 @@ def test_check_subject_against_a_certificate(tmp_path):
     assert run("certificate", "check-subject", cert, "--subject", "p1", "-w", ws).exit_code == 0
     res = run("certificate", "check-subject", cert, "--subject", "p2", "-w", ws)
     assert res.exit_code == 1 and "does not name" in res.stdout
+
+
+def test_status_shows_overdue_requests(tmp_path, monkeypatch):
+    from unbake.methods.gradient import Finetune
+    from unbake.workspace import Workspace
+
+    ws = tmp_path / "ws"
+    assert run(*TRAIN, "--workspace", ws).exit_code == 0
+    assert "OVERDUE" not in run("status", "-w", ws).stdout
+    monkeypatch.setattr(Workspace, "_deadline", lambda self, at: "2000-01-01T00:00:00+00:00")
+    monkeypatch.setattr(Finetune, "unlearn", lambda *a, **k: 1 / 0)
+    res = run("forget", "--ids", "digits-0001", *FINETUNE, "-w", ws)
+    assert res.exit_code == 1 and "ZeroDivisionError" in res.stderr
+    shown = run("status", "-w", ws)
+    assert shown.exit_code == 0 and "OVERDUE: request req-" in shown.stdout
+    assert "(failed)" in shown.stdout

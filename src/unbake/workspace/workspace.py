@@ -705,19 +705,15 @@ class Workspace:
                 )
             _, test = self.held_out(without=held_ids)
             ticket.started_at = utcnow()
-            try:
+            with self._failure_recorded(ticket, row, method):
                 result = unlearner.unlearn(
                     UnlearnTask(original, forget, retain, device=device), seed=seed
                 )
                 evaluation = evaluate(result.model, forget, retain, test)
-            except UnbakeError:
-                raise  # a request refused as invalid: no trace, as for any bad input
-            except Exception as exc:
-                self._record_failure(ticket, row, method, exc)
-                raise
             request_id = ticket.request_id
             new_id = _new_id("model")
-            rel, digest = self._write_model(result.model, new_id, row["model_id"])
+            with self._failure_recorded(ticket, row, method):
+                rel, digest = self._write_model(result.model, new_id, row["model_id"])
             try:
                 stale = self._commit_forget(
                     ticket,
@@ -807,10 +803,26 @@ class Workspace:
         payload = {"method": method, "model_before": model_before}
         ledger.append_entry(cur, ticket.request_id, "applying", payload, ticket.started_at)
 
+    @contextlib.contextmanager
+    def _failure_recorded(self, ticket: _Ticket, row, method: str) -> Iterator[None]:
+        """Record an unexpected failure of the block; an :class:`UnbakeError` (a request
+        refused as invalid) leaves no trace, as for any bad input."""
+        try:
+            yield
+        except UnbakeError:
+            raise
+        except Exception as exc:
+            self._record_failure(ticket, row, method, exc)
+            raise
+
     def _record_failure(self, ticket: _Ticket, row, method: str, exc: BaseException) -> None:
-        """Record ``received → applying → failed`` in a transaction of its own."""
+        """Record ``received → applying → failed`` in a transaction of its own.
+
+        If even that cannot be written (a full disk), the original error is the one
+        reported, and the request is simply not in the ledger.
+        """
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-        with self.catalog.transaction() as cur:
+        with contextlib.suppress(UnbakeError, OSError), self.catalog.transaction() as cur:
             self._ledger_start(cur, ticket, method, row["model_id"])
             ledger.append_entry(cur, ticket.request_id, "failed", {"reason": reason}, utcnow())
 
