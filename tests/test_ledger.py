@@ -244,3 +244,26 @@ def test_a_failed_checkpoint_write_is_recorded_too(ws, monkeypatch):
     (row,) = [r for r in ws.catalog.ledger_rows() if r["state"] == "failed"]
     assert "No space left" in json.loads(row["payload"])["reason"]
     ws.catalog.verify_ledger()
+
+
+def test_ledger_and_keyed_hash_formats_are_pinned():
+    """Golden values: changing the encoding would break every stored chain and certificate."""
+    import hashlib
+    import hmac
+
+    from unbake.workspace.keys import keyed_hash
+
+    payload = ledger.canonical_json({"b": 1, "a": "é"})
+    assert payload == '{"a":"\\u00e9","b":1}'
+    at = "2026-01-01T00:00:00.000000+00:00"
+    encoded = f'[1,"req-1","received","{at}","{{\\"a\\":\\"\\\\u00e9\\",\\"b\\":1}}","{"0" * 64}"]'
+    expected = "9b411b36fceb6e6dd02061e679f2b56284cf2541755bace285638541408fd7ca"
+    assert hashlib.sha256(encoded.encode()).hexdigest() == expected
+    assert ledger.entry_hash(1, "req-1", "received", at, payload, ledger.GENESIS) == expected
+    secret = bytes(range(32))
+    digest = hmac.new(secret, b"subject:alice", hashlib.sha256).hexdigest()
+    assert (
+        keyed_hash(secret, "subject", "alice")
+        == digest
+        == ("ac691129d2aa595d824fecce110918f03b42b2e6593003f3966a788980a8a3d9")
+    )
