@@ -1027,6 +1027,40 @@ def ledger_verify(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False
     console.print(f"Ledger intact: {entries} entries, head {head}.")
 
 
+@ledger_app.command("show")
+@_handle_errors
+def ledger_show(
+    request: Annotated[str | None, typer.Option(help="Only this request's entries.")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """The ledger's entries (state transitions), oldest first."""
+    from unbake.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        entries = ws.ledger(request_id=request)
+    if as_json:
+        _emit_json({"entries": entries})
+        return
+    console.print(
+        _table(
+            "ledger",
+            ["seq", "request", "state", "time", "details", "hash"],
+            [
+                [
+                    e["seq"],
+                    e["request_id"],
+                    e["state"],
+                    e["timestamp"][:19],
+                    json.dumps(e["payload"], sort_keys=True)[:80],
+                    e["hash"][:12],
+                ]
+                for e in entries
+            ],
+        )
+    )
+
+
 @certificate_app.command("issue")
 @_handle_errors
 def certificate_issue(

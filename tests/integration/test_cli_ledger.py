@@ -98,3 +98,17 @@ def test_status_shows_overdue_requests(tmp_path, monkeypatch):
     shown = run("status", "-w", ws)
     assert shown.exit_code == 0 and "OVERDUE: request req-" in shown.stdout
     assert "(failed)" in shown.stdout
+
+
+def test_ledger_show_lists_transitions(tmp_path):
+    ws = tmp_path / "ws"
+    assert run(*TRAIN, "--workspace", ws).exit_code == 0
+    res = run("forget", "--ids", "digits-0001", *FINETUNE, "-w", ws, "--json")
+    request = json.loads(res.stdout)["request_id"]
+    shown = json.loads(run("ledger", "show", "--request", request, "-w", ws, "--json").stdout)
+    assert [e["state"] for e in shown["entries"]] == ["received", "applying", "applied"]
+    assert "deadline" in shown["entries"][0]["payload"]
+    assert "applied" in run("ledger", "show", "-w", ws).stdout
+    before = snapshot(ws)
+    assert_one_line_error(run("ledger", "show", "--request", "req-x", "-w", ws), "req-x")
+    assert snapshot(ws) == before

@@ -323,9 +323,14 @@ class Catalog:
         with self._errors():
             return head(self._conn)
 
-    def request_entries(self, request_id: str) -> list[dict[str, Any]]:
-        """One request's ledger entries, oldest first, with their payloads parsed."""
-        rows = self.query("SELECT * FROM ledger WHERE request_id = ? ORDER BY seq", (request_id,))
+    def request_entries(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """Ledger entries (of one request, or all), oldest first, with payloads parsed."""
+        if request_id is None:
+            rows = self.ledger_rows()
+        else:
+            rows = self.query(
+                "SELECT * FROM ledger WHERE request_id = ? ORDER BY seq", (request_id,)
+            )
         return [
             {**dict(r), "payload": self.parse_json(r["payload"], f"ledger entry {r['seq']}")}
             for r in rows

@@ -1107,3 +1107,13 @@ class Workspace:
 
     def log(self) -> list[dict[str, Any]]:
         return self.catalog.requests()
+
+    def ledger(self, *, request_id: str | None = None) -> list[dict[str, Any]]:
+        """The ledger's entries, oldest first (only ``request_id``'s if given)."""
+        entries = self.catalog.request_entries(request_id)
+        if request_id is not None and not entries:
+            raise UnknownNameError(
+                f"No request {request_id!r} in the ledger of {self.root}; list them with "
+                "`unbake ledger show`."
+            )
+        return entries
