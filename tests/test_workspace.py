@@ -61,13 +61,17 @@ def test_forget_by_subject_records_everything_and_purges(ws, workspace_dir):
     assert req["status"] == "applied" and req["method"] == "retrain" and req["exact"] == 1
     assert req["hash_before"] == old["sha256"]
     assert req["hash_after"] == models[rec.model_after]["sha256"]
-    assert req["selector"] == {"subject": "subject-03"} and len(req["sample_ids"]) == 20
+    assert req["selector"] == {"subject_hmac": ws.subject_hmac("subject-03")}
+    assert len(req["sample_ids"]) == 20
     assert set(req["metrics"]) >= {"fa", "ra", "ta", "mia"}
     rows = ws.catalog.query(
         "SELECT subject, content_hash, request_id FROM samples WHERE status='forgotten'"
     )
     assert all(r["subject"] is None and r["content_hash"] is None for r in rows)
     assert {r["request_id"] for r in rows} == {rec.request_id}
+    # The subject is named only by its keyed hash: its ID is nowhere in the catalog's bytes.
+    assert b"subject-03" not in (workspace_dir / "catalog.sqlite").read_bytes()
+    assert b"subject-04" in (workspace_dir / "catalog.sqlite").read_bytes()  # active: kept
 
 
 def test_exact_forget_equals_training_from_scratch(ws):
@@ -353,7 +357,8 @@ def test_held_out_subject_is_erased_without_touching_a_model(csv_ws):
     assert not rec.changed_model and rec.evaluation is None
     assert ws.status()["models"] == models  # still active, nothing new
     (req,) = ws.log()
-    assert req["selector"] == {"subject": person} and req["method"] == "none"
+    assert req["selector"] == {"subject_hmac": ws.subject_hmac(person)}
+    assert req["method"] == "none"
     assert req["exact"] == 1 and req["hash_before"] == req["hash_after"] == models[0]["sha256"]
     assert req["info"] == {"held_out": 4, "held_out_splits": {"val": 0, "test": 4}}
     gone = ws.samples(forgotten=True, subject=person)

@@ -538,6 +538,7 @@ def _remove_workspace(root: Path, *, keep_folder: bool) -> None:
     """
     import shutil
 
+    from unbake.workspace.keys import SECRET, SIGNING_KEY
     from unbake.workspace.workspace import CATALOG, CHECKPOINTS
 
     if not keep_folder:
@@ -547,7 +548,7 @@ def _remove_workspace(root: Path, *, keep_folder: bool) -> None:
         path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         (root / CHECKPOINTS).rmdir()  # only if empty: a folder of the user's stays
-    for name in (CATALOG, f"{CATALOG}-journal", ".lock"):
+    for name in (CATALOG, f"{CATALOG}-journal", ".lock", SECRET, SIGNING_KEY):
         (root / name).unlink(missing_ok=True)
 
 
@@ -609,6 +610,10 @@ def forget(
     seed: Annotated[int | None, typer.Option(help="Seed (default: the model's).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")] = None,
     threads: ThreadsOpt = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Client key: filing the same request again with it changes nothing."),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
 ) -> None:
@@ -641,6 +646,7 @@ def forget(
             model_id=model,
             seed=seed,
             device=device,
+            idempotency_key=idempotency_key,
         )
     out = {
         "request_id": rec.request_id,
@@ -756,6 +762,11 @@ def status(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> No
             ],
         )
     )
+    for r in st["overdue_requests"]:
+        console.print(
+            f"OVERDUE: request {r['request_id']} ({r['state']}) was received "
+            f"{r['received_at'][:19]} and was due {r['deadline'][:19]}."
+        )
 
 
 @app.command()
@@ -980,6 +991,161 @@ def audit(
         )
     )
     console.print("Recorded on the request (see `unbake log`).")
+
+
+# --- ledger and certificates ---------------------------------------------------------
+
+ledger_app = typer.Typer(help="The hash-chained ledger of deletion requests.", no_args_is_help=True)
+certificate_app = typer.Typer(help="Signed deletion certificates.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(certificate_app, name="certificate")
+
+
+CertificateArg = Annotated[Path, typer.Argument(help="The certificate (JSON).")]
+
+
+def _read_input(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidParameterError(
+            f"Cannot read the {what} {path} ({exc.strerror}); check the path."
+        ) from None
+
+
+@ledger_app.command("verify")
+@_handle_errors
+def ledger_verify(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
+    """Recompute the hash chain; name the first entry edited, deleted or reordered."""
+    from unbake.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        entries, head = ws.catalog.verify_ledger()
+    if as_json:
+        _emit_json({"valid": True, "entries": entries, "head": head})
+        return
+    console.print(f"Ledger intact: {entries} entries, head {head}.")
+
+
+@ledger_app.command("show")
+@_handle_errors
+def ledger_show(
+    request: Annotated[str | None, typer.Option(help="Only this request's entries.")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """The ledger's entries (state transitions), oldest first."""
+    from unbake.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        entries = ws.ledger(request_id=request)
+    if as_json:
+        _emit_json({"entries": entries})
+        return
+    console.print(
+        _table(
+            "ledger",
+            ["seq", "request", "state", "time", "details", "hash"],
+            [
+                [
+                    e["seq"],
+                    e["request_id"],
+                    e["state"],
+                    e["timestamp"][:19],
+                    json.dumps(e["payload"], sort_keys=True)[:80],
+                    e["hash"][:12],
+                ]
+                for e in entries
+            ],
+        )
+    )
+
+
+@certificate_app.command("issue")
+@_handle_errors
+def certificate_issue(
+    request: Annotated[str, typer.Option(help="ID of an applied request.")],
+    out: Annotated[Path | None, typer.Option(help="Write it here (default: stdout).")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+) -> None:
+    """Sign a certificate for an applied request (the ledger records it as certified)."""
+    from unbake.workspace import Workspace
+    from unbake.workspace.atomic import atomic_write_bytes
+    from unbake.workspace.certificates import issue_certificate
+
+    with Workspace.open(workspace) as ws:
+        data, _ = issue_certificate(ws, request)
+    if out is None:
+        sys.stdout.write(data.decode("ascii"))
+        return
+    atomic_write_bytes(out, data)
+    console.print(f"Certificate of request {request} written to {out}.")
+
+
+@certificate_app.command("public-key")
+@_handle_errors
+def certificate_public_key(
+    out: Annotated[Path | None, typer.Option(help="Write it here (default: stdout).")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+) -> None:
+    """The workspace's Ed25519 public key (PEM), for verifying its certificates offline."""
+    from unbake.workspace import Workspace
+    from unbake.workspace.atomic import atomic_write_bytes
+    from unbake.workspace.certificates import workspace_public_key
+
+    with Workspace.open(workspace) as ws:
+        pem = workspace_public_key(ws)
+    if out is None:
+        sys.stdout.write(pem.decode("ascii"))
+    else:
+        atomic_write_bytes(out, pem)
+
+
+@certificate_app.command("verify")
+@_handle_errors
+def certificate_verify(
+    file: CertificateArg,
+    public_key: Annotated[Path, typer.Option(help="The workspace's public key (PEM).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a certificate's signature offline (no workspace needed); exit 2 if it fails."""
+    from unbake.workspace.certificates import verify_certificate
+
+    body = verify_certificate(
+        _read_input(file, "certificate"), _read_input(public_key, "public key")
+    )
+    if as_json:
+        _emit_json({"valid": True, "certificate": body})
+        return
+    console.print(
+        f"Valid: request {body['request_id']}, {len(body['sample_hmacs'])} samples, "
+        f"{body['method']} ({body['guarantee']}), model {body['model_before']['id']} → "
+        f"{body['model_after']['id']}, issued {body['issued_at'][:19]}."
+    )
+
+
+@certificate_app.command("check-subject")
+@_handle_errors
+def certificate_check_subject(
+    file: CertificateArg,
+    subject: Annotated[str, typer.Option(help="The subject ID to look for.")],
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Whether the certificate names SUBJECT (by its keyed hash, with the workspace secret)."""
+    from unbake.workspace import Workspace
+    from unbake.workspace.certificates import read_certificate, subject_matches
+
+    body = read_certificate(_read_input(file, "certificate"))
+    with Workspace.open(workspace) as ws:
+        found = subject_matches(ws, body, subject)
+    if as_json:
+        _emit_json({"request_id": body["request_id"], "names_subject": found})
+    else:
+        verb = "names" if found else "does not name"
+        console.print(f"Certificate of request {body['request_id']} {verb} this subject.")
+    if not found:
+        raise typer.Exit(1)
 
 
 # --- bench ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ exits with status 2; the Python API lets it propagate.
 from __future__ import annotations
 
 __all__ = [
+    "CertificateError",
     "DatasetError",
     "EmptyRequestError",
     "IntegrityError",
@@ -58,6 +59,10 @@ class UnknownSampleError(UnbakeError, KeyError):
 
 class IntegrityError(UnbakeError):
     """Stored state failed a hash or consistency check and is not trusted."""
+
+
+class CertificateError(IntegrityError):
+    """A deletion certificate or a public key that is malformed or does not verify."""
 
 
 class WorkspaceError(UnbakeError):

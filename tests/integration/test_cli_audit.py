@@ -30,6 +30,9 @@ def test_audit_records_reuses_and_is_purged_by_deletions(tmp_path):
     assert logged["request_id"] == request and logged["audit"]["verdict"] == out["verdict"]
     shown = "flagged" if out["verdict"] == "distinguishable" else "pass"
     assert shown in run("log", "--workspace", ws).stdout
+    # the ledger records the audit as a `verified` transition
+    chain = json.loads(run("ledger", "verify", "--workspace", ws, "--json").stdout)
+    assert chain["entries"] == 4  # received, applying, applied, verified
 
     # a second audit reuses the stored bank
     again = json.loads(run("audit", "--references", 8, "--workspace", ws, "--json").stdout)

@@ -335,7 +335,8 @@ def test_user_text_is_never_markup(ws, tmp_path):
     assert_one_line_error(res, "[red]x[/red]", ":smile:")
     res = run("forget", "--subject", MARKUP_SUBJECT, "--method", "neggrad", "--workspace", ws)
     assert res.exit_code == 0, res.output
-    assert MARKUP_SUBJECT in run("log", "--workspace", ws).stdout
+    logged = run("log", "--workspace", ws).stdout
+    assert MARKUP_SUBJECT not in logged and "subject_hmac" in logged  # named by keyed hash
     dup = tmp_path / "dup.csv"
     dup.write_text("uid,f0,y\n[a],1,0\nb,2,1\n[a],3,0\nc,4,1\n")
     res = run(

@@ -5,8 +5,9 @@ architecture, config, seed, parent, checkpoint path and sha256, status),
 ``requests`` (one row per forget operation: what was selected, the method and its
 parameters, the model hashes before and after, timings, metrics, outcome, audit), and
 ``reference_models`` / ``reference_members`` (the audit's reference bank and the
-samples each reference trained on, so a deletion can purge every one that saw them).
-Older catalogs are migrated forward on open, one version at a time.
+samples each reference trained on, so a deletion can purge every one that saw them),
+``ledger`` (the hash-chained log of request state transitions, see
+:mod:`unbake.workspace.ledger`) and ``request_keys`` (client idempotency keys). Older catalogs are migrated forward on open, one version at a time.
 
 Every mutation runs in one transaction. ``secure_delete`` is on, so SQLite
 overwrites the bytes of cleared values instead of leaving them in free pages.
@@ -23,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from unbake.exceptions import IntegrityError, WorkspaceError
+from unbake.workspace.ledger import head, last_state, verify_chain
 
 __all__ = ["SCHEMA_VERSION", "Catalog", "utcnow"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -100,8 +102,30 @@ CREATE TABLE IF NOT EXISTS reference_members (
 CREATE INDEX IF NOT EXISTS reference_members_sample ON reference_members(sample_id);
 """
 
+#: The ledger of request state transitions and the client idempotency keys. Added in v4.
+_LEDGER = """
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_request ON ledger(request_id);
+CREATE TABLE IF NOT EXISTS request_keys (
+    idempotency_key TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL
+);
+"""
+
 #: Statements that bring a catalog of version N up to N + 1.
-_MIGRATIONS = {2: "ALTER TABLE requests ADD COLUMN audit TEXT;" + _REFERENCES}
+_MIGRATIONS = {2: "ALTER TABLE requests ADD COLUMN audit TEXT;" + _REFERENCES, 3: _LEDGER}
+
+#: Every table of the current schema.
+_ALL = _SCHEMA + _REFERENCES + _LEDGER
 
 
 def _statements(script: str) -> list[str]:
@@ -116,7 +140,7 @@ def _expected_columns() -> dict[str, list[str]]:
     """Each table of the schema and its columns, read back from an in-memory copy."""
     conn = sqlite3.connect(":memory:")
     try:
-        conn.executescript(_SCHEMA)
+        conn.executescript(_ALL)
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         return {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
     finally:
@@ -193,7 +217,7 @@ class Catalog:
 
     def initialise(self, meta: dict[str, str]) -> None:
         with self.transaction() as cur:
-            for statement in _statements(_SCHEMA + _REFERENCES):
+            for statement in _statements(_ALL):
                 cur.execute(statement)
             cur.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -286,6 +310,36 @@ class Catalog:
                 f"Catalog {self.path} is damaged: {what} is not valid JSON ({exc}); restore it "
                 "from a backup or start a new workspace."
             ) from None
+
+    def ledger_rows(self) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM ledger ORDER BY seq")
+
+    def verify_ledger(self) -> tuple[int, str]:
+        """Recompute the ledger's hash chain; returns its head (entries, hash)."""
+        return verify_chain(self.ledger_rows(), self.meta("ledger_head"))
+
+    def ledger_head(self) -> tuple[int, str]:
+        """(seq, hash) of the newest ledger entry."""
+        with self._errors():
+            return head(self._conn)
+
+    def request_entries(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """Ledger entries (of one request, or all), oldest first, with payloads parsed."""
+        if request_id is None:
+            rows = self.ledger_rows()
+        else:
+            rows = self.query(
+                "SELECT * FROM ledger WHERE request_id = ? ORDER BY seq", (request_id,)
+            )
+        return [
+            {**dict(r), "payload": self.parse_json(r["payload"], f"ledger entry {r['seq']}")}
+            for r in rows
+        ]
+
+    def request_state(self, request_id: str) -> str | None:
+        """A request's latest ledger state (``None``: not in the ledger)."""
+        with self._errors():
+            return last_state(self._conn, request_id)
 
     def requests(self) -> list[dict[str, Any]]:
         out = []

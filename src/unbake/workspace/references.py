@@ -25,6 +25,7 @@ from unbake.exceptions import (
     WorkspaceError,
 )
 from unbake.methods import METHODS
+from unbake.workspace import ledger
 from unbake.workspace.atomic import atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
@@ -182,6 +183,8 @@ def audit_request(
                 "UPDATE requests SET audit = ? WHERE request_id = ?",
                 (json.dumps(record, sort_keys=True, default=str), req["request_id"]),
             )
+            verified = {"verdict": report.verdict, "model": record["model"]}
+            ledger.append_entry(cur, req["request_id"], "verified", verified, record["at"])
     report.stats["request_id"] = req["request_id"]
     return report
 

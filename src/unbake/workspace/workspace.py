@@ -14,8 +14,9 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,19 @@ from unbake.exceptions import (
     EmptyRequestError,
     IntegrityError,
     InvalidParameterError,
+    UnbakeError,
+    UnknownNameError,
     UnknownSampleError,
     WorkspaceError,
 )
 from unbake.methods import METHODS, UnlearnResult, UnlearnTask
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig, TrainedModel, fit, resolve_device
+from unbake.workspace import ledger
 from unbake.workspace.atomic import TMP_SUFFIX, atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
+from unbake.workspace.keys import SECRET, create_secret, keyed_hash, load_secret
 
 __all__ = [
     "DEFAULT_WORKSPACE",
@@ -60,12 +65,13 @@ class ForgetSelector:
     subject: str | None = None
     label: str | int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, subject_hash: Callable[[str], str]) -> dict[str, Any]:
+        """What is recorded: the number of IDs, the subject's keyed hash, the class."""
         out: dict[str, Any] = {}
         if self.ids:
             out["ids"] = len(self.ids)
         if self.subject is not None:
-            out["subject"] = self.subject
+            out["subject_hmac"] = subject_hash(self.subject)
         if self.label is not None:
             out["class"] = self.label
         return out
@@ -94,6 +100,18 @@ class RequestRecord:
     @property
     def changed_model(self) -> bool:
         return self.model_after != self.model_before
+
+
+@dataclass
+class _Ticket:
+    """A request in flight: what its first ledger entries (received, applying) will say."""
+
+    request_id: str
+    received_at: str
+    selector: dict[str, Any]
+    key_hash: str | None = None
+    fingerprint: str = ""
+    started_at: str = field(default_factory=utcnow)
 
 
 def _purge_references(
@@ -164,6 +182,7 @@ class Workspace:
         self.root = root
         self.catalog = catalog
         self._dataset: Dataset | None = None
+        self._secret: bytes | None = None
 
     # --- opening -------------------------------------------------------------------
 
@@ -197,6 +216,7 @@ class Workspace:
         (root / ".lock").touch()
         catalog = Catalog(root / CATALOG)
         try:
+            create_secret(root)
             catalog.initialise(
                 {
                     "dataset": json.dumps(ds.spec, sort_keys=True),
@@ -227,6 +247,7 @@ class Workspace:
             catalog.close()
             with contextlib.suppress(OSError):
                 (root / CATALOG).unlink()
+                (root / SECRET).unlink()
             raise
         ws = cls(root, catalog)
         ws._dataset = ds
@@ -254,6 +275,7 @@ class Workspace:
             if not readonly:
                 with ws._lock():
                     ws._sweep()
+                    ws._upgrade_records()
         except BaseException:
             catalog.close()
             raise
@@ -305,6 +327,52 @@ class Workspace:
             rel = f"{CHECKPOINTS}/{path.name}"
             if path.name.endswith(TMP_SUFFIX) or rel not in live:
                 path.unlink(missing_ok=True)
+
+    def _upgrade_records(self) -> None:
+        """Bring a workspace from before the ledger up to date (idempotent).
+
+        It gets its secret; requests recorded with a subject in the clear get its keyed
+        hash instead (``secure_delete`` overwrites the old bytes); and each request the
+        ledger lacks is entered as received, applying and applied at its recorded time,
+        marked ``backfilled``.
+        """
+        if not (self.root / SECRET).exists():
+            create_secret(self.root)
+        entered = {r["request_id"] for r in self.catalog.query("SELECT request_id FROM ledger")}
+        stale = [
+            r
+            for r in self.catalog.requests()
+            if "subject" in r["selector"] or r["request_id"] not in entered
+        ]
+        if not stale:
+            return
+        with self.catalog.transaction() as cur:
+            for r in stale:
+                selector = dict(r["selector"])
+                if "subject" in selector:
+                    selector["subject_hmac"] = self.subject_hmac(str(selector.pop("subject")))
+                    cur.execute(
+                        "UPDATE requests SET selector = ? WHERE request_id = ?",
+                        (json.dumps(selector), r["request_id"]),
+                    )
+                if r["request_id"] not in entered:
+                    at, rid = r["created_at"], r["request_id"]
+                    received = {"selector": selector, "deadline": self._deadline(at)}
+                    ledger.append_entry(cur, rid, "received", {**received, "backfilled": True}, at)
+                    applying = {"method": r["method"], "model_before": r["model_before"]}
+                    ledger.append_entry(cur, rid, "applying", {**applying, "backfilled": True}, at)
+                    applied = {"model_after": r["model_after"], "backfilled": True}
+                    ledger.append_entry(cur, rid, "applied", applied, at)
+
+    def keyed_hash(self, kind: str, value: str) -> str:
+        """HMAC-SHA256 of ``kind:value`` under this workspace's secret (see :mod:`~.keys`)."""
+        if self._secret is None:
+            self._secret = load_secret(self.root)
+        return keyed_hash(self._secret, kind, value)
+
+    def subject_hmac(self, subject: str) -> str:
+        """How requests, the ledger and certificates name ``subject``."""
+        return self.keyed_hash("subject", subject)
 
     # --- data ----------------------------------------------------------------------
 
@@ -461,7 +529,8 @@ class Workspace:
         return [r["sample_id"] for r in rows]
 
     def _requests_naming(self, subject: str) -> list[dict[str, Any]]:
-        return [r for r in self.catalog.requests() if r["selector"].get("subject") == subject]
+        digest = self.subject_hmac(subject)
+        return [r for r in self.catalog.requests() if r["selector"].get("subject_hmac") == digest]
 
     # --- models --------------------------------------------------------------------
 
@@ -581,8 +650,16 @@ class Workspace:
         model_id: str | None = None,
         seed: int | None = None,
         device=None,
+        idempotency_key: str | None = None,
     ) -> RequestRecord:
         """File and apply a deletion request; every model that saw the data is purged.
+
+        The ledger records it as ``received → applying → applied``; an unexpected
+        failure while unlearning records ``failed`` with the reason (in a transaction of
+        its own) and changes nothing else. A request refused as invalid leaves no trace.
+        With an ``idempotency_key`` already used for the same request, the first
+        request's record is returned and nothing is unlearned again (a failed one is
+        retried under its request ID).
 
         ``label`` is a class name or index (an ``int`` is always an index); the request
         records the class by name. Selected validation and test rows are marked forgotten
@@ -598,14 +675,24 @@ class Workspace:
         if device is not None:
             resolve_device(device)  # an unknown or absent device: fail before the lock
         selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
+        ticket = _Ticket(_new_id("req"), utcnow(), selector.to_dict(self.subject_hmac))
         with self._lock():
+            if idempotency_key is not None:
+                canonical = ledger.canonical_json(
+                    [list(selector.ids), ticket.selector, method, params or {}, model_id]
+                )
+                ticket.key_hash = self.keyed_hash("idempotency", idempotency_key)
+                ticket.fingerprint = self.keyed_hash("request", canonical)
+                done = self._idempotent(ticket)
+                if done is not None:
+                    return done
             active, _ = self.active_and_forgotten()
             chosen = self.select(selector, active=active)
             in_train = set(active.ids[active.mask_of(chosen)].astype(str))
             sample_ids = [i for i in chosen if i in in_train]
             held_ids = [i for i in chosen if i not in in_train]
             if not sample_ids:
-                return self._forget_held_out_only(selector, held_ids, model_id)
+                return self._forget_held_out_only(ticket, held_ids, model_id)
             row = self._model_row(model_id)
             original = self.load_model(row["model_id"], device=device)
             forget, retain = active.split(sample_ids)
@@ -617,17 +704,19 @@ class Workspace:
                     "fewer samples."
                 )
             _, test = self.held_out(without=held_ids)
-            result = unlearner.unlearn(
-                UnlearnTask(original, forget, retain, device=device), seed=seed
-            )
-            evaluation = evaluate(result.model, forget, retain, test)
-            request_id = _new_id("req")
+            ticket.started_at = utcnow()
+            with self._failure_recorded(ticket, row, method):
+                result = unlearner.unlearn(
+                    UnlearnTask(original, forget, retain, device=device), seed=seed
+                )
+                evaluation = evaluate(result.model, forget, retain, test)
+            request_id = ticket.request_id
             new_id = _new_id("model")
-            rel, digest = self._write_model(result.model, new_id, row["model_id"])
+            with self._failure_recorded(ticket, row, method):
+                rel, digest = self._write_model(result.model, new_id, row["model_id"])
             try:
                 stale = self._commit_forget(
-                    request_id,
-                    selector,
+                    ticket,
                     sample_ids,
                     unlearner,
                     row,
@@ -656,19 +745,148 @@ class Workspace:
             len(held_ids),
         )
 
+    def _idempotent(self, ticket: _Ticket) -> RequestRecord | None:
+        """The record of the request filed under ``ticket``'s key, if it was applied.
+
+        A key reused for another request is refused; a key whose request failed lends
+        its request ID to ``ticket``, so that the retry continues the same request.
+        """
+        rows = self.catalog.query(
+            "SELECT request_id, fingerprint FROM request_keys WHERE idempotency_key = ?",
+            (ticket.key_hash,),
+        )
+        if not rows:
+            return None
+        if rows[0]["fingerprint"] != ticket.fingerprint:
+            raise InvalidParameterError(
+                "This idempotency key was already used for another request "
+                f"({rows[0]['request_id']}); use a new key for a new request."
+            )
+        ticket.request_id = rows[0]["request_id"]
+        return self.request_record(ticket.request_id) if self._applied(ticket.request_id) else None
+
+    def _applied(self, request_id: str) -> bool:
+        return self.catalog.request_state(request_id) in ledger.DONE
+
+    def request_record(self, request_id: str) -> RequestRecord:
+        """The :class:`RequestRecord` of an applied request, from the catalog."""
+        rows = [r for r in self.catalog.requests() if r["request_id"] == request_id]
+        if not rows:
+            raise UnknownNameError(
+                f"No applied deletion request {request_id!r} in {self.root}; list them with "
+                "`unbake log`."
+            )
+        r = rows[0]
+        return RequestRecord(
+            request_id,
+            r["model_before"],
+            r["model_after"],
+            r["method"],
+            r["n_samples"],
+            r["seconds"] or 0.0,
+            Evaluation(r["metrics"]) if r["metrics"] else None,
+            None,
+            int((r["info"] or {}).get("held_out", 0)),
+        )
+
+    def _ledger_start(self, cur, ticket: _Ticket, method: str, model_before: str) -> None:
+        """Append ``received`` (unless a retry) and ``applying`` for ``ticket``."""
+        if ledger.last_state(cur, ticket.request_id) is None:
+            payload = {"selector": ticket.selector, "deadline": self._deadline(ticket.received_at)}
+            ledger.append_entry(cur, ticket.request_id, "received", payload, ticket.received_at)
+            if ticket.key_hash is not None:
+                cur.execute(
+                    "INSERT INTO request_keys(idempotency_key, request_id, fingerprint) "
+                    "VALUES (?, ?, ?)",
+                    (ticket.key_hash, ticket.request_id, ticket.fingerprint),
+                )
+        payload = {"method": method, "model_before": model_before}
+        ledger.append_entry(cur, ticket.request_id, "applying", payload, ticket.started_at)
+
+    @contextlib.contextmanager
+    def _failure_recorded(self, ticket: _Ticket, row, method: str) -> Iterator[None]:
+        """Record an unexpected failure of the block; an :class:`UnbakeError` (a request
+        refused as invalid) leaves no trace, as for any bad input."""
+        try:
+            yield
+        except UnbakeError:
+            raise
+        except Exception as exc:
+            self._record_failure(ticket, row, method, exc)
+            raise
+
+    def _record_failure(self, ticket: _Ticket, row, method: str, exc: BaseException) -> None:
+        """Record ``received → applying → failed`` in a transaction of its own.
+
+        If even that cannot be written (a full disk), the original error is the one
+        reported, and the request is simply not in the ledger.
+        """
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        with contextlib.suppress(UnbakeError, OSError), self.catalog.transaction() as cur:
+            self._ledger_start(cur, ticket, method, row["model_id"])
+            ledger.append_entry(cur, ticket.request_id, "failed", {"reason": reason}, utcnow())
+
+    def overdue(self, now: str | None = None) -> list[dict[str, Any]]:
+        """Requests not yet applied (nor rejected) whose deadline has passed, oldest first.
+
+        A failed request stays open: it still has to be done.
+        """
+        now = now or utcnow()
+        rows = self.catalog.query(
+            "SELECT r.request_id, r.timestamp AS received_at, r.payload, "
+            "(SELECT state FROM ledger l WHERE l.request_id = r.request_id "
+            " ORDER BY seq DESC LIMIT 1) AS state "
+            "FROM ledger r WHERE r.state = 'received' ORDER BY r.seq"
+        )
+        out = []
+        for r in rows:
+            payload = self.catalog.parse_json(r["payload"], f"ledger entry of {r['request_id']}")
+            if r["state"] not in (*ledger.DONE, "rejected") and payload["deadline"] < now:
+                out.append(
+                    {
+                        "request_id": r["request_id"],
+                        "state": r["state"],
+                        "received_at": r["received_at"],
+                        "deadline": payload["deadline"],
+                    }
+                )
+        return out
+
+    def _deadline(self, received_at: str) -> str:
+        """When a request received at ``received_at`` must be done (GDPR art. 12(3)).
+
+        One calendar month by default; the workspace meta ``deadline_days`` overrides it.
+        """
+        days = self.catalog.meta("deadline_days")
+        return ledger.deadline(datetime.fromisoformat(received_at), days)
+
+    def set_deadline_days(self, days: int | None) -> None:
+        """Give requests filed from now on ``days`` to be done (``None``: one month)."""
+        if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
+            raise InvalidParameterError(
+                f"The request deadline must be a whole number of days >= 1; got {days!r}."
+            )
+        with self._lock(), self.catalog.transaction() as cur:
+            cur.execute("DELETE FROM meta WHERE key = 'deadline_days'")
+            if days is not None:
+                cur.execute(
+                    "INSERT INTO meta(key, value) VALUES ('deadline_days', ?)", (str(days),)
+                )
+
     def _forget_held_out_only(
-        self, selector: ForgetSelector, held_ids: list[str], model_id: str | None
+        self, ticket: _Ticket, held_ids: list[str], model_id: str | None
     ) -> RequestRecord:
         """Record a request that selects only validation/test rows: no model changes."""
         row = self._model_row(model_id) if model_id else self.catalog.latest_active_model()
         model, digest = (row["model_id"], row["sha256"]) if row else ("", "")
-        request_id = _new_id("req")
+        request_id = ticket.request_id
         with self.catalog.transaction() as cur:
             self._record_request(
                 cur,
                 held_ids,
+                ticket,
                 request_id=request_id,
-                selector=json.dumps(selector.to_dict()),
+                selector=json.dumps(ticket.selector),
                 n_samples=0,
                 sample_ids="[]",
                 method="none",
@@ -695,10 +913,21 @@ class Workspace:
         counts = {split: sum(splits[i] == split for i in held_ids) for split in SPLITS[1:]}
         return {"held_out": len(held_ids), "held_out_splits": counts}
 
-    def _record_request(self, cur, forgotten: Sequence[str], **values: Any) -> None:
-        """Insert one applied request and mark ``forgotten`` (train and held-out IDs) as
-        forgotten by it: their content hash and subject are cleared."""
+    def _record_request(
+        self, cur, forgotten: Sequence[str], ticket: _Ticket, **values: Any
+    ) -> None:
+        """Insert one applied request, append its ledger entries up to ``applied``, and
+        mark ``forgotten`` (train and held-out IDs) as forgotten by it: their content
+        hash and subject are cleared."""
         now = utcnow()
+        self._ledger_start(cur, ticket, values["method"], values["model_before"])
+        applied = {
+            "model_after": values["model_after"],
+            "hash_after": values["hash_after"],
+            "n_samples": values["n_samples"],
+            "n_held_out": len(forgotten) - values["n_samples"],
+        }
+        ledger.append_entry(cur, ticket.request_id, "applied", applied, now)
         columns = ", ".join(values)  # column names from this module, never user input
         marks = ", ".join("?" for _ in values)
         cur.execute(
@@ -713,8 +942,7 @@ class Workspace:
 
     def _commit_forget(
         self,
-        request_id,
-        selector,
+        ticket,
         sample_ids,
         unlearner,
         row,
@@ -726,6 +954,7 @@ class Workspace:
         n_retain,
         held_ids=(),
     ) -> list[str]:
+        request_id = ticket.request_id
         info = dict(result.info)
         if held_ids:
             info.update(self._held_out_info(list(held_ids)))
@@ -738,8 +967,9 @@ class Workspace:
             self._record_request(
                 cur,
                 [*sample_ids, *held_ids],
+                ticket,
                 request_id=request_id,
-                selector=json.dumps(selector.to_dict()),
+                selector=json.dumps(ticket.selector),
                 n_samples=len(sample_ids),
                 sample_ids=json.dumps(sample_ids),
                 method=unlearner.name,
@@ -822,6 +1052,7 @@ class Workspace:
                 "SELECT COUNT(DISTINCT subject) AS n FROM samples WHERE status='active' AND subject IS NOT NULL"
             )[0]["n"],
             "models": self.catalog.models(),
+            "overdue_requests": self.overdue(),
         }
 
     def samples(self, *, subject: str | None = None, forgotten: bool = False) -> list[dict]:
@@ -876,3 +1107,13 @@ class Workspace:
 
     def log(self) -> list[dict[str, Any]]:
         return self.catalog.requests()
+
+    def ledger(self, *, request_id: str | None = None) -> list[dict[str, Any]]:
+        """The ledger's entries, oldest first (only ``request_id``'s if given)."""
+        entries = self.catalog.request_entries(request_id)
+        if request_id is not None and not entries:
+            raise UnknownNameError(
+                f"No request {request_id!r} in the ledger of {self.root}; list them with "
+                "`unbake ledger show`."
+            )
+        return entries

@@ -1,0 +1,237 @@
+"""Signed deletion certificates: what a request forgot, how, how well, and where in the ledger.
+
+A certificate file is the JSON object ``{"certificate": BODY, "signature": {"algorithm":
+"Ed25519", "value": HEX}}`` (BODY names the signing key by its PEM's SHA-256), written in one canonical layout
+(sorted keys, two-space indent, ASCII, a final newline). The signature covers the
+canonical compact encoding of BODY. :func:`verify_certificate` refuses a file that is not
+byte-for-byte in that layout, so any changed byte is refused, even one that would parse
+to the same values. Public keys travel as PEM (SubjectPublicKeyInfo), also checked to be
+in canonical form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from unbake.exceptions import CertificateError, IntegrityError, WorkspaceError
+from unbake.workspace import ledger
+from unbake.workspace.atomic import atomic_write_bytes, sha256_bytes
+from unbake.workspace.catalog import utcnow
+from unbake.workspace.keys import SIGNING_KEY
+from unbake.workspace.ledger import canonical_json
+
+if TYPE_CHECKING:
+    from unbake.workspace.workspace import Workspace
+
+__all__ = [
+    "FORMAT",
+    "issue_certificate",
+    "load_or_create_signing_key",
+    "public_key_pem",
+    "read_certificate",
+    "sign_certificate",
+    "subject_matches",
+    "verify_certificate",
+    "workspace_public_key",
+]
+
+FORMAT = "unbake-certificate/1"
+_HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
+
+
+def load_or_create_signing_key(root: Path) -> Ed25519PrivateKey:
+    """The workspace's Ed25519 key (file mode 0600), made on first use."""
+    path = root / SIGNING_KEY
+    if not path.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        atomic_write_bytes(path, pem, mode=0o600)
+        return key
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except ValueError as exc:
+        raise IntegrityError(
+            f"The signing key {path} is damaged ({exc}); restore it from a backup."
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise IntegrityError(f"The signing key {path} is not an Ed25519 key; restore it.")
+    return key
+
+
+def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _layout(document: dict[str, Any]) -> bytes:
+    return (json.dumps(document, sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode()
+
+
+def sign_certificate(body: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
+    """The certificate file's bytes: ``body`` and its Ed25519 signature."""
+    body = {**body, "public_key_sha256": hashlib.sha256(public_key_pem(key)).hexdigest()}
+    signature = {"algorithm": "Ed25519", "value": key.sign(canonical_json(body).encode()).hex()}
+    return _layout({"certificate": body, "signature": signature})
+
+
+def _load_public_key(data: bytes) -> Ed25519PublicKey:
+    refuse = CertificateError(
+        "The public key is not a valid Ed25519 PEM public key (or was altered); export it "
+        "again with `unbake certificate public-key`."
+    )
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise refuse from None
+    if not isinstance(key, Ed25519PublicKey) or public_key_pem(key) != data:
+        raise refuse
+    return key
+
+
+def _parse(data: bytes) -> tuple[dict[str, Any], str]:
+    """(body, signature hex) of an intact certificate file (not yet checked)."""
+    try:
+        document = json.loads(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise CertificateError(
+            "The certificate is not valid JSON (it was altered or truncated); ask the "
+            "operator for the original file."
+        ) from None
+    body = document.get("certificate") if isinstance(document, dict) else None
+    signature = document.get("signature") if isinstance(document, dict) else None
+    value = signature.get("value") if isinstance(signature, dict) else None
+    if (
+        not isinstance(document, dict)
+        or set(document) != {"certificate", "signature"}
+        or not isinstance(body, dict)
+        or body.get("format") != FORMAT
+        or not isinstance(signature, dict)
+        or set(signature) != {"algorithm", "value"}
+        or signature["algorithm"] != "Ed25519"
+        or not isinstance(value, str)
+        or not _HEX_SIGNATURE.fullmatch(value)
+        or _layout(document) != data
+    ):
+        raise CertificateError(
+            f"The file is not an intact {FORMAT} certificate (fields missing or altered); ask "
+            "the operator for the original file."
+        )
+    return body, value
+
+
+def read_certificate(data: bytes) -> dict[str, Any]:
+    """The body of a well-formed certificate file, its signature not checked."""
+    return _parse(data)[0]
+
+
+def verify_certificate(data: bytes, public_key: bytes) -> dict[str, Any]:
+    """The certificate's body if ``data`` is a certificate signed by ``public_key``.
+
+    Raises :class:`CertificateError` (one line: what failed) otherwise.
+    """
+    key = _load_public_key(public_key)
+    body, value = _parse(data)
+    if body.get("public_key_sha256") != hashlib.sha256(public_key).hexdigest():
+        raise CertificateError(
+            f"Certificate {body.get('request_id')!r} was signed with another key than this "
+            "public key; get the public key of the workspace that issued it."
+        )
+    try:
+        key.verify(bytes.fromhex(value), canonical_json(body).encode("ascii"))
+    except InvalidSignature:
+        raise CertificateError(
+            f"The signature of certificate {body.get('request_id')!r} does not verify with this "
+            "public key: the certificate was altered or signed by another workspace."
+        ) from None
+    return body
+
+
+def _guarantee(method: str) -> str:
+    """``exact``, ``certified`` or ``none``, from the method's tags (``none`` forgets only
+    held-out rows that no model saw, which is exact)."""
+    from unbake.methods import METHODS
+
+    if method == "none":
+        return "exact"
+    kind = METHODS.create(method).tags.kind
+    return kind if kind in ("exact", "certified") else "none"
+
+
+def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, Any]]:
+    """Sign a certificate for an applied request and append ``certified`` to the ledger.
+
+    Returns the file's bytes and the body. The ledger head in the certificate is the
+    one just before its own ``certified`` entry, whose payload holds the certificate's
+    SHA-256. Subject and sample IDs appear only as keyed hashes.
+    """
+    with ws._lock():
+        req = ws.request_record(request_id)  # an unknown or unapplied request: refused
+        row = next(r for r in ws.catalog.requests() if r["request_id"] == request_id)
+        state = ws.catalog.request_state(request_id)
+        if state not in ledger.DONE:
+            raise WorkspaceError(
+                f"Request {request_id} is {state or 'not in the ledger'}, not applied; only an "
+                "applied request gets a certificate (see `unbake log`)."
+            )
+        key = load_or_create_signing_key(ws.root)
+        seq, head_hash = ws.catalog.ledger_head()
+        subject = row["selector"].get("subject_hmac")
+        held = [
+            r["sample_id"]
+            for r in ws.catalog.query(
+                "SELECT sample_id FROM samples WHERE request_id = ? AND split != 'train'",
+                (request_id,),
+            )
+        ]
+        body = {
+            "format": FORMAT,
+            "request_id": request_id,
+            "dataset": ws.dataset_spec.get("name"),
+            "received_at": ws.catalog.request_entries(request_id)[0]["timestamp"],
+            "applied_at": row["created_at"],
+            "subject_hmac": subject,
+            "class": row["selector"].get("class"),
+            "sample_hmacs": sorted(ws.keyed_hash("sample", s) for s in row["sample_ids"]),
+            "held_out_hmacs": sorted(ws.keyed_hash("sample", s) for s in held),
+            "hash_scheme": "HMAC-SHA256(workspace secret, 'subject:' + ID or 'sample:' + ID)",
+            "model_before": {"id": req.model_before, "sha256": row["hash_before"]},
+            "model_after": {"id": req.model_after, "sha256": row["hash_after"]},
+            "method": row["method"],
+            "params": row["params"],
+            "guarantee": _guarantee(row["method"]),
+            "verification": {"metrics": row["metrics"], "audit": row["audit"]},
+            "ledger_head": {"seq": seq, "hash": head_hash},
+            "issued_at": utcnow(),
+        }
+        data = sign_certificate(json.loads(json.dumps(body, default=str)), key)
+        with ws.catalog.transaction() as cur:
+            payload = {"certificate_sha256": sha256_bytes(data), "ledger_head": seq}
+            ledger.append_entry(cur, request_id, "certified", payload, body["issued_at"])
+    return data, read_certificate(data)
+
+
+def subject_matches(ws: Workspace, body: dict[str, Any], subject: str) -> bool:
+    """Whether the certificate ``body`` names ``subject`` (by its keyed hash)."""
+    return body.get("subject_hmac") == ws.subject_hmac(subject)
+
+
+def workspace_public_key(ws: Workspace) -> bytes:
+    """The workspace's public key (PEM); the key pair is made on first use."""
+    if (ws.root / SIGNING_KEY).exists():
+        return public_key_pem(load_or_create_signing_key(ws.root))
+    with ws._lock():
+        return public_key_pem(load_or_create_signing_key(ws.root))
