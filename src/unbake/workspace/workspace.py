@@ -581,8 +581,11 @@ class Workspace:
         model_id: str | None = None,
         seed: int | None = None,
         device=None,
+        reason: str | None = None,
     ) -> RequestRecord:
         """File and apply a deletion request; every model that saw the data is purged.
+
+        ``reason`` (for example ``"cleaning"``) is recorded in the request's info.
 
         ``label`` is a class name or index (an ``int`` is always an index); the request
         records the class by name. Selected validation and test rows are marked forgotten
@@ -621,6 +624,8 @@ class Workspace:
                 UnlearnTask(original, forget, retain, device=device), seed=seed
             )
             evaluation = evaluate(result.model, forget, retain, test)
+            if reason:
+                result.info["reason"] = reason
             request_id = _new_id("req")
             new_id = _new_id("model")
             rel, digest = self._write_model(result.model, new_id, row["model_id"])
