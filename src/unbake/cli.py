@@ -72,6 +72,11 @@ err_console = Console(stderr=True, **_PLAIN)
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
 DEFAULT_WS = Path("unbake-workspace")
+MethodParamOpt = Annotated[
+    list[str] | None, typer.Option("--param", help="Method parameter key=value.")
+]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed (default: the model's).")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(
@@ -616,12 +621,10 @@ def forget(
     method: Annotated[
         str, typer.Option(help="Unlearning method (see `unbake methods`).")
     ] = "retrain",
-    param: Annotated[
-        list[str] | None, typer.Option("--param", help="Method parameter key=value.")
-    ] = None,
+    param: MethodParamOpt = None,
     model: Annotated[str | None, typer.Option(help="Model ID (default: the newest).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: the model's).")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
@@ -701,11 +704,9 @@ def clean(
         str | None,
         typer.Option(help="Unlearning method (default: sisa for a SISA model, else retrain)."),
     ] = None,
-    param: Annotated[
-        list[str] | None, typer.Option("--param", help="Method parameter key=value.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: the model's).")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")] = None,
+    param: MethodParamOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
