@@ -215,3 +215,28 @@ def test_train_poison_bad_input_leaves_no_workspace(tmp_path):
     )
     assert res.exit_code == 2 and "(0, 1)" in res.stderr, res.output
     assert not root.exists()
+
+
+# --- unbake bench cleaning ----------------------------------------------------------------
+
+
+def test_bench_compares_only_approximate_array_methods():
+    from unbake.bench.cleaning import approximate_methods
+
+    names = approximate_methods()
+    assert "finetune" in names and "scrub" in names
+    assert not {"retrain", "sisa", "certified", "llm_ga"} & set(names)
+
+
+@pytest.mark.slow
+def test_bench_cleaning_quick(tmp_path):
+    from unbake.bench import run_benchmark
+
+    out = run_benchmark("cleaning", quick=True, out=tmp_path / "c.json")
+    s = out["summary"]
+    # Measured on digits (cnn, seed 0): ASR 83% → 0% after exact removal; oracle 0%.
+    assert s["best_detector"] == "activation-clustering" and s["best_recall_at_2x"] >= 0.85
+    assert s["asr_original"] > 50 and s["asr_exact_after"] <= s["asr_oracle"] + 2
+    removal = [r for r in out["rows"] if r["table"] == "removal"]
+    assert {r["method"] for r in removal} >= {"original", "retrain (detected)", "retrain (oracle)"}
+    assert s["best_approximate_asr"] == min(r["asr"] for r in removal[3:])
