@@ -188,6 +188,9 @@ def test_clean_removes_the_backdoor_through_one_logged_request(poisoned_ws):
 
     res = CliRunner().invoke(app, ["log", "--workspace", str(poisoned_ws)])
     assert res.exit_code == 0 and f"cleaning ({2 * n} suspects)" in res.output
+    res = CliRunner().invoke(app, ["status", "--workspace", str(poisoned_ws)])
+    assert res.exit_code == 0 and "Planted attack: backdoor:" in res.output
+    assert f"({n} training samples)" in res.output
 
 
 @pytest.mark.parametrize(

@@ -798,6 +798,9 @@ def status(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> No
         f"{splits['val']} validation (fraction {spec.get('val_fraction', '—')}), "
         f"{splits['test']} test (fraction {spec.get('test_fraction', 'official')})."
     )
+    if spec.get("poison"):
+        planted = len(json.loads(spec.get("poison_ids") or "[]"))
+        console.print(f"Planted attack: {spec['poison']} ({planted} training samples).")
     console.print(
         _table(
             "models",
