@@ -243,3 +243,18 @@ def test_bench_cleaning_quick(tmp_path):
     removal = [r for r in out["rows"] if r["table"] == "removal"]
     assert {r["method"] for r in removal} >= {"original", "retrain (detected)", "retrain (oracle)"}
     assert s["best_approximate_asr"] == min(r["asr"] for r in removal[3:])
+
+
+def test_a_backdoor_on_tabular_rows_sets_the_last_features():
+    from unbake.data import Dataset, Samples
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((60, 5)).astype(np.float32), np.arange(60) % 3
+    ds = Dataset("t", Samples.build(X[:40], y[:40]), Samples.build(X[40:], y[40:]), 3)
+    poisoned, plant = apply_poison(ds, "backdoor:fraction=0.25,target=1,size=2,value=9")
+    rows = poisoned.train.mask_of(plant.ids)
+    assert rows.sum() == round(0.25 * (y[:40] != 1).sum())
+    assert (poisoned.train.X[rows][:, -2:] == 9).all()
+    np.testing.assert_array_equal(poisoned.train.X[rows][:, :3], X[:40][rows][:, :3])
+    with pytest.raises(InvalidParameterError, match="larger than the input"):
+        apply_poison(ds, "backdoor:fraction=0.25,target=1,size=6")
