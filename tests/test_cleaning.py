@@ -148,6 +148,13 @@ def test_detection_scores_need_both_planted_and_clean_rows():
         detection_scores(np.ones(3), ["a", "b", "c"], ["z"], [1])
 
 
+def test_detector_parameters_are_checked():
+    with pytest.raises(InvalidParameterError, match="'components' parameter"):
+        DETECTORS.create("activation-clustering", components=0)
+    with pytest.raises(InvalidParameterError, match="'batch_size' parameter"):
+        DETECTORS.create("self-influence", batch_size=-1)
+
+
 def test_unknown_detector_lists_the_known_ones():
     with pytest.raises(UnknownNameError, match="activation-clustering"):
         DETECTORS.create("nope")
@@ -199,6 +206,7 @@ def test_clean_removes_the_backdoor_through_one_logged_request(poisoned_ws):
         (["--detect", "loss", "--budget", "0"], "between 1 and"),
         (["--detect", "loss", "--budget", "100000"], "between 1 and"),
         (["--detect", "nope", "--budget", "5"], "Unknown detector"),
+        (["--detect", "spectral", "--budget", "5", "--detector-param", "k=2"], "no parameter"),
         (["--detect", "loss", "--budget", "5", "--method", "nope"], "Unknown unlearning method"),
     ],
 )

@@ -700,6 +700,10 @@ def forget(
 def clean(
     detect: Annotated[str, typer.Option(help="Detector (loss, self-influence, spectral, ...).")],
     budget: Annotated[int, typer.Option(help="How many top-ranked training samples to remove.")],
+    detector_param: Annotated[
+        list[str] | None,
+        typer.Option("--detector-param", help="Detector parameter key=value."),
+    ] = None,
     method: Annotated[
         str | None,
         typer.Option(help="Unlearning method (default: sisa for a SISA model, else retrain)."),
@@ -723,6 +727,7 @@ def clean(
             budget=budget,
             method=method,
             params=parse_params(param),
+            detector_params=parse_params(detector_param),
             seed=seed,
             device=device,
         )

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from unbake._validation import Interval, validate_params
 from unbake.data import Samples
 from unbake.evaluation.ghost import penultimate
 from unbake.evaluation.utility import per_sample_loss
@@ -41,6 +42,8 @@ class Detector:
     def score(self, model: TrainedModel, samples: Samples) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
+
+_POSITIVE = Interval(int, 1, None)
 
 DETECTORS: Registry[Detector] = Registry("detector", entry_points="unbake.detectors")
 
@@ -63,6 +66,7 @@ class SelfInfluence(Detector):
     name = "self-influence"
 
     def __init__(self, *, batch_size: int = 256) -> None:
+        validate_params({"batch_size": batch_size}, {"batch_size": [_POSITIVE]}, self.name)
         self.batch_size = batch_size
 
     def score(self, model: TrainedModel, samples: Samples) -> np.ndarray:
@@ -120,6 +124,11 @@ class ActivationClustering(Detector):
     name = "activation-clustering"
 
     def __init__(self, *, components: int = 10, seed: int = 0) -> None:
+        validate_params(
+            {"components": components, "seed": seed},
+            {"components": [_POSITIVE], "seed": [Interval(int, 0, None)]},
+            self.name,
+        )
         self.components = components
         self.seed = seed
 
