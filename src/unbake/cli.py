@@ -72,6 +72,11 @@ err_console = Console(stderr=True, **_PLAIN)
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
 DEFAULT_WS = Path("unbake-workspace")
+MethodParamOpt = Annotated[
+    list[str] | None, typer.Option("--param", help="Method parameter key=value.")
+]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed (default: the model's).")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(
@@ -393,6 +398,13 @@ def train(
     split_seed: Annotated[
         int | None, typer.Option(help="Key of the split hash (default 0).")
     ] = None,
+    poison: Annotated[
+        str | None,
+        typer.Option(
+            help="Plant an attack in the training split (only when creating the workspace): "
+            "backdoor:fraction=F,target=T[,size=K] or flip:fraction=F,source=S,target=T."
+        ),
+    ] = None,
     model: Annotated[
         str, typer.Option(help="Architecture name, 'module:function', or hf:PATH (a causal LM).")
     ] = "mlp",
@@ -461,6 +473,7 @@ def train(
         "test_fraction": test_fraction,
         "val_fraction": val_fraction,
         "split_seed": split_seed,
+        "poison": poison,
     }
     options = {k: v for k, v in options.items() if v is not None}
     created = False
@@ -514,6 +527,12 @@ def train(
 def _check_split_unchanged(ws, options: dict[str, Any]) -> None:
     """A workspace's split is fixed at creation; a different one on reuse is refused."""
     spec = ws.dataset_spec
+    if "poison" in options:
+        ws.close()
+        raise InvalidParameterError(
+            f"--poison plants an attack when a workspace is created, and {ws.root} exists; "
+            "drop --poison or use a new --workspace."
+        )
     for key in ("test_fraction", "val_fraction", "split_seed"):
         if key in options and str(spec.get(key)) != str(options[key]):
             ws.close()
@@ -603,12 +622,10 @@ def forget(
     method: Annotated[
         str, typer.Option(help="Unlearning method (see `unbake methods`).")
     ] = "retrain",
-    param: Annotated[
-        list[str] | None, typer.Option("--param", help="Method parameter key=value.")
-    ] = None,
+    param: MethodParamOpt = None,
     model: Annotated[str | None, typer.Option(help="Model ID (default: the newest).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: the model's).")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     idempotency_key: Annotated[
         str | None,
@@ -681,6 +698,64 @@ def forget(
     )
 
 
+# --- clean ---------------------------------------------------------------------------
+
+
+@app.command()
+@_handle_errors
+def clean(
+    detect: Annotated[str, typer.Option(help="Detector (loss, self-influence, spectral, ...).")],
+    budget: Annotated[int, typer.Option(help="How many top-ranked training samples to remove.")],
+    detector_param: Annotated[
+        list[str] | None,
+        typer.Option("--detector-param", help="Detector parameter key=value."),
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="Unlearning method (default: sisa for a SISA model, else retrain)."),
+    ] = None,
+    param: MethodParamOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find suspect training samples with a detector and unlearn the top --budget of them."""
+    configure_threads(threads)
+    from unbake.workspace import Workspace
+    from unbake.workspace.cleaning import clean as run_clean
+
+    with Workspace.open(workspace) as ws:
+        report = run_clean(
+            ws,
+            detect=detect,
+            budget=budget,
+            method=method,
+            params=parse_params(param),
+            detector_params=parse_params(detector_param),
+            seed=seed,
+            device=device,
+        )
+    out = report.to_dict()
+    if as_json:
+        _emit_json(out)
+        return
+
+    def pair(before: float | None, after: float | None) -> str:
+        return f"{before:.2f}% → {after:.2f}%" if before is not None else "n/a (no backdoor)"
+
+    found = out["detection"]
+    hits = f"; {found[f'recall@{budget}']:.0%} of the planted samples among them" if found else ""
+    console.print(
+        f"Request {report.request_id} (cleaning): {report.detector} flagged {budget} samples"
+        f"{hits}; unlearned with {report.method} in {report.seconds:.2f}s → model "
+        f"{report.model_after}.\n"
+        f"  clean TA {pair(report.ta_before, report.ta_after)}   "
+        f"ASR {pair(report.asr_before, report.asr_after)}"
+    )
+
+
 # --- evaluate / status / log ---------------------------------------------------------
 
 
@@ -734,6 +809,9 @@ def status(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> No
         f"{splits['val']} validation (fraction {spec.get('val_fraction', '—')}), "
         f"{splits['test']} test (fraction {spec.get('test_fraction', 'official')})."
     )
+    if spec.get("poison"):
+        planted = len(json.loads(spec.get("poison_ids") or "[]"))
+        console.print(f"Planted attack: {spec['poison']} ({planted} training samples).")
     console.print(
         _table(
             "models",
@@ -836,7 +914,7 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
                 [
                     r["request_id"],
                     r["created_at"][:19],
-                    json.dumps(r["selector"]),
+                    _selector_cell(r),
                     _log_count(r),
                     r["method"],
                     bool(r["exact"]),
@@ -849,6 +927,13 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
             ],
         )
     )
+
+
+def _selector_cell(r: dict[str, Any]) -> str:
+    """The request's selector; a cleaning request shows its reason, not its ID list."""
+    if (r["info"] or {}).get("reason") == "cleaning":
+        return f"cleaning ({r['n_samples']} suspects)"
+    return json.dumps(r["selector"])
 
 
 def _log_count(r: dict[str, Any]) -> str:

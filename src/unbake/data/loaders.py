@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unbake.data.poison import poison_dataset
 from unbake.data.samples import Dataset, Samples
 from unbake.data.splits import SPLITS, SplitSpec, assign_splits
 from unbake.data.text import read_jsonl, text_dataset
@@ -37,11 +38,19 @@ def load_dataset(name: str, **options: object) -> Dataset:
     (10, (1, 8, 8), 1797)
     >>> ds.spec["test_fraction"], ds.spec["val_fraction"], ds.spec["split_seed"]
     ('0.2', '0.1', '0')
+
+    ``poison`` (an attack option such as ``"backdoor:fraction=0.05,target=0"``, see
+    :mod:`unbake.data.poison`) plants an attack in the training split and records it,
+    with the planted IDs, in the spec.
     """
     options = {k: v for k, v in options.items() if v is not None}
+    poison, recorded = options.pop("poison", None), options.pop("poison_ids", None)
     dataset = DATASETS.create(name, **options)
     spec = {"name": name, **{k: str(v) for k, v in options.items()}, **dataset.spec}
-    return replace(dataset, spec=spec)
+    dataset = replace(dataset, spec=spec)
+    if poison is not None:
+        dataset = poison_dataset(dataset, str(poison), recorded)
+    return dataset
 
 
 def _split(full: Samples, split: SplitSpec) -> tuple[Samples, Samples, Samples]:

@@ -651,6 +651,7 @@ class Workspace:
         seed: int | None = None,
         device=None,
         idempotency_key: str | None = None,
+        reason: str | None = None,
     ) -> RequestRecord:
         """File and apply a deletion request; every model that saw the data is purged.
 
@@ -659,7 +660,8 @@ class Workspace:
         its own) and changes nothing else. A request refused as invalid leaves no trace.
         With an ``idempotency_key`` already used for the same request, the first
         request's record is returned and nothing is unlearned again (a failed one is
-        retried under its request ID).
+        retried under its request ID). ``reason`` (for example ``"cleaning"``) is
+        recorded in the request's info.
 
         ``label`` is a class name or index (an ``int`` is always an index); the request
         records the class by name. Selected validation and test rows are marked forgotten
@@ -710,6 +712,8 @@ class Workspace:
                     UnlearnTask(original, forget, retain, device=device), seed=seed
                 )
                 evaluation = evaluate(result.model, forget, retain, test)
+            if reason:
+                result.info["reason"] = reason
             request_id = ticket.request_id
             new_id = _new_id("model")
             with self._failure_recorded(ticket, row, method):

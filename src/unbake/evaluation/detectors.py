@@ -1,0 +1,184 @@
+"""Detectors of poisoned or mislabelled training data: a suspicion score per sample.
+
+Every detector is registered in :data:`DETECTORS` and maps ``(model, samples)`` to one
+score per sample, higher meaning more suspicious. :func:`detection_scores` scores a
+ranking against the planted IDs (precision and recall at ``k``, AUROC).
+
+- ``loss``: the model's cross-entropy on the sample's (possibly wrong) label.
+- ``self-influence``: TracIn's self-influence (Pruthi et al., NeurIPS 2020) at the final
+  model: the squared norm of the sample's loss gradient over all parameters.
+- ``spectral``: spectral signatures (Tran, Li and Madry, NeurIPS 2018): within each
+  label, the squared projection of the centred penultimate features on their top
+  singular vector, divided by the label's mean so labels compare.
+- ``activation-clustering``: activation clustering (Chen et al., 2018): within each
+  label, the penultimate features reduced by PCA and split by 2-means; members of the
+  smaller cluster score the label's silhouette plus one (plus their own silhouette, as a
+  tie-break), the rest score their negative share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from unbake._validation import Interval, validate_params
+from unbake.data import Samples
+from unbake.evaluation.ghost import penultimate
+from unbake.evaluation.utility import per_sample_loss
+from unbake.exceptions import InvalidParameterError
+from unbake.registry import Registry
+from unbake.training import STRATEGIES, TrainedModel, to_log_proba
+
+__all__ = ["DETECTORS", "Detector", "detection_scores"]
+
+
+class Detector:
+    """Base: ``score(model, samples)`` returns a float array, one per sample."""
+
+    name = "detector"
+
+    def score(self, model: TrainedModel, samples: Samples) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+_POSITIVE = Interval(int, 1, None)
+
+DETECTORS: Registry[Detector] = Registry("detector", entry_points="unbake.detectors")
+
+
+@DETECTORS.register("loss")
+class LossDetector(Detector):
+    """Cross-entropy of each sample under its training label: mislabels fit badly."""
+
+    name = "loss"
+
+    def score(self, model: TrainedModel, samples: Samples) -> np.ndarray:
+        return per_sample_loss(model, samples)[0]
+
+
+@DETECTORS.register("self-influence")
+class SelfInfluence(Detector):
+    """TracIn self-influence at the final model (Pruthi et al., NeurIPS 2020):
+    ``‖∇θ ℓ(z; θ)‖²`` over every trainable parameter, per sample (``torch.func``)."""
+
+    name = "self-influence"
+
+    def __init__(self, *, batch_size: int = 256) -> None:
+        validate_params({"batch_size": batch_size}, {"batch_size": [_POSITIVE]}, self.name)
+        self.batch_size = batch_size
+
+    def score(self, model: TrainedModel, samples: Samples) -> np.ndarray:
+        from torch.func import functional_call, grad, vmap
+
+        module = model.module.eval()
+        kind = STRATEGIES.get(model.strategy).output
+        params = {k: v.detach() for k, v in module.named_parameters() if v.requires_grad}
+        buffers = {k: v.detach() for k, v in module.named_buffers()}
+        device = next(module.parameters()).device
+
+        def loss(p, x, y):
+            out = functional_call(module, (p, buffers), (x[None],))
+            return -to_log_proba(out, kind)[0].gather(0, y[None])[0]
+
+        per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
+        X, y = samples.tensors(device)
+        out = []
+        for i in range(0, len(y), self.batch_size):
+            g = per_sample(params, X[i : i + self.batch_size], y[i : i + self.batch_size])
+            out.append(sum(t.flatten(1).double().pow(2).sum(1) for t in g.values()).cpu())
+        return torch.cat(out).numpy() if out else np.empty(0)
+
+
+def _per_label(samples: Samples, feats: np.ndarray, fn) -> np.ndarray:
+    """Apply ``fn(features of one label) -> scores`` to each label's rows."""
+    scores = np.zeros(len(samples))
+    for label in np.unique(samples.y):
+        rows = np.flatnonzero(samples.y == label)
+        if len(rows) >= 3:
+            scores[rows] = fn(feats[rows])
+    return scores
+
+
+@DETECTORS.register("spectral")
+class SpectralSignature(Detector):
+    """Spectral signatures (Tran, Li and Madry, NeurIPS 2018), per label."""
+
+    name = "spectral"
+
+    def score(self, model: TrainedModel, samples: Samples) -> np.ndarray:
+        def signature(f: np.ndarray) -> np.ndarray:
+            centred = f - f.mean(0)
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            s = (centred @ vt[0]) ** 2
+            return s / max(s.mean(), 1e-12)
+
+        return _per_label(samples, penultimate(model, samples.X), signature)
+
+
+@DETECTORS.register("activation-clustering")
+class ActivationClustering(Detector):
+    """Activation clustering (Chen et al., 2018), per label: PCA, 2-means, silhouette."""
+
+    name = "activation-clustering"
+
+    def __init__(self, *, components: int = 10, seed: int = 0) -> None:
+        validate_params(
+            {"components": components, "seed": seed},
+            {"components": [_POSITIVE], "seed": [Interval(int, 0, None)]},
+            self.name,
+        )
+        self.components = components
+        self.seed = seed
+
+    def score(self, model: TrainedModel, samples: Samples) -> np.ndarray:
+        from sklearn.cluster import KMeans
+        from sklearn.decomposition import PCA
+        from sklearn.metrics import silhouette_samples
+
+        def cluster(f: np.ndarray) -> np.ndarray:
+            k = min(self.components, f.shape[1], len(f) - 1)
+            z = PCA(n_components=k, random_state=self.seed).fit_transform(f)
+            labels = KMeans(2, n_init=4, random_state=self.seed).fit_predict(z)
+            if len(np.unique(labels)) < 2:
+                return np.zeros(len(f))
+            small = int(np.bincount(labels, minlength=2).argmin())
+            sil = silhouette_samples(z, labels)
+            share = np.mean(labels == small)
+            return np.where(labels == small, 1 + sil.mean() + 0.01 * sil, -share)
+
+        return _per_label(samples, penultimate(model, samples.X), cluster)
+
+
+def detection_scores(
+    scores: np.ndarray, ids: Sequence[str], planted: Sequence[str], ks: Sequence[int]
+) -> dict[str, float]:
+    """Precision and recall of the top ``k`` (for each ``k``) and AUROC against ``planted``.
+
+    >>> s = detection_scores(np.array([0.9, 0.1, 0.8, 0.2]), ["a", "b", "c", "d"], ["a", "d"], [2])
+    >>> s["precision@2"], s["recall@2"], s["auroc"]
+    (0.5, 0.5, 0.75)
+    """
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.isin(np.asarray(ids, dtype=str), np.asarray(list(planted), dtype=str))
+    if not truth.any() or truth.all():
+        raise InvalidParameterError(
+            "Detection is scored against planted samples, but none (or all) of the scored "
+            "samples are planted; score a training set that holds both."
+        )
+    order = np.argsort(-np.asarray(scores, float), kind="stable")
+    out: dict[str, float] = {}
+    for k in ks:
+        hits = int(truth[order[:k]].sum())
+        out[f"precision@{k}"] = hits / k
+        out[f"recall@{k}"] = hits / int(truth.sum())
+    out["auroc"] = float(roc_auc_score(truth, scores))
+    return out
+
+
+def top_k(scores: np.ndarray, ids: Sequence[str], k: int) -> list[str]:
+    """The ``k`` IDs with the highest scores (ties broken by order)."""
+    order = np.argsort(-np.asarray(scores, float), kind="stable")
+    return [str(ids[i]) for i in order[:k]]
