@@ -14,6 +14,7 @@ every backend returns the same bits.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unbake._threads import pin_threads
 from unbake.backends import create_backend
 from unbake.data import Samples
 from unbake.evaluation.metrics import logit_confidence
@@ -81,11 +83,9 @@ class FitJob:
 
 
 def _run_fit(job: FitJob) -> TrainedModel:
-    before = torch.get_num_threads()
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    try:
-        r = job.recipe
+    """Train one reference model; ``job.threads`` pins the count (the thread policy)."""
+    r = job.recipe
+    with pin_threads(job.threads) if job.threads else contextlib.nullcontext():
         return fit(
             job.samples,
             n_classes=r.n_classes,
@@ -96,8 +96,6 @@ def _run_fit(job: FitJob) -> TrainedModel:
             strategy_params=r.strategy_params,
             device="cpu",
         )
-    finally:
-        torch.set_num_threads(before)
 
 
 def fit_many(
