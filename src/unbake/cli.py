@@ -86,6 +86,13 @@ ThreadsOpt = Annotated[
 ]
 
 
+def _apply_threads(threads: int | None) -> None:
+    """``--threads N`` fixes the count; without it the policy set on import stands (an
+    ``UNBAKE_THREADS`` in the environment included)."""
+    if threads is not None:
+        configure_threads(threads)
+
+
 def _one_line(text: str) -> str:
     """``text`` on one line: newlines and other control characters shown escaped."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -216,7 +223,7 @@ def demo(
 ) -> None:
     """Train, forget a random 10% and then one class, compare every method against
     retraining in each scenario, and report."""
-    configure_threads(threads)
+    _apply_threads(threads)
     from unbake.data import load_dataset
     from unbake.evaluation.compare import compare_methods
     from unbake.methods import METHODS
@@ -438,7 +445,7 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model on the workspace's active samples (creating the workspace if new)."""
-    configure_threads(threads)
+    _apply_threads(threads)
     from unbake.training import TrainConfig
     from unbake.workspace import Workspace
     from unbake.workspace.workspace import CATALOG
@@ -635,7 +642,7 @@ def forget(
     as_json: JsonOpt = False,
 ) -> None:
     """File and apply a deletion request, then record it with its verification."""
-    configure_threads(threads)
+    _apply_threads(threads)
     from unbake.workspace import Workspace
 
     id_list: list[str] = [i.strip() for i in ids.split(",") if i.strip()] if ids else []
@@ -722,7 +729,7 @@ def clean(
     as_json: JsonOpt = False,
 ) -> None:
     """Find suspect training samples with a detector and unlearn the top --budget of them."""
-    configure_threads(threads)
+    _apply_threads(threads)
     from unbake.workspace import Workspace
     from unbake.workspace.cleaning import clean as run_clean
 
@@ -803,7 +810,8 @@ def status(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> No
     spec, splits = st["dataset"], st["splits"]
     console.print(
         f"Workspace {st['workspace']}: dataset {spec.get('name')}, "
-        f"{st['samples']['active']} active samples, {st['samples']['forgotten']} forgotten, "
+        f"{st['samples']['active']} active training samples, "
+        f"{st['samples']['forgotten']} forgotten (all splits), "
         f"{st['subjects']} subjects.\n"
         f"Split (keyed hash, seed {spec.get('split_seed', '—')}): {splits['train']} train, "
         f"{splits['val']} validation (fraction {spec.get('val_fraction', '—')}), "
@@ -985,7 +993,7 @@ def tune(
     as_json: JsonOpt = False,
 ) -> None:
     """Search a method's knobs with Optuna against retraining (validation, never test)."""
-    configure_threads(threads)
+    _apply_threads(threads)
     from unbake.bench.tune import tune as run_tune
     from unbake.data import load_dataset
     from unbake.training import TrainConfig
@@ -1249,7 +1257,7 @@ def bench(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a benchmark and write its JSON (and a Markdown summary)."""
-    configure_threads(threads)
+    _apply_threads(threads)
     from unbake.bench import run_benchmark
 
     result = run_benchmark(name, quick=quick, out=out, data_dir=data_dir)

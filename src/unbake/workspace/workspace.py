@@ -1037,7 +1037,8 @@ class Workspace:
         )
 
     def status(self) -> dict[str, Any]:
-        """Counts (training samples active and forgotten, rows per split), subjects, models."""
+        """Counts (active training samples, forgotten rows of every split, active rows per split),
+        subjects, models."""
         counts = {
             (r["split"], r["status"]): r["n"]
             for r in self.catalog.query(
