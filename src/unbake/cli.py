@@ -413,7 +413,12 @@ def train(
         ),
     ] = None,
     model: Annotated[
-        str, typer.Option(help="Architecture name, 'module:function', or hf:PATH (a causal LM).")
+        str,
+        typer.Option(
+            help="Architecture name, a trusted 'module:function' (allow-listed in "
+            "UNBAKE_ALLOWED_FACTORIES or registered under the unbake.models entry points), "
+            "or hf:PATH (a causal LM)."
+        ),
     ] = "mlp",
     strategy: Annotated[
         str, typer.Option(help="Training strategy: monolithic, sisa or certified.")
