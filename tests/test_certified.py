@@ -214,7 +214,7 @@ def test_strategy_with_a_frozen_extractor_through_the_method(monkeypatch):
     _, _, _, ds = _digits()
     train = ds.train.subset(np.arange(300))
     extractor = {"sigma": 5.0, "extractor": "tests.test_certified:public_extractor"}
-    with pytest.raises(InvalidParameterError, match="feature extractor .* is not trusted"):
+    with pytest.raises(InvalidParameterError, match=r"feature extractor .* is not trusted"):
         fit(train, n_classes=10, model="logreg", strategy="certified", strategy_params=extractor)
     monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", extractor["extractor"])
     model = fit(

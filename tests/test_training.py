@@ -58,7 +58,7 @@ def test_resnet18_is_cifar_style():
 
 
 def test_user_factory_and_bad_names(monkeypatch):
-    with pytest.raises(InvalidParameterError, match="'nowhere.module:fn' is not trusted"):
+    with pytest.raises(InvalidParameterError, match=r"'nowhere\.module:fn' is not trusted"):
         build_model("nowhere.module:fn", input_shape=(3,), n_classes=2, seed=0)
     monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", "nowhere.module:fn")
     with pytest.raises(InvalidParameterError, match="Cannot import model factory"):
@@ -118,7 +118,7 @@ def test_allow_factory_and_catalog_specs(monkeypatch):
     monkeypatch.setattr(models, "_ALLOWED", set())
     with pytest.raises(InvalidParameterError, match="not trusted"):
         ModelSpec.from_dict({"name": TINY, "params": {}})
-    with pytest.raises(InvalidParameterError, match="package.module:function"):
+    with pytest.raises(InvalidParameterError, match=r"package\.module:function"):
         models.allow_factory("no_colon")
     models.allow_factory(TINY)
     assert ModelSpec.from_dict({"name": TINY}).to_dict() == {"name": TINY, "params": {}}
