@@ -308,3 +308,51 @@ def test_real_runs_on_digits(digits_small):
     got = result.outcome.value.model.module.parameters()
     for a, b in zip(got, retrained.module.parameters(), strict=True):
         assert torch.equal(a, b)  # the fallback is exact: retraining, bit for bit
+
+
+# --- unbake policy check -----------------------------------------------------------------
+
+
+def test_cli_policy_check_on_trained_workspaces(tmp_path):
+    from tests.integration.test_cli import TRAIN, assert_one_line_error, run, snapshot
+
+    ws = tmp_path / "ws"
+    assert run(*TRAIN, "--workspace", ws).exit_code == 0
+    before = snapshot(ws)
+    result = run("policy", "check", EXAMPLE, "--workspace", ws)
+    assert result.exit_code == 0, result.output
+    assert "governed by section 'default'" in result.stdout
+    assert "fallback: retrain (exact" in result.stdout
+    as_json = json.loads(run("policy", "check", EXAMPLE, "--workspace", ws, "--json").stdout)
+    assert as_json["valid"] and as_json["model"] == {
+        "architecture": "logreg",
+        "strategy": "monolithic",
+    }
+    bad = tmp_path / "bad.toml"
+    bad.write_text(EXAMPLE.read_text().replace('method = "scrub"', 'method = "scrubb"'))
+    assert_one_line_error(run("policy", "check", bad, "--workspace", ws), "steps[1].method")
+    lm_only = tmp_path / "lm.toml"
+    lm_only.write_text(BATCH + DEFAULT.replace('"scrub"', '"npo"'))
+    assert_one_line_error(run("policy", "check", lm_only, "--workspace", ws), "'npo' unlearns")
+    assert_one_line_error(run("policy", "check", tmp_path / "none.toml", "--workspace", ws))
+    assert_one_line_error(run("policy", "check", EXAMPLE, "--workspace", tmp_path / "nowhere"))
+    assert snapshot(ws) == before
+
+    sisa = tmp_path / "sisa"
+    trained = run(*TRAIN, "--strategy", "sisa", "--shards", "2", "--workspace", sisa)
+    assert trained.exit_code == 0, trained.output
+    result = run("policy", "check", EXAMPLE, "--workspace", sisa, "--json")
+    assert json.loads(result.stdout)["steps"] == [
+        {
+            "method": "sisa",
+            "params": {},
+            "thresholds": {},
+            "checks": [],
+            "fallback": True,
+            "guarantee": "exact",
+        }
+    ]
+    no_sisa = tmp_path / "no-sisa.toml"
+    no_sisa.write_text(BATCH + DEFAULT)
+    # a SISA model under the default section: retrain is still possible, so it passes
+    assert run("policy", "check", no_sisa, "--workspace", sisa).exit_code == 0
