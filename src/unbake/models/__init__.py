@@ -128,7 +128,11 @@ def build_model(
 
 
 def allow_factory(path: str) -> None:
-    """Trust the ``"package.module:function"`` factory ``path`` for the rest of this process."""
+    """Trust the ``"package.module:function"`` factory ``path`` for the rest of this process.
+
+    Worker processes that do not fork from this one (Ray, a spawned pool) do not see it;
+    use ``UNBAKE_ALLOWED_FACTORIES`` or an entry point for them.
+    """
     module_name, sep, attr = path.partition(":")
     if not (module_name and sep and attr):
         raise InvalidParameterError(
