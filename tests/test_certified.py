@@ -210,15 +210,15 @@ def test_certified_removal_for_the_last_layer_of_a_frozen_network():
     assert not any(p.requires_grad for p in module.extractor.parameters())
 
 
-def test_strategy_with_a_frozen_extractor_through_the_method():
+def test_strategy_with_a_frozen_extractor_through_the_method(monkeypatch):
     _, _, _, ds = _digits()
     train = ds.train.subset(np.arange(300))
+    extractor = {"sigma": 5.0, "extractor": "tests.test_certified:public_extractor"}
+    with pytest.raises(InvalidParameterError, match=r"feature extractor .* is not trusted"):
+        fit(train, n_classes=10, model="logreg", strategy="certified", strategy_params=extractor)
+    monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", extractor["extractor"])
     model = fit(
-        train,
-        n_classes=10,
-        model="logreg",
-        strategy="certified",
-        strategy_params={"sigma": 5.0, "extractor": "tests.test_certified:public_extractor"},
+        train, n_classes=10, model="logreg", strategy="certified", strategy_params=extractor
     )
     assert isinstance(model.module, CertifiedLinear)
     forget, retain = train.split(train.ids[:2])

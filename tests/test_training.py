@@ -57,7 +57,10 @@ def test_resnet18_is_cifar_style():
     assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 20
 
 
-def test_user_factory_and_bad_names():
+def test_user_factory_and_bad_names(monkeypatch):
+    with pytest.raises(InvalidParameterError, match=r"'nowhere\.module:fn' is not trusted"):
+        build_model("nowhere.module:fn", input_shape=(3,), n_classes=2, seed=0)
+    monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", "nowhere.module:fn")
     with pytest.raises(InvalidParameterError, match="Cannot import model factory"):
         build_model("nowhere.module:fn", input_shape=(3,), n_classes=2, seed=0)
     with pytest.raises(UnknownNameError, match="Unknown model 'vit'"):
@@ -72,11 +75,55 @@ def make_tiny_net(*, input_shape, n_classes):
     )
 
 
-def test_module_function_factory():
-    net = build_model(
-        "tests.test_training:make_tiny_net", input_shape=(1, 8, 8), n_classes=10, seed=0
-    )
+TINY = "tests.test_training:make_tiny_net"
+
+
+def test_module_function_factory_only_when_allowed(monkeypatch):
+    import sys
+
+    sys.modules.pop("os_probe_never_imported", None)
+    for untrusted in (TINY, "os:system", "subprocess:getoutput", "os_probe_never_imported:f"):
+        with pytest.raises(InvalidParameterError, match="UNBAKE_ALLOWED_FACTORIES="):
+            build_model(untrusted, input_shape=(1, 8, 8), n_classes=10, seed=0)
+    assert "os_probe_never_imported" not in sys.modules  # refused before any import
+    monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", f" other.mod:f , {TINY}")
+    net = build_model(TINY, input_shape=(1, 8, 8), n_classes=10, seed=0)
     assert net(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    with pytest.raises(InvalidParameterError, match="'os:system' is not trusted"):
+        build_model("os:system", input_shape=(1, 8, 8), n_classes=10, seed=0)
+
+
+def test_factory_registered_as_an_entry_point_is_trusted(monkeypatch):
+    import importlib.metadata
+
+    ep = importlib.metadata.EntryPoint("tiny", TINY, "unbake.models")
+    real = importlib.metadata.entry_points
+
+    def fake(**kw):
+        return [ep] if kw.get("group") == "unbake.models" else real(**kw)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    net = build_model(TINY, input_shape=(1, 8, 8), n_classes=10, seed=0)
+    assert net(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    # the registry adds an entry point that names a factory under the entry point's name
+    from unbake.registry import Registry
+
+    nets = Registry("model", entry_points="unbake.models")
+    assert nets.available() == ["tiny"] and nets.get("tiny") is make_tiny_net
+
+
+def test_allow_factory_and_catalog_specs(monkeypatch):
+    from unbake import models
+
+    monkeypatch.setattr(models, "_ALLOWED", set())
+    with pytest.raises(InvalidParameterError, match="not trusted"):
+        ModelSpec.from_dict({"name": TINY, "params": {}})
+    with pytest.raises(InvalidParameterError, match=r"package\.module:function"):
+        models.allow_factory("no_colon")
+    models.allow_factory(TINY)
+    assert ModelSpec.from_dict({"name": TINY}).to_dict() == {"name": TINY, "params": {}}
+    with pytest.raises(UnknownNameError, match="Unknown model 'vit'"):
+        ModelSpec.from_dict({"name": "vit"})
 
 
 def test_train_config_errors_are_one_line():

@@ -413,7 +413,12 @@ def train(
         ),
     ] = None,
     model: Annotated[
-        str, typer.Option(help="Architecture name, 'module:function', or hf:PATH (a causal LM).")
+        str,
+        typer.Option(
+            help="Architecture name, a trusted 'module:function' (allow-listed in "
+            "UNBAKE_ALLOWED_FACTORIES or registered under the unbake.models entry points), "
+            "or hf:PATH (a causal LM)."
+        ),
     ] = "mlp",
     strategy: Annotated[
         str, typer.Option(help="Training strategy: monolithic, sisa or certified.")
@@ -1239,6 +1244,55 @@ def certificate_check_subject(
         console.print(f"Certificate of request {body['request_id']} {verb} this subject.")
     if not found:
         raise typer.Exit(1)
+
+
+# --- policy --------------------------------------------------------------------------
+
+policy_app = typer.Typer(
+    help="Deletion policies: the methods to try, their audit thresholds, the exact fallback.",
+    no_args_is_help=True,
+)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check")
+@_handle_errors
+def policy_check(
+    file: Annotated[Path, typer.Argument(help="The policy (TOML).")],
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a policy against the workspace's current model; exit 2 naming the problem."""
+    from unbake.service.policy import ModelInfo, check_policy, load_policy
+    from unbake.workspace import Workspace
+
+    policy = load_policy(file)
+    with Workspace.open(workspace) as ws:
+        model = ws.load_model()
+    summary = check_policy(policy, ModelInfo.of(model))
+    if as_json:
+        _emit_json({"valid": True, "file": str(file), **summary})
+        return
+    m, batch = summary["model"], summary["batch"]
+    deadline = summary["deadline_days"]
+    console.print(
+        f"Policy {file} is valid; model {m['architecture']} (strategy {m['strategy']}) is "
+        f"governed by section {summary['section']!r} (of {', '.join(summary['sections'])})."
+    )
+    console.print(
+        f"Batches: up to {batch['max_requests']} requests or {batch['max_seconds']:g} s; "
+        f"deadline: {f'{deadline} days' if deadline else 'one calendar month'}."
+    )
+    for i, step in enumerate(summary["steps"], 1):
+        params = ", ".join(f"{k}={v}" for k, v in step["params"].items()) or "defaults"
+        limits = ", ".join(step["checks"])
+        role = "fallback" if step["fallback"] else f"step {i}"
+        console.print(
+            f"  {role}: {step['method']} ({step['guarantee']}; {params})"
+            + (f", must pass {limits}" if limits else "")
+        )
+    for note in summary["notes"]:
+        console.print(f"Note: {note}.")
 
 
 # --- bench ---------------------------------------------------------------------------

@@ -30,8 +30,9 @@ class Registry(Generic[T]):
 
     ``entry_points`` names an ``importlib.metadata`` entry-point group (for example
     ``"unbake.methods"``): other installed packages add items by declaring an entry point
-    in that group whose module registers them on import. The group is loaded once, on
-    the first lookup.
+    in that group whose module registers them on import, or that names the factory itself
+    (``name = "package.module:function"``), registered under the entry point's name. The
+    group is loaded once, on the first lookup.
     """
 
     def __init__(self, kind: str, *, entry_points: str | None = None) -> None:
@@ -46,12 +47,17 @@ class Registry(Generic[T]):
         self._plugins_loaded = True
         for ep in importlib.metadata.entry_points(group=self._group):
             try:
-                ep.load()
+                item = ep.load()
             except Exception as exc:  # a broken plug-in must name itself
                 raise UnbakeError(
                     f"The {self.kind} plug-in {ep.name!r} ({ep.value}, entry point group "
                     f"{self._group!r}) failed to load: {exc}; fix or uninstall that package."
                 ) from exc
+            # An entry point naming a factory (not a module that registers on import) adds
+            # it under the entry point's name.
+            known = ep.name in self._items or any(item is f for f in self._items.values())
+            if getattr(ep, "attr", None) and callable(item) and not known:
+                self._items[ep.name] = item
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator registering ``factory`` under ``name``; a duplicate name raises."""

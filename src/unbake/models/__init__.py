@@ -2,6 +2,13 @@
 
 Every model maps a float tensor of shape ``(batch, *input_shape)`` to class logits.
 
+unbake calls only the factories an operator chose to trust: the built-in models, those
+that installed packages register through the ``unbake.models`` entry-point group, and
+``"package.module:function"`` paths allow-listed with :func:`allow_factory` or the
+``UNBAKE_ALLOWED_FACTORIES`` environment variable (comma-separated). Any other path is
+refused before its module is imported, whether it comes from the command line or from a
+workspace's catalog (a tampered spec cannot make a retrain call ``os:system``).
+
 >>> from unbake.models import ModelSpec, build_model
 >>> net = build_model(ModelSpec("mlp", {"hidden": [32]}), input_shape=(1, 8, 8), n_classes=10, seed=0)
 >>> net(torch.zeros(2, 1, 8, 8)).shape
@@ -12,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.metadata
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +32,28 @@ from torch import nn
 from unbake.exceptions import InvalidParameterError, UnbakeError
 from unbake.registry import Registry
 
-__all__ = ["CNN", "MLP", "MODELS", "ModelSpec", "ResNet18", "build_model"]
+__all__ = [
+    "ALLOW_ENV",
+    "CNN",
+    "MLP",
+    "MODELS",
+    "ModelSpec",
+    "ResNet18",
+    "allow_factory",
+    "build_model",
+    "check_factory",
+]
 
-MODELS: Registry[nn.Module] = Registry("model")
+#: The entry-point group through which installed packages add model factories: an entry
+#: point ``name = "package.module:function"`` makes ``--model name`` (and the path itself)
+#: available.
+ENTRY_POINTS = "unbake.models"
+#: Environment variable allow-listing ``"package.module:function"`` factories (comma-separated).
+ALLOW_ENV = "UNBAKE_ALLOWED_FACTORIES"
+
+MODELS: Registry[nn.Module] = Registry("model", entry_points=ENTRY_POINTS)
+
+_ALLOWED: set[str] = set()
 
 
 #: ModelSpec name of a model given as an ``nn.Module`` instance (in-memory only).
@@ -34,7 +62,7 @@ INSTANCE = "<module>"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """An architecture by name (or ``"module:function"``) and its keyword arguments.
+    """An architecture by name (or a trusted ``"module:function"``) and its keyword arguments.
 
     :meth:`from_module` wraps an ``nn.Module`` instance instead: its current weights
     are the initialisation that every (re)training starts from, so retraining stays
@@ -56,10 +84,13 @@ class ModelSpec:
                 f"A model given as an nn.Module instance ({self.params['class']}) cannot be "
                 "saved; pass a 'package.module:function' factory as the model instead."
             )
+        check_factory(self.name)
         return {"name": self.name, "params": dict(self.params)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """The spec saved by :meth:`to_dict`; a factory that is not trusted is refused."""
+        check_factory(data["name"])
         return cls(data["name"], dict(data.get("params", {})))
 
 
@@ -96,7 +127,51 @@ def build_model(
     return model
 
 
-def _import_factory(path: str):
+def allow_factory(path: str) -> None:
+    """Trust the ``"package.module:function"`` factory ``path`` for the rest of this process.
+
+    Worker processes that do not fork from this one (Ray, a spawned pool) do not see it;
+    use ``UNBAKE_ALLOWED_FACTORIES`` or an entry point for them.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not (module_name and sep and attr):
+        raise InvalidParameterError(
+            f"Cannot allow {path!r}: give the factory as 'package.module:function'."
+        )
+    _ALLOWED.add(path)
+
+
+def _allowed_paths() -> set[str]:
+    from_env = {p.strip() for p in os.environ.get(ALLOW_ENV, "").split(",") if p.strip()}
+    registered = {
+        f"{ep.module}:{ep.attr}"
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINTS)
+        if ep.attr
+    }
+    return _ALLOWED | from_env | registered
+
+
+def check_factory(name: str, *, kind: str = "model factory") -> None:
+    """Refuse ``name`` unless it is built in, registered, allow-listed, or an ``hf:`` model.
+
+    Nothing is imported for a refused path.
+    """
+    if name.startswith("hf:"):
+        return
+    if ":" not in name:
+        MODELS.get(name)  # unknown names: one line listing the registered models
+        return
+    if name not in _allowed_paths():
+        raise InvalidParameterError(
+            f"The {kind} {name!r} is not trusted: unbake calls only the built-in models "
+            f"({', '.join(MODELS.available())}), factories registered under the "
+            f"{ENTRY_POINTS!r} entry-point group, and paths allow-listed in {ALLOW_ENV}; if "
+            f"you trust that code, set {ALLOW_ENV}={name} or register it as an entry point."
+        )
+
+
+def _import_factory(path: str, *, kind: str = "model factory"):
+    check_factory(path, kind=kind)
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)

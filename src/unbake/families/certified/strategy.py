@@ -49,7 +49,8 @@ class CertifiedStrategy(CertifiedParams, TrainingStrategy):
 
     extractor: str | None = hyperparameter(
         None,
-        help="A factory 'package.module:function' called with input_shape= that returns the "
+        help="A trusted factory 'package.module:function' (see unbake.models) called with "
+        "input_shape= that returns the "
         "frozen feature network (trained on public data, or with differential privacy: it "
         "must not depend on the data to be removed); None: raw inputs.",
         constraints=[str, None],
@@ -67,7 +68,8 @@ class CertifiedStrategy(CertifiedParams, TrainingStrategy):
     def _build_extractor(self, input_shape: Sequence[int]) -> nn.Module | None:
         if self.extractor is None:
             return None
-        module = _import_factory(self.extractor)(input_shape=tuple(input_shape))
+        factory = _import_factory(self.extractor, kind="feature extractor")
+        module = factory(input_shape=tuple(input_shape))
         if not isinstance(module, nn.Module):
             raise InvalidParameterError(
                 f"Extractor {self.extractor!r} returned {type(module).__name__}, not an "
