@@ -45,6 +45,11 @@ FORGET = 12
 FORGET_CLASS = 0
 #: Share of the original→retrain gap (forget loss, or forget accuracy) a method must close.
 FORGET_SHARE = 0.1
+#: Accuracy points (forget set, original over retrain) that show memorisation where the
+#: loss cannot: LoRA adapters on the tiny random Llama (whose embeddings, tied to its
+#: output layer, stay frozen and small) raise the right tokens to the top without making
+#: them probable.
+LEAST_ACCURACY_GAP = 10.0
 
 #: The text setting: a tiny random Llama fine-tuned on a generated TOFU-style set.
 TINY_TEXT_CONFIG = TrainConfig(epochs=3, batch_size=8, lr=3e-3)
@@ -141,13 +146,19 @@ def tiny_dataset() -> Dataset:
 
 
 def _original_kwargs(unlearner: Unlearner, config: TrainConfig = TINY_CONFIG) -> dict:
-    if _is_text(unlearner):
-        from unbake.models import ModelSpec
+    from unbake.models import ModelSpec
 
-        return {"model": ModelSpec(f"hf:{tiny_lm_path()}"), "config": _TEXT_CONFIGS[config]}
-    kwargs = {"model": "mlp", "config": config}
+    kwargs: dict = {"model": "mlp", "config": config}
+    if _is_text(unlearner):
+        kwargs = {"model": ModelSpec(f"hf:{tiny_lm_path()}"), "config": _TEXT_CONFIGS[config]}
     if unlearner.requires_strategy:
-        kwargs.update(unlearner.suggested_original or {"strategy": unlearner.requires_strategy})
+        suggested = dict(unlearner.suggested_original or {"strategy": unlearner.requires_strategy})
+        extra = suggested.pop("model_params", None)
+        kwargs.update(suggested)
+        if extra:
+            spec = kwargs["model"]
+            spec = ModelSpec(spec) if isinstance(spec, str) else spec
+            kwargs["model"] = ModelSpec(spec.name, {**spec.params, **extra})
     return kwargs
 
 
@@ -375,7 +386,9 @@ def check_forgets(unlearner: Unlearner) -> None:
     above the memorised one, so the share is of ``log(loss)``). Returning a copy of the
     original closes neither. For text methods: the tiny Llama fine-tuned until it has
     memorised the generated persons, asked to forget every row (canary included) of the
-    ``forget10`` persons; loss and accuracy are per answer token.
+    ``forget10`` persons; loss and accuracy are per answer token. The setting must show
+    memorisation: retraining raises the forget loss, or lowers the forget accuracy by
+    ``LEAST_ACCURACY_GAP`` points.
     """
     forget, retain, least_gap = _forget_setting(unlearner)
     original = tiny_original(unlearner, MEMORISE_CONFIG)
@@ -388,8 +401,9 @@ def check_forgets(unlearner: Unlearner) -> None:
     (l0, a0), (lr, ar), (lm, am) = (
         _forget_loss_and_accuracy(m, forget) for m in (original, reference, out)
     )
-    assert lr - l0 > least_gap, (
-        f"the setting is broken: retraining raised the forget loss {l0}→{lr}"
+    assert lr - l0 > least_gap or a0 - ar > LEAST_ACCURACY_GAP, (
+        f"the setting is broken: retraining raised the forget loss only {l0}→{lr} and "
+        f"lowered the forget accuracy only {a0:.1f}→{ar:.1f}%"
     )
     closed_loss = math.log(max(lm, 1e-12) / max(l0, 1e-12)) / math.log(lr / max(l0, 1e-12))
     closed_acc = (a0 - am) / max(a0 - ar, 1e-9)
