@@ -19,6 +19,7 @@ from unbake.exceptions import InvalidParameterError, UnbakeError, UnsupportedMod
 from unbake.families.sisa import LoRAEnsemble, SISALoRA, checkpoint_key
 from unbake.methods import METHODS, UnlearnTask
 from unbake.models import ModelSpec
+from unbake.testing import assert_bitwise_equal, model_tensors
 from unbake.testing.conformance import tiny_dataset, tiny_lm_path, tiny_text_dataset
 from unbake.training import TrainConfig
 
@@ -47,16 +48,8 @@ def train(samples, seed=0, model=None, **params):
     )
 
 
-def state(model):
-    out = {f"module.{k}": v for k, v in model.module.state_dict().items()}
-    out.update({f"artifact.{k}": v for k, v in model.artifacts.items()})
-    return out
-
-
 def assert_bitwise(a, b):
-    assert a.keys() == b.keys()
-    diff = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not diff, f"tensors differ bitwise: {diff[:5]}"
+    assert_bitwise_equal(a, b, "sisa_lora models differ")
 
 
 def with_late_long_person():
@@ -94,11 +87,11 @@ def test_forgetting_a_subject_is_bitwise_training_from_scratch():
     assert result.info["earliest_slice"] == {str(shard): PARAMS["slices"]}
 
     scratch = train(retain)
-    assert_bitwise(state(result.model), state(scratch))
+    assert_bitwise(result.model, scratch)
 
     # Only the person's adapter changed; the other adapter and the checkpoint taken
     # before the person's slice are the original's, bit for bit.
-    before, after = state(original), state(result.model)
+    before, after = model_tensors(original), model_tensors(result.model)
     changed = {k for k in after if not torch.equal(before[k], after[k])}
     assert changed and all(f".shard{shard}." in k for k in changed)
     kept = checkpoint_key(int(shard), 0, "")
@@ -137,7 +130,7 @@ def test_checkpoints_hold_only_adapters_and_round_trip(tmp_path):
     assert len(meta["base_sha256"]) == 64
     stored = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     assert all("lora_" in k for k in stored if k != "__metadata__")
-    assert_bitwise(state(back), state(model))
+    assert_bitwise(back, model)
     texts = tiny_text_dataset().test
     scores = [answer_loss_and_match(m, texts) for m in (model, back)]
     assert all(np.array_equal(a, b) for a, b in zip(*scores, strict=True))
@@ -223,3 +216,9 @@ def test_cli_trains_with_sisa_lora_and_forgets_a_person_in_one_shard(tmp_path):
     assert len(info["shards_retrained"]) == 1 and info["slice_steps_total"] == 4
     bad = runner.invoke(app, ["forget", "--workspace", ws, "--subject", "Nobody Atall"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.slow
+def test_a_process_pool_trains_the_same_adapters_as_sequential_training():
+    texts = tiny_text_dataset().train
+    assert_bitwise(train(texts, backend="local", workers=2), train(texts))

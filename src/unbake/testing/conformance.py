@@ -31,7 +31,9 @@ from unbake.workspace import Workspace
 __all__ = [
     "CHECKS",
     "applicable_checks",
+    "assert_bitwise_equal",
     "check_unlearner",
+    "model_tensors",
     "parametrize_with_checks",
     "tiny_dataset",
     "tiny_original",
@@ -202,14 +204,16 @@ def _task(unlearner: Unlearner) -> UnlearnTask:
     return UnlearnTask(tiny_original(unlearner), forget, retain)
 
 
-def _state(model: TrainedModel) -> dict[str, torch.Tensor]:
+def model_tensors(model: TrainedModel) -> dict[str, torch.Tensor]:
+    """Every tensor of a model, as its checkpoint names them: weights and artifacts."""
     out = {f"module.{k}": v for k, v in model.module.state_dict().items()}
     out.update({f"artifact.{k}": v for k, v in model.artifacts.items()})
     return out
 
 
-def _assert_bitwise_equal(a: TrainedModel, b: TrainedModel, what: str) -> None:
-    sa, sb = _state(a), _state(b)
+def assert_bitwise_equal(a: TrainedModel, b: TrainedModel, what: str) -> None:
+    """Weights and artifacts of ``a`` and ``b`` are the same tensors, bit for bit."""
+    sa, sb = model_tensors(a), model_tensors(b)
     assert sa.keys() == sb.keys(), f"{what}: different tensors ({set(sa) ^ set(sb)})"
     diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
     assert not diff, f"{what}: tensors differ bitwise: {diff[:5]}"
@@ -227,7 +231,7 @@ def check_deterministic(unlearner: Unlearner) -> None:
     """The same task and seed give bitwise-identical results."""
     a = unlearner.unlearn(_task(unlearner), seed=7).model
     b = unlearner.unlearn(_task(unlearner), seed=7).model
-    _assert_bitwise_equal(a, b, f"{unlearner.name} is not deterministic given a seed")
+    assert_bitwise_equal(a, b, f"{unlearner.name} is not deterministic given a seed")
 
 
 def check_same_architecture(unlearner: Unlearner) -> None:
@@ -250,7 +254,7 @@ def check_original_untouched(unlearner: Unlearner) -> None:
     before = copy.deepcopy(task.original)
     data = copy.deepcopy((task.forget, task.retain))
     unlearner.unlearn(task)
-    _assert_bitwise_equal(task.original, before, f"{unlearner.name} modified the original model")
+    assert_bitwise_equal(task.original, before, f"{unlearner.name} modified the original model")
     assert _same_data(task.forget, data[0]) and _same_data(task.retain, data[1]), (
         f"{unlearner.name} modified the task's data"
     )
@@ -335,7 +339,7 @@ def check_exact_matches_retrain(unlearner: Unlearner) -> None:
     """An exact method's result is bitwise the model trained from scratch on the retain set."""
     task = _task(unlearner)
     out = unlearner.unlearn(task).model
-    _assert_bitwise_equal(
+    assert_bitwise_equal(
         out, _scratch(task), f"exact method {unlearner.name} differs from retraining"
     )
 

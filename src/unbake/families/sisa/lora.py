@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from unbake._validation import Interval, Options
 from unbake.data import Samples
 from unbake.exceptions import InvalidParameterError, UnsupportedModelError
 from unbake.families.sisa.strategy import SISA, ShardRecipe
@@ -173,12 +172,10 @@ class SISALoRA(SISA):
     """
 
     name = "sisa_lora"
-    label_params = ("shards", "slices")
-    output = "log_probs"
+    recipe = LoRARecipe
+    #: SISA's, less ``aggregation`` (always the mean of the probabilities).
     _parameter_constraints = {
-        "shards": [Interval(int, 1, None, closed="left")],
-        "slices": [Interval(int, 1, None, closed="left")],
-        "assignment": [Options({"subject", "hash"})],
+        k: v for k, v in SISA._parameter_constraints.items() if k != "aggregation"
     }
 
     def __init__(
@@ -217,9 +214,6 @@ class SISALoRA(SISA):
                 f"got model {spec.name!r} with parameters {spec.params}. Give --model hf:PATH "
                 "and --param lora_rank=R."
             )
-
-    def recipe(self, spec: ModelSpec) -> ShardRecipe:
-        return LoRARecipe()
 
     def shard_data(
         self, samples: Samples, rows: np.ndarray, spec: ModelSpec

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -221,6 +221,8 @@ class SISA(TrainingStrategy):
     name = "sisa"
     label_params = ("shards", "slices")
     output = "log_probs"  # SISAEnsemble aggregates the shards' log-probabilities
+    #: How each shard model trains and what its checkpoints hold.
+    recipe: ClassVar[type[ShardRecipe]] = ShardRecipe
     _parameter_constraints = {
         "shards": [Interval(int, 1, None, closed="left")],
         "slices": [Interval(int, 1, None, closed="left")],
@@ -277,10 +279,6 @@ class SISA(TrainingStrategy):
                 "for a language model use --strategy sisa_lora with --param lora_rank=R."
             )
 
-    def recipe(self, spec: ModelSpec) -> ShardRecipe:
-        """How each shard model of ``spec`` trains (see :class:`ShardRecipe`)."""
-        return ShardRecipe()
-
     def shard_data(
         self, samples: Samples, rows: np.ndarray, spec: ModelSpec
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -333,7 +331,7 @@ class SISA(TrainingStrategy):
             start=start,
             state=state,
             device=str(device),
-            recipe=self.recipe(spec),
+            recipe=self.recipe(),
         )
 
     def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
