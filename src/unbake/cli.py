@@ -421,7 +421,7 @@ def train(
         ),
     ] = "mlp",
     strategy: Annotated[
-        str, typer.Option(help="Training strategy: monolithic, sisa or certified.")
+        str, typer.Option(help="Training strategy: monolithic, sisa, sisa_lora or certified.")
     ] = "monolithic",
     shards: Annotated[int | None, typer.Option(help="SISA shards.")] = None,
     slices: Annotated[int | None, typer.Option(help="SISA slices per shard.")] = None,

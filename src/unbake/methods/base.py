@@ -182,7 +182,8 @@ class Unlearner:
     needs_retain_data: ClassVar[bool] = True
     requires_strategy: ClassVar[str | None] = None
     #: How to train a suitable original when ``requires_strategy`` is set (demo, bench):
-    #: keyword arguments of :func:`unbake.training.fit` such as model and strategy_params.
+    #: keyword arguments of :func:`unbake.training.fit` such as model and strategy_params,
+    #: and ``model_params``: parameters to add to the caller's model (e.g. ``lora_rank``).
     suggested_original: ClassVar[dict[str, Any] | None] = None
     _parameter_constraints: ClassVar[dict[str, list]] = {}
     #: The knobs ``unbake tune`` searches and their ranges; every edge of a range must

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import importlib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,8 +27,13 @@ from unbake.exceptions import InvalidParameterError, UnbakeError
 
 __all__ = [
     "HF_PREFIX",
+    "adapter_state",
+    "adapter_tensors",
     "base_hash",
+    "causal_lm_config",
     "is_hf",
+    "is_lora",
+    "load_adapter_state",
     "load_causal_lm",
     "load_tokenizer",
     "require_llm",
@@ -100,22 +106,11 @@ def base_hash(name: str) -> str:
     return digest.hexdigest()
 
 
-def load_causal_lm(name: str, *, seed: int, lora_rank: int | None = None) -> nn.Module:
-    """The causal LM ``hf:PATH`` in float32, with seeded LoRA adapters of rank ``lora_rank``.
-
-    Without ``lora_rank`` every weight is trained (full fine-tuning).
-    """
+def causal_lm_config(name: str):
+    """The ``transformers`` config of ``hf:PATH`` (offline); refuses a model that is not a causal LM."""
     transformers = require_llm()
-    if lora_rank is not None and (
-        not isinstance(lora_rank, int) or isinstance(lora_rank, bool) or lora_rank < 1
-    ):
-        raise InvalidParameterError(
-            f"The 'lora_rank' parameter must be an int >= 1 (leave it out for full "
-            f"fine-tuning). Got {lora_rank!r} instead."
-        )
-    path = _path(name)
     try:
-        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(_path(name), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise InvalidParameterError(
             f"Cannot load {name!r} offline ({str(exc).splitlines()[0]}); give a local "
@@ -126,12 +121,36 @@ def load_causal_lm(name: str, *, seed: int, lora_rank: int | None = None) -> nn.
             f"{name!r} is a {type(config).__name__}, not a causal language model; give a "
             "model that AutoModelForCausalLM loads (Llama, SmolLM2, GPT-2, ...)."
         )
+    return config
+
+
+def load_causal_lm(
+    name: str,
+    *,
+    seed: int,
+    lora_rank: int | None = None,
+    adapters: Sequence[str] = ("default",),
+) -> nn.Module:
+    """The causal LM ``hf:PATH`` in float32, with seeded LoRA adapters of rank ``lora_rank``.
+
+    Without ``lora_rank`` every weight is trained (full fine-tuning). With it, one adapter
+    per name in ``adapters`` shares the frozen base (the first is the active one).
+    """
+    transformers = require_llm()
+    if lora_rank is not None and (
+        not isinstance(lora_rank, int) or isinstance(lora_rank, bool) or lora_rank < 1
+    ):
+        raise InvalidParameterError(
+            f"The 'lora_rank' parameter must be an int >= 1 (leave it out for full "
+            f"fine-tuning). Got {lora_rank!r} instead."
+        )
+    causal_lm_config(name)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.manual_seed(int(seed))
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                path, local_files_only=True, dtype=torch.float32
+                _path(name), local_files_only=True, dtype=torch.float32
             )
         except OSError as exc:
             raise InvalidParameterError(
@@ -147,9 +166,49 @@ def load_causal_lm(name: str, *, seed: int, lora_rank: int | None = None) -> nn.
                 lora_dropout=0.0,
                 task_type="CAUSAL_LM",
             )
-            model = peft.get_peft_model(model, lora)
+            model = peft.get_peft_model(model, lora, adapter_name=adapters[0])
+            for adapter in adapters[1:]:
+                model.add_adapter(adapter, lora)
+            model.set_adapter(adapters[0])
     model.eval()
     return model
+
+
+def is_lora(spec) -> bool:
+    """Whether the :class:`~unbake.models.ModelSpec` trains LoRA adapters on a frozen base."""
+    return spec.params.get("lora_rank") is not None
+
+
+def adapter_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every LoRA tensor of ``module`` (all its adapters), by state-dict name: what a LoRA
+    checkpoint stores instead of the frozen base (peft's own rule: names holding ``lora_``)."""
+    return {k: v for k, v in module.state_dict().items() if "lora_" in k}
+
+
+def adapter_state(module: nn.Module, adapter: str = "default") -> dict[str, torch.Tensor]:
+    """A copy of the tensors of one LoRA adapter, keyed without the adapter's name.
+
+    The same keys for every adapter, so a state trained as ``default`` in one model loads
+    as ``shard3`` in another (:func:`load_adapter_state`).
+    """
+    peft = require_llm("peft")
+    state = peft.get_peft_model_state_dict(module, adapter_name=adapter)
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def load_adapter_state(
+    module: nn.Module, state: dict[str, torch.Tensor], adapter: str = "default"
+) -> None:
+    """Load an :func:`adapter_state` into adapter ``adapter`` of ``module``, exactly.
+
+    Raises ``RuntimeError`` when the tensors do not match the adapter's (callers turn it
+    into their own error).
+    """
+    peft = require_llm("peft")
+    expected = set(peft.get_peft_model_state_dict(module, adapter_name=adapter))
+    if set(state) != expected:
+        raise RuntimeError(f"adapter tensors {sorted(set(state) ^ expected)[:3]} do not match")
+    peft.set_peft_model_state_dict(module, state, adapter_name=adapter)
 
 
 def write_tiny_llama(

@@ -8,7 +8,9 @@
 from unbake.testing.conformance import (
     CHECKS,
     applicable_checks,
+    assert_bitwise_equal,
     check_unlearner,
+    model_tensors,
     parametrize_with_checks,
     tiny_dataset,
     tiny_original,
@@ -17,7 +19,9 @@ from unbake.testing.conformance import (
 __all__ = [
     "CHECKS",
     "applicable_checks",
+    "assert_bitwise_equal",
     "check_unlearner",
+    "model_tensors",
     "parametrize_with_checks",
     "tiny_dataset",
     "tiny_original",

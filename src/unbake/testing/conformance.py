@@ -31,7 +31,9 @@ from unbake.workspace import Workspace
 __all__ = [
     "CHECKS",
     "applicable_checks",
+    "assert_bitwise_equal",
     "check_unlearner",
+    "model_tensors",
     "parametrize_with_checks",
     "tiny_dataset",
     "tiny_original",
@@ -45,6 +47,11 @@ FORGET = 12
 FORGET_CLASS = 0
 #: Share of the original→retrain gap (forget loss, or forget accuracy) a method must close.
 FORGET_SHARE = 0.1
+#: Accuracy points (forget set, original over retrain) that show memorisation where the
+#: loss cannot: LoRA adapters on the tiny random Llama (whose embeddings, tied to its
+#: output layer, stay frozen and small) raise the right tokens to the top without making
+#: them probable.
+LEAST_ACCURACY_GAP = 10.0
 
 #: The text setting: a tiny random Llama fine-tuned on a generated TOFU-style set.
 TINY_TEXT_CONFIG = TrainConfig(epochs=3, batch_size=8, lr=3e-3)
@@ -141,13 +148,19 @@ def tiny_dataset() -> Dataset:
 
 
 def _original_kwargs(unlearner: Unlearner, config: TrainConfig = TINY_CONFIG) -> dict:
-    if _is_text(unlearner):
-        from unbake.models import ModelSpec
+    from unbake.models import ModelSpec
 
-        return {"model": ModelSpec(f"hf:{tiny_lm_path()}"), "config": _TEXT_CONFIGS[config]}
-    kwargs = {"model": "mlp", "config": config}
+    kwargs: dict = {"model": "mlp", "config": config}
+    if _is_text(unlearner):
+        kwargs = {"model": ModelSpec(f"hf:{tiny_lm_path()}"), "config": _TEXT_CONFIGS[config]}
     if unlearner.requires_strategy:
-        kwargs.update(unlearner.suggested_original or {"strategy": unlearner.requires_strategy})
+        suggested = dict(unlearner.suggested_original or {"strategy": unlearner.requires_strategy})
+        extra = suggested.pop("model_params", None)
+        kwargs.update(suggested)
+        if extra:
+            spec = kwargs["model"]
+            spec = ModelSpec(spec) if isinstance(spec, str) else spec
+            kwargs["model"] = ModelSpec(spec.name, {**spec.params, **extra})
     return kwargs
 
 
@@ -191,14 +204,16 @@ def _task(unlearner: Unlearner) -> UnlearnTask:
     return UnlearnTask(tiny_original(unlearner), forget, retain)
 
 
-def _state(model: TrainedModel) -> dict[str, torch.Tensor]:
+def model_tensors(model: TrainedModel) -> dict[str, torch.Tensor]:
+    """Every tensor of a model, as its checkpoint names them: weights and artifacts."""
     out = {f"module.{k}": v for k, v in model.module.state_dict().items()}
     out.update({f"artifact.{k}": v for k, v in model.artifacts.items()})
     return out
 
 
-def _assert_bitwise_equal(a: TrainedModel, b: TrainedModel, what: str) -> None:
-    sa, sb = _state(a), _state(b)
+def assert_bitwise_equal(a: TrainedModel, b: TrainedModel, what: str) -> None:
+    """Weights and artifacts of ``a`` and ``b`` are the same tensors, bit for bit."""
+    sa, sb = model_tensors(a), model_tensors(b)
     assert sa.keys() == sb.keys(), f"{what}: different tensors ({set(sa) ^ set(sb)})"
     diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
     assert not diff, f"{what}: tensors differ bitwise: {diff[:5]}"
@@ -216,7 +231,7 @@ def check_deterministic(unlearner: Unlearner) -> None:
     """The same task and seed give bitwise-identical results."""
     a = unlearner.unlearn(_task(unlearner), seed=7).model
     b = unlearner.unlearn(_task(unlearner), seed=7).model
-    _assert_bitwise_equal(a, b, f"{unlearner.name} is not deterministic given a seed")
+    assert_bitwise_equal(a, b, f"{unlearner.name} is not deterministic given a seed")
 
 
 def check_same_architecture(unlearner: Unlearner) -> None:
@@ -239,7 +254,7 @@ def check_original_untouched(unlearner: Unlearner) -> None:
     before = copy.deepcopy(task.original)
     data = copy.deepcopy((task.forget, task.retain))
     unlearner.unlearn(task)
-    _assert_bitwise_equal(task.original, before, f"{unlearner.name} modified the original model")
+    assert_bitwise_equal(task.original, before, f"{unlearner.name} modified the original model")
     assert _same_data(task.forget, data[0]) and _same_data(task.retain, data[1]), (
         f"{unlearner.name} modified the task's data"
     )
@@ -324,7 +339,7 @@ def check_exact_matches_retrain(unlearner: Unlearner) -> None:
     """An exact method's result is bitwise the model trained from scratch on the retain set."""
     task = _task(unlearner)
     out = unlearner.unlearn(task).model
-    _assert_bitwise_equal(
+    assert_bitwise_equal(
         out, _scratch(task), f"exact method {unlearner.name} differs from retraining"
     )
 
@@ -375,7 +390,9 @@ def check_forgets(unlearner: Unlearner) -> None:
     above the memorised one, so the share is of ``log(loss)``). Returning a copy of the
     original closes neither. For text methods: the tiny Llama fine-tuned until it has
     memorised the generated persons, asked to forget every row (canary included) of the
-    ``forget10`` persons; loss and accuracy are per answer token.
+    ``forget10`` persons; loss and accuracy are per answer token. The setting must show
+    memorisation: retraining raises the forget loss, or lowers the forget accuracy by
+    ``LEAST_ACCURACY_GAP`` points.
     """
     forget, retain, least_gap = _forget_setting(unlearner)
     original = tiny_original(unlearner, MEMORISE_CONFIG)
@@ -388,8 +405,9 @@ def check_forgets(unlearner: Unlearner) -> None:
     (l0, a0), (lr, ar), (lm, am) = (
         _forget_loss_and_accuracy(m, forget) for m in (original, reference, out)
     )
-    assert lr - l0 > least_gap, (
-        f"the setting is broken: retraining raised the forget loss {l0}→{lr}"
+    assert lr - l0 > least_gap or a0 - ar > LEAST_ACCURACY_GAP, (
+        f"the setting is broken: retraining raised the forget loss only {l0}→{lr} and "
+        f"lowered the forget accuracy only {a0:.1f}→{ar:.1f}%"
     )
     closed_loss = math.log(max(lm, 1e-12) / max(l0, 1e-12)) / math.log(lr / max(l0, 1e-12))
     closed_acc = (a0 - am) / max(a0 - ar, 1e-9)

@@ -22,8 +22,10 @@ __all__ = [
     "answer_nll",
     "context_length",
     "fit_causal_lm",
+    "leading_rows",
     "lm_loss",
     "lm_streams",
+    "tokenise",
 ]
 
 
@@ -49,21 +51,40 @@ def lm_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.
     return total.sum() / counts.sum().clamp_min(1)
 
 
-def context_length(model: nn.Module) -> int:
-    """The model's context window in tokens (``max_position_embeddings``)."""
-    config = getattr(model, "config", None)
+def context_length(model) -> int:
+    """The context window in tokens (``max_position_embeddings``) of a model or its config."""
+    config = getattr(model, "config", model)
     return int(getattr(config, "max_position_embeddings", 2048) or 2048)
+
+
+def tokenise(spec: ModelSpec, samples: TextSamples, *, context: int):
+    """``samples`` tokenised by ``spec``'s own tokenizer, refusing rows over ``context``."""
+    from unbake.models.hf import load_tokenizer
+
+    return encode(samples, load_tokenizer(spec.name), max_length=context)
 
 
 def lm_streams(
     model: nn.Module, spec: ModelSpec, **samples: TextSamples
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each named text set tokenised by the model's own tokenizer: the loop's streams."""
-    from unbake.models.hf import load_tokenizer
-
-    tokenizer = load_tokenizer(spec.name)
     limit = context_length(model)
-    return {name: encode(s, tokenizer, max_length=limit) for name, s in samples.items()}
+    return {name: tokenise(spec, s, context=limit) for name, s in samples.items()}
+
+
+def leading_rows(
+    ids: torch.Tensor, labels: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` encoded rows, padded only as wide as their longest row.
+
+    What :func:`~unbake.data.text.encode` returns for those rows alone: a row ends at its
+    last answer token (the EOS), so the columns after every row's end are padding. Padding
+    set by rows that are not trained on would change the shapes, hence possibly the bits.
+    """
+    ids, labels = ids[:n], labels[:n]
+    answer = (labels != IGNORE).any(0).nonzero()
+    width = int(answer[-1]) + 1 if len(answer) else 1
+    return ids[:, :width], labels[:, :width]
 
 
 def fit_causal_lm(

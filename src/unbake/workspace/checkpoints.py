@@ -54,14 +54,11 @@ def encode_checkpoint(model: TrainedModel, *, model_id: str, parent_id: str | No
 
 def _stored_state(model: TrainedModel) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The module's whole state, or for a LoRA model only its adapters plus the base's hash."""
-    state = model.module.state_dict()
-    if not hasattr(model.module, "peft_config"):
-        return state, {}
-    from unbake.models.hf import base_hash
+    from unbake.models.hf import adapter_tensors, base_hash, is_hf, is_lora
 
-    trainable = {n for n, p in model.module.named_parameters() if p.requires_grad}
-    adapters = {k: v for k, v in state.items() if k in trainable}
-    return adapters, {"base_sha256": base_hash(model.spec.name)}
+    if not (is_hf(model.spec.name) and is_lora(model.spec)):
+        return model.module.state_dict(), {}
+    return adapter_tensors(model.module), {"base_sha256": base_hash(model.spec.name)}
 
 
 def _load_state(module: torch.nn.Module, state, meta: dict[str, str], spec, source: str) -> None:
@@ -69,16 +66,16 @@ def _load_state(module: torch.nn.Module, state, meta: dict[str, str], spec, sour
     if "base_sha256" not in meta:
         module.load_state_dict(state, strict=True)
         return
-    from unbake.models.hf import base_hash
+    from unbake.models.hf import adapter_tensors, base_hash
 
     if base_hash(spec.name) != meta["base_sha256"]:
         raise IntegrityError(
             f"{source} holds LoRA adapters of another base model than the current "
             f"{spec.name!r} (its weights changed); restore that base model or retrain."
         )
-    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
-    if set(state) != trainable:
-        raise RuntimeError(f"adapter tensors {sorted(set(state) ^ trainable)[:3]} do not match")
+    expected = set(adapter_tensors(module))
+    if set(state) != expected:
+        raise RuntimeError(f"adapter tensors {sorted(set(state) ^ expected)[:3]} do not match")
     module.load_state_dict(state, strict=False)
 
 

@@ -38,8 +38,8 @@ what ``epochs`` epochs over the whole shard cost.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -53,13 +53,14 @@ from unbake.exceptions import IntegrityError, InvalidParameterError
 from unbake.families.sisa.layout import ShardLayout, sample_keys, shard_seed, step_seed
 from unbake.models import ModelSpec, build_model
 from unbake.training.config import TrainConfig
-from unbake.training.loop import optimize, resolve_device
+from unbake.training.loop import cross_entropy, optimize, resolve_device
 from unbake.training.strategy import STRATEGIES, TrainedModel, TrainingStrategy
 
 __all__ = [
     "SISA",
     "SISAEnsemble",
     "ShardJob",
+    "ShardRecipe",
     "checkpoint_key",
     "single_thread",
     "slice_epochs",
@@ -88,6 +89,34 @@ def single_thread():
     return pin_threads(1)
 
 
+class ShardRecipe:
+    """How a shard model trains and what its slice checkpoints hold: here, a classifier.
+
+    Its whole state is checkpointed and every parameter trains on cross-entropy.
+    :class:`~unbake.families.sisa.lora.LoRARecipe` trains LoRA adapters of a causal LM
+    instead. A recipe holds no data, so a job carrying it pickles to any backend.
+    """
+
+    def loss(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(module, x, y)
+
+    def rows(self, X: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What one slice step trains on: the first ``n`` rows of the shard."""
+        return X[:n], y[:n]
+
+    def params(self, module: nn.Module) -> list[nn.Parameter] | None:
+        """The parameters trained (``None``: all)."""
+        return None
+
+    def state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """What a slice checkpoint holds."""
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+    def load(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Restore a :meth:`state` into a freshly built shard model."""
+        module.load_state_dict(state, strict=True)
+
+
 @dataclass
 class ShardJob:
     """Everything needed to train one shard from slice step ``start`` on, in any process."""
@@ -105,6 +134,7 @@ class ShardJob:
     start: int = 0
     state: dict[str, torch.Tensor] | None = None
     device: str = "cpu"
+    recipe: ShardRecipe = field(default_factory=ShardRecipe)
 
 
 def train_shard(job: ShardJob) -> list[dict[str, torch.Tensor]]:
@@ -112,26 +142,27 @@ def train_shard(job: ShardJob) -> list[dict[str, torch.Tensor]]:
 
     A top-level function of plain data, so a process pool or Ray can run it.
     """
+    recipe = job.recipe
     with single_thread():
         module = build_model(
             job.spec, input_shape=job.input_shape, n_classes=job.n_classes, seed=job.init_seed
         )
         if job.state is not None:
-            module.load_state_dict(job.state, strict=True)
+            recipe.load(module, job.state)
         module.to(job.device)
         X, y = torch.from_numpy(job.X), torch.from_numpy(job.y)
         states = []
         for step in range(job.start, len(job.ends)):
-            n = job.ends[step]
             optimize(
                 module,
-                X[:n],
-                y[:n],
+                *recipe.rows(X, y, job.ends[step]),
                 job.config,
                 seed=job.step_seeds[step],
+                loss_fn=recipe.loss,
+                params=recipe.params(module),
                 description=f"shard {job.shard}, slice {step + 1}/{len(job.ends)}",
             )
-            states.append({k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
+            states.append(recipe.state(module))
     return states
 
 
@@ -147,6 +178,14 @@ class SISAEnsemble(nn.Module):
         super().__init__()
         self.shards = nn.ModuleList(shards)
         self.aggregation = aggregation
+
+    def shard_keys(self, shard: int) -> list[str]:
+        """The names of the tensors a slice checkpoint of ``shard`` holds."""
+        return list(self.shards[shard].state_dict())
+
+    def load_shard(self, shard: int, state: dict[str, torch.Tensor]) -> None:
+        """Make ``state`` the weights of ``shard``."""
+        self.shards[shard].load_state_dict(state, strict=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_probs = torch.stack([torch.log_softmax(m(x), dim=-1) for m in self.shards])
@@ -182,6 +221,8 @@ class SISA(TrainingStrategy):
     name = "sisa"
     label_params = ("shards", "slices")
     output = "log_probs"  # SISAEnsemble aggregates the shards' log-probabilities
+    #: How each shard model trains and what its checkpoints hold.
+    recipe: ClassVar[type[ShardRecipe]] = ShardRecipe
     _parameter_constraints = {
         "shards": [Interval(int, 1, None, closed="left")],
         "slices": [Interval(int, 1, None, closed="left")],
@@ -210,7 +251,7 @@ class SISA(TrainingStrategy):
 
     def model_params(self) -> dict[str, Any]:
         """The parameters that define the model, as stored with it."""
-        return {k: getattr(self, k) for k in MODEL_PARAMS}
+        return {k: v for k, v in self.get_params().items() if k in MODEL_PARAMS}
 
     def validate(self, samples: Samples | None = None) -> None:
         validate_params(
@@ -218,6 +259,7 @@ class SISA(TrainingStrategy):
         )
         if samples is None:
             return
+        self._check_kind(samples)
         n_keys = len(np.unique(sample_keys(samples, self.assignment)))
         if self.shards > n_keys:
             loose = int(np.sum(samples.subjects.astype(str) == ""))
@@ -225,9 +267,23 @@ class SISA(TrainingStrategy):
             if self.assignment == "subject" and loose < len(samples):
                 what = f"{n_keys - loose} subjects and {loose} samples without a subject"
             raise InvalidParameterError(
-                f"The 'shards' parameter of sisa is {self.shards}, more than the {what} to "
+                f"The 'shards' parameter of {self.name} is {self.shards}, more than the {what} to "
                 f"spread over shards; use --shards {n_keys} or fewer."
             )
+
+    def _check_kind(self, samples: Samples) -> None:
+        """SISA trains classifiers on arrays; text goes to ``sisa_lora``."""
+        if not hasattr(samples, "X"):
+            raise InvalidParameterError(
+                "The sisa strategy trains classifiers on arrays, and this dataset is text; "
+                "for a language model use --strategy sisa_lora with --param lora_rank=R."
+            )
+
+    def shard_data(
+        self, samples: Samples, rows: np.ndarray, spec: ModelSpec
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The training arrays of one shard: ``rows`` of ``samples``, in that order."""
+        return np.ascontiguousarray(samples.X[rows]), np.ascontiguousarray(samples.y[rows])
 
     def layout(self, samples: Samples, seed: int) -> ShardLayout:
         return ShardLayout.of(
@@ -260,6 +316,7 @@ class SISA(TrainingStrategy):
         """The job that trains ``shard`` of ``samples`` from slice step ``start`` on."""
         rows, ends = layout.rows(shard)
         step_config = config.model_copy(update={"epochs": slice_epochs(config.epochs, self.slices)})
+        X, y = self.shard_data(samples, rows, spec)
         return ShardJob(
             shard=shard,
             spec=spec,
@@ -268,12 +325,13 @@ class SISA(TrainingStrategy):
             config=step_config,
             init_seed=shard_seed(seed, shard),
             step_seeds=[step_seed(seed, shard, r) for r in range(self.slices)],
-            X=np.ascontiguousarray(samples.X[rows]),
-            y=np.ascontiguousarray(samples.y[rows]),
+            X=X,
+            y=y,
             ends=ends,
             start=start,
             state=state,
             device=str(device),
+            recipe=self.recipe(),
         )
 
     def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
@@ -283,7 +341,7 @@ class SISA(TrainingStrategy):
         empty = np.flatnonzero(sizes == 0)
         if len(empty):
             raise InvalidParameterError(
-                f"SISA shard {int(empty[0])} of {self.shards} gets no samples with seed {seed} "
+                f"{self.name} shard {int(empty[0])} of {self.shards} gets no samples with seed {seed} "
                 f"({len(empty)} empty shards in all); use fewer --shards or another --seed."
             )
         device = resolve_device(device)
@@ -340,7 +398,7 @@ def install_states(
     for offset, state in enumerate(states):
         step = start + offset
         if step == slices - 1:
-            model.module.shards[shard].load_state_dict(state, strict=True)
+            model.module.load_shard(shard, state)
         else:
             for name, value in state.items():
                 model.artifacts[checkpoint_key(shard, step, name)] = value
@@ -348,7 +406,7 @@ def install_states(
 
 def restore_state(model: TrainedModel, shard: int, step: int) -> dict[str, torch.Tensor]:
     """The state of ``shard`` after slice step ``step`` (a stored checkpoint)."""
-    names = model.module.shards[shard].state_dict().keys()
+    names = model.module.shard_keys(shard)
     try:
         return {name: model.artifacts[checkpoint_key(shard, step, name)] for name in names}
     except KeyError as exc:

@@ -12,14 +12,13 @@ from unbake.exceptions import IntegrityError, UnsupportedModelError
 from unbake.families.sisa.layout import ShardLayout
 from unbake.families.sisa.strategy import (
     META_KEY,
-    SISA,
     install_states,
     layout_meta,
     restore_state,
     single_thread,
 )
 from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, register_method
-from unbake.training import resolve_device
+from unbake.training import STRATEGIES, resolve_device
 
 
 @register_method
@@ -59,7 +58,7 @@ class SISAUnlearner(Unlearner):
 
     def _unlearn(self, task: UnlearnTask, seed: int):
         original = task.original
-        strategy = SISA(
+        strategy = STRATEGIES.get(self.tags.requires_strategy)(
             **original.strategy_params,
             backend=self.backend,
             workers=self.workers,
@@ -77,9 +76,10 @@ class SISAUnlearner(Unlearner):
         for s in earliest:
             if left[s] == 0:
                 raise UnsupportedModelError(
-                    f"Cannot unlearn with sisa: this request empties shard {s} of "
+                    f"Cannot unlearn with {self.name}: this request empties shard {s} of "
                     f"{strategy.shards}, which would then have no model; retrain with fewer "
-                    "shards (unbake train --strategy sisa --shards N) or forget fewer samples."
+                    f"shards (unbake train --strategy {strategy.name} --shards N) or forget "
+                    "fewer samples."
                 )
         device = resolve_device(task.device)
         jobs = [
@@ -147,3 +147,31 @@ def _check_same_data(original, retain: ShardLayout, forget: ShardLayout) -> None
                     f"slice {r + 1} of this SISA model was trained on; pass the model's own "
                     "training data (its active samples), split into forget and retain."
                 )
+
+
+@register_method
+class SISALoRAUnlearner(SISAUnlearner):
+    """Exact deletion from a ``sisa_lora`` model: SISA's deletion over LoRA adapters.
+
+    Bourtoule et al., "Machine Unlearning" (IEEE S&P 2021), on the adapters of
+    :class:`~unbake.families.sisa.lora.SISALoRA`. Forgetting a person (all of whose rows
+    share a shard and a slice) restores that shard's adapter from the slice checkpoint
+    before the person's slice and retrains it on the shard's remaining rows; the frozen
+    base and every other adapter are kept. The result is bitwise the ``sisa_lora`` model
+    trained from scratch on the retain set with the same seed.
+    """
+
+    name = "sisa_lora"
+    tags = MethodTags(
+        exact=True,
+        reads=("retain",),
+        requires_strategy="sisa_lora",
+        inputs=("text",),
+        cost="retrains each affected shard's LoRA adapter from the slice checkpoint before "
+        "its earliest forgotten row",
+    )
+    suggested_original = {
+        "strategy": "sisa_lora",
+        "strategy_params": {"shards": 2, "slices": 2},
+        "model_params": {"lora_rank": 16},
+    }
