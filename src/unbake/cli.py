@@ -486,14 +486,17 @@ def train(
     created = False
     if (workspace / CATALOG).exists():
         ws = Workspace.open(workspace)
-        held = ws.dataset_spec.get("name")
-        if dataset is not None and held != dataset:
+        try:
+            held = ws.dataset_spec.get("name")
+            if dataset is not None and held != dataset:
+                raise InvalidParameterError(
+                    f"Workspace {workspace} holds dataset {held!r}, not {dataset!r}; "
+                    "drop --dataset or use a new --workspace."
+                )
+            _check_split_unchanged(ws, options)
+        except BaseException:
             ws.close()
-            raise InvalidParameterError(
-                f"Workspace {workspace} holds dataset {held!r}, not {dataset!r}; "
-                "drop --dataset or use a new --workspace."
-            )
-        _check_split_unchanged(ws, options)
+            raise
     else:
         _check_strategy(strategy, strategy_params)
         existed = workspace.exists()
