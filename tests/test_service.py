@@ -66,7 +66,7 @@ def test_submit_is_durable_and_queued(svc, train_ids):
         ({"sample_ids": ["nope"]}, UnknownSampleError),
         ({"subject": "nobody"}, UnknownSampleError),
         ({"class_label": "eleven"}, InvalidParameterError),
-        ({"sample_ids": ["digits-0000"], "subject": "x"}, EmptyRequestError),
+        ({"sample_ids": ["digits-0000"], "subject": "x"}, InvalidParameterError),
         ({"sample_ids": ["digits-0000"], "method": "nope"}, UnknownNameError),
         (
             {"sample_ids": ["digits-0000"], "method": "finetune", "params": {"nope": 1}},
@@ -182,13 +182,17 @@ def test_stale_and_failing_requests_are_rejected_or_failed(svc, train_ids):
     svc.workspace.catalog.verify_ledger()
 
 
-def test_forget_through_the_service_matches_the_workspace(svc, train_ids):
+def test_forget_through_the_service_is_all_or_nothing(svc, train_ids):
     rec = svc.forget(ids=train_ids[:3], method="retrain", idempotency_key="x")
     assert rec.n_samples == 3 and rec.changed_model and rec.evaluation is not None
     again = svc.forget(ids=train_ids[:3], method="retrain", idempotency_key="x")
     assert again.request_id == rec.request_id and again.model_after == rec.model_after
     states = [e["state"] for e in svc.request(rec.request_id)["entries"]]
-    assert states == ["received", "queued", "applying", "applied"]
+    assert states == ["received", "applying", "applied"]
+    before = workspace_snapshot(svc.root)
+    with pytest.raises(InvalidParameterError, match="every remaining training sample"):
+        svc.forget(ids=train_ids[3:], method="retrain")
+    assert workspace_snapshot(svc.root) == before
 
 
 def test_read_only_service_reads_but_refuses_submits(svc, train_ids):

@@ -646,7 +646,7 @@ def forget(
 ) -> None:
     """File and apply a deletion request, then record it with its verification."""
     _apply_threads(threads)
-    from unbake.workspace import Workspace
+    from unbake.service import DeletionService
 
     id_list: list[str] = [i.strip() for i in ids.split(",") if i.strip()] if ids else []
     if ids_file is not None:
@@ -663,8 +663,8 @@ def forget(
             ) from None
         id_list += [ln.strip() for ln in text.splitlines() if ln.strip()]
     params = parse_params(param)
-    with Workspace.open(workspace) as ws:
-        rec = ws.forget(
+    with DeletionService(workspace) as svc:  # files the request, then applies it at once
+        rec = svc.forget(
             ids=id_list,
             subject=subject,
             label=label,

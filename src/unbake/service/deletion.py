@@ -39,13 +39,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from unbake._validation import validate_params
 from unbake.exceptions import (
     EmptyRequestError,
     InvalidParameterError,
     NotFoundError,
     UnbakeError,
     UnknownSampleError,
-    WorkspaceError,
 )
 from unbake.methods import METHODS
 from unbake.training import TrainedModel, resolve_device
@@ -250,10 +250,15 @@ class DeletionService:
     ) -> _Job:
         self.workspace.check_writable()
         named = [x is not None for x in (sample_ids, subject, class_label)]
-        if sum(named) != 1:
+        if not any(named):
             raise EmptyRequestError(
+                "The deletion request selects no samples; name sample IDs, a subject or a "
+                "class (--ids, --ids-file, --subject or --class)."
+            )
+        if sum(named) > 1:
+            raise InvalidParameterError(
                 "A deletion request names exactly one of sample IDs, a subject or a class; "
-                f"got {sum(named)}."
+                "file one request for each."
             )
         for name, value in (("reason", reason), ("submitted_by", submitted_by)):
             if value is not None and not isinstance(value, str):
@@ -262,8 +267,11 @@ class DeletionService:
                 )
         if params is not None and not isinstance(params, dict):
             raise InvalidParameterError(f"Method parameters must be a mapping; got {params!r}.")
-        if method is not None:
-            METHODS.create(method, **(params or {}))  # unknown method or bad parameters
+        if method is not None:  # an unknown method or bad parameters: refused now
+            unlearner = METHODS.create(method, **(params or {}))
+            validate_params(
+                unlearner.get_params(), unlearner._parameter_constraints, unlearner.name
+            )
         elif params:
             raise InvalidParameterError("Method parameters need a method; name the method too.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -549,26 +557,6 @@ class DeletionService:
                 done += self._apply_group(group)
             return done
 
-    def apply_request(self, request_id: str, *, policy: Any = None) -> RequestRecord:
-        """Apply one queued request now (the CLI's ``forget``) and return its record.
-
-        A failure is recorded (``rejected`` or ``failed``) and then raised.
-        """
-        with self.workspace._lock():
-            self.recover()
-            rows = [r for r in self._queued(None) if r["request_id"] == request_id]
-            if not rows:
-                state = self.request(request_id)["state"]
-                if state in ledger.DONE:
-                    return self.workspace.request_record(request_id)
-                raise WorkspaceError(
-                    f"Request {request_id} is {state}, not queued; see `unbake ledger show "
-                    f"--request {request_id}`."
-                )
-            (group,) = self._groups(rows, policy)
-            self._apply_group(group, raise_errors=True)
-        return self.workspace.request_record(request_id)
-
     def recover(self) -> list[str]:
         """Put every request a dead worker left ``applying`` back in the queue (in one
         transaction), drop queue rows of finished requests, and sweep stray checkpoint
@@ -727,34 +715,13 @@ class DeletionService:
 
     # --- the CLI's synchronous path -------------------------------------------------
 
-    def forget(
-        self,
-        *,
-        ids: Sequence[str] = (),
-        subject=None,
-        label=None,
-        method="retrain",
-        params=None,
-        model_id=None,
-        seed=None,
-        device=None,
-        idempotency_key=None,
-        reason: str = "erasure",
-    ) -> RequestRecord:
-        """Submit a request and apply it at once (what ``unbake forget`` does)."""
-        sub = self.submit(
-            sample_ids=list(ids) if ids else None,
-            subject=subject,
-            class_label=label,
-            reason=reason,
-            idempotency_key=idempotency_key,
-            method=method,
-            params=params,
-            seed=seed,
-            device=device,
-            model_id=model_id,
-        )
-        return self.apply_request(sub.request_id)
+    def forget(self, **request: Any) -> RequestRecord:
+        """File a request and apply it at once, all or nothing (what ``unbake forget``
+        does): the ledger records ``received → applying → applied``, and a request that
+        turns out to be invalid at any point leaves no trace. Takes the keyword arguments
+        of :meth:`unbake.workspace.Workspace.forget`; it waits for a running worker's batch.
+        """
+        return self.workspace.forget(**request)
 
 
 def drain(
