@@ -6,6 +6,16 @@ import unbake  # noqa: F401  (first: its thread policy must precede torch)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+#: SQL that takes a v5 catalog back to v4 (tests that fake an older catalog start here).
+UNDO_V5 = [
+    "DROP TABLE queue",
+    *(
+        f"ALTER TABLE requests DROP COLUMN {c}"
+        for c in ("seed", "device", "unbake_version", "reason", "submitted_by")
+    ),
+    "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
+]
+
 
 @pytest.fixture
 def workspace_dir(tmp_path):

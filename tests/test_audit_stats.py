@@ -154,6 +154,7 @@ def test_metrics_are_named_once_and_drive_evaluate(digits_small):
 def test_a_version_2_catalog_is_migrated_on_open(tmp_path):
     import sqlite3
 
+    from tests.conftest import UNDO_V5
     from unbake.workspace import Workspace
     from unbake.workspace.catalog import SCHEMA_VERSION
 
@@ -161,6 +162,7 @@ def test_a_version_2_catalog_is_migrated_on_open(tmp_path):
     ws.close()
     db = sqlite3.connect(tmp_path / "ws" / "catalog.sqlite")
     db.executescript(
+        ";".join(UNDO_V5) + ";"
         "DROP TABLE reference_models; DROP TABLE reference_members; "
         "ALTER TABLE requests DROP COLUMN audit; "
         "UPDATE meta SET value='2' WHERE key='schema_version';"

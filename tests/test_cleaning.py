@@ -1,7 +1,5 @@
 """Planted attacks, detectors scored against them, and `unbake clean` end to end."""
 
-import hashlib
-
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +9,7 @@ from unbake.data import load_dataset
 from unbake.data.poison import PoisonSpec, apply_poison, attack_success_rate, planted, triggered
 from unbake.evaluation.detectors import DETECTORS, detection_scores
 from unbake.exceptions import InvalidParameterError, UnknownNameError
+from unbake.testing.snapshot import workspace_snapshot
 from unbake.training import TrainConfig, fit
 from unbake.workspace import Workspace
 from unbake.workspace.cleaning import clean
@@ -164,11 +163,7 @@ def test_unknown_detector_lists_the_known_ones():
 
 
 def _snapshot(root):
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != ".lock"
-    }
+    return workspace_snapshot(root, skip=(".lock",))
 
 
 @pytest.fixture

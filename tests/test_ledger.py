@@ -7,6 +7,7 @@ from datetime import datetime
 
 import pytest
 
+from tests.conftest import UNDO_V5
 from unbake import TrainConfig, Workspace
 from unbake.exceptions import CertificateError, IntegrityError, InvalidParameterError
 from unbake.testing import tiny_dataset
@@ -183,6 +184,7 @@ def test_a_version_3_catalog_is_migrated_and_its_subjects_hidden(ws, workspace_d
     ws.close()
     _tamper(
         workspace_dir / "catalog.sqlite",
+        *UNDO_V5,
         "DROP TABLE ledger",
         "DROP TABLE request_keys",
         "DELETE FROM meta WHERE key = 'ledger_head'",

@@ -22,6 +22,7 @@ from unbake.families.sisa import (
 )
 from unbake.methods import METHODS, UnlearnTask
 from unbake.testing import tiny_dataset
+from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace import decode_checkpoint, encode_checkpoint
 
 CFG = TrainConfig.parse(epochs=3, batch_size=32, lr=3e-3)
@@ -381,7 +382,7 @@ def test_forget_leaves_no_copy_of_the_forgotten_samples(workspace_dir):
 
 
 def _snapshot(root):
-    return {str(p): hashlib.sha256(d).hexdigest() for p, d in _files(root).items()}
+    return workspace_snapshot(root)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,6 @@
 """``unbake tune``: seeded, scored on validation, the best within budget, atomic JSON;
 and the bad inputs of issue 7, each one line and exit 2 with the workspace unchanged."""
 
-import hashlib
 import json
 import math
 
@@ -14,6 +13,7 @@ from unbake.cli import app
 from unbake.data import load_dataset
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS, Knob, Unlearner
+from unbake.testing.snapshot import workspace_snapshot
 from unbake.training import TrainConfig
 
 runner = CliRunner()
@@ -129,11 +129,7 @@ def one_line_error(result, *fragments):
 
 
 def snapshot(root):
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return workspace_snapshot(root)
 
 
 TUNE = ["tune", "--method", "neggrad_plus", "--epochs", "1"]

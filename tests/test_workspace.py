@@ -1,6 +1,6 @@
-import hashlib
 import json
 import sqlite3
+import threading
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ from unbake.exceptions import (
     WorkspaceError,
 )
 from unbake.testing import tiny_dataset
+from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace import decode_checkpoint, encode_checkpoint
 from unbake.workspace.catalog import SCHEMA_VERSION
 
@@ -24,11 +25,7 @@ CFG = TrainConfig.parse(epochs=2, batch_size=32)
 
 
 def snapshot(root):
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return workspace_snapshot(root)
 
 
 @pytest.fixture
@@ -125,9 +122,19 @@ def test_missing_checkpoint_is_refused(ws, workspace_dir):
         ws.load_model()
 
 
-def test_concurrent_writer_is_refused(ws):
-    with ws._lock(), pytest.raises(WorkspaceError, match="busy with another unbake process"):
-        ws.forget(ids=[str(tiny_dataset().train.ids[0])], method="retrain")
+def test_concurrent_writer_waits_its_turn(ws):
+    """A second writer queues behind the lock instead of failing, from another thread."""
+    done = []
+    writer = threading.Thread(
+        target=lambda: done.append(ws.forget(ids=[str(tiny_dataset().train.ids[0])]))
+    )
+    with ws._lock():
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive() and not done  # waiting for the lock
+        assert ws.status()["samples"]["forgotten"] == 0  # a reader does not wait
+    writer.join(timeout=60)
+    assert len(done) == 1 and ws.status()["samples"]["forgotten"] == 1
 
 
 def test_failed_commit_leaves_no_file(ws, workspace_dir, monkeypatch):

@@ -491,14 +491,17 @@ def train(
     created = False
     if (workspace / CATALOG).exists():
         ws = Workspace.open(workspace)
-        held = ws.dataset_spec.get("name")
-        if dataset is not None and held != dataset:
+        try:
+            held = ws.dataset_spec.get("name")
+            if dataset is not None and held != dataset:
+                raise InvalidParameterError(
+                    f"Workspace {workspace} holds dataset {held!r}, not {dataset!r}; "
+                    "drop --dataset or use a new --workspace."
+                )
+            _check_split_unchanged(ws, options)
+        except BaseException:
             ws.close()
-            raise InvalidParameterError(
-                f"Workspace {workspace} holds dataset {held!r}, not {dataset!r}; "
-                "drop --dataset or use a new --workspace."
-            )
-        _check_split_unchanged(ws, options)
+            raise
     else:
         _check_strategy(strategy, strategy_params)
         existed = workspace.exists()
@@ -648,7 +651,7 @@ def forget(
 ) -> None:
     """File and apply a deletion request, then record it with its verification."""
     _apply_threads(threads)
-    from unbake.workspace import Workspace
+    from unbake.service import DeletionService
 
     id_list: list[str] = [i.strip() for i in ids.split(",") if i.strip()] if ids else []
     if ids_file is not None:
@@ -665,8 +668,8 @@ def forget(
             ) from None
         id_list += [ln.strip() for ln in text.splitlines() if ln.strip()]
     params = parse_params(param)
-    with Workspace.open(workspace) as ws:
-        rec = ws.forget(
+    with DeletionService(workspace) as svc:  # files the request, then applies it at once
+        rec = svc.forget(
             ids=id_list,
             subject=subject,
             label=label,

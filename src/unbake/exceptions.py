@@ -14,6 +14,7 @@ __all__ = [
     "IntegrityError",
     "InvalidParameterError",
     "NotFittedError",
+    "NotFoundError",
     "NotPositiveDefiniteError",
     "UnbakeError",
     "UnknownNameError",
@@ -52,6 +53,13 @@ class EmptyRequestError(UnbakeError, ValueError):
 
 class UnknownSampleError(UnbakeError, KeyError):
     """A deletion request named sample IDs that are unknown or already forgotten."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class NotFoundError(UnbakeError, KeyError):
+    """A request, model or other record named by ID does not exist."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

@@ -1,6 +1,5 @@
 """End to end through the CLI: happy paths and every kind of bad input."""
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from unbake.cli import app
+from unbake.testing.snapshot import workspace_snapshot
 
 runner = CliRunner()
 TRAIN = ["train", "--dataset", "digits", "--model", "logreg", "--epochs", "2"]
@@ -19,11 +19,7 @@ def run(*args):
 
 
 def snapshot(root):
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return workspace_snapshot(root)
 
 
 def assert_one_line_error(result, *fragments):

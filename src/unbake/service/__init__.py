@@ -1,5 +1,6 @@
-"""The deletion service: the deletion policy, the request queue and its worker.
+"""The deletion service: the durable request queue and its worker, the deletion policy
+(:mod:`unbake.service.policy`) and, above them, the REST API."""
 
-Import the submodules you need (``unbake.service.policy``); this package imports nothing
-heavy on its own.
-"""
+from unbake.service.deletion import DeletionService, Submitted
+
+__all__ = ["DeletionService", "Submitted"]

@@ -7,10 +7,18 @@ parameters, the model hashes before and after, timings, metrics, outcome, audit)
 ``reference_models`` / ``reference_members`` (the audit's reference bank and the
 samples each reference trained on, so a deletion can purge every one that saw them),
 ``ledger`` (the hash-chained log of request state transitions, see
-:mod:`unbake.workspace.ledger`) and ``request_keys`` (client idempotency keys). Older catalogs are migrated forward on open, one version at a time.
+:mod:`unbake.workspace.ledger`), ``request_keys`` (client idempotency keys) and
+``queue`` (requests filed but not yet applied, with what the worker needs to apply
+them). Older catalogs are migrated forward on open, one numbered step at a time.
 
-Every mutation runs in one transaction. ``secure_delete`` is on, so SQLite
-overwrites the bytes of cleared values instead of leaving them in free pages.
+The file is in WAL mode: readers never wait for a writer, and a writer that finds
+another writing waits (``busy_timeout``) instead of failing. Each thread gets its own
+connection (SQLite connections are not shared between threads), so one
+:class:`Catalog` serves a multi-threaded server. Every mutation runs in one
+transaction, committed with ``synchronous = FULL`` (durable once it returns).
+``secure_delete`` is on, so SQLite overwrites the bytes of cleared values instead of
+leaving them in free pages; :meth:`Catalog.checkpoint` folds the WAL back into the
+file and truncates it, so no old copy of a cleared page survives there either.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +37,10 @@ from unbake.workspace.ledger import head, last_state, verify_chain
 
 __all__ = ["SCHEMA_VERSION", "Catalog", "utcnow"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+
+#: How long a writer waits for another writer before giving up (milliseconds).
+BUSY_TIMEOUT_MS = 60_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,7 +89,12 @@ CREATE TABLE IF NOT EXISTS requests (
     metrics TEXT,
     info TEXT,
     error TEXT,
-    audit TEXT
+    audit TEXT,
+    seed INTEGER,
+    device TEXT,
+    unbake_version TEXT,
+    reason TEXT,
+    submitted_by TEXT
 );
 """
 
@@ -121,11 +138,45 @@ CREATE TABLE IF NOT EXISTS request_keys (
 );
 """
 
+#: Requests filed and not yet applied: what the worker needs to apply each. Added in v5.
+#: ``sample_ids`` is the selection resolved when the request was received (a subject's
+#: samples; the subject itself is kept only as its keyed hash in ``selector``); a class
+#: is resolved when the request is applied. The row is deleted when the request is done.
+_QUEUE = """
+CREATE TABLE IF NOT EXISTS queue (
+    request_id TEXT PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    sample_ids TEXT NOT NULL,
+    class_label TEXT,
+    method TEXT,
+    params TEXT NOT NULL,
+    seed INTEGER,
+    device TEXT,
+    model_id TEXT,
+    reason TEXT,
+    submitted_by TEXT
+);
+"""
+
+#: The columns v5 adds to ``requests``: what reproduces an unlearning run, and who asked.
+_REQUEST_PROVENANCE = """
+ALTER TABLE requests ADD COLUMN seed INTEGER;
+ALTER TABLE requests ADD COLUMN device TEXT;
+ALTER TABLE requests ADD COLUMN unbake_version TEXT;
+ALTER TABLE requests ADD COLUMN reason TEXT;
+ALTER TABLE requests ADD COLUMN submitted_by TEXT;
+"""
+
 #: Statements that bring a catalog of version N up to N + 1.
-_MIGRATIONS = {2: "ALTER TABLE requests ADD COLUMN audit TEXT;" + _REFERENCES, 3: _LEDGER}
+_MIGRATIONS = {
+    2: "ALTER TABLE requests ADD COLUMN audit TEXT;" + _REFERENCES,
+    3: _LEDGER,
+    4: _REQUEST_PROVENANCE + _QUEUE,
+}
 
 #: Every table of the current schema.
-_ALL = _SCHEMA + _REFERENCES + _LEDGER
+_ALL = _SCHEMA + _REFERENCES + _LEDGER + _QUEUE
 
 
 def _statements(script: str) -> list[str]:
@@ -158,17 +209,61 @@ class Catalog:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        self._closed = False
+        _ = self._conn  # opened now, so that a bad file is refused by the constructor
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise WorkspaceError(f"Catalog {self.path} was closed; open the workspace again.")
+            conn = self._connect()
+            self._local.conn = conn
+            with self._guard:
+                self._all.append(conn)
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
         with self._errors():
-            if readonly:
-                uri = f"{path.resolve().as_uri()}?mode=ro"
-                self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+            if self.readonly:
+                conn = self._connect_readonly()
             else:
-                self._conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            if not readonly:
-                self._conn.execute("PRAGMA secure_delete = ON")
-                self._conn.execute("PRAGMA journal_mode = DELETE")
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=30, check_same_thread=False
+                )
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if not self.readonly:
+                conn.execute("PRAGMA secure_delete = ON")
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+            return conn
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A connection that never writes. A WAL catalog in a folder this process cannot
+        write has no shared-memory file to read through; once it is known that no WAL
+        is left to read, it is opened as immutable (nobody can change it meanwhile)."""
+        uri = self.path.resolve().as_uri()
+        conn = sqlite3.connect(
+            f"{uri}?mode=ro", uri=True, isolation_level=None, timeout=30, check_same_thread=False
+        )
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            conn.close()
+            if any(self.path.with_name(self.path.name + x).exists() for x in ("-wal", "-journal")):
+                raise
+            conn = sqlite3.connect(
+                f"{uri}?immutable=1", uri=True, isolation_level=None, check_same_thread=False
+            )
+        return conn
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -213,7 +308,21 @@ class Catalog:
         )
 
     def close(self) -> None:
-        self._conn.close()
+        """Close every thread's connection (the last one out folds the WAL back in)."""
+        with self._guard:
+            self._closed = True
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the catalog file and truncate it (best effort: a reader
+        still on an old snapshot keeps it; the next checkpoint finishes the job)."""
+        if not self.readonly:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def initialise(self, meta: dict[str, str]) -> None:
         with self.transaction() as cur:
@@ -278,6 +387,11 @@ class Catalog:
     def meta(self, key: str) -> str | None:
         rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's connection, for the ledger's read helpers (never for writes:
+        those go through :meth:`transaction`)."""
+        return self._conn
 
     def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._errors():

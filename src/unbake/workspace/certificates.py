@@ -38,12 +38,15 @@ __all__ = [
     "public_key_pem",
     "read_certificate",
     "sign_certificate",
+    "stored_certificate",
     "subject_matches",
     "verify_certificate",
     "workspace_public_key",
 ]
 
 FORMAT = "unbake-certificate/1"
+#: The workspace folder that keeps each issued certificate, as ``REQUEST_ID.json``.
+CERTIFICATES = "certificates"
 _HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
 
 
@@ -218,10 +221,20 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
             "issued_at": utcnow(),
         }
         data = sign_certificate(json.loads(json.dumps(body, default=str)), key)
+        (ws.root / CERTIFICATES).mkdir(exist_ok=True)
+        atomic_write_bytes(ws.root / CERTIFICATES / f"{request_id}.json", data)
         with ws.catalog.transaction() as cur:
             payload = {"certificate_sha256": sha256_bytes(data), "ledger_head": seq}
             ledger.append_entry(cur, request_id, "certified", payload, body["issued_at"])
     return data, read_certificate(data)
+
+
+def stored_certificate(root: Path, request_id: str) -> bytes | None:
+    """The certificate file last issued for ``request_id`` (``None``: none kept)."""
+    path = Path(root) / CERTIFICATES / f"{request_id}.json"
+    if "/" in request_id or request_id.startswith(".") or not path.is_file():
+        return None
+    return path.read_bytes()
 
 
 def subject_matches(ws: Workspace, body: dict[str, Any], subject: str) -> bool:

@@ -39,7 +39,7 @@ GENESIS = "0" * 64
 #: Each state and the states it may follow (``None``: the first entry of a request).
 TRANSITIONS: dict[str, tuple[str | None, ...]] = {
     "received": (None,),
-    "queued": ("received", "failed"),
+    "queued": ("received", "failed", "applying"),  # from applying: a worker died; retried
     "applying": ("received", "queued", "failed"),
     "applied": ("applying",),
     "verified": ("applied", "verified", "certified"),

@@ -1,10 +1,11 @@
 """The workspace: one folder holding the catalog and the checkpoints of one dataset's models.
 
-Every mutating operation holds an exclusive lock on the folder, validates everything
-before writing anything, writes new checkpoint files atomically, commits the catalog in
+Every mutating operation holds an exclusive lock on the folder (a second writer waits
+for it), validates everything before writing anything, writes new checkpoint files atomically, commits the catalog in
 one SQLite transaction, and only then deletes what the transaction made stale. A bad
 request therefore leaves the workspace exactly as it was, and a crash at any point
-leaves it consistent (stale files are swept on the next open).
+leaves it consistent (stale files are swept on the next open that finds no writer).
+Readers take no lock: the catalog is in WAL mode, so they never wait for a writer.
 """
 
 from __future__ import annotations
@@ -46,10 +47,14 @@ from unbake.workspace.keys import SECRET, create_secret, keyed_hash, load_secret
 
 __all__ = [
     "DEFAULT_WORKSPACE",
+    "ApplyOutcome",
     "ForgetSelector",
+    "RequestPart",
     "RequestRecord",
+    "Ticket",
     "Workspace",
     "check_workspace_path",
+    "new_id",
 ]
 
 DEFAULT_WORKSPACE = "unbake-workspace"
@@ -103,7 +108,7 @@ class RequestRecord:
 
 
 @dataclass
-class _Ticket:
+class Ticket:
     """A request in flight: what its first ledger entries (received, applying) will say."""
 
     request_id: str
@@ -112,6 +117,41 @@ class _Ticket:
     key_hash: str | None = None
     fingerprint: str = ""
     started_at: str = field(default_factory=utcnow)
+
+
+@dataclass
+class RequestPart:
+    """One request's share of an unlearning run: its training and held-out sample IDs."""
+
+    ticket: Ticket
+    sample_ids: list[str]
+    held_ids: list[str]
+    submitted_by: str | None = None
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """What one unlearning run (of one or more requests) produced."""
+
+    model_before: str
+    model_after: str
+    method: str
+    result: UnlearnResult | None
+    evaluation: Evaluation | None
+
+    def record(self, part: RequestPart) -> RequestRecord:
+        """The :class:`RequestRecord` of ``part``'s request."""
+        return RequestRecord(
+            part.ticket.request_id,
+            self.model_before,
+            self.model_after,
+            self.method,
+            len(part.sample_ids),
+            self.result.seconds if self.result else 0.0,
+            self.evaluation,
+            self.result,
+            len(part.held_ids),
+        )
 
 
 def _purge_references(
@@ -139,7 +179,13 @@ def _purge_references(
     return refs, [r["checkpoint"] for r in rows]
 
 
-def _new_id(prefix: str) -> str:
+def _unbake_version() -> str:
+    from unbake import __version__  # the package imports this module: read it late
+
+    return __version__
+
+
+def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
@@ -254,11 +300,15 @@ class Workspace:
         return ws
 
     @classmethod
-    def open(cls, root: str | os.PathLike = DEFAULT_WORKSPACE) -> Workspace:
-        """Open a workspace; stray files of an interrupted operation are swept first.
+    def open(
+        cls, root: str | os.PathLike = DEFAULT_WORKSPACE, *, read_only: bool = False
+    ) -> Workspace:
+        """Open a workspace; stray files of an interrupted operation are swept first
+        (unless another process is writing it: then they may be its own, and wait).
 
-        A workspace this process cannot write opens read-only: reading works and writes
-        nothing, and any change is refused with a :class:`WorkspaceError`.
+        A workspace this process cannot write (or ``read_only=True``) opens read-only:
+        reading works and writes nothing, and any change is refused with a
+        :class:`WorkspaceError`.
         """
         root = check_workspace_path(root)
         if not (root / CATALOG).is_file():
@@ -266,16 +316,17 @@ class Workspace:
                 f"No workspace at {root}; create one with `unbake train --workspace {root} "
                 "--dataset NAME`."
             )
-        readonly = not _writable(root)
+        readonly = read_only or not _writable(root)
         catalog = Catalog(root / CATALOG, readonly=readonly)
         try:
             catalog.check_version()
             catalog.check_integrity()
             ws = cls(root, catalog)
             if not readonly:
-                with ws._lock():
-                    ws._sweep()
-                    ws._upgrade_records()
+                with ws._lock(wait=False) as held:
+                    if held:
+                        ws._sweep()
+                        ws._upgrade_records()
         except BaseException:
             catalog.close()
             raise
@@ -290,24 +341,29 @@ class Workspace:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        """An exclusive, cross-process lock on the workspace (fails fast if held)."""
+    def check_writable(self) -> None:
+        """Refuse a change to a workspace opened read-only, naming the fix."""
         if self.catalog.readonly:
             raise WorkspaceError(
                 f"Workspace {self.root} is read-only; make it writable "
                 f"(chmod -R u+w {self.root}) to change it, or copy it."
             )
+
+    @contextlib.contextmanager
+    def _lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """An exclusive, cross-process lock on the workspace; a writer waits for another.
+
+        With ``wait=False`` it does not wait and yields whether it got the lock.
+        """
+        self.check_writable()
         with open(self.root / ".lock", "a+") as handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise WorkspaceError(
-                    f"Workspace {self.root} is busy with another unbake process; "
-                    "wait for it to finish and retry."
-                ) from None
+                yield False
+                return
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -629,7 +685,7 @@ class Workspace:
             return self._commit_trained(trained, active)
 
     def _commit_trained(self, trained: TrainedModel, active: Samples) -> str:
-        model_id = _new_id("model")
+        model_id = new_id("model")
         rel, digest = self._write_model(trained, model_id, None)
         try:
             with self.catalog.transaction() as cur:
@@ -668,88 +724,140 @@ class Workspace:
         in the same transaction; a request that selects only such rows is recorded with
         method ``"none"`` and changes and purges no model (none was trained on them).
         Nothing is written unless the request is valid and the method succeeds.
+        (:class:`unbake.service.deletion.DeletionService` files requests into a queue
+        instead, and applies them in batches through the same :meth:`apply_parts`.)
         """
         unlearner = METHODS.create(method, **(params or {}))
         if label is not None:
-            ds = self.dataset()
-            label = ds.classes[ds.class_index(label)]
-
+            label = self.class_name(label)
         if device is not None:
             resolve_device(device)  # an unknown or absent device: fail before the lock
         selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
-        ticket = _Ticket(_new_id("req"), utcnow(), selector.to_dict(self.subject_hmac))
+        ticket = Ticket(new_id("req"), utcnow(), selector.to_dict(self.subject_hmac))
         with self._lock():
             if idempotency_key is not None:
-                canonical = ledger.canonical_json(
-                    [list(selector.ids), ticket.selector, method, params or {}, model_id]
+                ticket.key_hash, ticket.fingerprint = self.request_fingerprint(
+                    idempotency_key, list(selector.ids), ticket.selector, method, params, model_id
                 )
-                ticket.key_hash = self.keyed_hash("idempotency", idempotency_key)
-                ticket.fingerprint = self.keyed_hash("request", canonical)
                 done = self._idempotent(ticket)
                 if done is not None:
                     return done
             active, _ = self.active_and_forgotten()
             chosen = self.select(selector, active=active)
             in_train = set(active.ids[active.mask_of(chosen)].astype(str))
-            sample_ids = [i for i in chosen if i in in_train]
-            held_ids = [i for i in chosen if i not in in_train]
-            if not sample_ids:
-                return self._forget_held_out_only(ticket, held_ids, model_id)
-            row = self._model_row(model_id)
-            original = self.load_model(row["model_id"], device=device)
-            forget, retain = active.split(sample_ids)
-            if len(retain) == 0:
-                reads = " (and it reads the retain set)" if unlearner.tags.needs_retain_data else ""
-                raise InvalidParameterError(
-                    f"The request removes every remaining training sample ({len(forget)}), so "
-                    f"no model would be left to keep or verify with {method!r}{reads}; forget "
-                    "fewer samples."
-                )
-            _, test = self.held_out(without=held_ids)
-            ticket.started_at = utcnow()
-            with self._failure_recorded(ticket, row, method):
-                result = unlearner.unlearn(
-                    UnlearnTask(original, forget, retain, device=device), seed=seed
-                )
-                evaluation = evaluate(result.model, forget, retain, test)
-            if reason:
-                result.info["reason"] = reason
-            request_id = ticket.request_id
-            new_id = _new_id("model")
-            with self._failure_recorded(ticket, row, method):
-                rel, digest = self._write_model(result.model, new_id, row["model_id"])
-            try:
-                stale = self._commit_forget(
-                    ticket,
-                    sample_ids,
-                    unlearner,
-                    row,
-                    new_id,
-                    rel,
-                    digest,
-                    result,
-                    evaluation,
-                    len(retain),
-                    held_ids,
-                )
-            except BaseException:
-                (self.root / rel).unlink(missing_ok=True)
-                raise
-            for path in stale:
-                (self.root / path).unlink(missing_ok=True)
-        return RequestRecord(
-            request_id,
-            row["model_id"],
-            new_id,
-            method,
-            len(sample_ids),
-            result.seconds,
-            evaluation,
-            result,
-            len(held_ids),
-        )
+            part = RequestPart(
+                ticket,
+                [i for i in chosen if i in in_train],
+                [i for i in chosen if i not in in_train],
+            )
+            outcome = self.apply_parts(
+                [part],
+                unlearner,
+                active,
+                model_id=model_id,
+                seed=seed,
+                device=device,
+                reason=reason,
+            )
+        return outcome.record(part)
 
-    def _idempotent(self, ticket: _Ticket) -> RequestRecord | None:
+    def class_name(self, label: str | int) -> str:
+        """The name of class ``label`` (a name or an index); an unknown one is refused."""
+        ds = self.dataset()
+        return ds.classes[ds.class_index(label)]
+
+    def request_fingerprint(
+        self, key: str, ids: list[str], selector: dict[str, Any], method, params, model_id
+    ) -> tuple[str, str]:
+        """(keyed hash of an idempotency key, keyed hash of what the request asks)."""
+        canonical = ledger.canonical_json([ids, selector, method, params or {}, model_id])
+        return self.keyed_hash("idempotency", key), self.keyed_hash("request", canonical)
+
+    def apply_parts(
+        self,
+        parts: Sequence[RequestPart],
+        unlearner,
+        active: Samples,
+        *,
+        model_id: str | None = None,
+        seed: int | None = None,
+        device=None,
+        reason: str | None = None,
+        on_commit: Callable[[Any], None] | None = None,
+    ) -> ApplyOutcome:
+        """Unlearn the union of ``parts``' training samples from one model in one run, and
+        record each part as its own applied request (under the caller's lock).
+
+        ``active`` is the current active training set. Each part's training IDs must be
+        active and no ID may be in two parts. A new model is written, and one transaction
+        inserts it, purges every model and reference that saw the samples, records every
+        part and calls ``on_commit(cur)``; then the stale files go. Parts with no training
+        sample at all (only held-out rows) change no model. An unexpected failure records
+        ``failed`` for every part; an :class:`UnbakeError` (a request refused as invalid)
+        propagates without a trace.
+        """
+        sample_ids = [i for p in parts for i in p.sample_ids]
+        held_ids = [i for p in parts for i in p.held_ids]
+        tickets = [p.ticket for p in parts]
+        if not sample_ids:
+            return self._forget_held_out_only(parts, model_id, on_commit)
+        row = self._model_row(model_id)
+        original = self.load_model(row["model_id"], device=device)
+        forget, retain = active.split(sample_ids)
+        method = unlearner.name
+        if len(retain) == 0:
+            reads = " (and it reads the retain set)" if unlearner.tags.needs_retain_data else ""
+            raise InvalidParameterError(
+                f"The request removes every remaining training sample ({len(forget)}), so "
+                f"no model would be left to keep or verify with {method!r}{reads}; forget "
+                "fewer samples."
+            )
+        _, test = self.held_out(without=held_ids)
+        started = utcnow()
+        for ticket in tickets:
+            ticket.started_at = started
+        with self._failure_recorded(tickets, row, method):
+            result = unlearner.unlearn(
+                UnlearnTask(original, forget, retain, device=device), seed=seed
+            )
+            evaluation = evaluate(result.model, forget, retain, test)
+        if reason:
+            result.info["reason"] = reason
+        if len(parts) > 1:
+            result.info["batch"] = [t.request_id for t in tickets]
+        model_after = new_id("model")
+        with self._failure_recorded(tickets, row, method):
+            rel, digest = self._write_model(result.model, model_after, row["model_id"])
+        provenance = {
+            "seed": original.seed if seed is None else int(seed),
+            "device": str(resolve_device(device)),
+            "unbake_version": _unbake_version(),
+            "reason": reason,
+        }
+        outcome = ApplyOutcome(row["model_id"], model_after, method, result, evaluation)
+        try:
+            stale = self._commit_forget(
+                parts,
+                unlearner,
+                row,
+                model_after,
+                rel,
+                digest,
+                result,
+                evaluation,
+                len(retain),
+                provenance,
+                on_commit,
+            )
+        except BaseException:
+            (self.root / rel).unlink(missing_ok=True)
+            raise
+        for path in stale:
+            (self.root / path).unlink(missing_ok=True)
+        self.catalog.checkpoint()  # no old copy of a cleared row stays in the WAL
+        return outcome
+
+    def _idempotent(self, ticket: Ticket) -> RequestRecord | None:
         """The record of the request filed under ``ticket``'s key, if it was applied.
 
         A key reused for another request is refused; a key whose request failed lends
@@ -793,9 +901,11 @@ class Workspace:
             int((r["info"] or {}).get("held_out", 0)),
         )
 
-    def _ledger_start(self, cur, ticket: _Ticket, method: str, model_before: str) -> None:
-        """Append ``received`` (unless a retry) and ``applying`` for ``ticket``."""
-        if ledger.last_state(cur, ticket.request_id) is None:
+    def _ledger_start(self, cur, ticket: Ticket, method: str, model_before: str) -> None:
+        """Append ``received`` (unless a retry or already queued) and ``applying`` (unless
+        the worker already did) for ``ticket``."""
+        state = ledger.last_state(cur, ticket.request_id)
+        if state is None:
             payload = {"selector": ticket.selector, "deadline": self._deadline(ticket.received_at)}
             ledger.append_entry(cur, ticket.request_id, "received", payload, ticket.received_at)
             if ticket.key_hash is not None:
@@ -804,11 +914,12 @@ class Workspace:
                     "VALUES (?, ?, ?)",
                     (ticket.key_hash, ticket.request_id, ticket.fingerprint),
                 )
-        payload = {"method": method, "model_before": model_before}
-        ledger.append_entry(cur, ticket.request_id, "applying", payload, ticket.started_at)
+        if state != "applying":
+            payload = {"method": method, "model_before": model_before}
+            ledger.append_entry(cur, ticket.request_id, "applying", payload, ticket.started_at)
 
     @contextlib.contextmanager
-    def _failure_recorded(self, ticket: _Ticket, row, method: str) -> Iterator[None]:
+    def _failure_recorded(self, tickets: Sequence[Ticket], row, method: str) -> Iterator[None]:
         """Record an unexpected failure of the block; an :class:`UnbakeError` (a request
         refused as invalid) leaves no trace, as for any bad input."""
         try:
@@ -816,19 +927,23 @@ class Workspace:
         except UnbakeError:
             raise
         except Exception as exc:
-            self._record_failure(ticket, row, method, exc)
+            self.record_failure(tickets, row["model_id"] if row else "", method, exc)
             raise
 
-    def _record_failure(self, ticket: _Ticket, row, method: str, exc: BaseException) -> None:
-        """Record ``received → applying → failed`` in a transaction of its own.
+    def record_failure(
+        self, tickets: Sequence[Ticket], model_before: str, method: str, exc: BaseException
+    ) -> None:
+        """Record ``[received →] applying → failed`` for each ticket, in one transaction.
 
         If even that cannot be written (a full disk), the original error is the one
-        reported, and the request is simply not in the ledger.
+        reported, and the request is simply not in the ledger (or still ``applying``,
+        which the worker's recovery puts back in the queue).
         """
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
         with contextlib.suppress(UnbakeError, OSError), self.catalog.transaction() as cur:
-            self._ledger_start(cur, ticket, method, row["model_id"])
-            ledger.append_entry(cur, ticket.request_id, "failed", {"reason": reason}, utcnow())
+            for ticket in tickets:
+                self._ledger_start(cur, ticket, method, model_before)
+                ledger.append_entry(cur, ticket.request_id, "failed", {"reason": reason}, utcnow())
 
     def overdue(self, now: str | None = None) -> list[dict[str, Any]]:
         """Requests not yet applied (nor rejected) whose deadline has passed, oldest first.
@@ -878,33 +993,36 @@ class Workspace:
                 )
 
     def _forget_held_out_only(
-        self, ticket: _Ticket, held_ids: list[str], model_id: str | None
-    ) -> RequestRecord:
-        """Record a request that selects only validation/test rows: no model changes."""
+        self, parts: Sequence[RequestPart], model_id: str | None, on_commit=None
+    ) -> ApplyOutcome:
+        """Record requests that select only validation/test rows: no model changes."""
         row = self._model_row(model_id) if model_id else self.catalog.latest_active_model()
         model, digest = (row["model_id"], row["sha256"]) if row else ("", "")
-        request_id = ticket.request_id
         with self.catalog.transaction() as cur:
-            self._record_request(
-                cur,
-                held_ids,
-                ticket,
-                request_id=request_id,
-                selector=json.dumps(ticket.selector),
-                n_samples=0,
-                sample_ids="[]",
-                method="none",
-                params="{}",
-                exact=1,
-                model_before=model,
-                hash_before=digest,
-                model_after=model,
-                hash_after=digest,
-                seconds=0.0,
-                metrics=None,
-                info=json.dumps(self._held_out_info(held_ids), sort_keys=True),
-            )
-        return RequestRecord(request_id, model, model, "none", 0, 0.0, None, None, len(held_ids))
+            for part in parts:
+                self._record_request(
+                    cur,
+                    part.held_ids,
+                    part.ticket,
+                    request_id=part.ticket.request_id,
+                    selector=json.dumps(part.ticket.selector),
+                    n_samples=0,
+                    sample_ids="[]",
+                    method="none",
+                    params="{}",
+                    exact=1,
+                    model_before=model,
+                    hash_before=digest,
+                    model_after=model,
+                    hash_after=digest,
+                    seconds=0.0,
+                    metrics=None,
+                    info=json.dumps(self._held_out_info(part.held_ids), sort_keys=True),
+                )
+            if on_commit is not None:
+                on_commit(cur)
+        self.catalog.checkpoint()
+        return ApplyOutcome(model, model, "none", None, None)
 
     def _held_out_info(self, held_ids: list[str]) -> dict[str, Any]:
         """How many rows of each held-out split a request marks forgotten."""
@@ -917,9 +1035,7 @@ class Workspace:
         counts = {split: sum(splits[i] == split for i in held_ids) for split in SPLITS[1:]}
         return {"held_out": len(held_ids), "held_out_splits": counts}
 
-    def _record_request(
-        self, cur, forgotten: Sequence[str], ticket: _Ticket, **values: Any
-    ) -> None:
+    def _record_request(self, cur, forgotten: Sequence[str], ticket: Ticket, **values: Any) -> None:
         """Insert one applied request, append its ledger entries up to ``applied``, and
         mark ``forgotten`` (train and held-out IDs) as forgotten by it: their content
         hash and subject are cleared."""
@@ -946,8 +1062,7 @@ class Workspace:
 
     def _commit_forget(
         self,
-        ticket,
-        sample_ids,
+        parts: Sequence[RequestPart],
         unlearner,
         row,
         new_id,
@@ -956,37 +1071,41 @@ class Workspace:
         result,
         evaluation,
         n_retain,
-        held_ids=(),
+        provenance,
+        on_commit=None,
     ) -> list[str]:
-        request_id = ticket.request_id
-        info = dict(result.info)
-        if held_ids:
-            info.update(self._held_out_info(list(held_ids)))
+        sample_ids = [i for p in parts for i in p.sample_ids]
         with self.catalog.transaction() as cur:
             self._insert_model(
                 cur, result.model, new_id, row["model_id"], "forget", rel, digest, n_retain
             )
-            purged_refs, ref_files = _purge_references(cur, sample_ids, request_id)
-            info["purged_references"] = result.info["purged_references"] = purged_refs
-            self._record_request(
-                cur,
-                [*sample_ids, *held_ids],
-                ticket,
-                request_id=request_id,
-                selector=json.dumps(ticket.selector),
-                n_samples=len(sample_ids),
-                sample_ids=json.dumps(sample_ids),
-                method=unlearner.name,
-                params=json.dumps(result.params, sort_keys=True, default=str),
-                exact=int(unlearner.exact),
-                model_before=row["model_id"],
-                hash_before=row["sha256"],
-                model_after=new_id,
-                hash_after=digest,
-                seconds=result.seconds,
-                metrics=json.dumps(evaluation.to_dict()),
-                info=json.dumps(info, sort_keys=True, default=str),
-            )
+            purged_refs, ref_files = _purge_references(cur, sample_ids, parts[0].ticket.request_id)
+            result.info["purged_references"] = purged_refs
+            for part in parts:
+                info = dict(result.info)
+                if part.held_ids:
+                    info.update(self._held_out_info(list(part.held_ids)))
+                self._record_request(
+                    cur,
+                    [*part.sample_ids, *part.held_ids],
+                    part.ticket,
+                    request_id=part.ticket.request_id,
+                    selector=json.dumps(part.ticket.selector),
+                    n_samples=len(part.sample_ids),
+                    sample_ids=json.dumps(list(part.sample_ids)),
+                    method=unlearner.name,
+                    params=json.dumps(result.params, sort_keys=True, default=str),
+                    exact=int(unlearner.exact),
+                    model_before=row["model_id"],
+                    hash_before=row["sha256"],
+                    model_after=new_id,
+                    hash_after=digest,
+                    seconds=result.seconds,
+                    metrics=json.dumps(evaluation.to_dict()),
+                    info=json.dumps(info, sort_keys=True, default=str),
+                    **provenance,
+                    submitted_by=part.submitted_by,
+                )
             stale = [
                 r["checkpoint"]
                 for r in cur.execute(
@@ -998,6 +1117,8 @@ class Workspace:
                 "UPDATE models SET status='purged' WHERE status='active' AND model_id != ?",
                 (new_id,),
             )
+            if on_commit is not None:
+                on_commit(cur)
         return stale + ref_files
 
     # --- reading -------------------------------------------------------------------

@@ -1,0 +1,759 @@
+"""The deletion service: file requests durably, read their state, and apply them in batches.
+
+One :class:`DeletionService` is shared by every thread of a process (the CLI, the
+REST server, the worker). ``submit`` validates a request against the catalog, then hands
+it to a writer thread that commits every request waiting at that moment in one
+transaction (group commit) and wakes each caller once its request is durable: the
+ledger holds ``received`` and ``queued`` for it and the ``queue`` table what the worker
+needs. :meth:`DeletionService.apply_pending` is the worker's step: under the workspace's
+lock it first recovers (a request left ``applying`` by a worker that died goes back to
+``queued``; stray checkpoint files are swept), then takes one batch of queued requests,
+and unlearns the union of the IDs of the requests that share a plan in one run, so a
+SISA model retrains each affected shard once per batch. Each request's ``applied`` entry,
+its request row, the new model and the purge of every model that saw its data commit in
+one transaction, so a crash at any point applies each request exactly once.
+
+>>> import tempfile
+>>> from unbake import TrainConfig, Workspace
+>>> root = tempfile.mkdtemp() + "/ws"
+>>> ws = Workspace.create(root, dataset="digits")
+>>> _ = ws.train(model="logreg", config=TrainConfig.parse(epochs=1)); ws.close()
+>>> svc = DeletionService(root)
+>>> sub = svc.submit(sample_ids=["digits-0000"])
+>>> sub.state, svc.queue_depth()
+('queued', 1)
+>>> svc.apply_pending() == [sub.request_id], svc.request(sub.request_id)["state"]
+(True, 'applied')
+>>> svc.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from unbake._validation import validate_params
+from unbake.exceptions import (
+    EmptyRequestError,
+    InvalidParameterError,
+    NotFoundError,
+    UnbakeError,
+    UnknownSampleError,
+)
+from unbake.methods import METHODS
+from unbake.training import TrainedModel, resolve_device
+from unbake.workspace import ledger
+from unbake.workspace.catalog import utcnow
+from unbake.workspace.workspace import (
+    ForgetSelector,
+    RequestPart,
+    RequestRecord,
+    Ticket,
+    Workspace,
+    new_id,
+)
+
+__all__ = ["DeletionService", "Submitted"]
+
+#: The most requests one group commit writes in one transaction.
+GROUP_LIMIT = 1024
+#: How many IDs one ``IN (...)`` query checks.
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What :meth:`DeletionService.submit` answers."""
+
+    request_id: str
+    state: str  # "queued" normally; the existing request's state when duplicate
+    duplicate: bool  # True when the idempotency key was seen before (same request returned)
+
+
+@dataclass
+class _Job:
+    """A validated request waiting for the writer thread."""
+
+    selector: dict[str, Any]
+    sample_ids: list[str]
+    class_label: str | None
+    method: str | None
+    params: dict[str, Any]
+    seed: int | None
+    device: str | None
+    model_id: str | None
+    reason: str
+    submitted_by: str | None
+    key_hash: str | None = None
+    fingerprint: str = ""
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Submitted | None = None
+    error: BaseException | None = None
+
+
+class _GroupCommit:
+    """A writer thread that commits every job waiting at once in one transaction."""
+
+    def __init__(self, write) -> None:
+        self._write = write
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def submit(self, job: _Job) -> Submitted:
+        with self._start:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="unbake-group-commit", daemon=True
+                )
+                self._thread.start()
+        self._jobs.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < GROUP_LIMIT:
+                    more = self._jobs.get_nowait()
+                    if more is None:
+                        self._jobs.put(None)  # finish this batch, then stop
+                        break
+                    batch.append(more)
+            try:
+                self._write(batch)
+            except BaseException as exc:  # the transaction failed: every caller hears of it
+                for j in batch:
+                    if j.error is None:
+                        j.error = exc
+                        j.result = None
+            for j in batch:
+                j.done.set()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+class DeletionService:
+    """Deletion requests of one workspace: submit, read, and apply (thread-safe)."""
+
+    def __init__(self, root: str | os.PathLike, *, read_only: bool = False) -> None:
+        self.workspace = Workspace.open(root, read_only=read_only)
+        self.root = self.workspace.root
+        self._writer = _GroupCommit(self._write_jobs)
+
+    def close(self) -> None:
+        self._writer.close()
+        self.workspace.close()
+
+    def __enter__(self) -> DeletionService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def _catalog(self):
+        return self.workspace.catalog
+
+    # --- submitting ----------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        sample_ids: Sequence[str] | None = None,
+        subject: str | None = None,
+        class_label: str | int | None = None,
+        reason: str = "erasure",
+        idempotency_key: str | None = None,
+        submitted_by: str | None = None,
+        method: str | None = None,
+        params: dict[str, Any] | None = None,
+        seed: int | None = None,
+        device: str | None = None,
+        model_id: str | None = None,
+    ) -> Submitted:
+        """File a request; returns once it is durable (``received`` and ``queued``).
+
+        Exactly one of ``sample_ids``, ``subject`` and ``class_label``. Unknown or
+        already forgotten IDs, an unknown subject or class, an empty request and bad
+        method parameters are refused with a typed :class:`UnbakeError` and write
+        nothing. ``method``/``params``/``seed``/``device``/``model_id`` are optional (by
+        default the worker picks the method: the policy's, else ``sisa`` for a SISA
+        model and ``retrain`` otherwise). With an ``idempotency_key`` seen before for
+        the same request, that request is returned (``duplicate=True``).
+        """
+        key = None
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not idempotency_key:
+                raise InvalidParameterError(
+                    f"The idempotency key must be a non-empty string; got {idempotency_key!r}."
+                )
+            ids = [str(i) for i in sample_ids] if sample_ids is not None else []
+            label = None if class_label is None else self.workspace.class_name(class_label)
+            selector = ForgetSelector(tuple(ids), subject, label).to_dict(
+                self.workspace.subject_hmac
+            )
+            key = self.workspace.request_fingerprint(
+                idempotency_key, ids, selector, method, params, model_id
+            )
+            known = self._known_key(
+                self._catalog.reader(), *key
+            )  # a retry: no need to validate again
+            if known is not None:
+                return known
+        job = self._validate(
+            sample_ids,
+            subject,
+            class_label,
+            reason,
+            submitted_by,
+            method,
+            params,
+            seed,
+            device,
+            model_id,
+        )
+        if key is not None:
+            job.key_hash, job.fingerprint = key
+        return self._writer.submit(job)
+
+    def _validate(
+        self,
+        sample_ids,
+        subject,
+        class_label,
+        reason,
+        submitted_by,
+        method,
+        params,
+        seed,
+        device,
+        model_id,
+    ) -> _Job:
+        self.workspace.check_writable()
+        named = [x is not None for x in (sample_ids, subject, class_label)]
+        if not any(named):
+            raise EmptyRequestError(
+                "The deletion request selects no samples; name sample IDs, a subject or a "
+                "class (--ids, --ids-file, --subject or --class)."
+            )
+        if sum(named) > 1:
+            raise InvalidParameterError(
+                "A deletion request names exactly one of sample IDs, a subject or a class; "
+                "file one request for each."
+            )
+        for name, value in (("reason", reason), ("submitted_by", submitted_by)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidParameterError(
+                    f"The request's {name} must be a string; got {value!r}."
+                )
+        if params is not None and not isinstance(params, dict):
+            raise InvalidParameterError(f"Method parameters must be a mapping; got {params!r}.")
+        if method is not None:  # an unknown method or bad parameters: refused now
+            unlearner = METHODS.create(method, **(params or {}))
+            validate_params(
+                unlearner.get_params(), unlearner._parameter_constraints, unlearner.name
+            )
+        elif params:
+            raise InvalidParameterError("Method parameters need a method; name the method too.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InvalidParameterError(f"The seed must be a whole number; got {seed!r}.")
+        if device is not None:
+            resolve_device(device)
+        if model_id is not None:
+            self.workspace._model_row(model_id)
+        ids: list[str] = []
+        label = None
+        if sample_ids is not None:
+            if isinstance(sample_ids, str):
+                raise InvalidParameterError(
+                    f"sample_ids must be a list of IDs, not the string {sample_ids!r}."
+                )
+            ids = list(dict.fromkeys(str(i) for i in sample_ids))
+            if not ids:
+                raise EmptyRequestError(
+                    "The deletion request selects no samples; name at least one sample ID."
+                )
+            self._check_ids(ids)
+        elif subject is not None:
+            if not isinstance(subject, str) or not subject:
+                raise InvalidParameterError(
+                    f"The subject must be a non-empty string; got {subject!r}."
+                )
+            ids = self.workspace._subject_ids(subject)
+        else:
+            label = self.workspace.class_name(class_label)
+        selector = ForgetSelector(
+            tuple(ids) if sample_ids is not None else (), subject, label
+        ).to_dict(self.workspace.subject_hmac)
+        return _Job(
+            selector,
+            ids,
+            label,
+            method,
+            dict(params or {}),
+            seed,
+            device,
+            model_id,
+            reason,
+            submitted_by,
+        )
+
+    def _check_ids(self, ids: list[str]) -> None:
+        status: dict[str, str] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" for _ in chunk)
+            for r in self._catalog.query(
+                f"SELECT sample_id, status FROM samples WHERE sample_id IN ({marks})", tuple(chunk)
+            ):
+                status[r["sample_id"]] = r["status"]
+        unknown = [i for i in ids if i not in status]
+        if unknown:
+            raise UnknownSampleError(
+                f"Unknown sample IDs {unknown[:5]}{' …' if len(unknown) > 5 else ''} "
+                f"({len(unknown)} in all); list valid IDs with `unbake samples`."
+            )
+        gone = [i for i in ids if status[i] == "forgotten"]
+        if gone:
+            raise UnknownSampleError(
+                f"Sample IDs {gone[:5]} were already forgotten; drop them from the request "
+                "(see `unbake log`)."
+            )
+
+    def _write_jobs(self, jobs: list[_Job]) -> None:
+        """The writer thread's transaction: each job in a savepoint of its own, so one
+        refused job (an idempotency key reused for another request) spares the rest."""
+        with self._catalog.transaction() as cur:
+            for job in jobs:
+                cur.execute("SAVEPOINT job")
+                try:
+                    job.result = self._write_job(cur, job)
+                except UnbakeError as exc:
+                    cur.execute("ROLLBACK TO job")
+                    job.error = exc
+                cur.execute("RELEASE job")
+
+    @staticmethod
+    def _known_key(cur, key_hash: str, fingerprint: str) -> Submitted | None:
+        """The request filed before under this key (``None``: a new key); a key reused
+        for another request is refused."""
+        row = cur.execute(
+            "SELECT request_id, fingerprint FROM request_keys WHERE idempotency_key = ?",
+            (key_hash,),
+        ).fetchone()
+        if row is None:
+            return None
+        if row["fingerprint"] != fingerprint:
+            raise InvalidParameterError(
+                "This idempotency key was already used for another request "
+                f"({row['request_id']}); use a new key for a new request."
+            )
+        state = ledger.last_state(cur, row["request_id"]) or "received"
+        return Submitted(row["request_id"], state, True)
+
+    def _write_job(self, cur, job: _Job) -> Submitted:
+        if job.key_hash is not None:
+            known = self._known_key(cur, job.key_hash, job.fingerprint)
+            if known is not None:
+                return known
+        request_id = new_id("req")
+        now = utcnow()
+        received = {"selector": job.selector, "deadline": self.workspace._deadline(now)}
+        received["reason"] = job.reason
+        if job.submitted_by is not None:
+            received["submitted_by"] = job.submitted_by
+        ledger.append_entry(cur, request_id, "received", received, now)
+        ledger.append_entry(cur, request_id, "queued", {"method": job.method}, now)
+        cur.execute(
+            "INSERT INTO queue(request_id, received_at, selector, sample_ids, class_label, "
+            "method, params, seed, device, model_id, reason, submitted_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                request_id,
+                now,
+                json.dumps(job.selector),
+                json.dumps(job.sample_ids),
+                job.class_label,
+                job.method,
+                json.dumps(job.params, sort_keys=True),
+                job.seed,
+                job.device,
+                job.model_id,
+                job.reason,
+                job.submitted_by,
+            ),
+        )
+        if job.key_hash is not None:
+            cur.execute(
+                "INSERT INTO request_keys(idempotency_key, request_id, fingerprint) "
+                "VALUES (?, ?, ?)",
+                (job.key_hash, request_id, job.fingerprint),
+            )
+        return Submitted(request_id, "queued", False)
+
+    # --- reading -------------------------------------------------------------------
+
+    def request(self, request_id: str) -> dict[str, Any]:
+        """A request's state, its received details, models and ledger entries (oldest first)."""
+        entries = self._catalog.request_entries(request_id)
+        if not entries:
+            raise NotFoundError(
+                f"No request {request_id!r} in {self.root}; list them with `unbake ledger show`."
+            )
+        return self._summary(request_id, entries)
+
+    def _summary(self, request_id: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        first = entries[0]["payload"]
+        out: dict[str, Any] = {
+            "request_id": request_id,
+            "state": entries[-1]["state"],
+            "received_at": entries[0]["timestamp"],
+            "deadline": first.get("deadline"),
+            "reason": first.get("reason"),
+            "submitted_by": first.get("submitted_by"),
+            "selector": first.get("selector"),
+            "model_before": None,
+            "model_after": None,
+            "method": None,
+        }
+        for e in entries:
+            payload = e["payload"]
+            if e["state"] == "applying":
+                out["method"] = payload.get("method")
+                out["model_before"] = payload.get("model_before")
+            elif e["state"] == "applied":
+                out["model_after"] = payload.get("model_after")
+            elif e["state"] == "queued" and payload.get("method"):
+                out["method"] = payload["method"]
+        if out["reason"] is None or out["submitted_by"] is None:
+            rows = self._catalog.query(
+                "SELECT reason, submitted_by FROM requests WHERE request_id = ?", (request_id,)
+            )
+            if rows:
+                out["reason"] = out["reason"] or rows[0]["reason"]
+                out["submitted_by"] = out["submitted_by"] or rows[0]["submitted_by"]
+        out["entries"] = entries
+        return out
+
+    def requests(
+        self, *, state: str | None = None, submitted_by: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Requests, newest first, optionally only those in ``state`` or filed by
+        ``submitted_by``; at most ``limit``."""
+        if state is not None and state not in ledger.STATES:
+            raise InvalidParameterError(
+                f"Unknown request state {state!r}; use one of {', '.join(ledger.STATES)}."
+            )
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidParameterError(f"limit must be a whole number >= 1; got {limit!r}.")
+        rows = self._catalog.query(
+            "SELECT r.request_id, r.payload, "
+            "(SELECT state FROM ledger l WHERE l.request_id = r.request_id "
+            " ORDER BY seq DESC LIMIT 1) AS state "
+            "FROM ledger r WHERE r.state = 'received' ORDER BY r.seq DESC"
+        )
+        out = []
+        for r in rows:
+            if state is not None and r["state"] != state:
+                continue
+            if submitted_by is not None:
+                payload = self._catalog.parse_json(
+                    r["payload"], f"ledger entry of {r['request_id']}"
+                )
+                if payload.get("submitted_by") != submitted_by:
+                    continue
+            out.append(self.request(r["request_id"]))
+            if len(out) >= limit:
+                break
+        return out
+
+    def certificate(self, request_id: str) -> dict[str, Any] | None:
+        """The signed certificate (the file's JSON) once the request is certified, else None."""
+        from unbake.workspace.certificates import stored_certificate
+
+        state = self.request(request_id)["state"]
+        if state != "certified":
+            return None
+        data = stored_certificate(self.root, request_id)
+        return None if data is None else json.loads(data)
+
+    def current_model(self) -> dict[str, Any]:
+        """The newest active model: ID, sha256, architecture, strategy, size, creation time."""
+        row = self._catalog.latest_active_model()
+        if row is None:
+            raise NotFoundError(f"No model in {self.root} yet; train one with `unbake train`.")
+        spec = self._catalog.parse_json(row["spec"], f"model {row['model_id']}'s spec")
+        return {
+            "model_id": row["model_id"],
+            "sha256": row["sha256"],
+            "architecture": spec.get("name", row["description"])
+            if isinstance(spec, dict)
+            else row["description"],
+            "strategy": row["strategy"],
+            "n_train": row["n_train"],
+            "created_at": row["created_at"],
+        }
+
+    def load_model(self, model_id: str) -> TrainedModel:
+        """Load a model, checked against its recorded sha256."""
+        if self._catalog.model(model_id) is None:
+            raise NotFoundError(f"No model {model_id!r} in {self.root}; see `unbake status`.")
+        return self.workspace.load_model(model_id)
+
+    def state_counts(self) -> dict[str, int]:
+        """How many requests are in each state now (states with none are left out)."""
+        rows = self._catalog.query(
+            "SELECT state, COUNT(*) AS n FROM "
+            "(SELECT request_id, state, MAX(seq) FROM ledger GROUP BY request_id) GROUP BY state"
+        )
+        return {r["state"]: r["n"] for r in rows}
+
+    def queue_depth(self) -> int:
+        """Requests waiting for the worker."""
+        return self.state_counts().get("queued", 0)
+
+    # --- applying ------------------------------------------------------------------
+
+    def apply_pending(self, *, max_batch: int | None = None, policy: Any = None) -> list[str]:
+        """The worker's step: recover, take one batch of queued requests, apply it.
+
+        Returns the IDs of the requests it finished (applied, rejected or failed).
+        ``policy`` is handed to the method choice (:meth:`_plan`); without one, a
+        request's own method is used, else ``sisa`` for a SISA model and ``retrain``.
+        """
+        if max_batch is not None and (
+            isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
+        ):
+            raise InvalidParameterError(
+                f"max_batch must be a whole number >= 1; got {max_batch!r}."
+            )
+        ws = self.workspace
+        with ws._lock():
+            self.recover()
+            rows = self._queued(max_batch)
+            if not rows:
+                return []
+            done: list[str] = []
+            for group in self._groups(rows, policy):
+                done += self._apply_group(group)
+            return done
+
+    def recover(self) -> list[str]:
+        """Put every request a dead worker left ``applying`` back in the queue (in one
+        transaction), drop queue rows of finished requests, and sweep stray checkpoint
+        files. Call under the workspace lock; returns the requests put back."""
+        ws = self.workspace
+        stuck = [
+            r["request_id"]
+            for r in self._catalog.query(
+                "SELECT q.request_id, (SELECT state FROM ledger l WHERE l.request_id = q.request_id "
+                "ORDER BY seq DESC LIMIT 1) AS state FROM queue q ORDER BY q.rowid"
+            )
+            if r["state"] == "applying"
+        ]
+        with self._catalog.transaction() as cur:
+            for rid in stuck:
+                payload = {"recovered": True, "reason": "the worker stopped while applying it"}
+                ledger.append_entry(cur, rid, "queued", payload, utcnow())
+            cur.execute(
+                "DELETE FROM queue WHERE request_id IN (SELECT request_id FROM requests) OR "
+                "(SELECT state FROM ledger l WHERE l.request_id = queue.request_id "
+                " ORDER BY seq DESC LIMIT 1) IN ('rejected', 'failed', 'applied', 'verified', "
+                "'certified')"
+            )
+        ws._sweep()
+        return stuck
+
+    def _queued(self, limit: int | None) -> list[dict[str, Any]]:
+        rows = self._catalog.query(
+            "SELECT q.*, (SELECT state FROM ledger l WHERE l.request_id = q.request_id "
+            "ORDER BY seq DESC LIMIT 1) AS state FROM queue q ORDER BY q.received_at, q.rowid"
+        )
+        out = []
+        for r in rows:
+            if r["state"] != "queued":
+                continue
+            row = dict(r)
+            for key in ("selector", "sample_ids", "params"):
+                row[key] = self._catalog.parse_json(row[key], f"queued request's {key}")
+            out.append(row)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def _plan(self, row: dict[str, Any], model_strategy: str, policy: Any) -> tuple:
+        """(method, params, seed, device, model_id) for a queued request.
+
+        The request's own method wins; else the workspace default (``sisa`` for a SISA
+        model, ``retrain`` otherwise). ``policy`` is the hook for the policy file
+        (:mod:`unbake.service.policy`); it is not consulted yet.
+        """
+        del policy  # the policy's method order plugs in here
+        method = row["method"] or ("sisa" if model_strategy == "sisa" else "retrain")
+        params = row["params"] if row["method"] else {}
+        return (
+            method,
+            json.dumps(params, sort_keys=True),
+            row["seed"],
+            row["device"],
+            row["model_id"],
+        )
+
+    def _groups(self, rows: list[dict[str, Any]], policy: Any) -> list[list[dict[str, Any]]]:
+        """The batch split into runs that share a plan, in order of first arrival."""
+        latest = self._catalog.latest_active_model()
+        strategy = latest["strategy"] if latest is not None else ""
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for r in rows:
+            r["plan"] = self._plan(r, strategy, policy)
+            groups.setdefault(r["plan"], []).append(r)
+        return list(groups.values())
+
+    def _apply_group(self, rows: list[dict[str, Any]], *, raise_errors: bool = False) -> list[str]:
+        """Apply requests that share a plan in one unlearning run (under the lock)."""
+        ws = self.workspace
+        method, params_json, seed, device, model_id = rows[0]["plan"]
+        active, _ = ws.active_and_forgotten()
+        status = ws.catalog.sample_status()
+        split_of = {
+            r["sample_id"]: r["split"]
+            for r in ws.catalog.query("SELECT sample_id, split FROM samples")
+        }
+        parts: list[RequestPart] = []
+        claimed: set[str] = set()
+        rejected: list[tuple[str, str]] = []
+        for r in rows:
+            if r["class_label"] is not None:
+                try:
+                    ids = ws.select(ForgetSelector(label=r["class_label"]), active=active)
+                except UnbakeError as exc:
+                    rejected.append((r["request_id"], str(exc)))
+                    continue
+            else:
+                ids = [i for i in r["sample_ids"] if status.get(i) == "active"]
+            ids = [i for i in ids if i not in claimed]
+            if not ids and not any(i in claimed for i in r["sample_ids"]):
+                rejected.append(
+                    (r["request_id"], "every sample it names was forgotten since it was received")
+                )
+                continue
+            claimed.update(ids)
+            ticket = Ticket(r["request_id"], r["received_at"], r["selector"])
+            train = [i for i in ids if split_of[i] == "train"]
+            held = [i for i in ids if split_of[i] != "train"]
+            parts.append(RequestPart(ticket, train, held, r["submitted_by"]))
+        if rejected:
+            self._finish(rejected, "rejected")
+        if not parts:
+            if raise_errors:
+                raise UnknownSampleError(
+                    f"Request {rejected[0][0]} was rejected: {rejected[0][1]}; see `unbake log`."
+                )
+            return [rid for rid, _ in rejected]
+        request_ids = [p.ticket.request_id for p in parts]
+        row = ws.catalog.latest_active_model() if model_id is None else ws.catalog.model(model_id)
+        model_before = row["model_id"] if row is not None else ""
+        with self._catalog.transaction() as cur:
+            for part in parts:
+                payload = {"method": method, "model_before": model_before, "batch": len(parts)}
+                ledger.append_entry(cur, part.ticket.request_id, "applying", payload, utcnow())
+
+        def dequeue(cur) -> None:
+            cur.executemany("DELETE FROM queue WHERE request_id = ?", [(i,) for i in request_ids])
+
+        try:
+            unlearner = METHODS.create(method, **json.loads(params_json))
+            ws.apply_parts(
+                parts,
+                unlearner,
+                active,
+                model_id=model_id,
+                seed=seed,
+                device=device,
+                reason=rows[0]["reason"],
+                on_commit=dequeue,
+            )
+        except Exception as exc:
+            states = {i: ws.catalog.request_state(i) for i in request_ids}
+            ws.record_failure(
+                [p.ticket for p in parts if states[p.ticket.request_id] == "applying"],
+                model_before,
+                method,
+                exc,
+            )
+            with self._catalog.transaction() as cur:
+                dequeue(cur)
+            if raise_errors:
+                raise
+        return [rid for rid, _ in rejected] + request_ids
+
+    def _finish(self, outcomes: list[tuple[str, str]], state: str) -> None:
+        """Record ``state`` (rejected) with each request's reason and dequeue them."""
+        with self._catalog.transaction() as cur:
+            for rid, reason in outcomes:
+                ledger.append_entry(cur, rid, state, {"reason": reason}, utcnow())
+                cur.execute("DELETE FROM queue WHERE request_id = ?", (rid,))
+
+    # --- the CLI's synchronous path -------------------------------------------------
+
+    def forget(self, **request: Any) -> RequestRecord:
+        """File a request and apply it at once, all or nothing (what ``unbake forget``
+        does): the ledger records ``received → applying → applied``, and a request that
+        turns out to be invalid at any point leaves no trace. Takes the keyword arguments
+        of :meth:`unbake.workspace.Workspace.forget`; it waits for a running worker's batch.
+        """
+        return self.workspace.forget(**request)
+
+
+def drain(
+    service: DeletionService,
+    *,
+    batch: int,
+    window: float,
+    once: bool,
+    policy: Any = None,
+    poll: float = 0.2,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run the worker loop: apply a batch when ``batch`` requests wait or the oldest has
+    waited ``window`` seconds. ``once``: apply everything queued now, then return.
+    Returns the number of requests finished."""
+    finished = 0
+    first_seen: float | None = None
+    while stop is None or not stop.is_set():
+        depth = service.queue_depth()
+        if once:
+            if depth == 0 and not service.state_counts().get("applying"):
+                return finished
+            finished += len(service.apply_pending(max_batch=batch, policy=policy))
+            continue
+        if depth == 0:
+            first_seen = None
+            time.sleep(poll)
+            continue
+        first_seen = first_seen or time.monotonic()
+        if depth >= batch or time.monotonic() - first_seen >= window:
+            finished += len(service.apply_pending(max_batch=batch, policy=policy))
+            first_seen = None
+        else:
+            time.sleep(poll)
+    return finished
