@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from unbake.data.poison import attack_success_rate, planted
-from unbake.evaluation.detectors import DETECTORS, detection_scores, top_k
-from unbake.evaluation.utility import accuracy
+from unbake.data.poison import planted
+from unbake.evaluation.detectors import DETECTORS, attack_harm, detection_scores, top_k
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS
 from unbake.training import TrainedModel
@@ -46,10 +45,8 @@ class CleanReport:
 
 def _harm(model: TrainedModel, test, plant) -> tuple[float, float | None]:
     """(clean test accuracy %, attack success rate % or None)."""
-    asr = None
-    if plant is not None and plant.kind == "backdoor":
-        asr = 100.0 * attack_success_rate(lambda X: model.log_proba(X).numpy(), test, plant)
-    return accuracy(model, test), asr
+    harm = attack_harm(model, test, plant)
+    return harm["ta"], harm.get("asr")
 
 
 def clean(
