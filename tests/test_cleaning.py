@@ -160,7 +160,8 @@ def test_the_best_detector_finds_a_backdoor():
     # Measured (cnn, 20 epochs) for attack and training seeds 0, 1, 2: activation
     # clustering's recall at 2x the poison count is 0.98, 1.00 and 0.91; loss, spectral
     # signatures and self-influence stay under 0.25 on this small 8x8 trigger.
-    out, n = _scores(BACKDOOR, "cnn")
+    # tracin (4 checkpoints on this cnn: recall 0.12) runs in the slow quick-bench test.
+    out, n = _scores(BACKDOOR, "cnn", tuple(d for d in DETECTORS if d != "tracin"))
     best = max(out, key=lambda name: out[name][f"recall@{2 * n}"])
     assert best == "activation-clustering", out
     assert out[best][f"recall@{2 * n}"] >= 0.85, out
@@ -341,6 +342,7 @@ def test_clean_with_tracin_from_the_cli_keeps_no_checkpoint_of_the_forgotten(tmp
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["detection"][f"recall@{2 * n}"] >= 0.65, report  # measured 0.84
+    assert report["asr_before"] is None and {"source_acc", "flip_rate"} <= set(report["harm_after"])
     with Workspace.open(root) as ws:
         after = ws.load_model(report["model_after"])
         assert [r["info"]["reason"] for r in ws.log()] == ["cleaning"]

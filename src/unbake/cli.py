@@ -761,6 +761,12 @@ def clean(
         f"  clean TA {pair(report.ta_before, report.ta_after)}   "
         f"ASR {pair(report.asr_before, report.asr_after)}"
     )
+    if "flip_rate" in report.harm_before:
+        b, a = report.harm_before, report.harm_after
+        console.print(
+            f"  source-class accuracy {pair(b['source_acc'], a['source_acc'])}   "
+            f"flip rate {pair(b['flip_rate'], a['flip_rate'])}"
+        )
 
 
 # --- evaluate / status / log ---------------------------------------------------------
