@@ -399,12 +399,14 @@ def test_bench_summary_checks_the_targets_and_names_failing_methods():
         row("original", 80.0, 90.0),
         row("retrain (detected)", 3.0, 90.0),
         row("retrain (oracle)", 0.0, 91.0),
+        row("retrain (oracle, seed + 1)", 0.5, 90.0),
         row("keeps-a-little", 10.0, 89.0),
         row("keeps-it", 10.5, 89.5),
         row("breaks-the-model", 0.0, 84.0),
     ]
     s = _summary("backdoor", {"detector": "d", "recall_2x": 0.85}, removal, 1.0)
     assert (s["asr_original"], s["asr_exact_after"], s["asr_oracle"]) == (80.0, 3.0, 0.0)
+    assert s["asr_noise_floor"] == 0.5 and "retrain (oracle, seed + 1)" not in s["asr_by_method"]
     assert s["failing"]["methods"] == ["keeps-it"] and s["failing"]["margin_points"] == 10
     assert s["damaging"]["methods"] == ["breaks-the-model"]
     assert (s["best_approximate"], s["best_approximate_asr"]) == ("breaks-the-model", 0.0)
@@ -426,12 +428,13 @@ def test_bench_cleaning_quick(tmp_path):
     assert {"fisher", "scrub"} <= set(s["failing"]["methods"])
     for attack, key, part in (("backdoor", "asr", s), ("flip", "flip_rate", s["flip"])):
         removal = [r for r in out["rows"] if r["table"] == "removal" and r["attack"] == attack]
-        assert [r["method"] for r in removal[:3]] == [
+        assert [r["method"] for r in removal[:4]] == [
             "original",
             "retrain (detected)",
             "retrain (oracle)",
+            "retrain (oracle, seed + 1)",
         ]
-        approx, limit = removal[3:], removal[2][key] + part["failing"]["margin_points"]
+        approx, limit = removal[4:], removal[2][key] + part["failing"]["margin_points"]
         assert part[f"best_approximate_{key}"] == min(r[key] for r in approx)
         assert part["failing"]["methods"] == [r["method"] for r in approx if r[key] > limit]
     assert {r["detector"] for r in out["rows"] if r["table"] == "detection"} >= {"tracin"}
