@@ -711,7 +711,9 @@ def forget(
 @app.command()
 @_handle_errors
 def clean(
-    detect: Annotated[str, typer.Option(help="Detector (loss, self-influence, spectral, ...).")],
+    detect: Annotated[
+        str, typer.Option(help="Detector (loss, tracin, self-influence, spectral, ...).")
+    ],
     budget: Annotated[int, typer.Option(help="How many top-ranked training samples to remove.")],
     detector_param: Annotated[
         list[str] | None,
