@@ -112,7 +112,14 @@ def test_poison_spec_round_trips():
 def _scores(poison, model, names=tuple(DETECTORS)):
     ds = load_dataset("digits", poison=poison)
     p = planted(ds)
-    m = fit(ds.train, n_classes=10, model=model, config=TrainConfig.parse(epochs=20), seed=0)
+    m = fit(
+        ds.train,
+        n_classes=10,
+        model=model,
+        config=TrainConfig.parse(epochs=20),
+        seed=0,
+        strategy_params={"checkpoints": 4},
+    )
     n = len(p.ids)
     out = {}
     for name in names:
@@ -123,10 +130,11 @@ def _scores(poison, model, names=tuple(DETECTORS)):
 
 
 def test_detectors_find_a_label_flip():
-    # Measured (mlp, 20 epochs, seed 0): loss recall@2x 0.78, self-influence 0.81, AUROC 0.97.
-    # The band leaves room for thread-count noise; chance would be 2x/n_train ≈ 0.06.
-    out, n = _scores(FLIP, "mlp", ("loss", "self-influence"))
-    for name in ("loss", "self-influence"):
+    # Measured (mlp, 20 epochs, seed 0): recall@2x loss 0.78, self-influence 0.81, tracin
+    # (4 checkpoints) 0.84; AUROC 0.97, 0.97, 0.98. The band leaves room for thread-count
+    # noise; chance would be 2x/n_train ≈ 0.06.
+    out, n = _scores(FLIP, "mlp", ("loss", "self-influence", "tracin"))
+    for name in ("loss", "self-influence", "tracin"):
         assert out[name][f"recall@{2 * n}"] >= 0.6, (name, out[name])
         assert out[name]["auroc"] >= 0.9, (name, out[name])
 
@@ -135,7 +143,8 @@ def test_the_best_detector_finds_a_backdoor():
     # Measured (cnn, 20 epochs) for attack and training seeds 0, 1, 2: activation
     # clustering's recall at 2x the poison count is 0.98, 1.00 and 0.91; loss, spectral
     # signatures and self-influence stay under 0.25 on this small 8x8 trigger.
-    out, n = _scores(BACKDOOR, "cnn")
+    # tracin (4 checkpoints on this cnn: recall 0.12) runs in the slow quick-bench test.
+    out, n = _scores(BACKDOOR, "cnn", tuple(d for d in DETECTORS if d != "tracin"))
     best = max(out, key=lambda name: out[name][f"recall@{2 * n}"])
     assert best == "activation-clustering", out
     assert out[best][f"recall@{2 * n}"] >= 0.85, out
@@ -234,18 +243,55 @@ def test_bench_compares_only_approximate_array_methods():
     assert not {"retrain", "sisa", "certified", "llm_ga"} & set(names)
 
 
+def test_bench_summary_checks_the_targets_and_names_failing_methods():
+    from unbake.bench.cleaning import _summary, _targets
+
+    def row(method, asr, ta):
+        return {"method": method, "asr": asr, "ta": ta}
+
+    removal = [
+        row("original", 80.0, 90.0),
+        row("retrain (detected)", 3.0, 90.0),
+        row("retrain (oracle)", 0.0, 91.0),
+        row("retrain (oracle, seed + 1)", 0.5, 90.0),
+        row("keeps-a-little", 10.0, 89.0),
+        row("keeps-it", 10.5, 89.5),
+        row("breaks-the-model", 0.0, 84.0),
+    ]
+    s = _summary("backdoor", {"detector": "d", "recall_2x": 0.85}, removal, 1.0)
+    assert (s["asr_original"], s["asr_exact_after"], s["asr_oracle"]) == (80.0, 3.0, 0.0)
+    assert s["asr_noise_floor"] == 0.5 and "retrain (oracle, seed + 1)" not in s["asr_by_method"]
+    assert s["failing"]["methods"] == ["keeps-it"] and s["failing"]["margin_points"] == 10
+    assert s["damaging"]["methods"] == ["breaks-the-model"]
+    assert (s["best_approximate"], s["best_approximate_asr"]) == ("breaks-the-model", 0.0)
+    targets = _targets(s)
+    assert not targets["recall_at_2x"]["met"] and not targets["asr_exact_vs_oracle"]["met"]
+    assert targets["asr_exact_vs_oracle"]["value"] == 3.0
+
+
 @pytest.mark.slow
 def test_bench_cleaning_quick(tmp_path):
     from unbake.bench import run_benchmark
 
     out = run_benchmark("cleaning", quick=True, out=tmp_path / "c.json")
     s = out["summary"]
-    # Measured on digits (cnn, seed 0): ASR 83% → 0% after exact removal; oracle 0%.
+    # Measured on digits (cnn, seed 0): ASR 83% → 0% after exact removal; oracle 0%;
+    # fisher (84%) and scrub (67%) leave the backdoor in place.
     assert s["best_detector"] == "activation-clustering" and s["best_recall_at_2x"] >= 0.85
-    assert s["asr_original"] > 50 and s["asr_exact_after"] <= s["asr_oracle"] + 2
-    removal = [r for r in out["rows"] if r["table"] == "removal"]
-    assert {r["method"] for r in removal} >= {"original", "retrain (detected)", "retrain (oracle)"}
-    assert s["best_approximate_asr"] == min(r["asr"] for r in removal[3:])
+    assert s["asr_original"] > 50 and s["targets"]["asr_exact_vs_oracle"]["met"]
+    assert {"fisher", "scrub"} <= set(s["failing"]["methods"])
+    for attack, key, part in (("backdoor", "asr", s), ("flip", "flip_rate", s["flip"])):
+        removal = [r for r in out["rows"] if r["table"] == "removal" and r["attack"] == attack]
+        assert [r["method"] for r in removal[:4]] == [
+            "original",
+            "retrain (detected)",
+            "retrain (oracle)",
+            "retrain (oracle, seed + 1)",
+        ]
+        approx, limit = removal[4:], removal[2][key] + part["failing"]["margin_points"]
+        assert part[f"best_approximate_{key}"] == min(r[key] for r in approx)
+        assert part["failing"]["methods"] == [r["method"] for r in approx if r[key] > limit]
+    assert {r["detector"] for r in out["rows"] if r["table"] == "detection"} >= {"tracin"}
 
 
 def test_a_backdoor_on_tabular_rows_sets_the_last_features():

@@ -719,7 +719,9 @@ def forget(
 @app.command()
 @_handle_errors
 def clean(
-    detect: Annotated[str, typer.Option(help="Detector (loss, self-influence, spectral, ...).")],
+    detect: Annotated[
+        str, typer.Option(help="Detector (loss, tracin, self-influence, spectral, ...).")
+    ],
     budget: Annotated[int, typer.Option(help="How many top-ranked training samples to remove.")],
     detector_param: Annotated[
         list[str] | None,
@@ -769,6 +771,12 @@ def clean(
         f"  clean TA {pair(report.ta_before, report.ta_after)}   "
         f"ASR {pair(report.asr_before, report.asr_after)}"
     )
+    if "flip_rate" in report.harm_before:
+        b, a = report.harm_before, report.harm_after
+        console.print(
+            f"  source-class accuracy {pair(b['source_acc'], a['source_acc'])}   "
+            f"flip rate {pair(b['flip_rate'], a['flip_rate'])}"
+        )
 
 
 # --- evaluate / status / log ---------------------------------------------------------

@@ -34,7 +34,15 @@ import numpy as np
 from unbake.data.samples import Dataset, Samples
 from unbake.exceptions import DatasetError, InvalidParameterError
 
-__all__ = ["Planted", "PoisonSpec", "apply_poison", "attack_success_rate", "planted", "triggered"]
+__all__ = [
+    "Planted",
+    "PoisonSpec",
+    "apply_poison",
+    "attack_success_rate",
+    "flip_rates",
+    "planted",
+    "triggered",
+]
 
 _KEYS = {
     "flip": {"fraction", "source", "target", "seed"},
@@ -237,3 +245,21 @@ def attack_success_rate(log_proba, samples: Samples, plant: Planted) -> float:
         return float("nan")
     pred = np.asarray(log_proba(trig.X)).argmax(1)
     return float(np.mean(pred == plant.target))
+
+
+def flip_rates(log_proba, samples: Samples, plant: Planted) -> tuple[float, float]:
+    """For a label flip: among ``samples`` of the source class, the share ``log_proba``
+    classifies correctly, and the share it classifies as the flip's target.
+
+    The harm a flip does shows on the source class: its accuracy falls, and its
+    samples go to the target class.
+    """
+    if plant.kind != "flip":
+        raise InvalidParameterError(
+            f"Flip rates measure a label flip, not a {plant.kind}; plant flip:... to measure them."
+        )
+    source = samples.subset(samples.y == plant.spec.source)
+    if len(source) == 0:
+        return float("nan"), float("nan")
+    pred = np.asarray(log_proba(source.X)).argmax(1)
+    return float(np.mean(pred == plant.spec.source)), float(np.mean(pred == plant.target))

@@ -5,8 +5,10 @@ score per sample, higher meaning more suspicious. :func:`detection_scores` score
 ranking against the planted IDs (precision and recall at ``k``, AUROC).
 
 - ``loss``: the model's cross-entropy on the sample's (possibly wrong) label.
-- ``self-influence``: TracIn's self-influence (Pruthi et al., NeurIPS 2020) at the final
-  model: the squared norm of the sample's loss gradient over all parameters.
+- ``tracin``: TracIn's self-influence (Pruthi et al., NeurIPS 2020) summed over the
+  checkpoints kept during training, each weighted by its learning rate.
+- ``self-influence``: the same at the final model only: the squared norm of the
+  sample's loss gradient over all parameters (for models trained without checkpoints).
 - ``spectral``: spectral signatures (Tran, Li and Madry, NeurIPS 2018): within each
   label, the squared projection of the centred penultimate features on their top
   singular vector, divided by the label's mean so labels compare.
@@ -23,15 +25,24 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from unbake._validation import Interval, validate_params
+from unbake._validation import Interval, Options, validate_params
 from unbake.data import Samples
+from unbake.data.poison import Planted, attack_success_rate, flip_rates
 from unbake.evaluation.ghost import penultimate
-from unbake.evaluation.utility import per_sample_loss
+from unbake.evaluation.utility import accuracy, per_sample_loss
 from unbake.exceptions import InvalidParameterError
 from unbake.registry import Registry
 from unbake.training import STRATEGIES, TrainedModel, to_log_proba
+from unbake.training.trajectory import trajectory
 
-__all__ = ["DETECTORS", "Detector", "detection_scores"]
+__all__ = [
+    "DETECTORS",
+    "Detector",
+    "attack_harm",
+    "detection_scores",
+    "squared_grad_norms",
+    "top_k",
+]
 
 
 class Detector:
@@ -58,37 +69,115 @@ class LossDetector(Detector):
         return per_sample_loss(model, samples)[0]
 
 
+def squared_grad_norms(
+    model: TrainedModel,
+    samples: Samples,
+    params: dict[str, torch.Tensor] | None = None,
+    *,
+    batch_size: int = 256,
+    per_sample: str = "auto",
+) -> np.ndarray:
+    """``‖∇θ ℓ(z; θ)‖²`` for each sample ``z``, over the trainable parameters ``θ``
+    (default: the model's own; or ``params``, e.g. a training checkpoint), in float64.
+
+    ``per_sample="vmap"`` computes a batch's per-sample gradients at once
+    (``torch.func.vmap`` over ``grad``); ``"loop"`` takes one backward pass per sample
+    (any module); ``"auto"`` tries vmap and falls back to the loop for a module it
+    cannot batch.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    module = model.module.eval()
+    kind = STRATEGIES.get(model.strategy).output
+    device = next(module.parameters()).device
+    if params is None:
+        params = {k: v.detach() for k, v in module.named_parameters() if v.requires_grad}
+    buffers = {k: v.detach() for k, v in module.named_buffers()}
+
+    def loss(p, x, y):
+        out = functional_call(module, (p, buffers), (x[None],))
+        return -to_log_proba(out, kind)[0].gather(0, y[None])[0]
+
+    def by_vmap(x, y):
+        g = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+        return sum(t.flatten(1).double().pow(2).sum(1) for t in g.values())
+
+    def by_loop(x, y):
+        p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        norms = []
+        for xi, yi in zip(x, y, strict=True):
+            gs = torch.autograd.grad(loss(p, xi, yi), list(p.values()))
+            norms.append(sum(t.double().pow(2).sum() for t in gs))
+        return torch.stack(norms)
+
+    X, y = samples.tensors(device)
+    out = []
+    for i in range(0, len(y), batch_size):
+        xb, yb = X[i : i + batch_size], y[i : i + batch_size]
+        if per_sample == "auto":
+            try:
+                out.append(by_vmap(xb, yb).cpu())
+                continue
+            except RuntimeError:  # an operation vmap cannot batch: one sample at a time
+                per_sample = "loop"
+        out.append((by_vmap if per_sample == "vmap" else by_loop)(xb, yb).cpu())
+    return torch.cat(out).numpy() if out else np.empty(0)
+
+
+_PER_SAMPLE = {
+    "batch_size": [_POSITIVE],
+    "per_sample": [Options({"auto", "vmap", "loop"})],
+}
+
+
 @DETECTORS.register("self-influence")
 class SelfInfluence(Detector):
-    """TracIn self-influence at the final model (Pruthi et al., NeurIPS 2020):
-    ``‖∇θ ℓ(z; θ)‖²`` over every trainable parameter, per sample (``torch.func``)."""
+    """Self-influence at the final model only: ``‖∇θ ℓ(z; θ_final)‖²`` over every
+    trainable parameter, per sample. The one-checkpoint case of ``tracin`` (up to the
+    learning rate), for a model trained without kept checkpoints."""
 
     name = "self-influence"
 
-    def __init__(self, *, batch_size: int = 256) -> None:
-        validate_params({"batch_size": batch_size}, {"batch_size": [_POSITIVE]}, self.name)
+    def __init__(self, *, batch_size: int = 256, per_sample: str = "auto") -> None:
+        validate_params(
+            {"batch_size": batch_size, "per_sample": per_sample}, _PER_SAMPLE, self.name
+        )
         self.batch_size = batch_size
+        self.per_sample = per_sample
 
     def score(self, model: TrainedModel, samples: Samples) -> np.ndarray:
-        from torch.func import functional_call, grad, vmap
+        return squared_grad_norms(
+            model, samples, batch_size=self.batch_size, per_sample=self.per_sample
+        )
 
-        module = model.module.eval()
-        kind = STRATEGIES.get(model.strategy).output
-        params = {k: v.detach() for k, v in module.named_parameters() if v.requires_grad}
-        buffers = {k: v.detach() for k, v in module.named_buffers()}
-        device = next(module.parameters()).device
 
-        def loss(p, x, y):
-            out = functional_call(module, (p, buffers), (x[None],))
-            return -to_log_proba(out, kind)[0].gather(0, y[None])[0]
+@DETECTORS.register("tracin")
+class TracInSelfInfluence(SelfInfluence):
+    """TracIn self-influence summed over training checkpoints (Pruthi, Liu, Kale and
+    Sundararajan, "Estimating Training Data Influence by Tracing Gradient Descent",
+    NeurIPS 2020): ``Σᵢ ηᵢ ‖∇θ ℓ(z; θᵢ)‖²`` over the checkpoints ``θᵢ`` kept during
+    training, each with its learning rate ``ηᵢ``.
 
-        per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
-        X, y = samples.tensors(device)
-        out = []
-        for i in range(0, len(y), self.batch_size):
-            g = per_sample(params, X[i : i + self.batch_size], y[i : i + self.batch_size])
-            out.append(sum(t.flatten(1).double().pow(2).sum(1) for t in g.values()).cpu())
-        return torch.cat(out).numpy() if out else np.empty(0)
+    The model must have been trained with checkpoints kept (``checkpoints=k``, a
+    parameter of the monolithic strategy: ``unbake train --param checkpoints=3``).
+    """
+
+    name = "tracin"
+
+    def score(self, model: TrainedModel, samples: Samples) -> np.ndarray:
+        kept = list(trajectory(model))
+        if not kept:
+            raise InvalidParameterError(
+                "The tracin detector needs the checkpoints kept while the model trained, and "
+                "this model has none (trained without checkpoints=N, or edited by an "
+                "approximate method); retrain with --param checkpoints=3, or use self-influence."
+            )
+        total = np.zeros(len(samples))
+        for lr, params in kept:
+            total += lr * squared_grad_norms(
+                model, samples, params, batch_size=self.batch_size, per_sample=self.per_sample
+            )
+        return total
 
 
 def _per_label(samples: Samples, feats: np.ndarray, fn) -> np.ndarray:
@@ -182,3 +271,21 @@ def top_k(scores: np.ndarray, ids: Sequence[str], k: int) -> list[str]:
     """The ``k`` IDs with the highest scores (ties broken by order)."""
     order = np.argsort(-np.asarray(scores, float), kind="stable")
     return [str(ids[i]) for i in order[:k]]
+
+
+def attack_harm(model: TrainedModel, test: Samples, plant: Planted | None) -> dict[str, float]:
+    """The harm a planted attack leaves in ``model``, in percent on the clean ``test`` set:
+    ``ta`` (clean test accuracy) always; for a backdoor ``asr`` (the attack success
+    rate); for a label flip ``source_acc`` (accuracy on the source class) and
+    ``flip_rate`` (the share of the source class classified as the target)."""
+
+    def log_proba(X):
+        return model.log_proba(X).numpy()
+
+    out = {"ta": accuracy(model, test)}
+    if plant is not None and plant.kind == "backdoor":
+        out["asr"] = 100.0 * attack_success_rate(log_proba, test, plant)
+    elif plant is not None and plant.kind == "flip":
+        source_acc, flip_rate = flip_rates(log_proba, test, plant)
+        out |= {"source_acc": 100.0 * source_acc, "flip_rate": 100.0 * flip_rate}
+    return out

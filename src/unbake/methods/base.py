@@ -22,6 +22,7 @@ from unbake.data import Samples
 from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnsupportedModelError
 from unbake.registry import Registry
 from unbake.training import TrainConfig, TrainedModel, get_params, set_params
+from unbake.training.trajectory import without_trajectory
 
 __all__ = [
     "METHODS",
@@ -288,8 +289,12 @@ def register_method(cls: type[Unlearner]) -> type[Unlearner]:
 
 
 def copy_model(model: TrainedModel, *, device=None) -> TrainedModel:
-    """A deep copy of ``model`` (weights, artifacts and meta), optionally moved."""
-    new = copy.deepcopy(model)
+    """A deep copy of ``model`` (weights, artifacts and meta), optionally moved.
+
+    The training checkpoints kept for TracIn are left out: they saw the data about to be
+    forgotten, and they are not how the edited copy came to be.
+    """
+    new = copy.deepcopy(without_trajectory(model))
     if device is not None:
         new.module.to(device)
     return new

@@ -218,11 +218,12 @@ def optimize(
     loss_fn: LossFn = cross_entropy,
     description: str = "training",
     params=None,
+    hooks: Sequence[Hook] = (),
 ) -> nn.Module:
     """Minimise ``loss_fn`` over ``(X, y)`` for ``config.epochs`` epochs, in place.
 
     The single-phase case of :func:`run_phases`. ``params`` restricts the update to some
-    parameters (default: all).
+    parameters (default: all); ``hooks`` run around each optimiser step.
     """
 
     def step(module: nn.Module, got: Batches, _: torch.Generator) -> torch.Tensor:
@@ -235,5 +236,6 @@ def optimize(
         config,
         seed=seed,
         params=params,
+        hooks=hooks,
         description=description,
     )

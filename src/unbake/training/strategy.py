@@ -15,13 +15,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from unbake._validation import validate_params
+from unbake._validation import Interval, validate_params
 from unbake.data import Samples, TextSamples
 from unbake.exceptions import InvalidParameterError
 from unbake.models import ModelSpec, build_model
 from unbake.registry import Registry
 from unbake.training.config import TrainConfig
 from unbake.training.loop import optimize, resolve_device
+from unbake.training.trajectory import TrajectoryHook, checkpoint_steps
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -174,18 +175,27 @@ STRATEGIES: Registry[TrainingStrategy] = Registry("training strategy")
 class Monolithic(TrainingStrategy):
     """One model trained on all samples: the classic setting, and the retrain reference.
 
+    ``checkpoints=k`` (default 0) keeps ``k`` checkpoints spaced evenly over training,
+    with their learning rates, for the ``tracin`` detector
+    (:mod:`unbake.training.trajectory`); the weights are the same with or without them.
     Given :class:`~unbake.data.TextSamples` and an ``hf:`` model, it fine-tunes the
     language model on the answers (:func:`unbake.training.lm.fit_causal_lm`).
     """
 
     name = "monolithic"
+    _parameter_constraints: ClassVar[dict[str, list]] = {"checkpoints": [Interval(int, 0, None)]}
 
-    def __init__(self) -> None:
-        pass
+    def __init__(self, *, checkpoints: int = 0) -> None:
+        self.checkpoints = checkpoints
 
     def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
         self.validate()
         if isinstance(samples, TextSamples):
+            if self.checkpoints:
+                raise InvalidParameterError(
+                    "Training checkpoints (checkpoints=N) are kept for classifiers on arrays "
+                    "only, not for language models; drop the checkpoints parameter."
+                )
             from unbake.training.lm import fit_causal_lm
 
             module = fit_causal_lm(samples, spec=spec, config=config, seed=seed, device=device)
@@ -195,7 +205,16 @@ class Monolithic(TrainingStrategy):
             spec, input_shape=samples.input_shape, n_classes=n_classes, seed=seed
         ).to(device)
         X, y = samples.tensors()
-        optimize(module, X, y, config, seed=seed, description=f"training {spec.name}")
-        return TrainedModel(
+        steps = config.epochs * -(-len(y) // config.batch_size)
+        hooks = []
+        if self.checkpoints and steps:
+            hooks = [TrajectoryHook(checkpoint_steps(steps, min(self.checkpoints, steps)))]
+        optimize(module, X, y, config, seed=seed, description=f"training {spec.name}", hooks=hooks)
+        model = TrainedModel(
             module, spec, config, seed, samples.input_shape, n_classes, strategy=self.name
         )
+        if self.checkpoints:
+            model.strategy_params = self.get_params()
+        for hook in hooks:
+            hook.store(model)
+        return model

@@ -13,12 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from unbake.data.poison import attack_success_rate, planted
-from unbake.evaluation.detectors import DETECTORS, detection_scores, top_k
-from unbake.evaluation.utility import accuracy
+from unbake.data.poison import planted
+from unbake.evaluation.detectors import DETECTORS, attack_harm, detection_scores, top_k
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS
-from unbake.training import TrainedModel
 
 __all__ = ["CleanReport", "clean"]
 
@@ -39,17 +37,12 @@ class CleanReport:
     asr_before: float | None = None
     asr_after: float | None = None
     detection: dict[str, float] = field(default_factory=dict)
+    #: Every harm figure of :func:`attack_harm` (for a flip: ``source_acc``, ``flip_rate``).
+    harm_before: dict[str, float] = field(default_factory=dict)
+    harm_after: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _harm(model: TrainedModel, test, plant) -> tuple[float, float | None]:
-    """(clean test accuracy %, attack success rate % or None)."""
-    asr = None
-    if plant is not None and plant.kind == "backdoor":
-        asr = 100.0 * attack_success_rate(lambda X: model.log_proba(X).numpy(), test, plant)
-    return accuracy(model, test), asr
 
 
 def clean(
@@ -84,7 +77,7 @@ def clean(
         method = "sisa" if model.strategy == "sisa" else "retrain"
     _, test = ws.held_out()
     plant = planted(ws.dataset())
-    ta_before, asr_before = _harm(model, test, plant)
+    before = attack_harm(model, test, plant)
     scores = detector.score(model, active)
     suspects = top_k(scores, active.ids, budget)
     detection: dict[str, float] = {}
@@ -95,7 +88,7 @@ def clean(
         ids=suspects, method=method, params=params, seed=seed, device=device, reason="cleaning"
     )
     after = ws.load_model(rec.model_after, device=device)
-    ta_after, asr_after = _harm(after, test, plant)
+    harm = attack_harm(after, test, plant)
     return CleanReport(
         rec.request_id,
         detect,
@@ -104,9 +97,11 @@ def clean(
         rec.model_before,
         rec.model_after,
         rec.seconds,
-        ta_before,
-        ta_after,
-        asr_before,
-        asr_after,
+        before["ta"],
+        harm["ta"],
+        before.get("asr"),
+        harm.get("asr"),
         detection,
+        before,
+        harm,
     )
