@@ -338,7 +338,7 @@ def generate_tofu(
     world = [(f"world-{k}", "", q, a) for k, (q, a) in enumerate(_WORLD)]
     for k, (_, a) in enumerate(_WORLD):
         # A world question's wrong answers: other questions' answers (seeded).
-        others = [o for _, o in _WORLD if o != a]
+        others = list(dict.fromkeys(o for _, o in _WORLD if o != a))
         picks = alt_rng.choice(len(others), PERTURBED, replace=False)
         alternatives[f"world-{k}"] = (a, tuple(others[i] for i in picks))
     return TofuSet(
