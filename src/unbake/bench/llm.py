@@ -97,17 +97,19 @@ QUICK = LLMBenchConfig(
     retain_eval=16,
     method_params={"lr": 2e-3, "epochs": 5},
 )
-#: SmolLM2-135M-Instruct with rank-8 LoRA on 2 CPU cores. A step on a batch of 8 costs
-#: seconds, so the set is small: 40 persons with 2 facts each (84 rows with the canaries).
+#: SmolLM2-135M-Instruct with rank-8 LoRA on 2 CPU cores. A training step on a batch of 8
+#: costs seconds and an evaluated row a minute or two (most of it forward passes over the
+#: answer variants and the canary candidates, and greedy decoding), so the set is small:
+#: 30 persons with 2 facts each (63 rows with the canaries), forget10 (3 persons) only.
 FULL = LLMBenchConfig(
-    persons=40,
+    persons=30,
     facts=2,
     holdout_fraction=0.1,
     splits=("forget10",),
-    train=TrainConfig(epochs=4, batch_size=8, lr=1e-3),
+    train=TrainConfig(epochs=5, batch_size=8, lr=1e-3),
     lora_rank=8,
-    retain_eval=16,
-    method_params={"lr": 5e-4, "epochs": 2},
+    retain_eval=12,
+    method_params={"lr": 3e-4, "epochs": 2},
 )
 
 

@@ -377,7 +377,9 @@ class CanaryExposure(Metric):
     name = "canary_exposure"
     order = 45
     needs = frozenset({"tofu"})
-    candidates: ClassVar[int] = 128
+    #: ``|R|``: the true number and 31 others, so exposure is at most 5 bits. Each
+    #: candidate is one forward pass per canary, the largest cost of an evaluation.
+    candidates: ClassVar[int] = 32
     results = (
         Result("canary_exposure", "canary exposure", "mean canary exposure on forget (bits)"),
     )
