@@ -16,6 +16,7 @@ random Llama written in code, fully fine-tuned, one split.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from unbake.bench import BENCHMARKS
+from unbake.bench.approximate import FRAMING
 from unbake.data.tofu import generate_tofu
 from unbake.evaluation import evaluate
 from unbake.methods import METHODS
@@ -47,8 +49,6 @@ METRICS = (
     "model_utility",
     "canary_exposure",
 )
-#: Rows that frame the methods rather than compete.
-FRAMING = ("original", "retrain", "retrain_seed")
 #: The issue's targets: the best method's forget quality at least 0.05 with model
 #: utility at least 95% of the original's; canary exposure within 1 bit of retrain's;
 #: every approximate method at most 20% of retrain time.
@@ -101,11 +101,10 @@ QUICK = LLMBenchConfig(
 #: costs seconds and an evaluated row a minute or two (most of it forward passes over the
 #: answer variants and the canary candidates, and greedy decoding), so the set is small:
 #: 30 persons with 2 facts each (63 rows with the canaries), forget10 (3 persons) only.
-FULL = LLMBenchConfig(
+FULL = dataclasses.replace(
+    QUICK,
     persons=30,
-    facts=2,
     holdout_fraction=0.1,
-    splits=("forget10",),
     train=TrainConfig(epochs=5, batch_size=8, lr=1e-3),
     lora_rank=8,
     retain_eval=12,

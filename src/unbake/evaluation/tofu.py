@@ -220,8 +220,8 @@ SPLITS = ("forget", "retain", "world")
 class _PerSplit(Metric):
     """One value per split in :data:`SPLITS`, keyed ``<split>_<suffix>``."""
 
-    suffix: ClassVar[str]
     needs = frozenset({"tofu"})
+    suffix: ClassVar[str]
 
     def value(self, ctx: EvalContext, split: str) -> float:
         raise NotImplementedError
@@ -230,53 +230,47 @@ class _PerSplit(Metric):
         return {f"{s}_{self.suffix}": self.value(ctx, s) for s in SPLITS}
 
 
-@register_metric
-class AnswerProbability(_PerSplit):
-    """TOFU's answer probability, ``P(a|q)^(1/|a|)`` (normalised on world questions)."""
-
-    name = "answer_prob"
-    order = 40
-    suffix = "prob"
-    results = (
-        Result("forget_prob", "forget prob", "per-token answer probability on forget"),
-        Result("retain_prob", "retain prob", "per-token answer probability on retain"),
-        Result("world_prob", "world prob", "answer probability against wrong answers, world"),
-    )
-
-    def value(self, ctx: EvalContext, split: str) -> float:
-        return _probability(ctx, split)
+def _register_per_split(name: str, order: int, suffix: str, label: str, what: str, measure, doc):
+    """Register a :class:`_PerSplit` metric: ``measure(ctx, split)`` on every split."""
+    results = tuple(Result(f"{s}_{suffix}", f"{s} {label}", f"{what} on {s}") for s in SPLITS)
+    attrs = {
+        "name": name,
+        "order": order,
+        "suffix": suffix,
+        "results": results,
+        "value": lambda self, ctx, split: measure(ctx, split),
+        "__doc__": doc,
+    }
+    register_metric(type(f"PerSplit_{name}", (_PerSplit,), attrs))
 
 
-@register_metric
-class TruthRatio(_PerSplit):
-    """TOFU's truth ratio: ``mean min(R, 1/R)`` on forget, ``mean max(0, 1-R)`` elsewhere."""
-
-    name = "truth_ratio"
-    order = 41
-    suffix = "truth_ratio"
-    results = tuple(
-        Result(f"{s}_truth_ratio", f"{s} truth ratio", f"TOFU truth-ratio statistic on {s}")
-        for s in SPLITS
-    )
-
-    def value(self, ctx: EvalContext, split: str) -> float:
-        return _truth_stat(_truth_ratios(ctx, split), split)
-
-
-@register_metric
-class RougeL(_PerSplit):
-    """ROUGE-L recall of the greedy answers against the true answers (TOFU)."""
-
-    name = "rouge_l"
-    order = 42
-    suffix = "rouge"
-    results = tuple(
-        Result(f"{s}_rouge", f"{s} ROUGE-L", f"ROUGE-L recall of greedy answers on {s}")
-        for s in SPLITS
-    )
-
-    def value(self, ctx: EvalContext, split: str) -> float:
-        return _rouge(ctx, split)
+_register_per_split(
+    "answer_prob",
+    40,
+    "prob",
+    "prob",
+    "per-token answer probability (normalised over the variants on world)",
+    _probability,
+    "TOFU's answer probability, ``P(a|q)^(1/|a|)`` (normalised on world questions).",
+)
+_register_per_split(
+    "truth_ratio",
+    41,
+    "truth_ratio",
+    "truth ratio",
+    "TOFU truth-ratio statistic",
+    lambda ctx, split: _truth_stat(_truth_ratios(ctx, split), split),
+    "TOFU's truth ratio: ``mean min(R, 1/R)`` on forget, ``mean max(0, 1-R)`` elsewhere.",
+)
+_register_per_split(
+    "rouge_l",
+    42,
+    "rouge",
+    "ROUGE-L",
+    "ROUGE-L recall of greedy answers",
+    _rouge,
+    "ROUGE-L recall of the greedy answers against the true answers (TOFU).",
+)
 
 
 @register_metric
@@ -332,11 +326,17 @@ class _TextAttack(Metric):
 
     needs = frozenset({"text"})
 
-    def score(self, ctx: EvalContext, split: str) -> np.ndarray:
+    @staticmethod
+    def per_sample(token_nll: np.ndarray, answer: str) -> float:
+        """The membership score of one answer (higher: more likely trained on)."""
         raise NotImplementedError
 
+    def _scores(self, ctx: EvalContext, split: str) -> np.ndarray:
+        tokens, answers = ctx.token_nll(split)[0], ctx.samples(split).answers
+        return np.array([self.per_sample(t, a) for t, a in zip(tokens, answers, strict=True)])
+
     def compute(self, ctx: EvalContext) -> dict[str, float]:
-        auc = roc_auc(self.score(ctx, "forget"), self.score(ctx, "test")) * 100.0
+        auc = roc_auc(self._scores(ctx, "forget"), self._scores(ctx, "test")) * 100.0
         return {self.results[0].key: auc}
 
 
@@ -347,9 +347,7 @@ class MinKAttack(_TextAttack):
     name = "mia_min_k"
     order = 30
     results = (Result("mia_min_k", "MIA Min-K%", "Min-K% prob AUC, forget vs test (%)"),)
-
-    def score(self, ctx: EvalContext, split: str) -> np.ndarray:
-        return np.array([min_k_prob(t) for t in ctx.token_nll(split)[0]])
+    per_sample = staticmethod(lambda token_nll, answer: min_k_prob(token_nll))
 
 
 @register_metric
@@ -359,11 +357,7 @@ class ZlibAttack(_TextAttack):
     name = "mia_zlib"
     order = 31
     results = (Result("mia_zlib", "MIA zlib", "zlib-ratio AUC, forget vs test (%)"),)
-
-    def score(self, ctx: EvalContext, split: str) -> np.ndarray:
-        answers = ctx.samples(split).answers
-        tokens = ctx.token_nll(split)[0]
-        return -np.array([zlib_ratio(t, a) for t, a in zip(tokens, answers, strict=True)])
+    per_sample = staticmethod(lambda token_nll, answer: -zlib_ratio(token_nll, answer))
 
 
 @register_metric
