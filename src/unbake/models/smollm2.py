@@ -106,7 +106,11 @@ def smollm2_path(cache: str | Path | None = None) -> Path:
         model.tie_weights()
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        tmp.replace(target)
+        try:
+            tmp.replace(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not another run's finished copy
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
