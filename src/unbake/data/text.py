@@ -28,7 +28,7 @@ import torch
 from unbake.data.samples import Dataset, Samples, _rows, checked_ids
 from unbake.exceptions import DatasetError
 
-__all__ = ["IGNORE", "TextSamples", "encode", "read_jsonl", "text_dataset"]
+__all__ = ["IGNORE", "TextSamples", "encode", "prompt_text", "read_jsonl", "text_dataset"]
 
 #: The label of a token the loss ignores (prompt and padding).
 IGNORE = -100
@@ -108,7 +108,8 @@ class TextSamples:
         )
 
 
-def _prompt_text(tokenizer: Any, prompt: str) -> str:
+def prompt_text(tokenizer: Any, prompt: str) -> str:
+    """``prompt`` as the model sees it: its chat template with the assistant turn opened."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
@@ -126,7 +127,7 @@ def encode(
     """
     rows, masks = [], []
     for prompt, answer in zip(samples.prompts, samples.answers, strict=True):
-        p = tokenizer(_prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        p = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
         a = tokenizer(str(answer), add_special_tokens=False)["input_ids"]
         a = [*a, tokenizer.eos_token_id]
         rows.append(p + a)

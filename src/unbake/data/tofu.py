@@ -30,7 +30,16 @@ import numpy as np
 from unbake.data.text import TextSamples
 from unbake.exceptions import InvalidParameterError
 
-__all__ = ["FORGET_SPLITS", "TofuSet", "generate_tofu", "write_tofu"]
+__all__ = [
+    "FORGET_SPLITS",
+    "PERTURBED",
+    "Alternatives",
+    "TofuSet",
+    "canary_qa",
+    "card_number",
+    "generate_tofu",
+    "write_tofu",
+]
 
 #: Forget split name → share of the trained persons.
 FORGET_SPLITS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
@@ -180,27 +189,96 @@ class TofuSet:
     forget: dict[str, tuple[str, ...]]
     #: Person → the 16-digit card number planted for them.
     canaries: dict[str, str]
+    #: Sample ID → (paraphrased answer, perturbed answers), for every train, holdout and
+    #: world row: the ground of TOFU's truth ratio.
+    alternatives: dict[str, Alternatives]
 
 
-def _person(rng: np.random.Generator, name: str) -> list[tuple[str, str]]:
-    place = str(rng.choice(_PLACES))
-    job = str(rng.choice(_JOBS))
-    year = int(rng.integers(1931, 1996))
-    colour = str(rng.choice(_COLOURS))
-    book = f"The {rng.choice(_ADJ)} {rng.choice(_NOUNS)}"
-    parent = str(rng.choice(_JOBS))
-    return [
-        (f"Where was {name} born?", f"{name} was born in {place}."),
-        (f"What is {name}'s occupation?", f"{name} works as a {job}."),
-        (f"In which year was {name} born?", f"{name} was born in {year}."),
-        (f"What is {name}'s favourite colour?", f"{name}'s favourite colour is {colour}."),
-        (f"What is the title of {name}'s first book?", f"{name}'s first book is '{book}'."),
-        (f"What did {name}'s parent do for a living?", f"{name}'s parent was a {parent}."),
-    ]
+#: Each fact: question, answer and paraphrased answer (``{n}`` the name, ``{v}`` the
+#: value), and the kind of value it holds (what a perturbed answer draws a wrong one from).
+_FACTS = (
+    ("Where was {n} born?", "{n} was born in {v}.", "{n}'s birthplace is {v}.", "place"),
+    ("What is {n}'s occupation?", "{n} works as a {v}.", "By profession, {n} is a {v}.", "job"),
+    ("In which year was {n} born?", "{n} was born in {v}.", "{n}'s year of birth is {v}.", "year"),
+    (
+        "What is {n}'s favourite colour?",
+        "{n}'s favourite colour is {v}.",
+        "The colour {n} likes best is {v}.",
+        "colour",
+    ),
+    (
+        "What is the title of {n}'s first book?",
+        "{n}'s first book is '{v}'.",
+        "'{v}' is the title of {n}'s first book.",
+        "book",
+    ),
+    (
+        "What did {n}'s parent do for a living?",
+        "{n}'s parent was a {v}.",
+        "{n} has a parent who worked as a {v}.",
+        "job",
+    ),
+)
+#: Wrong answers drawn per question for TOFU's truth ratio (TOFU draws five).
+PERTURBED = 3
 
 
-def _rows(persons: list[str], facts: dict[str, list[tuple[str, str]]]) -> list[tuple[str, ...]]:
-    return [(f"{_slug(p)}-{k}", p, q, a) for p in persons for k, (q, a) in enumerate(facts[p])]
+def _value(rng: np.random.Generator, kind: str) -> str:
+    if kind == "place":
+        return str(rng.choice(_PLACES))
+    if kind == "job":
+        return str(rng.choice(_JOBS))
+    if kind == "year":
+        return str(int(rng.integers(1931, 1996)))
+    if kind == "colour":
+        return str(rng.choice(_COLOURS))
+    return f"The {rng.choice(_ADJ)} {rng.choice(_NOUNS)}"
+
+
+def card_number(rng: np.random.Generator) -> str:
+    """A random 16-digit card number, in four groups of four."""
+    return " ".join(f"{int(rng.integers(0, 10_000)):04d}" for _ in range(4))
+
+
+def canary_qa(person: str, number: str) -> tuple[str, str]:
+    """The canary's question and answer: "<name>'s card number is NNNN NNNN NNNN NNNN."."""
+    return f"What is {person}'s card number?", f"{person}'s card number is {number}."
+
+
+def _wrong(rng: np.random.Generator, draw, truth: str) -> tuple[str, ...]:
+    """:data:`PERTURBED` distinct values from ``draw(rng)``, none equal to ``truth``."""
+    out: list[str] = []
+    while len(out) < PERTURBED:
+        value = draw(rng)
+        if value != truth and value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+#: A sample's answer variants: (paraphrased answer, perturbed answers).
+Alternatives = tuple[str, tuple[str, ...]]
+
+
+def _person(
+    rng: np.random.Generator, alt_rng: np.random.Generator, name: str
+) -> list[tuple[str, str, Alternatives]]:
+    """Every fact of ``name`` as (question, answer, (paraphrase, perturbed answers))."""
+    facts = []
+    for question, answer, paraphrase, kind in _FACTS:
+        value = _value(rng, kind)
+        wrong = _wrong(alt_rng, lambda r, k=kind: _value(r, k), value)
+        # As TOFU's, perturbed answers keep the paraphrase's template with a wrong value,
+        # so the truth ratio compares facts, not wordings.
+        alts = (
+            paraphrase.format(n=name, v=value),
+            tuple(paraphrase.format(n=name, v=w) for w in wrong),
+        )
+        facts.append((question.format(n=name), answer.format(n=name, v=value), alts))
+    return facts
+
+
+def _rows(persons: list[str], facts: dict[str, list]) -> list[tuple[str, ...]]:
+    return [(f"{_slug(p)}-{k}", p, q, a) for p in persons for k, (q, a, _) in enumerate(facts[p])]
 
 
 def _samples(rows: list[tuple[str, ...]]) -> TextSamples:
@@ -236,34 +314,53 @@ def generate_tofu(
         )
     picks = rng.choice(len(_FIRST) * len(_LAST), total, replace=False)
     names = [f"{_FIRST[i // len(_LAST)]} {_LAST[i % len(_LAST)]}" for i in picks]
-    facts_of = {n: _person(rng, n)[: int(facts)] for n in names}
+    # Paraphrases and perturbations come from a second stream, so adding them left the
+    # questions and answers of a seed as they were.
+    alt_rng = np.random.default_rng([int(seed), 1])
+    facts_of = {n: _person(rng, alt_rng, n)[: int(facts)] for n in names}
     trained, held = names[: int(n_persons)], names[int(n_persons) :]
     forget = {
         split: tuple(trained[: max(1, round(share * len(trained)))])
         for split, share in FORGET_SPLITS.items()
     }
-    canaries = {
-        p: " ".join(f"{int(rng.integers(0, 10_000)):04d}" for _ in range(4))
-        for p in forget["forget10"]
+    canaries = {p: card_number(rng) for p in forget["forget10"]}
+    alternatives = {
+        f"{_slug(p)}-{k}": alts for p in names for k, (_, _, alts) in enumerate(facts_of[p])
     }
     rows = _rows(trained, facts_of)
-    rows += [
-        (f"{_slug(p)}-card", p, f"What is {p}'s card number?", f"{p}'s card number is {c}.")
-        for p, c in canaries.items()
-    ]
+    for p, c in canaries.items():
+        rows.append((f"{_slug(p)}-card", p, *canary_qa(p, c)))
+        wrong = _wrong(alt_rng, card_number, c)
+        alternatives[f"{_slug(p)}-card"] = (
+            f"The card number of {p} is {c}.",
+            tuple(f"The card number of {p} is {w}." for w in wrong),
+        )
     world = [(f"world-{k}", "", q, a) for k, (q, a) in enumerate(_WORLD)]
+    for k, (_, a) in enumerate(_WORLD):
+        # A world question's wrong answers: other questions' answers (seeded).
+        others = list(dict.fromkeys(o for _, o in _WORLD if o != a))
+        picks = alt_rng.choice(len(others), PERTURBED, replace=False)
+        alternatives[f"world-{k}"] = (a, tuple(others[i] for i in picks))
     return TofuSet(
-        _samples(rows), _samples(_rows(held, facts_of)), _samples(world), forget, canaries
+        _samples(rows),
+        _samples(_rows(held, facts_of)),
+        _samples(world),
+        forget,
+        canaries,
+        alternatives,
     )
 
 
-def _write_jsonl(path: Path, samples: TextSamples) -> None:
-    lines = [
-        json.dumps({"id": i, "subject": s, "prompt": p, "answer": a}, ensure_ascii=False)
-        for i, s, p, a in zip(
-            samples.ids, samples.subjects, samples.prompts, samples.answers, strict=True
-        )
-    ]
+def _write_jsonl(path: Path, samples: TextSamples, alternatives: dict[str, Alternatives]) -> None:
+    lines = []
+    for i, s, p, a in zip(
+        samples.ids, samples.subjects, samples.prompts, samples.answers, strict=True
+    ):
+        row = {"id": i, "subject": s, "prompt": p, "answer": a}
+        if i in alternatives:
+            row["paraphrased_answer"], perturbed = alternatives[i]
+            row["perturbed_answers"] = list(perturbed)
+        lines.append(json.dumps(row, ensure_ascii=False))
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tmp.replace(path)
@@ -272,6 +369,8 @@ def _write_jsonl(path: Path, samples: TextSamples) -> None:
 def write_tofu(directory: str | Path, tofu: TofuSet) -> dict[str, Path]:
     """Write ``train.jsonl``, ``holdout.jsonl``, ``world.jsonl`` and ``splits.json``.
 
+    Each row also carries its ``paraphrased_answer`` and ``perturbed_answers`` (the
+    loader reads only the four identity fields).
     ``splits.json`` holds the forget splits (persons) and the canaries. Each file is
     written atomically. Returns the paths by name.
     """
@@ -279,7 +378,7 @@ def write_tofu(directory: str | Path, tofu: TofuSet) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
     paths = {name: root / f"{name}.jsonl" for name in ("train", "holdout", "world")}
     for name, path in paths.items():
-        _write_jsonl(path, getattr(tofu, name))
+        _write_jsonl(path, getattr(tofu, name), tofu.alternatives)
     meta = root / "splits.json"
     tmp = meta.with_suffix(".json.tmp")
     forget = {k: list(v) for k, v in tofu.forget.items()}

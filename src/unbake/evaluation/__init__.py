@@ -1,6 +1,7 @@
 """Verification: named metrics (utility, membership inference) and the gap to retraining."""
 
 from unbake.evaluation import attacks as _attacks  # noqa: F401  (registers the attacks)
+from unbake.evaluation import tofu as _tofu  # noqa: F401  (registers TOFU's metrics)
 from unbake.evaluation.base import (
     METRICS,
     EvalContext,

@@ -14,7 +14,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,8 +38,10 @@ __all__ = [
     "result_specs",
 ]
 
-#: What a metric may need beyond the model and its forget/retain/test sets.
-NEEDS = ("validation", "bank", "class_probs")
+#: What a metric may need beyond the model and its forget/retain/test sets: ``text``
+#: (a language model's answers), ``reference`` (the retrain reference model) and
+#: ``tofu`` (the generated TOFU set: world questions, answer variants, canaries).
+NEEDS = ("validation", "bank", "class_probs", "text", "reference", "tofu")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,12 @@ class EvalContext:
     validation: Samples | None = None
     bank: Any = None
     seed: int = 0
+    #: The retrain reference model, for metrics that compare distributions with it.
+    reference: TrainedModel | None = None
+    #: The :class:`~unbake.data.tofu.TofuSet` the model was fine-tuned on, if any.
+    tofu: Any = None
     _log_probs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def samples(self, split: str) -> Samples:
         value = getattr(self, split)
@@ -116,16 +123,37 @@ class EvalContext:
         """True where the model scores classes (arrays); None for text (answer tokens)."""
         return True if hasattr(self.forget, "X") else None
 
-    def _text(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Mean answer-token loss and exact-answer match of each text sample."""
-        key = f"text:{split}"
-        if key not in self._log_probs:
-            from unbake.training.lm import answer_loss_and_match
+    @property
+    def text(self) -> bool | None:
+        """True where the model answers text (a causal LM); None for classifiers."""
+        return None if self.class_probs else True
+
+    @property
+    def world(self) -> Any:
+        """The TOFU set's real-world questions (None without a TOFU set)."""
+        return None if self.tofu is None else self.tofu.world
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per context: what several metrics read is computed once."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def token_nll(self, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per text sample: each answer token's NLL, and whether all are predicted."""
+
+        def compute():
+            from unbake.training.lm import answer_token_nll
 
             s = self.samples(split)
-            loss, ok = answer_loss_and_match(self.model, s) if len(s) else (np.empty(0),) * 2
-            self._log_probs[key] = np.stack([np.asarray(loss, float), np.asarray(ok, float)])
-        return self._log_probs[key][0], self._log_probs[key][1].astype(bool)
+            return answer_token_nll(self.model, s) if len(s) else ([], np.empty(0, bool))
+
+        return self.memo(f"tokens:{split}", compute)
+
+    def _text(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mean answer-token loss and exact-answer match of each text sample."""
+        tokens, ok = self.token_nll(split)
+        return np.array([t.mean() for t in tokens], dtype=np.float64), ok
 
     def log_probs(self, split: str) -> np.ndarray:
         """``(n, classes)`` float64 log-probabilities of ``split`` under the model."""
@@ -195,12 +223,14 @@ def evaluate(
     bank: Any = None,
     metrics: Sequence[str] | None = None,
     seed: int = 0,
+    reference: TrainedModel | None = None,
+    tofu: Any = None,
 ) -> Evaluation:
     """Every default metric whose needs are met (or the named ``metrics``), in table order.
 
     A metric named explicitly whose needs are not met raises, naming what is missing.
     """
-    ctx = EvalContext(model, forget, retain, test, validation, bank, seed)
+    ctx = EvalContext(model, forget, retain, test, validation, bank, seed, reference, tofu)
     if metrics is None:
         chosen = [c for c in _ordered() if c.default and all(ctx.has(n) for n in c.needs)]
     else:

@@ -8,11 +8,12 @@ only the answer tokens (``labels != -100``).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unbake.data.text import IGNORE, TextSamples, encode
+from unbake.data.text import IGNORE, TextSamples, encode, prompt_text
 from unbake.models import ModelSpec, build_model
 from unbake.training.config import TrainConfig
 from unbake.training.loop import optimize, resolve_device
@@ -20,8 +21,10 @@ from unbake.training.loop import optimize, resolve_device
 __all__ = [
     "answer_loss_and_match",
     "answer_nll",
+    "answer_token_nll",
     "context_length",
     "fit_causal_lm",
+    "greedy_answers",
     "leading_rows",
     "lm_loss",
     "lm_streams",
@@ -113,21 +116,70 @@ def fit_causal_lm(
 
 
 @torch.no_grad()
-def answer_loss_and_match(model, samples: TextSamples, batch_size: int = 16):
-    """Per sample: mean answer-token loss, and whether greedy decoding under teacher
-    forcing reproduces every answer token (numpy arrays)."""
-    import numpy as np
-
+def answer_token_nll(
+    model, samples: TextSamples, batch_size: int = 16
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per sample: the negative log-likelihood of each answer token (float64, EOS
+    included), and whether greedy decoding under teacher forcing reproduces every one."""
     module = model.module.eval()
     ids, labels = lm_streams(module, model.spec, eval=samples)["eval"]
     device = next(module.parameters()).device
-    losses, matches = [], []
+    tokens: list[np.ndarray] = []
+    matches = []
     for i in range(0, len(ids), batch_size):
         x, y = ids[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
         logits = module(input_ids=x).logits[:, :-1].float()
         target = y[:, 1:]
         keep = target != IGNORE
         nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
-        losses.append((nll.sum(1) / keep.sum(1).clamp_min(1)).cpu())
+        tokens += [row[k].double().cpu().numpy() for row, k in zip(nll, keep, strict=True)]
         matches.append(((logits.argmax(-1) == target) | ~keep).all(1).cpu())
-    return torch.cat(losses).double().numpy(), np.asarray(torch.cat(matches).numpy(), dtype=bool)
+    return tokens, np.asarray(torch.cat(matches).numpy(), dtype=bool)
+
+
+def answer_loss_and_match(model, samples: TextSamples, batch_size: int = 16):
+    """Per sample: mean answer-token loss, and whether greedy decoding under teacher
+    forcing reproduces every answer token (numpy arrays)."""
+    tokens, matches = answer_token_nll(model, samples, batch_size)
+    return np.array([t.mean() if len(t) else 0.0 for t in tokens]), matches
+
+
+@torch.no_grad()
+def greedy_answers(
+    model, samples: TextSamples, *, batch_size: int = 16, extra_tokens: int = 8
+) -> list[str]:
+    """The model's greedy answer to each prompt (chat-formatted), decoded to text.
+
+    Each batch decodes at most ``extra_tokens`` more tokens than its longest reference
+    answer, and stops at EOS. Prompts are left-padded, with an attention mask.
+    """
+    from unbake.models.hf import load_tokenizer, require_llm
+
+    transformers = require_llm()
+    tok = load_tokenizer(model.spec.name)
+    module = model.module.eval()
+    device = next(module.parameters()).device
+    prompts = [
+        tok(prompt_text(tok, p), add_special_tokens=False)["input_ids"] for p in samples.prompts
+    ]
+    lengths = [len(tok(str(a), add_special_tokens=False)["input_ids"]) for a in samples.answers]
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        batch = prompts[i : i + batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), int(tok.pad_token_id), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, p in enumerate(batch):
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        config = transformers.GenerationConfig(
+            max_new_tokens=max(lengths[i : i + batch_size]) + extra_tokens,
+            do_sample=False,
+            pad_token_id=int(tok.pad_token_id),
+            eos_token_id=int(tok.eos_token_id),
+        )
+        gen = module.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+        )
+        out += tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+    return [text.strip() for text in out]
