@@ -175,6 +175,19 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    """``"0,2"`` as ``[0, 2]``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InvalidParameterError(
+            f"{option} must be comma-separated whole numbers, like {option} 0,1. "
+            f"Got {text!r} instead."
+        ) from None
+
+
 def _metric_columns(*, column_only: bool = True):
     """The declared metric results that compact tables show, in order."""
     from unbake.evaluation import result_specs
@@ -329,8 +342,10 @@ def demo(
 @app.command()
 @_handle_errors
 def methods(as_json: JsonOpt = False) -> None:
-    """List the registered unlearning methods: kind, what they read, cost and parameters."""
+    """List the registered unlearning methods: kind, what they read, cost and parameters
+    (and the scenarios they have tuned defaults for)."""
     from unbake.methods import METHODS
+    from unbake.methods.tuned import SCENARIOS, tuned_defaults
 
     rows = []
     for name in METHODS.available():
@@ -349,6 +364,9 @@ def methods(as_json: JsonOpt = False) -> None:
                 "limits": tags.limits,
                 "inputs": list(tags.inputs),
                 "params": m.get_params(),
+                "tuned_defaults": {
+                    s: t.to_dict() for s in SCENARIOS if (t := tuned_defaults(name, s))
+                },
                 "summary": (type(m).__doc__ or "").strip().splitlines()[0],
             }
         )
@@ -358,7 +376,16 @@ def methods(as_json: JsonOpt = False) -> None:
     console.print(
         _table(
             "unlearning methods",
-            ["method", "kind", "reads", "needs strategy", "cost", "does not help", "parameters"],
+            [
+                "method",
+                "kind",
+                "reads",
+                "needs strategy",
+                "cost",
+                "does not help",
+                "parameters",
+                "tuned for",
+            ],
             [
                 [
                     r["method"],
@@ -368,6 +395,7 @@ def methods(as_json: JsonOpt = False) -> None:
                     r["cost"],
                     r["limits"] or "—",
                     ", ".join(f"{k}={v}" for k, v in r["params"].items()),
+                    ", ".join(r["tuned_defaults"]) or "—",
                 ]
                 for r in rows
             ],
@@ -630,6 +658,14 @@ def forget(
         str, typer.Option(help="Unlearning method (see `unbake methods`).")
     ] = "retrain",
     param: MethodParamOpt = None,
+    tuned: Annotated[
+        bool,
+        typer.Option(
+            "--tuned/--no-tuned",
+            help="Start from the method's tuned defaults for the request's scenario "
+            "(see `unbake methods`); --param overrides them.",
+        ),
+    ] = True,
     model: Annotated[str | None, typer.Option(help="Model ID (default: the newest).")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
@@ -671,6 +707,7 @@ def forget(
             seed=seed,
             device=device,
             idempotency_key=idempotency_key,
+            tuned=tuned,
         )
     out = {
         "request_id": rec.request_id,
@@ -703,6 +740,14 @@ def forget(
         f"  {_metric_line(rec.evaluation.to_dict())}  "
         f"(older models that saw the data were purged)"
     )
+    tuned_from = out["info"].get("tuned_defaults")
+    if tuned_from:
+        overridden = tuned_from["overridden"]
+        console.print(
+            f"  Parameters: the tuned defaults {tuned_from['applied']}, {tuned_from['summary']}"
+            + (f"; --param set {', '.join(overridden)}" if overridden else "")
+            + "."
+        )
 
 
 # --- clean ---------------------------------------------------------------------------
@@ -978,6 +1023,9 @@ def tune(
     dataset: Annotated[str, typer.Option(help="Dataset name.")] = "digits",
     model: Annotated[str, typer.Option(help="Model architecture.")] = "mlp",
     epochs: Annotated[int | None, typer.Option(help="Training epochs of the original.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Training batch size of the original.")
+    ] = None,
     time_fraction: Annotated[
         float, typer.Option(help="Prune trials slower than this fraction of retrain time.")
     ] = 0.2,
@@ -989,17 +1037,38 @@ def tune(
         str | None, typer.Option(help="Folder holding the dataset's files.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the study's JSON here.")] = None,
+    write_defaults: Annotated[
+        bool,
+        typer.Option(
+            "--write-defaults",
+            help="Record the best trial as the method's tuned defaults for this scenario "
+            "(the table `unbake forget` reads; needs --out).",
+        ),
+    ] = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep the original and its retrain reference here for later studies."),
+    ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search a method's knobs with Optuna against retraining (validation, never test)."""
     _apply_threads(threads)
     from unbake.bench.tune import tune as run_tune
+    from unbake.bench.tune import write_defaults as record_defaults
     from unbake.data import load_dataset
+    from unbake.methods.tuned import defaults_path, read_table
     from unbake.training import TrainConfig
 
+    if write_defaults:
+        if out is None:
+            raise InvalidParameterError(
+                "--write-defaults needs --out STUDY.json: the defaults cite the study they "
+                "came from (commit it under benchmarks/tuning/)."
+            )
+        read_table()  # an unreadable table fails now, not after the study
     params = parse_params(param)
-    config = TrainConfig.parse(epochs=epochs)
+    config = TrainConfig.parse(epochs=epochs, batch_size=batch_size)
     ds = load_dataset(dataset, **({"data_dir": data_dir} if data_dir else {}))
     study = run_tune(
         ds,
@@ -1012,11 +1081,13 @@ def tune(
         time_fraction=time_fraction,
         seed=seed,
         fixed=params,
+        cache_dir=cache_dir,
     )
     if out is not None:
         study.save(out)
+    recorded = record_defaults(study, out) if write_defaults else None
     if as_json:
-        _emit_json(study.to_dict())
+        _emit_json({**study.to_dict(), "tuned_defaults": recorded and recorded.to_dict()})
         return
     best = study.best
     rows = [
@@ -1035,6 +1106,11 @@ def tune(
         )
     if out:
         console.print(f"Wrote {out}.")
+    if recorded is not None:
+        console.print(
+            f"Wrote the tuned defaults of {method} for {study.scenario} forgetting to "
+            f"{defaults_path()}: {recorded.params}, {recorded.describe()}."
+        )
 
 
 @app.command()
@@ -1253,6 +1329,16 @@ def bench(
     data_dir: Annotated[
         str | None, typer.Option(help="Folder holding the dataset's files.")
     ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Comma-separated seeds to run (approximate: a subset).")
+    ] = None,
+    scenarios: Annotated[
+        str | None, typer.Option(help="Comma-separated scenarios to run: random, class.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep finished cells here and reuse them (default: <out>.cells)."),
+    ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -1260,7 +1346,15 @@ def bench(
     _apply_threads(threads)
     from unbake.bench import run_benchmark
 
-    result = run_benchmark(name, quick=quick, out=out, data_dir=data_dir)
+    result = run_benchmark(
+        name,
+        quick=quick,
+        out=out,
+        data_dir=data_dir,
+        seeds=_int_list(seeds, "--seeds"),
+        scenarios=[s.strip() for s in scenarios.split(",")] if scenarios else None,
+        cache_dir=cache_dir,
+    )
     if as_json:
         _emit_json(result)
     else:

@@ -36,6 +36,7 @@ from unbake.exceptions import (
     WorkspaceError,
 )
 from unbake.methods import METHODS, UnlearnResult, UnlearnTask
+from unbake.methods.tuned import resolve_params, scenario_of
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig, TrainedModel, fit, resolve_device
 from unbake.workspace import ledger
@@ -652,6 +653,7 @@ class Workspace:
         device=None,
         idempotency_key: str | None = None,
         reason: str | None = None,
+        tuned: bool = True,
     ) -> RequestRecord:
         """File and apply a deletion request; every model that saw the data is purged.
 
@@ -668,8 +670,16 @@ class Workspace:
         in the same transaction; a request that selects only such rows is recorded with
         method ``"none"`` and changes and purges no model (none was trained on them).
         Nothing is written unless the request is valid and the method succeeds.
+
+        With ``tuned`` (the default) the method starts from its tuned defaults for the
+        request's scenario (:mod:`unbake.methods.tuned`: class-wise for a ``label``,
+        random otherwise), under the given ``params``; the record's info says which
+        were used and the study they came from (``tuned_defaults``).
         """
-        unlearner = METHODS.create(method, **(params or {}))
+        run_params, tuned_from = resolve_params(
+            method, params, scenario_of(forget_class=label), use_tuned=tuned
+        )
+        unlearner = METHODS.create(method, **run_params)
         if label is not None:
             ds = self.dataset()
             label = ds.classes[ds.class_index(label)]
@@ -714,6 +724,8 @@ class Workspace:
                 evaluation = evaluate(result.model, forget, retain, test)
             if reason:
                 result.info["reason"] = reason
+            if tuned_from:
+                result.info["tuned_defaults"] = tuned_from
             request_id = ticket.request_id
             new_id = _new_id("model")
             with self._failure_recorded(ticket, row, method):
