@@ -76,6 +76,7 @@ MethodParamOpt = Annotated[
     list[str] | None, typer.Option("--param", help="Method parameter key=value.")
 ]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed (default: the model's).")]
+DataDirOpt = Annotated[str | None, typer.Option(help="Folder holding the dataset's files.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")]
 ThreadsOpt = Annotated[
     int | None,
@@ -412,9 +413,7 @@ def train(
     dataset: Annotated[
         str | None, typer.Option(help="Dataset (only when creating the workspace).")
     ] = None,
-    data_dir: Annotated[
-        str | None, typer.Option(help="Folder holding the dataset's files.")
-    ] = None,
+    data_dir: DataDirOpt = None,
     path: Annotated[
         str | None, typer.Option(help="CSV/Parquet/JSONL file for --dataset csv|parquet|jsonl.")
     ] = None,
@@ -1033,9 +1032,7 @@ def tune(
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Pin a parameter: key=value.")
     ] = None,
-    data_dir: Annotated[
-        str | None, typer.Option(help="Folder holding the dataset's files.")
-    ] = None,
+    data_dir: DataDirOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the study's JSON here.")] = None,
     write_defaults: Annotated[
         bool,
@@ -1326,9 +1323,7 @@ def bench(
     name: Annotated[str, typer.Argument(help=f"Benchmark: {', '.join(BENCHMARKS.available())}.")],
     quick: Annotated[bool, typer.Option(help="Small, fast configuration (< 2 minutes).")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON result here.")] = None,
-    data_dir: Annotated[
-        str | None, typer.Option(help="Folder holding the dataset's files.")
-    ] = None,
+    data_dir: DataDirOpt = None,
     seeds: Annotated[
         str | None, typer.Option(help="Comma-separated seeds to run (approximate: a subset).")
     ] = None,

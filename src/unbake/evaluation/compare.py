@@ -258,9 +258,17 @@ def _reuses_reference(unlearner: Unlearner, fam: _Family) -> bool:
 
 
 def _row(
-    name: str, fam: _Family, model: TrainedModel, seconds: float, test, exact=False, info=None
+    name: str,
+    fam: _Family,
+    model: TrainedModel,
+    seconds: float,
+    test,
+    exact=False,
+    info=None,
+    ev: Evaluation | None = None,
 ):
-    ev = evaluate(model, fam.task.forget, fam.task.retain, test)
+    """A table row for ``model``; ``ev`` is its evaluation when already known."""
+    ev = evaluate(model, fam.task.forget, fam.task.retain, test) if ev is None else ev
     speedup = fam.reference_seconds / seconds if seconds > 0 else float("inf")
     return ComparisonRow(
         name,
@@ -344,19 +352,21 @@ def compare_methods(
     ]:
         unlearner = METHODS.create(name, **params.get(name, {}))
         fam = family(unlearner if unlearner.requires_strategy else None)
-        if _reuses_reference(unlearner, fam):
+        known = None
+        if _reuses_reference(unlearner, fam):  # the same model: its evaluation is known too
             result = dataclasses.replace(
                 fam.reference_run,
                 seconds=fam.reference_seconds,
                 info={**fam.reference_run.info, "reused": REUSE_NOTE.format(**fam.timing)},
             )
+            known = fam.reference
         else:
             result = unlearner.unlearn(fam.task)
-        emit(
-            _row(
-                name, fam, result.model, result.seconds, dataset.test, unlearner.exact, result.info
-            )[0]
-        )
+        row, _ = _row(
+            name, fam, result.model, result.seconds, dataset.test, unlearner.exact, result.info,
+            known,
+        )  # fmt: skip
+        emit(row)
     return Comparison(
         dataset.name,
         len(dataset.train),
