@@ -1082,9 +1082,16 @@ def tune(
     )
     if out is not None:
         study.save(out)
-    recorded = record_defaults(study, out) if write_defaults else None
+    recorded = refused = None
+    if write_defaults:
+        try:
+            recorded = record_defaults(study, out)
+        except InvalidParameterError as exc:  # reported after the study's own output
+            refused = exc
     if as_json:
         _emit_json({**study.to_dict(), "tuned_defaults": recorded and recorded.to_dict()})
+        if refused:
+            raise refused
         return
     best = study.best
     rows = [
@@ -1108,6 +1115,8 @@ def tune(
             f"Wrote the tuned defaults of {method} for {study.scenario} forgetting to "
             f"{defaults_path()}: {recorded.params}, {recorded.describe()}."
         )
+    if refused:
+        raise refused
 
 
 @app.command()
