@@ -79,3 +79,18 @@ def test_gradient_mask_keeps_masked_weights_and_their_optimiser_state():
         for v in optimizer.state[p].values():
             if torch.is_tensor(v) and v.shape == p.shape:
                 assert torch.count_nonzero(v[~m]) == 0
+
+
+def test_a_phase_may_walk_its_stream_in_its_own_batch_size():
+    seen = {"forget": [], "retain": []}
+
+    def step(model, got, _):
+        for name, (x, _y) in got.items():
+            seen[name].append(len(x))
+        return model(x).sum() * 0
+
+    cfg = TrainConfig(epochs=1, batch_size=8)
+    phases = [Phase("forget", step, batch_size=3), Phase("retain", step, paired=("forget",))]
+    run_phases(_net(), _streams(), phases, cfg, seed=1)
+    assert seen["forget"][:4] == [3, 3, 3, 1]  # its own batches over 10 rows
+    assert seen["retain"] == [8, 8, 8, 1] and seen["forget"][4:] == [8, 2, 8, 2]  # config's

@@ -13,6 +13,7 @@ from unbake.methods._blocks import (
     diag_fisher,
     frozen_teacher,
     kl_distill,
+    perturb_,
     random_wrong_labels,
     saliency_mask,
 )
@@ -24,6 +25,22 @@ def test_kl_distill_is_zero_at_the_teacher_and_positive_elsewhere():
     t = torch.tensor([[2.0, 0.0, -1.0]])
     assert kl_distill(t, t).item() == pytest.approx(0.0, abs=1e-7)
     assert kl_distill(torch.zeros(1, 3), t, temperature=2.0).item() > 0
+
+
+def test_perturb_is_seeded_relative_and_zero_is_a_no_op():
+    def net():
+        torch.manual_seed(0)  # test-only
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def same(m, n):
+        return all(torch.equal(p, q) for p, q in zip(m.parameters(), n.parameters(), strict=True))
+
+    base = net()
+    a, b, c = perturb_(net(), 1e-3, 7), perturb_(net(), 1e-3, 7), perturb_(net(), 1e-3, 8)
+    assert same(a, b) and not same(a, c) and same(base, perturb_(net(), 0.0, 7))
+    for p, q in zip(base.parameters(), a.parameters(), strict=True):
+        rel = ((q - p).pow(2).mean().sqrt() / p.pow(2).mean().sqrt()).item()
+        assert 2e-4 < rel < 5e-3  # each tensor moves by about 1e-3 of its own size
 
 
 def test_diag_fisher_matches_per_sample_gradients():

@@ -8,11 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from unbake.bench import tune as tune_module
-from unbake.bench.tune import tune, tuned_params
+from unbake.bench.tune import tune, write_defaults
 from unbake.cli import app
 from unbake.data import load_dataset
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS, Knob, Unlearner
+from unbake.methods.tuned import tuned_defaults
+from unbake.testing import tiny_dataset
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.training import TrainConfig
 
@@ -91,14 +93,56 @@ def test_json_atomic_and_without_nan(study, tmp_path, monkeypatch):
     assert not any(isinstance(v, float) and math.isnan(v) for v in study.trials[0].values())
 
 
-def test_tuned_params_read_committed_study(study, tmp_path):
-    assert tuned_params("neggrad_plus", "random", directory=tmp_path) == {}
+def test_write_defaults_records_the_best_trial_and_cites_the_study(study, tmp_path):
+    table = tmp_path / "tuned.json"
+    assert tuned_defaults("neggrad_plus", "random", path=table) is None  # no table yet
     study.save(tmp_path / "neggrad_plus-random.json")
-    assert tuned_params("neggrad_plus", "random", directory=tmp_path) == study.best["params"]
-    bad = {"best": {"params": {"beta": 7.0}}}
-    (tmp_path / "neggrad_plus-class.json").write_text(json.dumps(bad))
-    with pytest.raises(InvalidParameterError, match="'beta' parameter"):
-        tuned_params("neggrad_plus", "class", directory=tmp_path)
+    entry = write_defaults(study, tmp_path / "neggrad_plus-random.json", path=table)
+    assert entry.params == {**FIXED, **study.best["params"]}  # pinned knobs included
+    assert (
+        entry.study_sha256
+        == hashlib.sha256((tmp_path / "neggrad_plus-random.json").read_bytes()).hexdigest()
+    )
+    assert tuned_defaults("neggrad_plus", "random", path=table) == entry
+    assert tuned_defaults("neggrad_plus", "class", path=table) is None  # per scenario
+    # A study that is not the one saved there is refused; the table is unchanged.
+    before = table.read_bytes()
+    (tmp_path / "other.json").write_text(json.dumps({"best": None}))
+    with pytest.raises(InvalidParameterError, match="does not hold this study"):
+        write_defaults(study, tmp_path / "other.json", path=table)
+    assert table.read_bytes() == before
+
+
+def test_a_study_without_a_best_writes_no_defaults(digits, tmp_path):
+    s = tune(digits, "neggrad_plus", trials=1, config=CONFIG, time_fraction=1e-9, fixed=FIXED)
+    s.save(tmp_path / "s.json")
+    with pytest.raises(InvalidParameterError, match="no best setting"):
+        write_defaults(s, tmp_path / "s.json", path=tmp_path / "tuned.json")
+    assert not (tmp_path / "tuned.json").exists()
+
+
+def test_the_reference_is_cached_once_and_reused_across_methods(tmp_path, monkeypatch):
+    digits = tiny_dataset()
+    fits = []
+    real_fit = tune_module.fit
+    monkeypatch.setattr(tune_module, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    kw = {"trials": 1, "config": CONFIG, "time_fraction": 1e6, "cache_dir": tmp_path}
+    first = tune(digits, "neggrad_plus", fixed=FIXED, **kw)
+    other = tune(digits, "finetune", fixed=FIXED, **kw)
+    assert len(fits) == 1  # one original (and one reference) for both studies
+    assert first.reference["cache"]["reused"] is False and other.reference["cache"]["reused"]
+    for key in ("timing", "evaluation_on_validation", "seconds"):
+        assert other.reference[key] == first.reference[key]  # read back, timing included
+    assert other.original_score == first.original_score
+    # A damaged checkpoint is never read: the pair is retrained (to the same bits).
+    for f in tmp_path.glob("reference-random-seed0-*-ref.safetensors"):
+        f.write_bytes(b"damaged")
+    redone = tune(digits, "neggrad_plus", fixed=FIXED, **kw)
+    assert len(fits) == 2 and redone.reference["cache"]["reused"] is False
+    assert (
+        redone.reference["evaluation_on_validation"] == first.reference["evaluation_on_validation"]
+    )
+    assert [t["score"] for t in redone.trials] == [t["score"] for t in first.trials]
 
 
 def test_search_space_edges_checked_against_constraints():

@@ -76,6 +76,7 @@ MethodParamOpt = Annotated[
     list[str] | None, typer.Option("--param", help="Method parameter key=value.")
 ]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed (default: the model's).")]
+DataDirOpt = Annotated[str | None, typer.Option(help="Folder holding the dataset's files.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")]
 ThreadsOpt = Annotated[
     int | None,
@@ -173,6 +174,19 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = raw
     return out
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    """``"0,2"`` as ``[0, 2]``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InvalidParameterError(
+            f"{option} must be comma-separated whole numbers, like {option} 0,1. "
+            f"Got {text!r} instead."
+        ) from None
 
 
 def _metric_columns(*, column_only: bool = True):
@@ -329,8 +343,10 @@ def demo(
 @app.command()
 @_handle_errors
 def methods(as_json: JsonOpt = False) -> None:
-    """List the registered unlearning methods: kind, what they read, cost and parameters."""
+    """List the registered unlearning methods: kind, what they read, cost and parameters
+    (and the scenarios they have tuned defaults for)."""
     from unbake.methods import METHODS
+    from unbake.methods.tuned import SCENARIOS, tuned_defaults
 
     rows = []
     for name in METHODS.available():
@@ -349,6 +365,9 @@ def methods(as_json: JsonOpt = False) -> None:
                 "limits": tags.limits,
                 "inputs": list(tags.inputs),
                 "params": m.get_params(),
+                "tuned_defaults": {
+                    s: t.to_dict() for s in SCENARIOS if (t := tuned_defaults(name, s))
+                },
                 "summary": (type(m).__doc__ or "").strip().splitlines()[0],
             }
         )
@@ -358,7 +377,16 @@ def methods(as_json: JsonOpt = False) -> None:
     console.print(
         _table(
             "unlearning methods",
-            ["method", "kind", "reads", "needs strategy", "cost", "does not help", "parameters"],
+            [
+                "method",
+                "kind",
+                "reads",
+                "needs strategy",
+                "cost",
+                "does not help",
+                "parameters",
+                "tuned for",
+            ],
             [
                 [
                     r["method"],
@@ -368,6 +396,7 @@ def methods(as_json: JsonOpt = False) -> None:
                     r["cost"],
                     r["limits"] or "—",
                     ", ".join(f"{k}={v}" for k, v in r["params"].items()),
+                    ", ".join(r["tuned_defaults"]) or "—",
                 ]
                 for r in rows
             ],
@@ -384,9 +413,7 @@ def train(
     dataset: Annotated[
         str | None, typer.Option(help="Dataset (only when creating the workspace).")
     ] = None,
-    data_dir: Annotated[
-        str | None, typer.Option(help="Folder holding the dataset's files.")
-    ] = None,
+    data_dir: DataDirOpt = None,
     path: Annotated[
         str | None, typer.Option(help="CSV/Parquet/JSONL file for --dataset csv|parquet|jsonl.")
     ] = None,
@@ -638,6 +665,14 @@ def forget(
         str, typer.Option(help="Unlearning method (see `unbake methods`).")
     ] = "retrain",
     param: MethodParamOpt = None,
+    tuned: Annotated[
+        bool,
+        typer.Option(
+            "--tuned/--no-tuned",
+            help="Start from the method's tuned defaults for the request's scenario "
+            "(see `unbake methods`); --param overrides them.",
+        ),
+    ] = True,
     model: Annotated[str | None, typer.Option(help="Model ID (default: the newest).")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
@@ -679,6 +714,7 @@ def forget(
             seed=seed,
             device=device,
             idempotency_key=idempotency_key,
+            tuned=tuned,
         )
     out = {
         "request_id": rec.request_id,
@@ -711,6 +747,14 @@ def forget(
         f"  {_metric_line(rec.evaluation.to_dict())}  "
         f"(older models that saw the data were purged)"
     )
+    tuned_from = out["info"].get("tuned_defaults")
+    if tuned_from:
+        overridden = tuned_from["overridden"]
+        console.print(
+            f"  Parameters: the tuned defaults {tuned_from['applied']}, {tuned_from['summary']}"
+            + (f"; --param set {', '.join(overridden)}" if overridden else "")
+            + "."
+        )
 
 
 # --- clean ---------------------------------------------------------------------------
@@ -994,6 +1038,9 @@ def tune(
     dataset: Annotated[str, typer.Option(help="Dataset name.")] = "digits",
     model: Annotated[str, typer.Option(help="Model architecture.")] = "mlp",
     epochs: Annotated[int | None, typer.Option(help="Training epochs of the original.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Training batch size of the original.")
+    ] = None,
     time_fraction: Annotated[
         float, typer.Option(help="Prune trials slower than this fraction of retrain time.")
     ] = 0.2,
@@ -1001,21 +1048,40 @@ def tune(
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Pin a parameter: key=value.")
     ] = None,
-    data_dir: Annotated[
-        str | None, typer.Option(help="Folder holding the dataset's files.")
-    ] = None,
+    data_dir: DataDirOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the study's JSON here.")] = None,
+    write_defaults: Annotated[
+        bool,
+        typer.Option(
+            "--write-defaults",
+            help="Record the best trial as the method's tuned defaults for this scenario "
+            "(the table `unbake forget` reads; needs --out).",
+        ),
+    ] = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep the original and its retrain reference here for later studies."),
+    ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search a method's knobs with Optuna against retraining (validation, never test)."""
     _apply_threads(threads)
     from unbake.bench.tune import tune as run_tune
+    from unbake.bench.tune import write_defaults as record_defaults
     from unbake.data import load_dataset
+    from unbake.methods.tuned import defaults_path, read_table
     from unbake.training import TrainConfig
 
+    if write_defaults:
+        if out is None:
+            raise InvalidParameterError(
+                "--write-defaults needs --out STUDY.json: the defaults cite the study they "
+                "came from (commit it under benchmarks/tuning/)."
+            )
+        read_table()  # an unreadable table fails now, not after the study
     params = parse_params(param)
-    config = TrainConfig.parse(epochs=epochs)
+    config = TrainConfig.parse(epochs=epochs, batch_size=batch_size)
     ds = load_dataset(dataset, **({"data_dir": data_dir} if data_dir else {}))
     study = run_tune(
         ds,
@@ -1028,11 +1094,20 @@ def tune(
         time_fraction=time_fraction,
         seed=seed,
         fixed=params,
+        cache_dir=cache_dir,
     )
     if out is not None:
         study.save(out)
+    recorded = refused = None
+    if write_defaults:
+        try:
+            recorded = record_defaults(study, out)
+        except InvalidParameterError as exc:  # reported after the study's own output
+            refused = exc
     if as_json:
-        _emit_json(study.to_dict())
+        _emit_json({**study.to_dict(), "tuned_defaults": recorded and recorded.to_dict()})
+        if refused:
+            raise refused
         return
     best = study.best
     rows = [
@@ -1051,6 +1126,13 @@ def tune(
         )
     if out:
         console.print(f"Wrote {out}.")
+    if recorded is not None:
+        console.print(
+            f"Wrote the tuned defaults of {method} for {study.scenario} forgetting to "
+            f"{defaults_path()}: {recorded.params}, {recorded.describe()}."
+        )
+    if refused:
+        raise refused
 
 
 @app.command()
@@ -1315,8 +1397,16 @@ def bench(
     name: Annotated[str, typer.Argument(help=f"Benchmark: {', '.join(BENCHMARKS.available())}.")],
     quick: Annotated[bool, typer.Option(help="Small, fast configuration (< 2 minutes).")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON result here.")] = None,
-    data_dir: Annotated[
-        str | None, typer.Option(help="Folder holding the dataset's files.")
+    data_dir: DataDirOpt = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Comma-separated seeds to run (approximate: a subset).")
+    ] = None,
+    scenarios: Annotated[
+        str | None, typer.Option(help="Comma-separated scenarios to run: random, class.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep finished cells here and reuse them (default: <out>.cells)."),
     ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -1325,7 +1415,15 @@ def bench(
     _apply_threads(threads)
     from unbake.bench import run_benchmark
 
-    result = run_benchmark(name, quick=quick, out=out, data_dir=data_dir)
+    result = run_benchmark(
+        name,
+        quick=quick,
+        out=out,
+        data_dir=data_dir,
+        seeds=_int_list(seeds, "--seeds"),
+        scenarios=[s.strip() for s in scenarios.split(",")] if scenarios else None,
+        cache_dir=cache_dir,
+    )
     if as_json:
         _emit_json(result)
     else:

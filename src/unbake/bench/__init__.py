@@ -7,6 +7,7 @@ paired with a baseline measured in the same run and quoted as ratios.
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import torch
 
 from unbake import _json as strict_json
 from unbake._threads import thread_policy
+from unbake.exceptions import InvalidParameterError
 from unbake.registry import Registry
 from unbake.workspace.atomic import atomic_write_text
 
@@ -54,10 +56,28 @@ def run_benchmark(
     quick: bool = False,
     out: str | os.PathLike | None = None,
     data_dir: str | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
+    """Run the benchmark ``name`` and write its JSON to ``out`` (atomically).
+
+    ``options`` (``seeds``, ``scenarios``, ``cache_dir``) go to the benchmarks that take
+    them; one given to a benchmark that does not is refused. A benchmark that takes a
+    ``cache_dir`` caches its cells in ``<out>.cells/`` beside ``out`` unless told
+    otherwise.
+    """
     fn: Callable[..., dict[str, Any]] = BENCHMARKS.get(name)
+    accepted = set(inspect.signature(fn).parameters)
+    options = {k: v for k, v in options.items() if v is not None}
+    refused = sorted(set(options) - accepted)
+    if refused:
+        raise InvalidParameterError(
+            f"Benchmark {name!r} takes no --{refused[0].replace('_', '-')}; drop it "
+            f"(see `unbake bench --help`)."
+        )
+    if "cache_dir" in accepted and "cache_dir" not in options and out is not None:
+        options["cache_dir"] = str(Path(out).with_suffix(".cells"))
     load_start = os.getloadavg()
-    body = fn(quick=quick, data_dir=data_dir)
+    body = fn(quick=quick, data_dir=data_dir, **options)
     result = {
         "benchmark": name,
         "quick": quick,

@@ -3,9 +3,18 @@
 Fashion-MNIST (full) with the ``cnn``: forget a random 10% and forget class 0, three
 seeds each, mean ± std. ``--quick``: digits, one seed. Each (scenario, seed) is one
 :func:`~unbake.evaluation.compare.compare_methods` run with ``retrain`` (the
-reference, rerun as a row), ``original``, ``retrain_seed`` and every method whose tags
-say it is approximate, each with its tuned defaults from ``benchmarks/tuning/`` where a
-study is committed (:func:`~unbake.bench.tune.tuned_params`).
+reference as a row: the reference's own first run when its repeats were bitwise
+identical, which the row's ``reused`` field says), ``original``, ``retrain_seed`` and
+every method whose tags say it is approximate, each with its tuned defaults for the
+scenario where it has them (:mod:`unbake.methods.tuned`).
+
+The full run takes hours on two cores, so it is resumable: with a ``cache_dir`` (by
+default ``<out>.cells/`` beside ``--out``) each finished (scenario, seed) cell is
+written there atomically under a hash of its configuration (:mod:`unbake.bench.cache`),
+and a rerun reads the cells it finds instead of recomputing them. ``seeds`` and
+``scenarios`` run a subset, so the cells can be filled across sessions; the JSON lists
+which cells were computed now and which were read back, with their dates. Timings stay
+paired: every cell's speedups are against the reference timed in that cell's own run.
 """
 
 from __future__ import annotations
@@ -15,15 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from unbake.bench import BENCHMARKS
-from unbake.bench.tune import tuned_params
+from unbake.bench import BENCHMARKS, cache
 from unbake.data import load_dataset
 from unbake.evaluation.compare import compare_methods
+from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS
+from unbake.methods.tuned import SCENARIOS, resolve_params
 from unbake.training import TrainConfig
 
 #: Columns averaged over seeds (each also gets ``<name>_std``).
 COLUMNS = ("fa", "ra", "ta", "mia", "mia_efficacy", "avg_gap", "seconds", "time_fraction")
+#: The two forget requests, by scenario.
+REQUESTS = {"random": {"forget_fraction": 0.1}, "class": {"forget_class": 0}}
 #: Rows that frame the methods rather than compete.
 FRAMING = ("retrain", "original", "retrain_seed")
 #: The issue's targets: (summary key, bound, "max" = at most the bound).
@@ -113,41 +125,104 @@ def _summary(rows: list[dict[str, Any]], strength: dict[str, Any]) -> dict[str, 
     return summary
 
 
+def _cell(
+    ds, scenario: str, seed: int, run_config: dict[str, Any], params, cache_dir
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One (scenario, seed) comparison, read from ``cache_dir`` when it holds it; and
+    where it came from."""
+    key = {
+        "benchmark": "approximate",
+        "dataset": ds.name,
+        "train": cache.data_fingerprint(ds.train),
+        "scenario": scenario,
+        "request": REQUESTS[scenario],
+        "seed": seed,
+        **run_config,
+        "params": params,
+    }
+    path = cache.cell_path(cache_dir, f"{scenario}-seed{seed}", key) if cache_dir else None
+    entry = cache.read_cell(path, key) if path is not None else None
+    if entry is not None:
+        return entry["comparison"], {"cached": True, "written": entry["written"]}
+    comparison = compare_methods(
+        ds,
+        methods=["retrain", *run_config["methods"]],
+        params=params,
+        model=run_config["model"],
+        config=TrainConfig.model_validate(run_config["train"]),
+        seed=seed,
+        reference_repeats=run_config["reference_repeats"],
+        **REQUESTS[scenario],
+    ).to_dict()
+    if path is not None:
+        cache.write_cell(path, key, {"comparison": comparison})
+    return comparison, {"cached": False}
+
+
+def _subset(given: list | None, default: list, what: str, ok, allowed: str) -> list:
+    """``given`` without repeats (``default`` when ``None``), each checked by ``ok``."""
+    if given is None:
+        return list(default)
+    if not given or not all(ok(g) for g in given):
+        raise InvalidParameterError(f"--{what} must list {allowed}. Got {given!r} instead.")
+    return list(dict.fromkeys(given))
+
+
 @BENCHMARKS.register("approximate")
-def approximate_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
-    """Fashion-MNIST (full) with the cnn, 3 seeds; digits and one seed under ``--quick``."""
+def approximate_benchmark(
+    *,
+    quick: bool,
+    data_dir: str | None,
+    seeds: list[int] | None = None,
+    scenarios: list[str] | None = None,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Fashion-MNIST (full) with the cnn, 3 seeds; digits and one seed under ``--quick``.
+
+    ``seeds`` and ``scenarios`` pick a subset of the cells; ``cache_dir`` makes the run
+    resumable (see the module's docstring).
+    """
     if quick:
         ds = load_dataset("digits")
-        config, model, seeds, repeats = TrainConfig.parse(epochs=15), "mlp", [0], 1
+        config, model, all_seeds, repeats = TrainConfig.parse(epochs=15), "mlp", [0], 1
     else:
         ds = load_dataset("fashion-mnist", data_dir=data_dir)
-        config, model, seeds, repeats = (
+        config, model, all_seeds, repeats = (
             TrainConfig.parse(epochs=10, batch_size=128),
             "cnn",
             [0, 1, 2],
             3,
         )
+    seeds = _subset(
+        seeds, all_seeds, "seeds", lambda s: isinstance(s, int) and s >= 0, "seeds >= 0"
+    )
+    scenarios = _subset(
+        scenarios, list(SCENARIOS), "scenarios", SCENARIOS.__contains__, f"some of {SCENARIOS}"
+    )
     methods = approximate_methods()
-    scenarios = {"random": {"forget_fraction": 0.1}, "class": {"forget_class": 0}}
+    run_config = {
+        "model": model,
+        "train": config.model_dump(),
+        "reference_repeats": repeats,
+        "methods": methods,
+    }
     rows: list[dict[str, Any]] = []
     strength: dict[str, Any] = {}
     tuned: dict[str, dict[str, dict[str, Any]]] = {}
-    for scenario, request in scenarios.items():
-        params = {m: tuned_params(m, scenario) for m in methods}
-        tuned[scenario] = {m: p for m, p in params.items() if p}
-        runs = [
-            compare_methods(
-                ds,
-                methods=["retrain", *methods],
-                params=params,
-                model=model,
-                config=config,
-                seed=seed,
-                reference_repeats=repeats,
-                **request,
-            ).to_dict()
-            for seed in seeds
-        ]
+    cells: list[dict[str, Any]] = []
+    for scenario in scenarios:
+        resolved = {m: resolve_params(m, {}, scenario) for m in methods}
+        params = {m: p for m, (p, _) in resolved.items() if p}
+        tuned[scenario] = {
+            m: {k: origin[k] for k in ("applied", "study", "study_sha256")}
+            for m, (_, origin) in resolved.items()
+            if origin
+        }
+        runs = []
+        for seed in seeds:
+            comparison, source = _cell(ds, scenario, seed, run_config, params, cache_dir)
+            runs.append(comparison)
+            cells.append({"scenario": scenario, "seed": seed, **source})
         rows += _aggregate(scenario, runs)
         # The attack's balanced accuracy on retain against test: can it see anything at all?
         strength[scenario] = dict(
@@ -158,12 +233,14 @@ def approximate_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any
         "config": {
             "model": model,
             "train": config.model_dump(),
-            "scenarios": scenarios,
+            "scenarios": {s: REQUESTS[s] for s in scenarios},
             "seeds": seeds,
             "reference_repeats": repeats,
             "methods": methods,
             "tuned_params": tuned,
+            "cache_dir": str(cache_dir) if cache_dir else None,
         },
+        "cells": cells,
         "rows": rows,
         "summary": _summary(rows, strength),
     }

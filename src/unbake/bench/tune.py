@@ -7,9 +7,17 @@ than ``time_fraction`` × the retrain's time is pruned (kept in the study, never
 The sampler is Optuna's TPE with an explicit seed, and every run is seeded, so the
 same seed gives the same study (unless a trial's time crosses the budget differently).
 
-Studies committed under ``benchmarks/tuning/<method>-<scenario>.json`` become the
-tuned defaults that :func:`tuned_params` hands to the benchmarks; without one, a
-method keeps the defaults in its code.
+The original and its retrain reference dominate the cost of a study (on Fashion-MNIST
+with the ``cnn``, two full trainings against a few seconds a trial), and they depend
+only on the data, model, training, scenario and seed, never on the method tuned. With a
+``cache_dir`` they are trained once, saved there as hash-checked checkpoints beside the
+reference's timing (:mod:`unbake.bench.cache`), and every later study of the same
+(scenario, seed) reuses them; the study records that it did, and when they were made.
+
+:func:`write_defaults` turns a saved study into a method's tuned defaults for its
+scenario (:mod:`unbake.methods.tuned`, the package data that ``unbake forget`` reads),
+citing the study by path and sha256. Commit studies under
+``benchmarks/tuning/<method>-<scenario>.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from typing import Any
 
 from unbake._progress import progress
 from unbake._validation import validate_params
-from unbake.data import Dataset
+from unbake.bench import cache
+from unbake.data import Dataset, Samples
 from unbake.evaluation import avg_gap, evaluate
 from unbake.evaluation.compare import (
     class_forget_ids,
@@ -33,15 +42,12 @@ from unbake.evaluation.compare import (
 )
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS, Knob, UnlearnTask
+from unbake.methods.tuned import FORMAT, SCENARIOS, TunedDefaults, defaults_path, read_table
 from unbake.models import ModelSpec
-from unbake.training import TrainConfig, fit
-from unbake.workspace.atomic import atomic_write_text
+from unbake.training import TrainConfig, TrainedModel, fit, resolve_device
+from unbake.workspace.atomic import atomic_write_text, sha256_bytes
 
-__all__ = ["SCENARIOS", "TUNING_DIR", "Study", "tune", "tuned_params"]
-
-SCENARIOS = ("random", "class")
-#: Where committed studies live (``UNBAKE_TUNING_DIR`` overrides it).
-TUNING_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "tuning"
+__all__ = ["SCENARIOS", "Study", "tune", "write_defaults"]
 
 
 def _finite(value: float | None, digits: int = 4) -> float | None:
@@ -67,7 +73,9 @@ class Study:
     search_space: dict[str, Any]
     defaults: dict[str, Any]
     reference: dict[str, Any]
-    original_score: float | None
+    #: The parameters pinned by the user (part of ``defaults``; not searched).
+    fixed: dict[str, Any] = field(default_factory=dict)
+    original_score: float | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
     load_average: dict[str, Any] = field(default_factory=dict)
 
@@ -111,13 +119,15 @@ def tune(
     fixed: dict[str, Any] | None = None,
     reference_repeats: int = 1,
     device=None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Study:
     """Tune ``method``'s ``search_space`` on one forget request of ``dataset``.
 
     ``scenario`` is ``"random"`` (a seeded ``forget_fraction`` of the training set) or
     ``"class"`` (every sample of ``forget_class``, a name or an index). ``fixed`` pins
     some hyperparameters (checked against the method's constraints before any work);
-    the knobs it names are not searched.
+    the knobs it names are not searched. ``cache_dir`` keeps the original and its timed
+    retrain reference between studies of the same request and seed.
     """
     import optuna
 
@@ -169,12 +179,11 @@ def tune(
     load_start = load_average()
     config = config or TrainConfig()
     forget, retain = dataset.train.split(forget_ids)
-    original = fit(
-        dataset.train, n_classes=dataset.n_classes, model=model, config=config, seed=seed,
-        device=device,
+    original, ref_model, timing, cached = _original_and_reference(
+        dataset, forget, retain, model=model, config=config, seed=seed, device=device,
+        repeats=reference_repeats, cache_dir=cache_dir, name=f"reference-{scenario}-seed{seed}",
     )  # fmt: skip
     task = UnlearnTask(original, forget, retain, device=device)
-    ref_model, timing = timed_reference(task, reference_repeats)
     reference = evaluate(ref_model, forget, retain, dataset.val)
     budget_s = time_fraction * timing["median_s"]
     study = Study(
@@ -189,11 +198,13 @@ def tune(
         time_fraction=float(time_fraction),
         search_space={k: v.to_dict() for k, v in space.items()},
         defaults=defaults,
+        fixed=fixed,
         reference={
             "method": "retrain",
             "seconds": timing["median_s"],
             "timing": timing,
             "evaluation_on_validation": reference.to_dict(),
+            "cache": cached,
         },
         original_score=_finite(avg_gap(evaluate(original, forget, retain, dataset.val), reference)),
     )
@@ -237,22 +248,105 @@ def tune(
     return study
 
 
-def tuned_params(
-    method: str, scenario: str = "random", *, directory: str | os.PathLike | None = None
-) -> dict[str, Any]:
-    """The best parameters of the committed study for ``method`` and ``scenario``, checked
-    against the method's constraints; ``{}`` (keep the code's defaults) when none exists.
+def _original_and_reference(
+    dataset: Dataset,
+    forget: Samples,
+    retain: Samples,
+    *,
+    model: ModelSpec | str,
+    config: TrainConfig,
+    seed: int,
+    repeats: int,
+    device,
+    cache_dir: str | os.PathLike | None,
+    name: str,
+) -> tuple[TrainedModel, TrainedModel, dict[str, Any], dict[str, Any] | None]:
+    """The original, its retrain reference and the reference's timing: from ``cache_dir``
+    when an earlier study of the same data, request, model, training, seed and device
+    left them there, else trained (and left there). The last value says where they came
+    from (``None``: no cache)."""
+    path = key = None
+    if cache_dir is not None:
+        key = {
+            "kind": "tune-reference",
+            "dataset": dataset.name,
+            "train": cache.data_fingerprint(dataset.train),
+            "forget": cache.data_fingerprint(forget),
+            "model": (ModelSpec(model) if isinstance(model, str) else model).to_dict(),
+            "config": config.model_dump(),
+            "seed": seed,
+            "reference_repeats": repeats,
+            "device": str(resolve_device(device)),
+        }
+        path = cache.cell_path(cache_dir, name, key)
+        entry = cache.read_cell(path, key)
+        files = {r: path.with_name(f"{path.stem}-{r}.safetensors") for r in ("original", "ref")}
+        if entry is not None:
+            models = [cache.load_model(files[r], entry["sha256"][r]) for r in files]
+            if all(m is not None for m in models):
+                for m in models:
+                    m.module.to(resolve_device(device))
+                note = {"path": str(path), "reused": True, "written": entry["written"]}
+                return models[0], models[1], entry["timing"], note
+    original = fit(
+        dataset.train, n_classes=dataset.n_classes, model=model, config=config, seed=seed,
+        device=device,
+    )  # fmt: skip
+    run, timing = timed_reference(UnlearnTask(original, forget, retain, device=device), repeats)
+    if path is None:
+        return original, run.model, timing, None
+    made = {"original": original, "ref": run.model}
+    digests = {r: cache.save_model(files[r], made[r]) for r in files}
+    cache.write_cell(path, key, {"sha256": digests, "timing": timing})
+    return original, run.model, timing, {"path": str(path), "reused": False}
+
+
+def write_defaults(
+    study: Study, study_path: str | os.PathLike, *, path: str | os.PathLike | None = None
+) -> TunedDefaults:
+    """Record the best trial of ``study`` (saved at ``study_path``) as its method's tuned
+    defaults for its scenario, in the table at ``path`` (default: the one
+    :mod:`unbake.methods.tuned` reads), atomically; returns the entry.
+
+    The defaults are the best trial's knobs plus the parameters the study pinned. The
+    study is cited by its path (relative to the working directory when inside it) and
+    the sha256 of its bytes, so the entry can be checked against the committed study.
     """
-    root = Path(directory or os.environ.get("UNBAKE_TUNING_DIR") or TUNING_DIR)
-    path = root / f"{method}-{scenario}.json"
-    if not path.is_file():
-        return {}
-    try:
-        best = json.loads(path.read_text()).get("best") or {}
-    except (OSError, json.JSONDecodeError) as exc:
+    best = study.best
+    if best is None:
         raise InvalidParameterError(
-            f"Cannot read the tuning study {path} ({exc}); fix or delete it."
-        ) from None
-    params = dict(best.get("params") or {})
-    validate_params(params, METHODS.get(method)._parameter_constraints, method)
-    return params
+            f"No trial of the {study.method} study finished within its time budget, so it "
+            "has no best setting; the tuned defaults are unchanged. Raise --time-fraction "
+            "or --trials."
+        )
+    study_path = Path(study_path)
+    data = study_path.read_bytes()
+    if json.loads(data).get("best") != json.loads(study.to_json())["best"]:
+        raise InvalidParameterError(
+            f"{study_path} does not hold this study; save the study there first."
+        )
+    try:
+        cited = str(study_path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        cited = str(study_path.resolve())
+    entry = TunedDefaults(
+        method=study.method,
+        scenario=study.scenario,
+        params={**study.fixed, **best["params"]},
+        study=cited,
+        study_sha256=sha256_bytes(data),
+        dataset=study.dataset,
+        model=study.model,
+        score=best["score"],
+        original_score=study.original_score,
+        best_trial=best["number"],
+        trials=len(study.trials),
+        seed=study.seed,
+    )
+    target = Path(path) if path is not None else defaults_path()
+    table = read_table(target)
+    fields = {k: v for k, v in entry.to_dict().items() if k not in ("method", "scenario")}
+    table.setdefault(study.method, {})[study.scenario] = fields
+    text = json.dumps({"format": FORMAT, "methods": table}, indent=2, sort_keys=True)
+    atomic_write_text(target, text + "\n")
+    return entry

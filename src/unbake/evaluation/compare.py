@@ -4,15 +4,18 @@ One forget request, every method, one table: FA, RA, TA, MIA, avg gap, seconds a
 speedup. Each row is judged against retraining *the same model* (architecture and
 training strategy) from scratch on the retain set, measured in the same run. The
 reference's time is the median of ``reference_repeats`` retrains (with their spread),
-so one retrain that a busy neighbour slowed cannot turn every speedup into nonsense;
-a row that reruns the reference's own procedure therefore reports about 1×. The load
-average over the run is kept beside the table. Two
-framing rows come with the main model: ``original`` (doing nothing: the gap every
-method must beat) and ``retrain_seed`` (retraining with another seed: the noise floor).
+so one retrain that a busy neighbour slowed cannot turn every speedup into nonsense.
+A row that would rerun the reference's own procedure (its method and parameters) reuses
+the reference's first run when two or more repeats were bitwise identical, reports 1×,
+and says so in its ``reused`` field; otherwise it reruns and reports about 1×. The load
+average over the run is kept beside the table. Two framing rows come with the main
+model: ``original`` (doing nothing: the gap every method must beat) and ``retrain_seed``
+(retraining with another seed: the noise floor).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,7 +29,7 @@ from unbake import _json as strict_json
 from unbake.data import Dataset
 from unbake.evaluation.base import Evaluation, avg_gap, evaluate, result_specs
 from unbake.exceptions import InvalidParameterError
-from unbake.methods import METHODS, Unlearner, UnlearnTask
+from unbake.methods import METHODS, Unlearner, UnlearnResult, UnlearnTask
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig, TrainedModel, fit
 
@@ -39,6 +42,13 @@ __all__ = [
     "random_forget_ids",
     "timed_reference",
 ]
+
+
+#: What a row that reuses the reference says (formatted with the reference's timing).
+REUSE_NOTE = (
+    "the reference's first retrain, reused: its {repeats} timed repeats gave bitwise-identical "
+    "models, so a further identical retrain would add nothing; seconds are their median"
+)
 
 
 @dataclass
@@ -72,6 +82,7 @@ class ComparisonRow:
             "seconds": r(self.seconds),
             "speedup": r(self.speedup),
             "exact": self.exact,
+            **({"reused": self.info["reused"]} if "reused" in self.info else {}),
         }
 
 
@@ -194,6 +205,8 @@ class _Family:
     reference: Evaluation
     reference_seconds: float
     timing: dict[str, Any]
+    #: The first of the timed reference retrains (a rerun of it may reuse it).
+    reference_run: UnlearnResult
 
 
 def load_average() -> float:
@@ -203,8 +216,8 @@ def load_average() -> float:
         return float("nan")
 
 
-def timed_reference(task: UnlearnTask, repeats: int) -> tuple[TrainedModel, dict[str, Any]]:
-    """Retrain ``repeats`` times; the first model, and the times' median and spread.
+def timed_reference(task: UnlearnTask, repeats: int) -> tuple[UnlearnResult, dict[str, Any]]:
+    """Retrain ``repeats`` times; the first run, and the times' median and spread.
 
     Every repeat must give the same bits on the CPU (the retrain is seeded); that it did
     is recorded, so a nondeterministic reference cannot pass unnoticed.
@@ -225,13 +238,37 @@ def timed_reference(task: UnlearnTask, repeats: int) -> tuple[TrainedModel, dict
         "runs_s": [round(x, 4) for x in seconds],
         "bitwise_repeatable": same,
     }
-    return runs[0].model, timing
+    return runs[0], timing
+
+
+def _reuses_reference(unlearner: Unlearner, fam: _Family) -> bool:
+    """Would ``unlearner`` rerun the reference's own procedure, already shown repeatable?
+
+    Only when it is the reference's method with the same parameters (and so the same
+    seed), and at least two repeats gave bitwise-identical models: one run alone proves
+    nothing about determinism.
+    """
+    ref = fam.reference_run
+    return (
+        unlearner.name == ref.method
+        and unlearner.get_params() == ref.params
+        and fam.timing["repeats"] >= 2
+        and fam.timing["bitwise_repeatable"]
+    )
 
 
 def _row(
-    name: str, fam: _Family, model: TrainedModel, seconds: float, test, exact=False, info=None
+    name: str,
+    fam: _Family,
+    model: TrainedModel,
+    seconds: float,
+    test,
+    exact=False,
+    info=None,
+    ev: Evaluation | None = None,
 ):
-    ev = evaluate(model, fam.task.forget, fam.task.retain, test)
+    """A table row for ``model``; ``ev`` is its evaluation when already known."""
+    ev = evaluate(model, fam.task.forget, fam.task.retain, test) if ev is None else ev
     speedup = fam.reference_seconds / seconds if seconds > 0 else float("inf")
     return ComparisonRow(
         name,
@@ -292,9 +329,9 @@ def compare_methods(
                 dataset.train, n_classes=dataset.n_classes, seed=seed, device=device, **kwargs
             )
             task = UnlearnTask(original, forget, retain, device=device)
-            ref_model, timing = timed_reference(task, reference_repeats)
-            ev = evaluate(ref_model, forget, retain, dataset.test)
-            families[key] = _Family(original, task, ev, timing["median_s"], timing)
+            ref_run, timing = timed_reference(task, reference_repeats)
+            ev = evaluate(ref_run.model, forget, retain, dataset.test)
+            families[key] = _Family(original, task, ev, timing["median_s"], timing, ref_run)
         return families[key]
 
     rows: list[ComparisonRow] = []
@@ -315,12 +352,21 @@ def compare_methods(
     ]:
         unlearner = METHODS.create(name, **params.get(name, {}))
         fam = family(unlearner if unlearner.requires_strategy else None)
-        result = unlearner.unlearn(fam.task)
-        emit(
-            _row(
-                name, fam, result.model, result.seconds, dataset.test, unlearner.exact, result.info
-            )[0]
-        )
+        known = None
+        if _reuses_reference(unlearner, fam):  # the same model: its evaluation is known too
+            result = dataclasses.replace(
+                fam.reference_run,
+                seconds=fam.reference_seconds,
+                info={**fam.reference_run.info, "reused": REUSE_NOTE.format(**fam.timing)},
+            )
+            known = fam.reference
+        else:
+            result = unlearner.unlearn(fam.task)
+        row, _ = _row(
+            name, fam, result.model, result.seconds, dataset.test, unlearner.exact, result.info,
+            known,
+        )  # fmt: skip
+        emit(row)
     return Comparison(
         dataset.name,
         len(dataset.train),

@@ -27,6 +27,7 @@ __all__ = [
     "diag_fisher",
     "frozen_teacher",
     "kl_distill",
+    "perturb_",
     "random_wrong_labels",
     "reinitialised",
     "saliency_mask",
@@ -76,6 +77,21 @@ def reinitialised(module: nn.Module, seed: int) -> nn.Module:
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
     return fresh
+
+
+@torch.no_grad()
+def perturb_(module: nn.Module, scale: float, seed: int) -> nn.Module:
+    """Add seeded Gaussian noise to every trainable tensor of ``module``, in place.
+
+    Each tensor ``p`` moves by ``scale × rms(p) × N(0, 1)``, so the noise is the same
+    *relative* size in every layer. ``scale == 0`` leaves the weights untouched.
+    """
+    if scale:
+        generator = torch.Generator().manual_seed(int(seed))
+        for p in _named_trainable(module).values():
+            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            p.add_(noise.to(p.device) * float(scale) * p.pow(2).mean().sqrt())
+    return module
 
 
 def _named_trainable(module: nn.Module) -> dict[str, nn.Parameter]:

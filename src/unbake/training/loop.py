@@ -61,13 +61,18 @@ class Hook(Protocol):
 
 @dataclass(frozen=True)
 class Phase:
-    """``epochs`` passes over the ``stream`` batches, each paired with one from ``paired``."""
+    """``epochs`` passes over the ``stream`` batches, each paired with one from ``paired``.
+
+    ``batch_size`` sets this phase's batches of ``stream`` (default: the config's; paired
+    streams always use the config's).
+    """
 
     stream: str
     step: StepFn
     epochs: int = 1
     paired: tuple[str, ...] = ()
     name: str = ""
+    batch_size: int | None = None
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -173,7 +178,11 @@ def run_phases(
         generator = torch.Generator().manual_seed(int(seed))
     sizes = {name: len(y) for name, (_, y) in streams.items()}
     phases = [p for p in phases if p.epochs > 0 and sizes[p.stream] > 0]
-    total = sum(p.epochs * -(-sizes[p.stream] // config.batch_size) for p in phases)
+
+    def size(p: Phase) -> int:
+        return p.batch_size or config.batch_size
+
+    total = sum(p.epochs * -(-sizes[p.stream] // size(p)) for p in phases)
     if total == 0:
         return model
     device = next(model.parameters()).device
@@ -181,12 +190,12 @@ def run_phases(
     scheduler = _scheduler(optimizer, config, total)
     cycles = {name: _Cycle(n, config.batch_size, generator) for name, n in sizes.items() if n > 0}
     model.train()
-    first = streams[phases[0].stream][0][: config.batch_size].to(device)
+    first = streams[phases[0].stream][0][: size(phases[0])].to(device)
     with threads_for(model, first), progress(total, description) as bar:
         for phase in phases:
             X, y = streams[phase.stream]
             for _ in range(phase.epochs):
-                for idx in batches(sizes[phase.stream], config.batch_size, generator):
+                for idx in batches(sizes[phase.stream], size(phase), generator):
                     got: Batches = {phase.stream: (X[idx].to(device), y[idx].to(device))}
                     for other in phase.paired:
                         if other in cycles:

@@ -37,6 +37,7 @@ from unbake.exceptions import (
     WorkspaceError,
 )
 from unbake.methods import METHODS, UnlearnResult, UnlearnTask
+from unbake.methods.tuned import resolve_params, scenario_of
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig, TrainedModel, fit, resolve_device
 from unbake.workspace import ledger
@@ -708,6 +709,7 @@ class Workspace:
         device=None,
         idempotency_key: str | None = None,
         reason: str | None = None,
+        tuned: bool = True,
     ) -> RequestRecord:
         """File and apply a deletion request; every model that saw the data is purged.
 
@@ -726,8 +728,16 @@ class Workspace:
         Nothing is written unless the request is valid and the method succeeds.
         (:class:`unbake.service.deletion.DeletionService` files requests into a queue
         instead, and applies them in batches through the same :meth:`apply_parts`.)
+
+        With ``tuned`` (the default) the method starts from its tuned defaults for the
+        request's scenario (:mod:`unbake.methods.tuned`: class-wise for a ``label``,
+        random otherwise), under the given ``params``; the record's info says which
+        were used and the study they came from (``tuned_defaults``).
         """
-        unlearner = METHODS.create(method, **(params or {}))
+        run_params, tuned_from = resolve_params(
+            method, params, scenario_of(forget_class=label), use_tuned=tuned
+        )
+        unlearner = METHODS.create(method, **run_params)
         if label is not None:
             label = self.class_name(label)
         if device is not None:
@@ -758,6 +768,7 @@ class Workspace:
                 seed=seed,
                 device=device,
                 reason=reason,
+                info={"tuned_defaults": tuned_from} if tuned_from else None,
             )
         return outcome.record(part)
 
@@ -783,6 +794,7 @@ class Workspace:
         seed: int | None = None,
         device=None,
         reason: str | None = None,
+        info: dict[str, Any] | None = None,
         on_commit: Callable[[Any], None] | None = None,
     ) -> ApplyOutcome:
         """Unlearn the union of ``parts``' training samples from one model in one run, and
@@ -823,6 +835,7 @@ class Workspace:
             evaluation = evaluate(result.model, forget, retain, test)
         if reason:
             result.info["reason"] = reason
+        result.info.update(info or {})
         if len(parts) > 1:
             result.info["batch"] = [t.request_id for t in tickets]
         model_after = new_id("model")

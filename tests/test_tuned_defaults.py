@@ -1,0 +1,189 @@
+"""Tuned defaults below bench/: the packaged table, the lookup `unbake forget` uses, what
+the request records, `unbake methods`, and bad tables refused in one line."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from unbake.cli import app
+from unbake.exceptions import InvalidParameterError
+from unbake.methods.tuned import (
+    ENV_VAR,
+    SCENARIOS,
+    defaults_path,
+    read_table,
+    resolve_params,
+    tuned_defaults,
+)
+from unbake.workspace import Workspace
+
+runner = CliRunner()
+
+
+def entry(params, study="benchmarks/tuning/finetune-random.json"):
+    return {
+        "params": params,
+        "study": study,
+        "study_sha256": "0" * 64,
+        "dataset": "fashion-mnist",
+        "model": "cnn",
+        "score": 0.8,
+        "original_score": 2.5,
+        "best_trial": 7,
+        "trials": 20,
+        "seed": 0,
+    }
+
+
+TABLE = {
+    "format": 1,
+    "methods": {
+        "finetune": {
+            "random": entry({"lr": 0.002, "epochs": 1}),
+            "class": entry({"lr": 0.0005, "epochs": 2}, "benchmarks/tuning/finetune-class.json"),
+        }
+    },
+}
+
+
+@pytest.fixture
+def table(tmp_path, monkeypatch):
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(TABLE))
+    monkeypatch.setenv(ENV_VAR, str(path))
+    return path
+
+
+def test_user_params_override_the_tuned_defaults_of_the_requests_scenario(table):
+    params, origin = resolve_params("finetune", {"lr": 0.01}, "random")
+    assert params == {"epochs": 1, "lr": 0.01}
+    assert origin["applied"] == {"epochs": 1} and origin["overridden"] == ["lr"]
+    assert origin["study"] == "benchmarks/tuning/finetune-random.json"
+    assert "fashion-mnist" in origin["summary"] and "trial 7 of 20" in origin["summary"]
+    assert resolve_params("finetune", {}, "class")[0] == {"lr": 0.0005, "epochs": 2}
+    assert resolve_params("finetune", {"lr": 1e-3, "epochs": 3}, "class") == (
+        {"lr": 1e-3, "epochs": 3},
+        None,  # the user set every tuned knob: no tuned default was used
+    )
+    assert resolve_params("finetune", {}, "random", use_tuned=False) == ({}, None)
+    assert resolve_params("neggrad", {}, "random") == ({}, None)  # no entry: code defaults
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("{not json", "Cannot read tuned defaults"),
+        (json.dumps({"format": 9, "methods": {}}), "not a format-1 table"),
+        (
+            json.dumps({"format": 1, "methods": {"finetune": {"random": entry({"lrr": 1.0})}}}),
+            "name 'lrr', which finetune no longer has",
+        ),
+        (
+            json.dumps({"format": 1, "methods": {"finetune": {"random": entry({"lr": -1.0})}}}),
+            "The 'lr' parameter of finetune must be",
+        ),
+        (
+            json.dumps({"format": 1, "methods": {"finetune": {"random": {"params": {}}}}}),
+            "are malformed",
+        ),
+    ],
+)
+def test_a_bad_table_is_refused_with_its_cause_and_fix(tmp_path, text, fragment):
+    path = tmp_path / "tuned.json"
+    path.write_text(text)
+    with pytest.raises(InvalidParameterError, match=fragment):
+        tuned_defaults("finetune", "random", path=path)
+
+
+def test_the_packaged_table_ships_in_the_wheel_and_every_entry_is_valid(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    path = defaults_path()
+    assert path.is_file() and path.parent.name == "methods" and path.parent.parent.name == "unbake"
+    for method, scenarios in read_table(path).items():
+        for scenario in scenarios:
+            assert scenario in SCENARIOS
+            assert tuned_defaults(method, scenario) is not None  # parses and validates
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    package_data = pyproject.split("[tool.setuptools.package-data]")[1].split("\n[")[0]
+    assert '"methods/tuned_defaults.json"' in package_data
+
+
+# --- through the CLI ------------------------------------------------------------------
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    ws = tmp_path / "ws"
+    train = ["train", "--dataset", "digits", "--model", "logreg", "--epochs", "2", "-w", ws]
+    assert run(*train).exit_code == 0
+    return ws
+
+
+def recorded(ws):
+    with Workspace.open(ws) as w:
+        return w.catalog.requests()[-1]
+
+
+def test_forget_uses_the_tuned_defaults_says_so_and_records_them(table, workspace):
+    res = run("forget", "--ids", "digits-0001", "--method", "finetune", "-w", workspace)
+    assert res.exit_code == 0, res.output
+    assert "tuned defaults {'lr': 0.002, 'epochs': 1}" in res.stdout
+    assert "benchmarks/tuning/finetune-random.json" in res.stdout
+    rec = recorded(workspace)
+    assert rec["params"]["lr"] == 0.002 and rec["params"]["epochs"] == 1  # what ran
+    info = rec["info"]
+    assert info["tuned_defaults"]["scenario"] == "random"
+    assert info["tuned_defaults"]["applied"] == {"lr": 0.002, "epochs": 1}
+    # A class request takes the class-wise defaults; --param overrides them, and says so.
+    res = run(
+        "forget", "--class", "3", "--method", "finetune", "--param", "epochs=1", "-w", workspace
+    )
+    assert res.exit_code == 0, res.output
+    assert "finetune-class.json" in res.stdout and "--param set epochs" in res.stdout
+    info = recorded(workspace)["info"]
+    assert info["tuned_defaults"]["applied"] == {"lr": 0.0005}
+    assert info["tuned_defaults"]["overridden"] == ["epochs"]
+
+
+def test_no_tuned_keeps_the_code_defaults(table, workspace):
+    res = run("forget", "--ids", "digits-0001", "--method", "finetune", "--no-tuned", "--json",
+              "-w", workspace)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "tuned_defaults" not in json.loads(res.stdout)["info"]
+
+
+def test_a_bad_table_stops_forget_in_one_line_with_the_workspace_unchanged(table, workspace):
+    table.write_text("{not json")
+    before = {
+        p: hashlib.sha256(p.read_bytes()).digest() for p in workspace.rglob("*") if p.is_file()
+    }
+    res = run("forget", "--ids", "digits-0001", "--method", "finetune", "-w", workspace)
+    assert res.exit_code == 2 and res.stderr.startswith("error: Cannot read tuned defaults")
+    assert len(res.stderr.strip().splitlines()) == 1
+    after = {
+        p: hashlib.sha256(p.read_bytes()).digest() for p in workspace.rglob("*") if p.is_file()
+    }
+    assert after == before
+
+
+def test_methods_lists_the_scenarios_a_method_is_tuned_for(table):
+    rows = {r["method"]: r for r in json.loads(run("methods", "--json").stdout)["methods"]}
+    assert set(rows["finetune"]["tuned_defaults"]) == {"random", "class"}
+    assert rows["finetune"]["tuned_defaults"]["class"]["params"] == {"lr": 0.0005, "epochs": 2}
+    assert rows["neggrad"]["tuned_defaults"] == {}
+    table_text = run("methods").stdout
+    assert "tuned for" in table_text and "random, class" in table_text
+
+
+def test_write_defaults_needs_the_study_it_cites(table):
+    before = table.read_bytes()
+    res = run("tune", "--method", "finetune", "--write-defaults")
+    assert res.exit_code == 2 and "--write-defaults needs --out" in res.stderr
+    assert table.read_bytes() == before
