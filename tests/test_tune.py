@@ -1,6 +1,7 @@
 """``unbake tune``: seeded, scored on validation, the best within budget, atomic JSON;
 and the bad inputs of issue 7, each one line and exit 2 with the workspace unchanged."""
 
+import hashlib
 import json
 import math
 
