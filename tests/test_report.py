@@ -159,6 +159,8 @@ def test_cli_report_writes_html_markdown_and_plot(result, tmp_path):
     assert (tmp_path / "r.md").read_text() == render_markdown(result)
     plain = CliRunner().invoke(app, ["report", str(src)])
     assert plain.exit_code == 0 and plain.stdout == render_markdown(result)
+    as_json = CliRunner().invoke(app, ["report", str(src), "--json"])
+    assert json.loads(as_json.stdout) == {"written": [], "markdown": render_markdown(result)}
 
 
 @pytest.mark.parametrize(

@@ -179,23 +179,17 @@ def bank_halves(bank: ReferenceBank, pool: Samples) -> list[Samples]:
 
 
 def train_in_shadows(
-    *,
-    recipe: Recipe,
-    forget: Samples,
-    pool: Samples,
-    bank: ReferenceBank,
-    backend: str = "local",
-    workers: int = 1,
+    recipe: Recipe, forget: Samples, pool: Samples, bank: ReferenceBank, **execution: Any
 ) -> list[TrainedModel]:
-    """One IN shadow per reference: trained on its half of ``pool`` plus ``forget``."""
-    return fit_many(
-        [
-            FitJob(concat_samples(h, forget), recipe, s + IN_SEED_OFFSET)
-            for h, s in zip(bank_halves(bank, pool), bank.seeds, strict=True)
-        ],
-        backend=backend,
-        workers=workers,
-    )
+    """One IN shadow per reference: trained on its half of ``pool`` plus ``forget``.
+
+    ``execution`` (``backend``, ``workers``) goes to :func:`~unbake.evaluation.bank.fit_many`.
+    """
+    jobs = [
+        FitJob(concat_samples(h, forget), recipe, s + IN_SEED_OFFSET)
+        for h, s in zip(bank_halves(bank, pool), bank.seeds, strict=True)
+    ]
+    return fit_many(jobs, **execution)
 
 
 def _lira_on_bank(bank: ReferenceBank, pool: Samples, seed: int) -> dict[str, float]:

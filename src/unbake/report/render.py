@@ -106,7 +106,7 @@ TRADEOFF_COLUMNS: list[tuple[str, str, Any]] = [
     ("avg gap", "avg_gap", lambda v: _cell(v, 2)),
     ("U-LiRA AUC", "ulira_auc", _cell),
     ("TPR@1%FPR", "ulira_tpr_at_1pct_fpr", _cell),
-    ("verdict", "verdict", _cell),
+    ("verdict", "verdict", str),
     ("KLoM forget", "klom_forget", _cell),
     ("challenge", "challenge_score", _cell),
     ("ghost gap", "ghost_gap", _cell),
