@@ -357,9 +357,10 @@ def _rows(comparison: dict[str, Any], audits: dict[str, dict[str, Any]]) -> list
     return out
 
 
-def _met(value: float | None, bound: float, how: str) -> bool:
+def _met(value: float | None, bound: float, how: str) -> bool | None:
+    """Whether ``value`` meets its target; None when this run did not measure it."""
     if value is None or not math.isfinite(value):
-        return False
+        return None
     if how == "min":
         return value >= bound
     if how == "max":

@@ -203,7 +203,8 @@ def _summary_items(result: dict[str, Any]) -> list[tuple[str, str]]:
     for key, value in summary.items():
         if key in ("targets", "targets_met"):
             continue
-        mark = f" (target {'met' if met[key] else 'missed'})" if key in met else ""
+        verdict = {True: "met", False: "missed", None: "not measured in this run"}
+        mark = f" (target {verdict[met[key]]})" if key in met else ""
         items.append((key, _cell(value, 4) + mark))
     return items
 
