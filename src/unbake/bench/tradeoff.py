@@ -400,6 +400,14 @@ def _summary(rows, bank_rows, bank_used, audit_32_s, class_auc, setup) -> dict[s
             r["method"] for r in rows if r["verdict"] == "indistinguishable"
         ),
     }
+    busiest = max(r.get("load_after", 0.0) for r in bank_rows)
+    cores = os.cpu_count() or 1
+    summary["timing_note"] = (
+        f"The machine was busy (1-minute load up to {busiest:.1f} on {cores} cores): the "
+        "timings, speedups and efficiencies are not trustworthy; rerun alone."
+        if busiest > cores
+        else f"1-minute load at most {busiest:.1f} on {cores} cores while the bank was built."
+    )
     summary["targets"] = {k: {"bound": b, "kind": how} for k, (b, how) in TARGETS.items()}
     summary["targets_met"] = {k: _met(summary[k], b, how) for k, (b, how) in TARGETS.items()}
     return summary
