@@ -249,6 +249,7 @@ def _audit_rows(
             test=ds.test,
             seed=setup.seed,
             in_models=in_models,
+            **fits,
         )
         audits[name] = _audit_row(report, shadow_s + seconds)
     return audits

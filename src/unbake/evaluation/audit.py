@@ -25,12 +25,16 @@ out in turn, shows what the references can see at all.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from unbake._threads import pin_threads
+from unbake.backends import create_backend
 from unbake.data import Samples
 from unbake.evaluation.bank import FitJob, Recipe, ReferenceBank, fit_many, model_statistics
 from unbake.evaluation.ghost import ghost_gap, nearest_neighbours, penultimate
@@ -61,6 +65,7 @@ __all__ = [
     "pair_swaps",
     "permutation_test",
     "train_in_shadows",
+    "unlearn_many",
 ]
 
 #: Fewer models cannot reach p < 0.05 reliably. The permutation test swaps labels within
@@ -192,6 +197,34 @@ def train_in_shadows(
     return fit_many(jobs, **execution)
 
 
+@dataclass(frozen=True)
+class UnlearnJob:
+    """One run of the method under audit on one IN shadow, picklable for a pool or Ray."""
+
+    unlearner: Any
+    model: TrainedModel
+    forget: Samples
+    retain: Samples
+    seed: int
+    threads: int | None = None
+
+
+def _run_unlearn(job: UnlearnJob) -> TrainedModel:
+    task = UnlearnTask(job.model, job.forget, job.retain, device="cpu")
+    with pin_threads(job.threads) if job.threads else contextlib.nullcontext():
+        return job.unlearner.unlearn(task, seed=job.seed).model
+
+
+def unlearn_many(
+    jobs: list[UnlearnJob], *, backend: str = "local", workers: int = 1
+) -> list[TrainedModel]:
+    """Run every job on ``backend``; parallel jobs run single-threaded each (as
+    :func:`~unbake.evaluation.bank.fit_many` trains)."""
+    if workers > 1:
+        jobs = [dataclasses.replace(j, threads=1) for j in jobs]
+    return create_backend(backend, workers=workers).map(_run_unlearn, jobs)
+
+
 def _lira_on_bank(bank: ReferenceBank, pool: Samples, seed: int) -> dict[str, float]:
     rows = np.random.default_rng(seed).permutation(len(pool))[:LIRA_SAMPLE]
     sub = pool.subset(np.sort(rows))
@@ -316,12 +349,11 @@ def audit(
     if unlearner is None:
         unlearned = in_models
     else:
-        unlearned = [
-            unlearner.unlearn(
-                UnlearnTask(m, forget, h, device="cpu"), seed=s + UNLEARN_SEED_OFFSET
-            ).model
+        jobs = [
+            UnlearnJob(unlearner, m, forget, h, s + UNLEARN_SEED_OFFSET)
             for m, h, s in zip(in_models, halves, bank.seeds, strict=True)
         ]
+        unlearned = unlearn_many(jobs, backend=backend, workers=workers)
     phi_u = model_statistics(unlearned, forget)
     phi_r = bank.statistics(forget)
     rows = np.r_[np.ones(K, dtype=bool), np.zeros(K, dtype=bool)]
