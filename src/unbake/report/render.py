@@ -7,7 +7,7 @@ The HTML file embeds its plot as a base64 PNG and its style inline: it reference
 external asset, so it can be mailed or archived as it is.
 
 >>> md = render_markdown({"benchmark": "x", "dataset": "d", "rows": [{"a": 1.5}], "summary": {}})
->>> "| a |" in md and "| 1.5 |" in md
+>>> "| a |" in md and "| 1.500 |" in md
 True
 """
 
