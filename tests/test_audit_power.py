@@ -111,3 +111,17 @@ def test_pair_swaps_enumerate_or_sample():
     assert len({tuple(r) for r in every}) == 64
     sampled = pair_swaps(12, limit=50, seed=0)
     assert sampled.shape == (50, 12) and not sampled[0].any()
+
+
+@pytest.mark.slow  # a pool of 2 processes starts in a few seconds
+def test_method_runs_on_a_pool_give_the_same_audit():
+    ds = load_dataset("digits")
+    train = ds.train.subset(slice(0, 200))
+    forget, pool = train.split(train.ids[:20])
+    recipe = Recipe(ModelSpec("mlp", {"hidden": [16]}), TrainConfig.parse(epochs=2), 10)
+    bank = train_bank(pool, recipe, seeds=list(range(K)))
+    kwargs = {"recipe": recipe, "forget": forget, "pool": pool, "bank": bank}
+    finetune = METHODS.create("finetune", epochs=1)
+    here = audit(**kwargs, unlearner=finetune)
+    on_pool = audit(**kwargs, unlearner=finetune, workers=2)
+    assert on_pool.stats == here.stats

@@ -218,3 +218,13 @@ def test_ghost_check_reads_the_penultimate_layer(digits_small):
     assert penultimate(lin, X).shape == (5, 64)
     nb = nearest_neighbours(penultimate(lin, X), penultimate(lin, digits_small.train.X), 3)
     assert nb.shape == (5, 3) and (nb[:, 0] == np.arange(5)).all()  # each row is its own nearest
+
+
+@pytest.mark.parametrize("n", [1, 7, 300])
+def test_roc_auc_matches_scikit_learn_with_ties(n):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(n)
+    pos, neg = rng.integers(0, 5, n).astype(float), rng.integers(0, 4, n + 3).astype(float)
+    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    assert roc_auc(pos, neg) == pytest.approx(roc_auc_score(labels, np.r_[pos, neg]), abs=1e-12)

@@ -1432,6 +1432,36 @@ def bench(
             console.print(f"Wrote {out}.")
 
 
+@app.command()
+@_handle_errors
+def report(
+    result: Annotated[Path, typer.Argument(help="A benchmark result (`unbake bench --out`).")],
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Write one self-contained HTML file here.")
+    ] = None,
+    markdown_out: Annotated[
+        Path | None, typer.Option("--markdown", help="Write the Markdown here.")
+    ] = None,
+    plot_out: Annotated[
+        Path | None, typer.Option("--plot", help="Write the plot (PNG) here.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Render a benchmark result: Markdown to stdout, or HTML / Markdown / PNG files."""
+    from unbake.report import load_result, render_markdown, write_report
+
+    data = load_result(result)
+    written = write_report(data, html_path=html_out, markdown_path=markdown_out, plot_path=plot_out)
+    if as_json:
+        out: dict[str, Any] = {"written": [str(p) for p in written]}
+        _emit_json(out if written else {**out, "markdown": render_markdown(data)})
+    elif not written:
+        sys.stdout.write(render_markdown(data))
+    else:
+        for path in written:
+            console.print(f"Wrote {path}.")
+
+
 def main() -> None:
     app()
 

@@ -103,3 +103,4 @@ from unbake.bench import llm as _llm  # noqa: E402,F401
 from unbake.bench import methods as _methods  # noqa: E402,F401  (registers benchmarks)
 from unbake.bench import sisa as _sisa  # noqa: E402,F401
 from unbake.bench import threads as _threads  # noqa: E402,F401
+from unbake.bench import tradeoff as _tradeoff  # noqa: E402,F401

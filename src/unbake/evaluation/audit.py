@@ -25,12 +25,16 @@ out in turn, shows what the references can see at all.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from unbake._threads import pin_threads
+from unbake.backends import create_backend
 from unbake.data import Samples
 from unbake.evaluation.bank import FitJob, Recipe, ReferenceBank, fit_many, model_statistics
 from unbake.evaluation.ghost import ghost_gap, nearest_neighbours, penultimate
@@ -55,10 +59,13 @@ __all__ = [
     "MIN_REFERENCES",
     "AuditReport",
     "audit",
+    "bank_halves",
     "check_references",
     "concat_samples",
     "pair_swaps",
     "permutation_test",
+    "train_in_shadows",
+    "unlearn_many",
 ]
 
 #: Fewer models cannot reach p < 0.05 reliably. The permutation test swaps labels within
@@ -170,6 +177,54 @@ def permutation_test(
     return auc, p, float(np.quantile(gaps, 0.95))
 
 
+def bank_halves(bank: ReferenceBank, pool: Samples) -> list[Samples]:
+    """The half of ``pool`` each reference of ``bank`` trained on, in bank order."""
+    members = bank.members(pool.ids)
+    return [pool.subset(members[k]) for k in range(len(bank))]
+
+
+def train_in_shadows(
+    recipe: Recipe, forget: Samples, pool: Samples, bank: ReferenceBank, **execution: Any
+) -> list[TrainedModel]:
+    """One IN shadow per reference: trained on its half of ``pool`` plus ``forget``.
+
+    ``execution`` (``backend``, ``workers``) goes to :func:`~unbake.evaluation.bank.fit_many`.
+    """
+    jobs = [
+        FitJob(concat_samples(h, forget), recipe, s + IN_SEED_OFFSET)
+        for h, s in zip(bank_halves(bank, pool), bank.seeds, strict=True)
+    ]
+    return fit_many(jobs, **execution)
+
+
+@dataclass(frozen=True)
+class UnlearnJob:
+    """One run of the method under audit on one IN shadow, picklable for a pool or Ray."""
+
+    unlearner: Any
+    model: TrainedModel
+    forget: Samples
+    retain: Samples
+    seed: int
+    threads: int | None = None
+
+
+def _run_unlearn(job: UnlearnJob) -> TrainedModel:
+    task = UnlearnTask(job.model, job.forget, job.retain, device="cpu")
+    with pin_threads(job.threads) if job.threads else contextlib.nullcontext():
+        return job.unlearner.unlearn(task, seed=job.seed).model
+
+
+def unlearn_many(
+    jobs: list[UnlearnJob], *, backend: str = "local", workers: int = 1
+) -> list[TrainedModel]:
+    """Run every job on ``backend``; parallel jobs run single-threaded each (as
+    :func:`~unbake.evaluation.bank.fit_many` trains)."""
+    if workers > 1:
+        jobs = [dataclasses.replace(j, threads=1) for j in jobs]
+    return create_backend(backend, workers=workers).map(_run_unlearn, jobs)
+
+
 def _lira_on_bank(bank: ReferenceBank, pool: Samples, seed: int) -> dict[str, float]:
     rows = np.random.default_rng(seed).permutation(len(pool))[:LIRA_SAMPLE]
     sub = pool.subset(np.sort(rows))
@@ -252,12 +307,16 @@ def audit(
     permutations: int = 256,
     backend: str = "local",
     workers: int = 1,
+    in_models: list[TrainedModel] | None = None,
 ) -> AuditReport:
     """Audit ``unlearner`` (``None``: do nothing) on ``forget`` against ``bank``.
 
     ``pool`` is the retained data the bank's halves were drawn from; ``target``, if
     given, is the deployed model, scored against the shadows' Gaussians; ``test``, if
     given, adds KLoM on held-out data and the utility ratios of the challenge score.
+    ``in_models``, if given, are the IN shadows of :func:`train_in_shadows` for this
+    forget set and bank: they do not depend on the method, so audits of several methods
+    of one request can share them.
     """
     K = len(bank)
     check_references(K)
@@ -277,24 +336,24 @@ def audit(
             f"Forget samples have shape {forget.input_shape} but the training data "
             f"{pool.input_shape}; audit samples of the model's own dataset."
         )
-    halves = [pool.subset(bank.members(pool.ids)[k]) for k in range(K)]
-    in_models = fit_many(
-        [
-            FitJob(concat_samples(h, forget), recipe, s + IN_SEED_OFFSET)
-            for h, s in zip(halves, bank.seeds, strict=True)
-        ],
-        backend=backend,
-        workers=workers,
-    )
+    halves = bank_halves(bank, pool)
+    if in_models is None:
+        in_models = train_in_shadows(
+            recipe=recipe, forget=forget, pool=pool, bank=bank, backend=backend, workers=workers
+        )
+    elif len(in_models) != K:
+        raise InvalidParameterError(
+            f"Got {len(in_models)} IN shadows for a bank of {K} references; pass one per "
+            "reference (train_in_shadows) or none."
+        )
     if unlearner is None:
         unlearned = in_models
     else:
-        unlearned = [
-            unlearner.unlearn(
-                UnlearnTask(m, forget, h, device="cpu"), seed=s + UNLEARN_SEED_OFFSET
-            ).model
+        jobs = [
+            UnlearnJob(unlearner, m, forget, h, s + UNLEARN_SEED_OFFSET)
             for m, h, s in zip(in_models, halves, bank.seeds, strict=True)
         ]
+        unlearned = unlearn_many(jobs, backend=backend, workers=workers)
     phi_u = model_statistics(unlearned, forget)
     phi_r = bank.statistics(forget)
     rows = np.r_[np.ones(K, dtype=bool), np.zeros(K, dtype=bool)]

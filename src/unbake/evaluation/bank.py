@@ -120,6 +120,12 @@ class ReferenceBank:
     def __len__(self) -> int:
         return len(self.models)
 
+    def first(self, k: int) -> ReferenceBank:
+        """The bank of its first ``k`` references (an audit at a smaller K reuses them)."""
+        return ReferenceBank(
+            self.ids, self.membership[:k], self.models[:k], self.seeds[:k], self.names[:k]
+        )
+
     def members(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """``(K, len(ids))``: True where model ``k`` trained on the sample (unknown IDs: False)."""
         pos = {sid: i for i, sid in enumerate(self.ids.astype(str))}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 __all__ = [
     "best_threshold",
@@ -40,8 +40,13 @@ def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """
     if len(positive) == 0 or len(negative) == 0:
         return float("nan")
-    labels, scores = _labelled(positive, negative)
-    return float(roc_auc_score(labels, scores))
+    # The AUC is the Mann–Whitney U of positives over negatives per pair; SciPy's U is
+    # a few times cheaper than roc_auc_score, which the audit's permutation test calls
+    # hundreds of times (the two agree to rounding: tests/test_audit_stats.py).
+    pos = np.asarray(positive, dtype=np.float64).ravel()
+    neg = np.asarray(negative, dtype=np.float64).ravel()
+    u = stats.mannwhitneyu(pos, neg, method="asymptotic", use_continuity=False).statistic
+    return float(u / (len(pos) * len(neg)))
 
 
 def tpr_at_fpr(positive: np.ndarray, negative: np.ndarray, fpr: float) -> float:
