@@ -52,13 +52,13 @@ from unbake._threads import pin_threads
 from unbake.backends.ray import ray_session
 from unbake.bench import BENCHMARKS
 from unbake.bench.sisa import _same_bits, _timed
-from unbake.bench.tune import tuned_params
 from unbake.data import Dataset, Samples, load_dataset
 from unbake.evaluation.audit import AuditReport, audit, train_in_shadows
 from unbake.evaluation.bank import Recipe, ReferenceBank, train_bank
 from unbake.evaluation.compare import class_forget_ids, compare_methods, random_forget_ids
 from unbake.exceptions import InvalidParameterError, UnbakeError
 from unbake.methods import METHODS
+from unbake.methods.tuned import resolve_params
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig
 
@@ -272,7 +272,7 @@ def run_tradeoff(ds: Dataset, setup: TradeoffSetup | None = None) -> dict[str, A
     setup.check()
     config = TrainConfig.parse(**setup.train)
     methods = list(setup.methods) if setup.methods is not None else array_methods()
-    params = {m: tuned_params(m, "random") for m in methods}
+    params = {m: resolve_params(m, {}, "random")[0] for m in methods}
     forget_ids = random_forget_ids(ds, setup.forget_fraction, setup.seed)
     forget, pool = ds.train.split(forget_ids)
     main = Recipe(ModelSpec(setup.model), config, ds.n_classes)
