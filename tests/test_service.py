@@ -201,3 +201,54 @@ def test_read_only_service_reads_but_refuses_submits(svc, train_ids):
         assert ro.queue_depth() == 1
         with pytest.raises(WorkspaceError, match="read-only"):
             ro.submit(sample_ids=train_ids[1:2])
+
+
+def test_a_batch_against_a_sisa_model_retrains_each_shard_once(tmp_path):
+    root = tmp_path / "sisa"
+    with Workspace.create(root, dataset="digits") as ws:
+        ws.train(
+            model="logreg",
+            config=CFG,
+            strategy="sisa",
+            strategy_params={"shards": 4, "slices": 2},
+        )
+        train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
+    with DeletionService(root) as svc:
+        before = svc.current_model()["model_id"]
+        subs = [svc.submit(sample_ids=train[k * 5 : k * 5 + 5]) for k in range(3)]
+        assert svc.apply_pending() == [s.request_id for s in subs]
+        log = svc.workspace.log()
+        models = svc.workspace.catalog.models()
+    assert {r["method"] for r in log} == {"sisa"}  # the default for a SISA model
+    assert {r["model_after"] for r in log} == {models[-1]["model_id"]}
+    assert [m["model_id"] for m in models] == [before, models[-1]["model_id"]]  # one run
+    info = log[0]["info"]
+    assert info["batch"] == [s.request_id for s in subs]
+    shards = info["shards_retrained"]
+    assert shards == sorted(set(shards)) and len(shards) <= 4
+
+
+def test_recovery_requeues_a_request_left_applying_and_sweeps_its_checkpoint(
+    svc, train_ids, monkeypatch
+):
+    sub = svc.submit(sample_ids=train_ids[:2])
+    write = Workspace._write_model
+
+    def dies_after_writing(self, *args, **kwargs):
+        write(self, *args, **kwargs)
+        raise KeyboardInterrupt  # the worker dies between the checkpoint and the commit
+
+    monkeypatch.setattr(Workspace, "_write_model", dies_after_writing)
+    with pytest.raises(KeyboardInterrupt):
+        svc.apply_pending()
+    monkeypatch.undo()
+    assert svc.request(sub.request_id)["state"] == "applying"
+    assert len(list((svc.root / "checkpoints").iterdir())) == 2  # the orphan
+    assert svc.apply_pending() == [sub.request_id]
+    states = [e["state"] for e in svc.request(sub.request_id)["entries"]]
+    assert states == ["received", "queued", "applying", "queued", "applying", "applied"]
+    (model,) = [m for m in svc.workspace.catalog.models() if m["status"] == "active"]
+    assert [p.name for p in (svc.root / "checkpoints").iterdir()] == [
+        model["checkpoint"].split("/")[-1]
+    ]
+    assert svc.workspace.catalog.verify_ledger()[0] == 6

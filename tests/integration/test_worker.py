@@ -81,3 +81,50 @@ def test_kill9_at_random_points_applies_each_request_exactly_once(template, tmp_
 @pytest.mark.slow
 def test_kill9_at_random_points_100_runs(template, tmp_path):
     _trials(template, tmp_path, range(100, 200))
+
+
+_WRITER = """
+import fcntl, sqlite3, sys
+lock = open(sys.argv[1] + "/.lock", "a+")
+fcntl.flock(lock, fcntl.LOCK_EX)
+c = sqlite3.connect(sys.argv[1] + "/catalog.sqlite", isolation_level=None)
+c.execute("BEGIN IMMEDIATE")
+c.execute("UPDATE models SET description = 'half-written'")
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_readers_never_wait_for_a_writer(template, tmp_path):
+    """While another process holds the workspace lock and an open write transaction (a
+    forget committing), every read command answers at once from the committed state."""
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "ws"
+    _filed(template, root, n=1)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "holding"
+        start = time.monotonic()
+        for cmd in (
+            ["status", "--json"],
+            ["log"],
+            ["evaluate", "--json"],
+            ["ledger", "show"],
+            ["ledger", "verify"],
+            ["samples", "--json"],
+        ):
+            res = run(*cmd, "--workspace", root)
+            assert res.exit_code == 0, (cmd, res.output)
+            assert "half-written" not in res.stdout
+        assert time.monotonic() - start < 30  # no busy_timeout was waited out
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=30)
