@@ -21,13 +21,9 @@ from unbake.workspace.certificates import issue_certificate
 CFG = TrainConfig.parse(epochs=1, batch_size=64)
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("svc") / "ws"
-    with Workspace.create(root, dataset="digits") as ws:
-        ws.train(model="logreg", config=CFG, seed=0)
-        train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
-    return root, train
+@pytest.fixture
+def template(service_template):
+    return service_template
 
 
 @pytest.fixture
@@ -252,3 +248,26 @@ def test_recovery_requeues_a_request_left_applying_and_sweeps_its_checkpoint(
         model["checkpoint"].split("/")[-1]
     ]
     assert svc.workspace.catalog.verify_ledger()[0] == 6
+
+
+def test_the_worker_loop_applies_a_short_batch_once_its_window_passes(svc, train_ids):
+    import time
+
+    from unbake.service.deletion import drain
+
+    stop = threading.Event()
+    loop = threading.Thread(
+        target=drain, args=(svc,), kwargs={"batch": 10, "window": 1.0, "once": False, "stop": stop}
+    )
+    loop.start()
+    try:
+        subs = [svc.submit(sample_ids=[i]) for i in train_ids[:2]]
+        deadline = time.monotonic() + 60
+        while svc.state_counts().get("applied", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+    assert svc.state_counts() == {"applied": 2}  # 2 < batch: the window let them go
+    models = {svc.request(s.request_id)["model_after"] for s in subs}
+    assert len(models) == 1

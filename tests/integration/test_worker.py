@@ -14,13 +14,9 @@ from unbake.testing.crash import check_exactly_once, kill9_trial
 CFG = TrainConfig.parse(epochs=1, batch_size=64)
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("worker") / "ws"
-    with Workspace.create(root, dataset="digits") as ws:
-        ws.train(model="logreg", config=CFG, seed=0)
-        train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
-    return root, train
+@pytest.fixture
+def template(service_template):
+    return service_template
 
 
 def _filed(template, root, n=6, size=3):
