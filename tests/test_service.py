@@ -271,3 +271,25 @@ def test_the_worker_loop_applies_a_short_batch_once_its_window_passes(svc, train
     assert svc.state_counts() == {"applied": 2}  # 2 < batch: the window let them go
     models = {svc.request(s.request_id)["model_after"] for s in subs}
     assert len(models) == 1
+
+
+def test_a_version_4_catalog_is_migrated_to_5_and_can_queue(svc, train_ids):
+    import sqlite3
+
+    from tests.conftest import UNDO_V5
+    from unbake.workspace.catalog import SCHEMA_VERSION
+
+    rec = svc.forget(ids=train_ids[:1], method="retrain")
+    root = svc.root
+    svc.close()
+    db = sqlite3.connect(root / "catalog.sqlite")
+    db.executescript(";".join(UNDO_V5))
+    db.close()
+    with DeletionService(root) as again:
+        assert SCHEMA_VERSION == 5
+        assert again.workspace.catalog.meta("schema_version") == "5"
+        (old,) = again.workspace.log()
+        assert old["request_id"] == rec.request_id and old["seed"] is None  # not recorded then
+        sub = again.submit(sample_ids=train_ids[1:2])
+        assert again.apply_pending() == [sub.request_id]
+        again.workspace.catalog.verify_ledger()

@@ -382,7 +382,8 @@ class DeletionService:
         if job.submitted_by is not None:
             received["submitted_by"] = job.submitted_by
         ledger.append_entry(cur, request_id, "received", received, now)
-        ledger.append_entry(cur, request_id, "queued", {"method": job.method}, now)
+        queued = {"method": job.method} if job.method is not None else {}
+        ledger.append_entry(cur, request_id, "queued", queued, now)
         cur.execute(
             "INSERT INTO queue(request_id, received_at, selector, sample_ids, class_label, "
             "method, params, seed, device, model_id, reason, submitted_by) "
