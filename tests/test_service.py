@@ -124,7 +124,7 @@ def test_reads_and_not_found(svc):
 
 def test_worker_applies_a_batch_once_and_certifies(svc, train_ids):
     a = svc.submit(sample_ids=train_ids[:3], submitted_by="alice")
-    b = svc.submit(sample_ids=train_ids[3:5], submitted_by="bob")
+    b = svc.submit(sample_ids=train_ids[3:5], submitted_by="bob", reason="objection")
     before = svc.current_model()["model_id"]
     assert svc.apply_pending() == [a.request_id, b.request_id]
     assert svc.apply_pending() == []  # nothing twice
@@ -137,6 +137,7 @@ def test_worker_applies_a_batch_once_and_certifies(svc, train_ids):
     assert log[a.request_id]["n_samples"] == 3 and log[b.request_id]["n_samples"] == 2
     assert log[a.request_id]["seed"] == 0 and log[a.request_id]["device"] == "cpu"
     assert log[a.request_id]["unbake_version"] and log[b.request_id]["submitted_by"] == "bob"
+    assert log[a.request_id]["reason"] == "erasure" and log[b.request_id]["reason"] == "objection"
     assert log[a.request_id]["info"]["batch"] == [a.request_id, b.request_id]
     assert svc.certificate(a.request_id) is None
     issue_certificate(svc.workspace, a.request_id)

@@ -629,8 +629,9 @@ class DeletionService:
             groups.setdefault(r["plan"], []).append(r)
         return list(groups.values())
 
-    def _apply_group(self, rows: list[dict[str, Any]], *, raise_errors: bool = False) -> list[str]:
-        """Apply requests that share a plan in one unlearning run (under the lock)."""
+    def _apply_group(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Apply requests that share a plan in one unlearning run (under the lock);
+        returns the IDs of those it finished (rejected, applied or failed)."""
         ws = self.workspace
         method, params_json, seed, device, model_id = rows[0]["plan"]
         active, _ = ws.active_and_forgotten()
@@ -661,14 +662,10 @@ class DeletionService:
             ticket = Ticket(r["request_id"], r["received_at"], r["selector"])
             train = [i for i in ids if split_of[i] == "train"]
             held = [i for i in ids if split_of[i] != "train"]
-            parts.append(RequestPart(ticket, train, held, r["submitted_by"]))
+            parts.append(RequestPart(ticket, train, held, r["submitted_by"], r["reason"]))
         if rejected:
             self._finish(rejected, "rejected")
         if not parts:
-            if raise_errors:
-                raise UnknownSampleError(
-                    f"Request {rejected[0][0]} was rejected: {rejected[0][1]}; see `unbake log`."
-                )
             return [rid for rid, _ in rejected]
         request_ids = [p.ticket.request_id for p in parts]
         row = ws.catalog.latest_active_model() if model_id is None else ws.catalog.model(model_id)
@@ -690,7 +687,6 @@ class DeletionService:
                 model_id=model_id,
                 seed=seed,
                 device=device,
-                reason=rows[0]["reason"],
                 on_commit=dequeue,
             )
         except Exception as exc:
@@ -703,8 +699,6 @@ class DeletionService:
             )
             with self._catalog.transaction() as cur:
                 dequeue(cur)
-            if raise_errors:
-                raise
         return [rid for rid, _ in rejected] + request_ids
 
     def _finish(self, outcomes: list[tuple[str, str]], state: str) -> None:

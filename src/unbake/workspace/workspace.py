@@ -127,6 +127,7 @@ class RequestPart:
     sample_ids: list[str]
     held_ids: list[str]
     submitted_by: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -832,8 +833,9 @@ class Workspace:
             "seed": original.seed if seed is None else int(seed),
             "device": str(resolve_device(device)),
             "unbake_version": _unbake_version(),
-            "reason": reason,
         }
+        for part in parts:
+            part.reason = part.reason or reason
         outcome = ApplyOutcome(row["model_id"], model_after, method, result, evaluation)
         try:
             stale = self._commit_forget(
@@ -1104,6 +1106,7 @@ class Workspace:
                     metrics=json.dumps(evaluation.to_dict()),
                     info=json.dumps(info, sort_keys=True, default=str),
                     **provenance,
+                    reason=part.reason,
                     submitted_by=part.submitted_by,
                 )
             stale = [
