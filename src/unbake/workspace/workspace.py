@@ -800,6 +800,8 @@ class Workspace:
         sample_ids = [i for p in parts for i in p.sample_ids]
         held_ids = [i for p in parts for i in p.held_ids]
         tickets = [p.ticket for p in parts]
+        for part in parts:
+            part.reason = part.reason or reason
         if not sample_ids:
             return self._forget_held_out_only(parts, model_id, on_commit)
         row = self._model_row(model_id)
@@ -834,8 +836,6 @@ class Workspace:
             "device": str(resolve_device(device)),
             "unbake_version": _unbake_version(),
         }
-        for part in parts:
-            part.reason = part.reason or reason
         outcome = ApplyOutcome(row["model_id"], model_after, method, result, evaluation)
         try:
             stale = self._commit_forget(
@@ -1020,6 +1020,9 @@ class Workspace:
                     seconds=0.0,
                     metrics=None,
                     info=json.dumps(self._held_out_info(part.held_ids), sort_keys=True),
+                    unbake_version=_unbake_version(),
+                    reason=part.reason,
+                    submitted_by=part.submitted_by,
                 )
             if on_commit is not None:
                 on_commit(cur)
