@@ -61,13 +61,22 @@ def test_worker_cli_drains_the_queue_in_batches(template, tmp_path):
 def _trials(template, tmp_path, seeds):
     """Four requests in two batches; each worker is killed after a seeded delay within
     about the time a batch takes (evaluation included), twice, then one finishes."""
+    killed = recovered = 0
     for seed in seeds:
         root = tmp_path / f"ws-{seed}"
         filed = _filed(template, root, n=4)
-        kill9_trial(root, seed=seed, batch=2, max_delay=1.2, kills=2)
+        killed += kill9_trial(root, seed=seed, batch=2, max_delay=1.2, kills=2)
         assert check_exactly_once(root, filed) == [], f"seed {seed}"
         assert _final_model_is_the_retrain(root), f"seed {seed}"
+        with DeletionService(root) as svc:
+            recovered += sum(
+                e["payload"].get("recovered", False)
+                for rid in filed
+                for e in svc.request(rid)["entries"]
+            )
         shutil.rmtree(root)
+    # The kills really landed mid-apply: requests were found applying and put back.
+    assert killed > 0 and recovered > 0, (killed, recovered)
 
 
 def test_kill9_at_random_points_applies_each_request_exactly_once(template, tmp_path):

@@ -45,7 +45,11 @@ def kill9_trial(
 ) -> int:
     """Run the worker over ``root``'s queue, killing it ``kills`` times at seeded random
     delays in ``[0, max_delay)`` seconds (each restart resumes), then let a last one
-    finish. Returns how many workers were killed before they finished."""
+    finish. Returns how many workers were killed before they finished.
+
+    The workers come from a fork server, so a script calling this needs the
+    ``if __name__ == "__main__":`` guard that multiprocessing asks for.
+    """
     rng = np.random.default_rng(seed)
     ctx = _context()
     killed = 0
