@@ -29,3 +29,17 @@ def digits_small():
 
     ds = load_dataset("digits")
     return Dataset(ds.name, ds.train.subset(slice(0, 600)), ds.test, ds.n_classes, ds.spec)
+
+
+@pytest.fixture(scope="session")
+def service_template(tmp_path_factory):
+    """A digits workspace (5% test, 5% validation) with a logistic regression (one epoch,
+    seed 0), and its training IDs: the deletion service's and the worker's tests copy it."""
+    from unbake import TrainConfig, Workspace
+
+    root = tmp_path_factory.mktemp("service") / "ws"
+    small_test = {"test_fraction": 0.05, "val_fraction": 0.05}  # a faster evaluation per batch
+    with Workspace.create(root, dataset="digits", dataset_options=small_test) as ws:
+        ws.train(model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
+        train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
+    return root, train

@@ -21,13 +21,9 @@ from unbake.workspace.certificates import issue_certificate
 CFG = TrainConfig.parse(epochs=1, batch_size=64)
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("svc") / "ws"
-    with Workspace.create(root, dataset="digits") as ws:
-        ws.train(model="logreg", config=CFG, seed=0)
-        train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
-    return root, train
+@pytest.fixture
+def template(service_template):
+    return service_template
 
 
 @pytest.fixture
@@ -128,7 +124,7 @@ def test_reads_and_not_found(svc):
 
 def test_worker_applies_a_batch_once_and_certifies(svc, train_ids):
     a = svc.submit(sample_ids=train_ids[:3], submitted_by="alice")
-    b = svc.submit(sample_ids=train_ids[3:5], submitted_by="bob")
+    b = svc.submit(sample_ids=train_ids[3:5], submitted_by="bob", reason="objection")
     before = svc.current_model()["model_id"]
     assert svc.apply_pending() == [a.request_id, b.request_id]
     assert svc.apply_pending() == []  # nothing twice
@@ -141,6 +137,7 @@ def test_worker_applies_a_batch_once_and_certifies(svc, train_ids):
     assert log[a.request_id]["n_samples"] == 3 and log[b.request_id]["n_samples"] == 2
     assert log[a.request_id]["seed"] == 0 and log[a.request_id]["device"] == "cpu"
     assert log[a.request_id]["unbake_version"] and log[b.request_id]["submitted_by"] == "bob"
+    assert log[a.request_id]["reason"] == "erasure" and log[b.request_id]["reason"] == "objection"
     assert log[a.request_id]["info"]["batch"] == [a.request_id, b.request_id]
     assert svc.certificate(a.request_id) is None
     issue_certificate(svc.workspace, a.request_id)
@@ -201,3 +198,99 @@ def test_read_only_service_reads_but_refuses_submits(svc, train_ids):
         assert ro.queue_depth() == 1
         with pytest.raises(WorkspaceError, match="read-only"):
             ro.submit(sample_ids=train_ids[1:2])
+
+
+def test_a_batch_against_a_sisa_model_retrains_each_shard_once(tmp_path):
+    root = tmp_path / "sisa"
+    with Workspace.create(root, dataset="digits") as ws:
+        ws.train(
+            model="logreg",
+            config=CFG,
+            strategy="sisa",
+            strategy_params={"shards": 4, "slices": 2},
+        )
+        train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
+    with DeletionService(root) as svc:
+        before = svc.current_model()["model_id"]
+        subs = [svc.submit(sample_ids=train[k * 5 : k * 5 + 5]) for k in range(3)]
+        assert svc.apply_pending() == [s.request_id for s in subs]
+        log = svc.workspace.log()
+        models = svc.workspace.catalog.models()
+    assert {r["method"] for r in log} == {"sisa"}  # the default for a SISA model
+    assert {r["model_after"] for r in log} == {models[-1]["model_id"]}
+    assert [m["model_id"] for m in models] == [before, models[-1]["model_id"]]  # one run
+    info = log[0]["info"]
+    assert info["batch"] == [s.request_id for s in subs]
+    shards = info["shards_retrained"]
+    assert shards == sorted(set(shards)) and len(shards) <= 4
+
+
+def test_recovery_requeues_a_request_left_applying_and_sweeps_its_checkpoint(
+    svc, train_ids, monkeypatch
+):
+    sub = svc.submit(sample_ids=train_ids[:2])
+    write = Workspace._write_model
+
+    def dies_after_writing(self, *args, **kwargs):
+        write(self, *args, **kwargs)
+        raise KeyboardInterrupt  # the worker dies between the checkpoint and the commit
+
+    monkeypatch.setattr(Workspace, "_write_model", dies_after_writing)
+    with pytest.raises(KeyboardInterrupt):
+        svc.apply_pending()
+    monkeypatch.undo()
+    assert svc.request(sub.request_id)["state"] == "applying"
+    assert len(list((svc.root / "checkpoints").iterdir())) == 2  # the orphan
+    assert svc.apply_pending() == [sub.request_id]
+    states = [e["state"] for e in svc.request(sub.request_id)["entries"]]
+    assert states == ["received", "queued", "applying", "queued", "applying", "applied"]
+    (model,) = [m for m in svc.workspace.catalog.models() if m["status"] == "active"]
+    assert [p.name for p in (svc.root / "checkpoints").iterdir()] == [
+        model["checkpoint"].split("/")[-1]
+    ]
+    assert svc.workspace.catalog.verify_ledger()[0] == 6
+
+
+def test_the_worker_loop_applies_a_short_batch_once_its_window_passes(svc, train_ids):
+    import time
+
+    from unbake.service.deletion import drain
+
+    stop = threading.Event()
+    loop = threading.Thread(
+        target=drain, args=(svc,), kwargs={"batch": 10, "window": 1.0, "once": False, "stop": stop}
+    )
+    loop.start()
+    try:
+        subs = [svc.submit(sample_ids=[i]) for i in train_ids[:2]]
+        deadline = time.monotonic() + 60
+        while svc.state_counts().get("applied", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+    assert svc.state_counts() == {"applied": 2}  # 2 < batch: the window let them go
+    models = {svc.request(s.request_id)["model_after"] for s in subs}
+    assert len(models) == 1
+
+
+def test_a_version_4_catalog_is_migrated_to_5_and_can_queue(svc, train_ids):
+    import sqlite3
+
+    from tests.conftest import UNDO_V5
+    from unbake.workspace.catalog import SCHEMA_VERSION
+
+    rec = svc.forget(ids=train_ids[:1], method="retrain")
+    root = svc.root
+    svc.close()
+    db = sqlite3.connect(root / "catalog.sqlite")
+    db.executescript(";".join(UNDO_V5))
+    db.close()
+    with DeletionService(root) as again:
+        assert SCHEMA_VERSION == 5
+        assert again.workspace.catalog.meta("schema_version") == "5"
+        (old,) = again.workspace.log()
+        assert old["request_id"] == rec.request_id and old["seed"] is None  # not recorded then
+        sub = again.submit(sample_ids=train_ids[1:2])
+        assert again.apply_pending() == [sub.request_id]
+        again.workspace.catalog.verify_ledger()

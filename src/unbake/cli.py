@@ -757,6 +757,46 @@ def forget(
         )
 
 
+# --- worker --------------------------------------------------------------------------
+
+
+@app.command()
+@_handle_errors
+def worker(
+    once: Annotated[
+        bool, typer.Option("--once", help="Apply what is queued now, batch by batch, then exit.")
+    ] = False,
+    batch: Annotated[int, typer.Option(help="Most requests in one batch (N).")] = 32,
+    window: Annotated[
+        float, typer.Option(help="Apply a smaller batch once its oldest request waited this long.")
+    ] = 5.0,
+    threads: ThreadsOpt = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drain the queue of deletion requests: one batch at a time (N requests or T seconds,
+    whichever comes first); crash-safe (a restart resumes what a killed worker left)."""
+    _apply_threads(threads)
+    from unbake.service import DeletionService
+    from unbake.service.deletion import drain
+
+    if batch < 1 or window < 0:
+        raise InvalidParameterError(
+            f"--batch must be >= 1 and --window >= 0; got {batch} and {window}."
+        )
+    with DeletionService(workspace) as svc:
+        try:
+            finished = drain(svc, batch=batch, window=window, once=once)
+        except KeyboardInterrupt:
+            finished = None
+        counts = svc.state_counts()
+    if as_json:
+        _emit_json({"finished": finished, "states": counts})
+    else:
+        done = "" if finished is None else f"finished {finished} requests; "
+        console.print(f"Worker stopped: {done}requests by state: {counts}.")
+
+
 # --- clean ---------------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ from unbake.exceptions import (
     UnknownSampleError,
 )
 from unbake.methods import METHODS
+from unbake.methods.tuned import resolve_params, scenario_of
 from unbake.training import TrainedModel, resolve_device
 from unbake.workspace import ledger
 from unbake.workspace.catalog import utcnow
@@ -382,7 +383,8 @@ class DeletionService:
         if job.submitted_by is not None:
             received["submitted_by"] = job.submitted_by
         ledger.append_entry(cur, request_id, "received", received, now)
-        ledger.append_entry(cur, request_id, "queued", {"method": job.method}, now)
+        queued = {"method": job.method} if job.method is not None else {}
+        ledger.append_entry(cur, request_id, "queued", queued, now)
         cur.execute(
             "INSERT INTO queue(request_id, received_at, selector, sample_ids, class_label, "
             "method, params, seed, device, model_id, reason, submitted_by) "
@@ -601,21 +603,28 @@ class DeletionService:
         return out
 
     def _plan(self, row: dict[str, Any], model_strategy: str, policy: Any) -> tuple:
-        """(method, params, seed, device, model_id) for a queued request.
+        """(method, params, seed, device, model_id, tuned origin) for a queued request.
 
         The request's own method wins; else the workspace default (``sisa`` for a SISA
-        model, ``retrain`` otherwise). ``policy`` is the hook for the policy file
+        model, ``retrain`` otherwise). The method starts from its tuned defaults for the
+        request's scenario (:mod:`unbake.methods.tuned`), under the request's own
+        parameters, as ``unbake forget`` does. ``policy`` is the hook for the policy file
         (:mod:`unbake.service.policy`); it is not consulted yet.
         """
         del policy  # the policy's method order plugs in here
         method = row["method"] or ("sisa" if model_strategy == "sisa" else "retrain")
-        params = row["params"] if row["method"] else {}
+        params, tuned_from = resolve_params(
+            method,
+            row["params"] if row["method"] else {},
+            scenario_of(forget_class=row["class_label"]),
+        )
         return (
             method,
             json.dumps(params, sort_keys=True),
             row["seed"],
             row["device"],
             row["model_id"],
+            json.dumps(tuned_from, sort_keys=True) if tuned_from else None,
         )
 
     def _groups(self, rows: list[dict[str, Any]], policy: Any) -> list[list[dict[str, Any]]]:
@@ -628,10 +637,11 @@ class DeletionService:
             groups.setdefault(r["plan"], []).append(r)
         return list(groups.values())
 
-    def _apply_group(self, rows: list[dict[str, Any]], *, raise_errors: bool = False) -> list[str]:
-        """Apply requests that share a plan in one unlearning run (under the lock)."""
+    def _apply_group(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Apply requests that share a plan in one unlearning run (under the lock);
+        returns the IDs of those it finished (rejected, applied or failed)."""
         ws = self.workspace
-        method, params_json, seed, device, model_id = rows[0]["plan"]
+        method, params_json, seed, device, model_id, tuned_json = rows[0]["plan"]
         active, _ = ws.active_and_forgotten()
         status = ws.catalog.sample_status()
         split_of = {
@@ -660,14 +670,10 @@ class DeletionService:
             ticket = Ticket(r["request_id"], r["received_at"], r["selector"])
             train = [i for i in ids if split_of[i] == "train"]
             held = [i for i in ids if split_of[i] != "train"]
-            parts.append(RequestPart(ticket, train, held, r["submitted_by"]))
+            parts.append(RequestPart(ticket, train, held, r["submitted_by"], r["reason"]))
         if rejected:
             self._finish(rejected, "rejected")
         if not parts:
-            if raise_errors:
-                raise UnknownSampleError(
-                    f"Request {rejected[0][0]} was rejected: {rejected[0][1]}; see `unbake log`."
-                )
             return [rid for rid, _ in rejected]
         request_ids = [p.ticket.request_id for p in parts]
         row = ws.catalog.latest_active_model() if model_id is None else ws.catalog.model(model_id)
@@ -689,7 +695,7 @@ class DeletionService:
                 model_id=model_id,
                 seed=seed,
                 device=device,
-                reason=rows[0]["reason"],
+                info={"tuned_defaults": json.loads(tuned_json)} if tuned_json else None,
                 on_commit=dequeue,
             )
         except Exception as exc:
@@ -702,8 +708,6 @@ class DeletionService:
             )
             with self._catalog.transaction() as cur:
                 dequeue(cur)
-            if raise_errors:
-                raise
         return [rid for rid, _ in rejected] + request_ids
 
     def _finish(self, outcomes: list[tuple[str, str]], state: str) -> None:

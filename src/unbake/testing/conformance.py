@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import math
 import tempfile
@@ -25,6 +24,7 @@ import torch
 from unbake.data import Dataset, Samples, load_dataset
 from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnknownSampleError
 from unbake.methods import METHODS, MethodTags, Unlearner, UnlearnTask
+from unbake.testing.snapshot import workspace_snapshot
 from unbake.training import TrainConfig, TrainedModel, fit
 from unbake.workspace import Workspace
 
@@ -220,11 +220,7 @@ def assert_bitwise_equal(a: TrainedModel, b: TrainedModel, what: str) -> None:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return workspace_snapshot(root)
 
 
 def check_deterministic(unlearner: Unlearner) -> None:

@@ -128,6 +128,7 @@ class RequestPart:
     sample_ids: list[str]
     held_ids: list[str]
     submitted_by: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -811,6 +812,8 @@ class Workspace:
         sample_ids = [i for p in parts for i in p.sample_ids]
         held_ids = [i for p in parts for i in p.held_ids]
         tickets = [p.ticket for p in parts]
+        for part in parts:
+            part.reason = part.reason or reason
         if not sample_ids:
             return self._forget_held_out_only(parts, model_id, on_commit)
         row = self._model_row(model_id)
@@ -845,7 +848,6 @@ class Workspace:
             "seed": original.seed if seed is None else int(seed),
             "device": str(resolve_device(device)),
             "unbake_version": _unbake_version(),
-            "reason": reason,
         }
         outcome = ApplyOutcome(row["model_id"], model_after, method, result, evaluation)
         try:
@@ -1031,6 +1033,9 @@ class Workspace:
                     seconds=0.0,
                     metrics=None,
                     info=json.dumps(self._held_out_info(part.held_ids), sort_keys=True),
+                    unbake_version=_unbake_version(),
+                    reason=part.reason,
+                    submitted_by=part.submitted_by,
                 )
             if on_commit is not None:
                 on_commit(cur)
@@ -1117,6 +1122,7 @@ class Workspace:
                     metrics=json.dumps(evaluation.to_dict()),
                     info=json.dumps(info, sort_keys=True, default=str),
                     **provenance,
+                    reason=part.reason,
                     submitted_by=part.submitted_by,
                 )
             stale = [

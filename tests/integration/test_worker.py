@@ -1,0 +1,135 @@
+"""The worker: `unbake worker`, and kill -9 at seeded random points (exactly once)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.integration.test_cli import run
+from unbake import TrainConfig, Workspace, fit
+from unbake.service import DeletionService
+from unbake.testing.crash import check_exactly_once, kill9_trial
+
+CFG = TrainConfig.parse(epochs=1, batch_size=64)
+
+
+@pytest.fixture
+def template(service_template):
+    return service_template
+
+
+def _filed(template, root, n=6, size=3):
+    """A copy of the template with ``n`` queued requests of ``size`` IDs each."""
+    shutil.copytree(template[0], root)
+    ids = template[1]
+    with DeletionService(root) as svc:
+        return {
+            svc.submit(sample_ids=ids[k * size : (k + 1) * size]).request_id: ids[
+                k * size : (k + 1) * size
+            ]
+            for k in range(n)
+        }
+
+
+def _final_model_is_the_retrain(root):
+    """Forgotten samples were never trained on: the final model is the retrain from
+    scratch on the active samples, bit for bit."""
+    with Workspace.open(root) as ws:
+        active, _ = ws.active_and_forgotten()
+        final = ws.load_model()
+    scratch = fit(active, n_classes=10, model="logreg", config=CFG, seed=0)
+    return all(
+        torch.equal(v, final.module.state_dict()[k]) for k, v in scratch.module.state_dict().items()
+    )
+
+
+def test_worker_cli_drains_the_queue_in_batches(template, tmp_path):
+    root = tmp_path / "ws"
+    filed = _filed(template, root, n=5)
+    res = run("worker", "--once", "--batch", "2", "--workspace", root, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out == {"finished": 5, "states": {"applied": 5}}
+    assert check_exactly_once(root, filed) == []
+    with Workspace.open(root) as ws:
+        batches = {json.dumps(r["info"].get("batch")) for r in ws.log()}
+    assert len(batches) == 3  # 2 + 2 + 1
+    assert _final_model_is_the_retrain(root)
+
+
+def _trials(template, tmp_path, seeds):
+    """Four requests in two batches; each worker is killed after a seeded delay within
+    about the time a batch takes (evaluation included), twice, then one finishes."""
+    killed = recovered = 0
+    for seed in seeds:
+        root = tmp_path / f"ws-{seed}"
+        filed = _filed(template, root, n=4)
+        killed += kill9_trial(root, seed=seed, batch=2, max_delay=1.2, kills=2)
+        assert check_exactly_once(root, filed) == [], f"seed {seed}"
+        assert _final_model_is_the_retrain(root), f"seed {seed}"
+        with DeletionService(root) as svc:
+            recovered += sum(
+                e["payload"].get("recovered", False)
+                for rid in filed
+                for e in svc.request(rid)["entries"]
+            )
+        shutil.rmtree(root)
+    # The kills really landed mid-apply: requests were found applying and put back.
+    assert killed > 0 and recovered > 0, (killed, recovered)
+
+
+def test_kill9_at_random_points_applies_each_request_exactly_once(template, tmp_path):
+    _trials(template, tmp_path, range(10))
+
+
+@pytest.mark.slow
+def test_kill9_at_random_points_100_runs(template, tmp_path):
+    _trials(template, tmp_path, range(100, 200))
+
+
+_WRITER = """
+import fcntl, sqlite3, sys
+lock = open(sys.argv[1] + "/.lock", "a+")
+fcntl.flock(lock, fcntl.LOCK_EX)
+c = sqlite3.connect(sys.argv[1] + "/catalog.sqlite", isolation_level=None)
+c.execute("BEGIN IMMEDIATE")
+c.execute("UPDATE models SET description = 'half-written'")
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_readers_never_wait_for_a_writer(template, tmp_path):
+    """While another process holds the workspace lock and an open write transaction (a
+    forget committing), every read command answers at once from the committed state."""
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "ws"
+    _filed(template, root, n=1)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "holding"
+        start = time.monotonic()
+        for cmd in (
+            ["status", "--json"],
+            ["log"],
+            ["evaluate", "--json"],
+            ["ledger", "show"],
+            ["ledger", "verify"],
+            ["samples", "--json"],
+        ):
+            res = run(*cmd, "--workspace", root)
+            assert res.exit_code == 0, (cmd, res.output)
+            assert "half-written" not in res.stdout
+        assert time.monotonic() - start < 30  # no busy_timeout was waited out
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=30)
