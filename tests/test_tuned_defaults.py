@@ -187,3 +187,18 @@ def test_write_defaults_needs_the_study_it_cites(table):
     res = run("tune", "--method", "finetune", "--write-defaults")
     assert res.exit_code == 2 and "--write-defaults needs --out" in res.stderr
     assert table.read_bytes() == before
+
+
+def test_the_worker_starts_from_the_tuned_defaults_as_forget_does(table, workspace):
+    from unbake.service import DeletionService
+
+    svc = DeletionService(workspace)
+    try:
+        sub = svc.submit(sample_ids=["digits-0001"], method="finetune")
+        assert svc.apply_pending() == [sub.request_id]
+    finally:
+        svc.close()
+    rec = recorded(workspace)
+    assert rec["request_id"] == sub.request_id
+    assert rec["params"]["lr"] == 0.002 and rec["params"]["epochs"] == 1
+    assert rec["info"]["tuned_defaults"]["applied"] == {"lr": 0.002, "epochs": 1}
