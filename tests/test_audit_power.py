@@ -145,6 +145,27 @@ def test_pair_swaps_enumerate_or_sample():
     assert sampled.shape == (50, 12) and not sampled[0].any()
 
 
+def test_permutation_p_values_are_valid_under_exchangeable_pairs():
+    """The retrain tests' binomial band rests on P(p ≤ a) ≤ a when a pair's two
+    shadows are exchangeable. Exhaustively: relabel one data set every way the null
+    allows (each pair swapped or not); at most a·2^K of those labelings get p ≤ a."""
+    from unbake.evaluation.audit import pair_swaps, permutation_test
+
+    k, rng = 5, np.random.default_rng(0)  # per-model and per-example effects, as in shadows
+    phi = rng.normal(size=(2 * k, 30)) + rng.normal(size=(2 * k, 1)) + rng.normal(size=(1, 30))
+    u, r = phi[:k], phi[k:]
+    ps = np.array(
+        [
+            permutation_test(
+                np.where(s[:, None], r, u), np.where(s[:, None], u, r), permutations=2**k, seed=0
+            )[1]
+            for s in pair_swaps(k, limit=2**k, seed=0)
+        ]
+    )
+    for a in np.unique(ps):
+        assert (ps <= a).mean() <= a + 1e-9
+
+
 @pytest.mark.slow  # a pool of 2 processes starts in a few seconds
 def test_method_runs_on_a_pool_give_the_same_audit():
     ds = load_dataset("digits")
