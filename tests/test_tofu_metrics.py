@@ -194,6 +194,8 @@ def test_llm_summary_picks_the_best_method_that_keeps_utility():
         "best_model_utility_ratio": True,
         "canary_exposure_gap_bits": True,
         "max_time_fraction": False,
+        "sisa_lora_speedup": False,  # no sisa_lora rows here (see tests/test_bench_llm.py)
+        "sisa_lora_bitwise_equal": False,
     }
 
 
@@ -210,12 +212,15 @@ def test_smollm2_without_its_wheel_names_the_install(monkeypatch):
 @pytest.mark.slow
 def test_bench_llm_quick_frames_every_method():
     from unbake.bench import run_benchmark
-    from unbake.bench.llm import llm_methods
+    from unbake.bench.llm import SISA_ROWS, llm_methods
 
     result = run_benchmark("llm", quick=True)
     rows = {r["method"]: r for r in result["rows"]}
-    assert set(rows) == {"original", "retrain", "retrain_seed", *llm_methods()}
+    framing = {"original", "retrain", "retrain_seed", *SISA_ROWS}
+    assert set(rows) == framing | set(llm_methods())
     assert rows["retrain"]["forget_quality"] == 1.0 > rows["original"]["forget_quality"]
     assert rows["original"]["canary_exposure"] > rows["retrain"]["canary_exposure"] + 1
     assert all(rows[m]["time_fraction"] < 1 for m in llm_methods())
     assert result["summary"]["best_method"] in llm_methods()
+    assert rows["sisa_lora"]["bitwise_equal"] is True and rows["sisa_lora"]["forget_quality"] == 1
+    assert result["summary"]["sisa_lora_speedup"] > 1
