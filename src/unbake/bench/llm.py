@@ -7,7 +7,8 @@ on the retain set with the same configuration and seed: the reference, whose tim
 the baseline); ``retrain_seed`` (another seed: the noise floor); and every approximate
 language-model method. Columns: TOFU's forget quality, forget ROUGE-L, model utility
 (retain and real-world questions), the MIAs' AUCs (loss, Min-K%, zlib; forget against
-held-out persons), canary exposure, seconds and the fraction of retrain time.
+held-out persons), canary exposure, seconds and the fraction of retrain time (and the
+seconds the row's evaluation took, to size runs).
 
 Exact deletion has rows of its own, measured against its own reference (DESIGN's
 retrain reference: the same strategy, configuration and seed on the retain set). A
@@ -269,6 +270,7 @@ def _forget_split(
     def row(method: str, trained, seconds: float, ref=("retrain", reference), **extra) -> None:
         head = {"split": split, "forget_persons": len(persons), "method": method}
         if trained is not None:
+            start = time.perf_counter()
             ev = evaluate(
                 trained,
                 forget,
@@ -279,7 +281,7 @@ def _forget_split(
                 reference=ref[1].model,
                 tofu=tofu,
             )
-            head.update(ev.to_dict())
+            head.update(ev.to_dict(), eval_seconds=_round(time.perf_counter() - start))
         timing = {"seconds": _round(seconds), "time_fraction": _round(seconds / ref[1].seconds)}
         rows.append({**head, "reference": ref[0], **timing, **extra})
 
