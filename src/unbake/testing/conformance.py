@@ -25,7 +25,7 @@ from unbake.data import Dataset, Samples, load_dataset
 from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnknownSampleError
 from unbake.methods import METHODS, MethodTags, Unlearner, UnlearnTask
 from unbake.testing.snapshot import workspace_snapshot
-from unbake.training import TrainConfig, TrainedModel, fit
+from unbake.training import TrainConfig, TrainedModel, differing_tensors, fit, model_tensors
 from unbake.workspace import Workspace
 
 __all__ = [
@@ -204,19 +204,10 @@ def _task(unlearner: Unlearner) -> UnlearnTask:
     return UnlearnTask(tiny_original(unlearner), forget, retain)
 
 
-def model_tensors(model: TrainedModel) -> dict[str, torch.Tensor]:
-    """Every tensor of a model, as its checkpoint names them: weights and artifacts."""
-    out = {f"module.{k}": v for k, v in model.module.state_dict().items()}
-    out.update({f"artifact.{k}": v for k, v in model.artifacts.items()})
-    return out
-
-
 def assert_bitwise_equal(a: TrainedModel, b: TrainedModel, what: str) -> None:
     """Weights and artifacts of ``a`` and ``b`` are the same tensors, bit for bit."""
-    sa, sb = model_tensors(a), model_tensors(b)
-    assert sa.keys() == sb.keys(), f"{what}: different tensors ({set(sa) ^ set(sb)})"
-    diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
-    assert not diff, f"{what}: tensors differ bitwise: {diff[:5]}"
+    diff = differing_tensors(a, b)
+    assert not diff, f"{what}: tensors differ bitwise (or exist in one model only): {diff[:5]}"
 
 
 def _snapshot(root: Path) -> dict[str, str]:

@@ -30,7 +30,9 @@ __all__ = [
     "Monolithic",
     "TrainedModel",
     "TrainingStrategy",
+    "differing_tensors",
     "get_params",
+    "model_tensors",
     "set_params",
     "to_log_proba",
 ]
@@ -110,6 +112,22 @@ class TrainedModel:
     def predict_proba(self, X: torch.Tensor | Any, batch_size: int = 4096) -> torch.Tensor:
         """Class probabilities: ``log_proba(X).exp()``."""
         return self.log_proba(X, batch_size).exp()
+
+
+def model_tensors(model: TrainedModel) -> dict[str, torch.Tensor]:
+    """Every tensor of a model, as its checkpoint names them: weights and artifacts."""
+    out = {f"module.{k}": v for k, v in model.module.state_dict().items()}
+    out.update({f"artifact.{k}": v for k, v in model.artifacts.items()})
+    return out
+
+
+def differing_tensors(a: TrainedModel, b: TrainedModel) -> list[str]:
+    """The tensors (weights and artifacts) that ``a`` and ``b`` do not share bit for bit.
+
+    A name held by one model only counts as differing; ``[]`` means bitwise equal.
+    """
+    sa, sb = model_tensors(a), model_tensors(b)
+    return sorted(set(sa) ^ set(sb)) + [k for k in sa if k in sb and not torch.equal(sa[k], sb[k])]
 
 
 def get_params(obj: object) -> dict[str, Any]:

@@ -103,13 +103,26 @@ class LoRAEnsemble(nn.Module):
     def forward(self, input_ids: torch.Tensor, **kwargs: Any):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
+        return CausalLMOutputWithPast(logits=self._mean_log_probs(None, input_ids, **kwargs))
+
+    def _mean_log_probs(self, caches: list | None, input_ids: torch.Tensor, **kwargs: Any):
+        """The log of the mean of the adapters' next-token probabilities.
+
+        With ``caches`` (one entry per adapter, ``None`` before the first step), each
+        adapter runs on its own key-value cache, which this call extends: decoding then
+        feeds only the new tokens.
+        """
         total = None
         for shard in range(self.n_shards):
             self.lm.set_adapter(adapter_name(shard))
-            logits = self.lm(input_ids=input_ids, use_cache=False, **kwargs).logits
-            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            if caches is None:
+                out = self.lm(input_ids=input_ids, use_cache=False, **kwargs)
+            else:
+                out = self.lm(input_ids=input_ids, cache=caches[shard], use_cache=True, **kwargs)
+                caches[shard] = out.cache
+            log_probs = torch.log_softmax(out.logits.float(), dim=-1)
             total = log_probs if total is None else torch.logaddexp(total, log_probs)
-        return CausalLMOutputWithPast(logits=total - math.log(self.n_shards))
+        return total - math.log(self.n_shards)
 
     @torch.no_grad()
     def generate(
@@ -117,6 +130,7 @@ class LoRAEnsemble(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         *,
+        generation_config: Any = None,
         max_new_tokens: int = 32,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
@@ -127,24 +141,39 @@ class LoRAEnsemble(nn.Module):
 
         Prompts of different lengths are left-padded with an ``attention_mask``, as for
         ``transformers``' ``generate``. A finished row continues with ``pad_token_id``.
+        Each adapter decodes on its own key-value cache, so a step costs one token per row.
+        A ``transformers.GenerationConfig`` sets ``max_new_tokens``, ``eos_token_id`` (one
+        or several), ``pad_token_id`` and ``do_sample``, as for a causal LM, so the text
+        metrics decode the ensemble with the budget they give any model.
         """
+        if generation_config is not None:
+            gc = generation_config
+            max_new_tokens = max_new_tokens if gc.max_new_tokens is None else gc.max_new_tokens
+            eos_token_id = gc.eos_token_id if eos_token_id is None else eos_token_id
+            pad_token_id = gc.pad_token_id if pad_token_id is None else pad_token_id
+            do_sample = do_sample or bool(gc.do_sample)
         if do_sample:
             raise UnsupportedModelError(
                 "A sisa_lora ensemble decodes greedily only; call generate with do_sample=False."
             )
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        pad = eos if pad_token_id is None else pad_token_id
-        ids = input_ids
+        eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=input_ids.device)
+        pad = int(eos[0]) if pad_token_id is None else pad_token_id
+        ids = step = input_ids
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask
         done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        caches: list = [None] * self.n_shards
         for _ in range(max_new_tokens):
-            positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            logits = self(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, -step.shape[1] :]
+            logits = self._mean_log_probs(
+                caches, step, attention_mask=mask, position_ids=positions, logits_to_keep=1
+            )
             token = logits[:, -1].argmax(-1)
             token = torch.where(done, torch.full_like(token, pad), token)
-            ids = torch.cat([ids, token[:, None]], dim=1)
+            step = token[:, None]
+            ids = torch.cat([ids, step], dim=1)
             mask = torch.cat([mask, torch.ones_like(token[:, None])], dim=1)
-            done |= token == eos
+            done |= torch.isin(token, eos)
             if bool(done.all()):
                 break
         return ids
