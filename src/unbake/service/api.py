@@ -237,7 +237,15 @@ _DESCRIPTIONS = {
 }
 
 
-def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+def _responses(*codes: int, text: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a route. A ``text`` route's own media type is text/plain,
+    which FastAPI would give a ``model`` too; its (JSON) errors name the schema instead."""
+    if text:
+        error = {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+        return {
+            c: {"description": _DESCRIPTIONS[c], "content": {"application/json": error}}
+            for c in codes
+        }
     return {c: {"model": ErrorBody, "description": _DESCRIPTIONS[c]} for c in codes}
 
 
@@ -512,12 +520,12 @@ def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BOD
     @app.get(
         "/v1/public-key",
         response_class=PlainTextResponse,
-        responses=_responses(*auth_errors),
+        responses=_responses(*auth_errors, text=True),
         summary="The workspace's Ed25519 public key (PEM), to verify certificates offline",
     )
-    def public_key(who: Anyone) -> str:
+    def public_key(who: Anyone) -> PlainTextResponse:
         del who
-        return workspace_public_key(service.workspace).decode("ascii")
+        return PlainTextResponse(workspace_public_key(service.workspace).decode("ascii"))
 
     @app.post(
         "/v1/predict",
@@ -549,7 +557,7 @@ def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BOD
     @app.get(
         "/metrics",
         response_class=PlainTextResponse,
-        responses=_responses(*auth_errors),
+        responses=_responses(*auth_errors, text=True),
         summary="Prometheus metrics: queue depth, requests per state, latencies",
     )
     def metrics(who: Readers) -> PlainTextResponse:
