@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("schemathesis")
 
-from unbake import TrainConfig, Workspace  # noqa: E402
-from unbake.bench.service import fuzz_api  # noqa: E402
-from unbake.service import DeletionService  # noqa: E402
-from unbake.service.api import create_app  # noqa: E402
-from unbake.workspace.tokens import create_token  # noqa: E402
+from unbake import TrainConfig, Workspace
+from unbake.bench.service import fuzz_api
+from unbake.service import DeletionService
+from unbake.service.api import create_app
+from unbake.workspace.tokens import create_token
 
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
 

@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("uvicorn")
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
+import httpx
+import uvicorn
 
-from unbake import TrainConfig, Workspace  # noqa: E402
-from unbake.service import DeletionService  # noqa: E402
-from unbake.service.api import create_app  # noqa: E402
-from unbake.workspace.tokens import create_token  # noqa: E402
+from unbake import TrainConfig, Workspace
+from unbake.service import DeletionService
+from unbake.service.api import create_app
+from unbake.workspace.tokens import create_token
 
 APPLY = "from unbake.service import DeletionService; import sys; print(DeletionService(sys.argv[1]).apply_pending())"
 
@@ -65,7 +65,9 @@ def test_no_prediction_after_applied_comes_from_the_old_model(server):
     time.sleep(0.3)
     # The worker: another process, as `unbake worker` is.
     began = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", APPLY, str(svc.root)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", APPLY, str(svc.root)], capture_output=True, text=True
+    )
     applied = time.monotonic()  # the request's `applied` entry committed before this
     assert out.returncode == 0 and rid in out.stdout, out.stderr
     time.sleep(0.5)

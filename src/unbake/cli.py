@@ -1371,7 +1371,9 @@ def serve(
         who = f"; worker pid {worker.pid}" if worker is not None else "; no worker"
         console.print(f"Serving workspace {workspace} on http://{host}:{port}{who} (Ctrl-C stops).")
         try:
-            uvicorn.run(create_app(svc), host=host, port=port, log_level="warning")
+            uvicorn.run(
+                create_app(svc), host=host, port=port, log_level="warning", access_log=False
+            )
         finally:
             if worker is not None:
                 worker.terminate()

@@ -80,6 +80,6 @@ from unbake.bench import approximate as _approximate  # noqa: E402,F401
 from unbake.bench import certified as _certified  # noqa: E402,F401
 from unbake.bench import cleaning as _cleaning  # noqa: E402,F401
 from unbake.bench import methods as _methods  # noqa: E402,F401  (registers benchmarks)
+from unbake.bench import service as _service  # noqa: E402,F401
 from unbake.bench import sisa as _sisa  # noqa: E402,F401
 from unbake.bench import threads as _threads  # noqa: E402,F401
-from unbake.bench import service as _service  # noqa: E402,F401

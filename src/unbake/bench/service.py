@@ -63,7 +63,8 @@ class _Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "unbake.cli", "serve", "--no-worker"]
         cmd += ["--workspace", str(root), "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
@@ -72,7 +73,9 @@ class _Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                self._log.seek(0)
+                err = self._log.read().decode(errors="replace").strip()
+                self._log.close()
                 raise RuntimeError(f"unbake serve exited with {self.proc.returncode}: {err}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
@@ -85,6 +88,7 @@ class _Server:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         self.proc.wait()
+        self._log.close()
 
 
 def _workspace(root: Path, *, strategy: str = "monolithic") -> tuple[list[str], dict[str, str]]:
@@ -328,9 +332,7 @@ def fuzz_api(app, spec: dict[str, Any], token: str, *, examples: int) -> dict[st
 
 def _fuzz(tmp: Path, examples: int) -> dict[str, Any]:
     from unbake.service import DeletionService
-    from unbake.service.api import create_app
-
-    from unbake.service.api import openapi_spec
+    from unbake.service.api import create_app, openapi_spec
 
     root = tmp / "fuzz"
     _, tokens = _workspace(root)
@@ -356,7 +358,9 @@ def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
         for run in range(kill_runs):
             kill_root = tmp / f"kill{run}"
             shutil.copytree(root, kill_root)
-            kills.append(_kill9_run(kill_root, train, tokens["submitter"], run, kill_n, concurrency))
+            kills.append(
+                _kill9_run(kill_root, train, tokens["submitter"], run, kill_n, concurrency)
+            )
             shutil.rmtree(kill_root, ignore_errors=True)
         e2e = [row for s in ("sisa", "monolithic") for row in _end_to_end(s, sizes, tmp)]
         fuzz = _fuzz(tmp, examples)
