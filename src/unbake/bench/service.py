@@ -63,7 +63,7 @@ class _Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "unbake.cli", "serve", "--no-worker"]
         cmd += ["--workspace", str(root), "--port", str(self.port)]
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by kill)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
         self._wait_ready()
 
