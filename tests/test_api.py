@@ -244,3 +244,21 @@ def test_spec_names_every_error_body():
             if path != "/healthz":
                 assert {"401", "403"} <= set(op["responses"]), (method, path)
                 assert op["security"] == [{"HTTPBearer": []}]
+
+
+def test_a_v5_catalog_gains_the_tokens_table(template, tmp_path):
+    import sqlite3
+
+    from unbake.workspace.catalog import SCHEMA_VERSION
+
+    root = tmp_path / "old"
+    shutil.copytree(template[0], root)
+    conn = sqlite3.connect(root / "catalog.sqlite")
+    conn.executescript(
+        "DROP TABLE tokens; UPDATE meta SET value = '5' WHERE key = 'schema_version';"
+    )
+    conn.close()
+    with Workspace.open(root) as ws:
+        assert ws.catalog.meta("schema_version") == str(SCHEMA_VERSION) == "6"
+        token, _ = create_token(ws, "operator")
+        assert authenticate(ws, token).role == "operator"

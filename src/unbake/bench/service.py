@@ -10,7 +10,7 @@ times and a fuzz run against the committed OpenAPI schema.
    (:class:`_RawClient`) is reported beside it (``*_lean_client``), to show what the
    server sustains when the cores are its own.
 2. **kill -9.** ``kill9_runs`` times: a server is killed with SIGKILL in the middle of a
-   load, restarted, and every request sent (each with its own idempotency key) is sent
+   load (after 10 %, 20 %, ... 90 % of the answers, by run), restarted, and every request sent (each with its own idempotency key) is sent
    again. A request acknowledged before the kill must come back as a duplicate (not
    lost), and the ledger must hold exactly one request per key (nothing duplicated)
    and verify. ``kill9_lost_or_duplicated`` counts the violations (must be 0).
@@ -154,43 +154,57 @@ async def _load(
     concurrency: int,
     *,
     client: str = "httpx",
-) -> list[tuple[int, float, dict | None]]:
+    answered: list[int] | None = None,
+) -> tuple[list[tuple[int, float, dict | None]], float]:
     """POST each body over ``concurrency`` keep-alive connections (one client each: a
-    shared httpx pool costs several times more CPU a request); (status, seconds, JSON)
-    per body. A body not answered (the server died) gets status 0."""
+    shared httpx pool costs several times more CPU a request). Returns (status, seconds,
+    JSON) per body (status 0: not answered, the server died) and the wall time from the
+    first request on (the clients are made before it). ``answered[0]`` counts answers."""
     import httpx
 
     results: list[tuple[int, float, dict | None]] = [(0, 0.0, None)] * len(bodies)
     next_index = 0
     headers = {"Authorization": f"Bearer {token}"}
-
-    async def connection() -> None:
-        nonlocal next_index
-        if client == "raw":
-            conn = _RawClient(url, headers)
-        else:
-            conn = httpx.AsyncClient(
-                base_url=url, headers=headers, limits=httpx.Limits(max_connections=1), timeout=30
+    if client == "raw":
+        conns: list[Any] = [_RawClient(url, headers) for _ in range(concurrency)]
+    else:  # plain HTTP on loopback: no TLS context, no CA bundle to load per client
+        conns = [
+            httpx.AsyncClient(
+                base_url=url,
+                headers=headers,
+                limits=httpx.Limits(max_connections=1),
+                timeout=30,
+                verify=False,
             )
-        try:
-            while next_index < len(bodies):
-                i = next_index
-                next_index += 1
-                start = time.perf_counter()
-                try:
-                    if client == "raw":
-                        status, answer = await conn.post("/v1/requests", bodies[i])
-                    else:
-                        r = await conn.post("/v1/requests", json=bodies[i])
-                        status, answer = r.status_code, r.json()
-                except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, ValueError):
-                    return  # the server is gone
-                results[i] = (status, time.perf_counter() - start, answer)
-        finally:
-            await conn.aclose()
+            for _ in range(concurrency)
+        ]
 
-    await asyncio.gather(*(connection() for _ in range(concurrency)))
-    return results
+    async def connection(conn) -> None:
+        nonlocal next_index
+        while next_index < len(bodies):
+            i = next_index
+            next_index += 1
+            start = time.perf_counter()
+            try:
+                if client == "raw":
+                    status, answer = await conn.post("/v1/requests", bodies[i])
+                else:
+                    r = await conn.post("/v1/requests", json=bodies[i])
+                    status, answer = r.status_code, r.json()
+            except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, ValueError):
+                return  # the server is gone
+            results[i] = (status, time.perf_counter() - start, answer)
+            if answered is not None:
+                answered[0] += 1
+
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(connection(c) for c in conns))
+        wall = time.perf_counter() - start
+    finally:
+        for conn in conns:
+            await conn.aclose()
+    return results, wall
 
 
 def _bodies(train: list[str], n: int, tag: str) -> list[dict[str, Any]]:
@@ -207,10 +221,8 @@ def _accept_rate(
         warm = _bodies(train, 50, f"warm-{client}")
         asyncio.run(_load(server.url, token, warm, concurrency, client=client))
         cpu = time.process_time()
-        start = time.perf_counter()
         bodies = _bodies(train, n, f"load-{client}")
-        results = asyncio.run(_load(server.url, token, bodies, concurrency, client=client))
-        wall = time.perf_counter() - start
+        results, wall = asyncio.run(_load(server.url, token, bodies, concurrency, client=client))
         cpu = time.process_time() - cpu
     finally:
         server.kill()
@@ -247,17 +259,21 @@ def _kill9_run(root: Path, train: list[str], token: str, run: int, n: int, conc:
     server = _Server(root)
 
     async def load_and_kill() -> list[tuple[int, float, dict | None]]:
-        task = asyncio.create_task(_load(server.url, token, bodies, conc))
-        await asyncio.sleep(0.2 + 0.1 * (run % 5))  # somewhere in the middle of the load
+        answered = [0]
+        load = _load(server.url, token, bodies, conc, client="raw", answered=answered)
+        task = asyncio.create_task(load)
+        # Somewhere in the middle of the load: after 10 %, 20 %, ... 90 % of the answers.
+        while answered[0] < n * (1 + run % 9) / 10 and not task.done():
+            await asyncio.sleep(0.001)
         server.proc.send_signal(signal.SIGKILL)
-        return await task
+        return (await task)[0]
 
     first = asyncio.run(load_and_kill())
     server.kill()
     acked = {i: r["request_id"] for i, (code, _, r) in enumerate(first) if code == 202 and r}
     server = _Server(root)
     try:
-        again = asyncio.run(_load(server.url, token, bodies, conc))
+        again, _ = asyncio.run(_load(server.url, token, bodies, conc, client="raw"))
     finally:
         server.kill()
     # Lost: acknowledged, yet the retry with its key made another request (or failed).

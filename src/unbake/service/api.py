@@ -519,11 +519,18 @@ def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BOD
             )
         return Response(data, media_type="application/json")
 
-    @app.get(
+    def text_route(path: str, summary: str):
+        """A GET route answering text/plain (its errors are JSON, as everywhere)."""
+        return app.get(
+            path,
+            response_class=PlainTextResponse,
+            responses=_responses(*auth_errors, text=True),
+            summary=summary,
+        )
+
+    @text_route(
         "/v1/public-key",
-        response_class=PlainTextResponse,
-        responses=_responses(*auth_errors, text=True),
-        summary="The workspace's Ed25519 public key (PEM), to verify certificates offline",
+        "The workspace's Ed25519 public key (PEM), to verify certificates offline",
     )
     def public_key(who: Anyone) -> PlainTextResponse:
         del who
@@ -556,12 +563,7 @@ def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BOD
         del who
         return service.current_model()
 
-    @app.get(
-        "/metrics",
-        response_class=PlainTextResponse,
-        responses=_responses(*auth_errors, text=True),
-        summary="Prometheus metrics: queue depth, requests per state, latencies",
-    )
+    @text_route("/metrics", "Prometheus metrics: queue depth, requests per state, latencies")
     def metrics(who: Readers) -> PlainTextResponse:
         del who
         return PlainTextResponse(
