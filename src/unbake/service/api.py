@@ -73,8 +73,12 @@ def _utf8(value: str) -> str:
     return value
 
 
-Text = Annotated[StrictStr, AfterValidator(_utf8)]
-SampleId = Annotated[Text, Field(min_length=1, max_length=256)]
+def _text(longest: int) -> Any:
+    """A non-empty string of at most ``longest`` characters, storable as UTF-8."""
+    return Annotated[StrictStr, Field(min_length=1, max_length=longest), AfterValidator(_utf8)]
+
+
+SampleId = _text(256)
 StateName = Literal[ledger.STATES]  # type: ignore[valid-type]
 
 
@@ -90,16 +94,14 @@ class DeletionRequestBody(_Body):
     sample_ids: list[SampleId] | None = Field(
         None, min_length=1, max_length=100_000, description="Sample IDs to forget."
     )
-    subject: Annotated[Text, Field(min_length=1, max_length=512)] | None = Field(
+    subject: _text(512) | None = Field(
         None, description="Forget every sample of this subject (stored only as a keyed hash)."
     )
     class_label: StrictStr | StrictInt | None = Field(
         None, alias="class", description="Forget a whole class (its name or index)."
     )
-    reason: Annotated[Text, Field(min_length=1, max_length=200)] = Field(
-        "erasure", description="Why (recorded in the ledger)."
-    )
-    idempotency_key: Annotated[Text, Field(min_length=1, max_length=200)] | None = Field(
+    reason: _text(200) = Field("erasure", description="Why (recorded in the ledger).")
+    idempotency_key: _text(200) | None = Field(
         None, description="A retry with the same key and body returns the same request."
     )
 

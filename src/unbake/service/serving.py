@@ -112,10 +112,6 @@ class ServedModel:
             "The current model kept changing while it was being loaded; retry the request."
         )
 
-    @property
-    def input_size(self) -> int:
-        return math.prod(self.current().model.input_shape)
-
     def predict(self, rows: Sequence[Sequence[float]]) -> Prediction:
         """Log-probabilities of ``rows`` (each a flat feature vector) by the current model."""
         for _ in range(_RETRIES):
