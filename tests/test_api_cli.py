@@ -81,3 +81,27 @@ def test_serve_answers_over_http_and_stops_on_sigint(ws_root):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
     assert f"http://127.0.0.1:{port}" in out.decode()
+
+
+def test_serve_starts_the_worker_command_when_there_is_one(monkeypatch, tmp_path):
+    import typer
+
+    from unbake import cli
+
+    def worker() -> None:
+        """A stand-in for `unbake worker`."""
+
+    monkeypatch.setattr(
+        cli.app,
+        "registered_commands",
+        [*cli.app.registered_commands, typer.models.CommandInfo(callback=worker)],
+    )
+    cmd = cli._worker_command(tmp_path / "ws")
+    assert cmd == [
+        sys.executable,
+        "-m",
+        "unbake.cli",
+        "worker",
+        "--workspace",
+        str(tmp_path / "ws"),
+    ]
