@@ -50,7 +50,7 @@ def test_serve_openapi_writes_the_schema(tmp_path):
     assert (tmp_path / "api.json").read_text() == openapi_text()
 
 
-def test_serve_answers_over_http_and_stops_on_sigint(ws_root):
+def test_serve_answers_over_http_and_stops_on_sigterm(ws_root):
     token = runner.invoke(app, ["token", "create", "--role", "submitter", "-w", str(ws_root)])
     headers = {"Authorization": f"Bearer {token.stdout.strip()}"}
     with socket.socket() as s:
@@ -77,10 +77,10 @@ def test_serve_answers_over_http_and_stops_on_sigint(ws_root):
         got = httpx.get(f"{url}/v1/requests/{rid}", headers=headers).json()
         assert got["state"] == "queued"
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # as `kill`: a clean stop, the worker stopped too
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
-    assert f"http://127.0.0.1:{port}" in out.decode()
+    assert f"http://127.0.0.1:{port}" in out.decode() and "Stopped." in out.decode()
 
 
 def test_serve_starts_the_worker_command_when_there_is_one(monkeypatch, tmp_path):

@@ -1334,6 +1334,30 @@ def _worker_command(workspace: Path) -> list[str] | None:
     return [sys.executable, "-m", "unbake.cli", "worker", "--workspace", str(workspace)]
 
 
+class _Stopped(Exception):
+    """SIGINT or SIGTERM reached `unbake serve` (after uvicorn's graceful shutdown)."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal; this
+    turns it into a clean return, so the worker is stopped too (a default SIGTERM would
+    end the process at once and leave the worker running)."""
+    import signal
+
+    def stop(signum, frame):
+        raise _Stopped
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Stopped:
+        console.print("Stopped.")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 @app.command()
 @_handle_errors
 def serve(
@@ -1371,9 +1395,10 @@ def serve(
         who = f"; worker pid {worker.pid}" if worker is not None else "; no worker"
         console.print(f"Serving workspace {workspace} on http://{host}:{port}{who} (Ctrl-C stops).")
         try:
-            uvicorn.run(
-                create_app(svc), host=host, port=port, log_level="warning", access_log=False
-            )
+            with _stop_on_signals():
+                uvicorn.run(
+                    create_app(svc), host=host, port=port, log_level="warning", access_log=False
+                )
         finally:
             if worker is not None:
                 worker.terminate()
