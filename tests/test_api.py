@@ -112,6 +112,8 @@ ENDPOINTS = [
     ("get", "/v1/requests", None, {"submitter", "operator", "auditor"}),
     ("get", "/v1/requests/{id}", None, {"submitter", "operator", "auditor"}),
     ("get", "/v1/requests/{id}/certificate", None, {"submitter", "operator", "auditor"}),
+    ("get", "/v1/ledger", None, {"operator", "auditor"}),
+    ("get", "/v1/ledger/verify", None, {"operator", "auditor"}),
     ("get", "/v1/public-key", None, {"submitter", "operator", "auditor"}),
     ("post", "/v1/predict", {"inputs": [[0.0] * 64]}, {"operator", "auditor"}),
     ("get", "/v1/models/current", None, {"submitter", "operator", "auditor"}),
@@ -262,3 +264,23 @@ def test_a_v5_catalog_gains_the_tokens_table(template, tmp_path):
         assert ws.catalog.meta("schema_version") == str(SCHEMA_VERSION) == "6"
         token, _ = create_token(ws, "operator")
         assert authenticate(ws, token).role == "operator"
+
+
+def test_ledger_pages_and_verify_for_auditors(env):
+    import sqlite3
+
+    client, svc, train, tokens = env
+    for i in range(3):
+        svc.submit(sample_ids=train[i : i + 1])
+    aud = auth(tokens["auditor"])
+    page = client.get("/v1/ledger", params={"after": 2, "limit": 3}, headers=aud).json()
+    assert [e["seq"] for e in page["entries"]] == [3, 4, 5] and page["head"]["seq"] == 6
+    assert client.get("/v1/ledger", headers=auth(tokens["submitter"])).status_code == 403
+    good = client.get("/v1/ledger/verify", headers=aud).json()
+    assert good == {"valid": True, "head": page["head"], "error": None}
+    conn = sqlite3.connect(svc.root / "catalog.sqlite")
+    conn.execute("UPDATE ledger SET timestamp = '2000-01-01' WHERE seq = 4")
+    conn.commit()
+    conn.close()
+    bad = client.get("/v1/ledger/verify", headers=aud).json()
+    assert bad["valid"] is False and "entry 4" in bad["error"]

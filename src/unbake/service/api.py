@@ -8,6 +8,7 @@ with ``unbake token create --role R``):
 ``GET /v1/requests``                        list requests (a submitter: its own)    every role
 ``GET /v1/requests/{id}``                   state and ledger entries                every role (submitter: own)
 ``GET /v1/requests/{id}/certificate``       the signed certificate file             every role (submitter: own)
+``GET /v1/ledger[/verify]``                 the ledger's entries; its chain checked  operator, auditor
 ``GET /v1/public-key``                      the workspace's Ed25519 public key      every role
 ``POST /v1/predict``                        predictions of the current model        operator, auditor
 ``GET /v1/models/current``                  the current model                       every role
@@ -136,6 +137,22 @@ class RequestStatus(BaseModel):
     model_after: str | None
     method: str | None
     entries: list[LedgerEntry]
+
+
+class LedgerHead(BaseModel):
+    seq: int
+    hash: str
+
+
+class LedgerPage(BaseModel):
+    head: LedgerHead
+    entries: list[LedgerEntry] = Field(description="Entries with seq > after, oldest first.")
+
+
+class LedgerCheck(BaseModel):
+    valid: bool
+    head: LedgerHead | None = Field(description="The recomputed head when the chain holds.")
+    error: str | None = Field(description="The first entry edited, deleted or reordered.")
 
 
 class CertificateSignature(BaseModel):
@@ -526,6 +543,43 @@ def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BOD
                 f"certified (an operator runs `unbake certificate issue --request {request_id}`)."
             )
         return Response(data, media_type="application/json")
+
+    @app.get(
+        "/v1/ledger",
+        response_model=LedgerPage,
+        responses=_responses(*auth_errors, 422),
+        summary="The hash-chained ledger, a page at a time (after a seq)",
+    )
+    def get_ledger(
+        who: Readers,
+        after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> dict[str, Any]:
+        del who
+        catalog = service.workspace.catalog
+        seq, digest = catalog.ledger_head()
+        rows = catalog.query(
+            "SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        entries = [
+            {**dict(r), "payload": catalog.parse_json(r["payload"], f"ledger entry {r['seq']}")}
+            for r in rows
+        ]
+        return {"head": {"seq": seq, "hash": digest}, "entries": entries}
+
+    @app.get(
+        "/v1/ledger/verify",
+        response_model=LedgerCheck,
+        responses=_responses(*auth_errors),
+        summary="Recompute the ledger's hash chain (what `unbake ledger verify` does)",
+    )
+    def verify_ledger(who: Readers) -> LedgerCheck:
+        del who
+        try:
+            seq, digest = service.workspace.catalog.verify_ledger()
+        except IntegrityError as exc:
+            return LedgerCheck(valid=False, head=None, error=str(exc))
+        return LedgerCheck(valid=True, head=LedgerHead(seq=seq, hash=digest), error=None)
 
     def text_route(path: str, summary: str):
         """A GET route answering text/plain (its errors are JSON, as everywhere)."""
