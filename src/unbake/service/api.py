@@ -3,18 +3,17 @@
 Endpoints (every one but ``/healthz`` needs ``Authorization: Bearer TOKEN``; make a token
 with ``unbake token create --role R``):
 
-==========================================  ====================================  =========================
-``POST /v1/requests``                       file a request (IDs, subject or class)  submitter, operator
-``GET /v1/requests``                        list requests (a submitter: its own)    every role
-``GET /v1/requests/{id}``                   state and ledger entries                every role (submitter: own)
-``GET /v1/requests/{id}/certificate``       the signed certificate file             every role (submitter: own)
-``GET /v1/ledger[/verify]``                 the ledger's entries; its chain checked  operator, auditor
-``GET /v1/public-key``                      the workspace's Ed25519 public key      every role
-``POST /v1/predict``                        predictions of the current model        operator, auditor
-``GET /v1/models/current``                  the current model                       every role
-``GET /metrics``                            Prometheus text                         operator, auditor
-``GET /healthz``                            liveness                                none
-==========================================  ====================================  =========================
+- ``POST /v1/requests``: file a request (IDs, subject or class); submitter, operator.
+- ``GET /v1/requests``, ``GET /v1/requests/{id}``: state and ledger entries; every role
+  (a submitter: its own requests only).
+- ``GET /v1/requests/{id}/certificate``: the signed certificate file; as above.
+- ``GET /v1/ledger``, ``GET /v1/ledger/verify``: the ledger, its chain checked; operator,
+  auditor.
+- ``GET /v1/public-key``: the workspace's Ed25519 public key; every role.
+- ``POST /v1/predict``: predictions of the current model; operator, auditor.
+- ``GET /v1/models/current``: the current model; every role.
+- ``GET /metrics``: Prometheus text; operator, auditor.
+- ``GET /healthz``: liveness; no token.
 
 ``POST /v1/requests`` answers ``202`` once the request is durable (committed with
 ``synchronous = FULL`` by the service's group commit). Every error is a JSON body
@@ -25,6 +24,23 @@ current model (see :mod:`unbake.service.serving`).
 
 :func:`openapi_spec` builds the schema without a workspace; ``unbake serve --openapi
 FILE`` writes it (the committed copy is ``docs/openapi.json``).
+
+>>> import tempfile
+>>> from fastapi.testclient import TestClient
+>>> from unbake import TrainConfig, Workspace
+>>> from unbake.workspace.tokens import create_token
+>>> root = tempfile.mkdtemp() + "/ws"
+>>> with Workspace.create(root, dataset="digits") as ws:
+...     _ = ws.train(model="logreg", config=TrainConfig.parse(epochs=1))
+...     token, _ = create_token(ws, "operator")
+>>> svc = DeletionService(root)
+>>> client = TestClient(create_app(svc), headers={"Authorization": f"Bearer {token}"})
+>>> r = client.post("/v1/requests", json={"sample_ids": ["digits-0000"]})
+>>> r.status_code, r.json()["state"]
+(202, 'queued')
+>>> client.post("/v1/requests", json={"sample_ids": ["nobody"]}).json()["error"]["type"]
+'UnknownSampleError'
+>>> svc.close()
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations,
