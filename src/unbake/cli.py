@@ -1373,6 +1373,14 @@ def serve(
 ) -> None:
     """Serve the REST API (file requests, read the ledger and certificates, predict), and
     by default run the worker that applies queued requests in its own process."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise UnbakeError(
+            f"`unbake serve` needs the service extra ({exc.name} is missing); install it with "
+            "`pip install --constraint constraints.txt -e '.[service]'`."
+        ) from None
     if openapi is not None:
         from unbake.service.api import openapi_text
         from unbake.workspace.atomic import atomic_write_text
@@ -1381,8 +1389,6 @@ def serve(
         console.print(f"Wrote the OpenAPI schema to {openapi}.")
         return
     import subprocess
-
-    import uvicorn
 
     from unbake.service import DeletionService
     from unbake.service.api import create_app
