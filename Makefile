@@ -1,6 +1,6 @@
 # unbake: two commands do all the set-up on a fresh machine.
 #   make demo   create .venv, install unbake, run the demo on scikit-learn's digits
-#   make test   create .venv, install unbake[test,ray,llm], run ruff and pytest
+#   make test   create .venv, install unbake[test,ray,llm,service], run ruff and pytest
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -21,7 +21,7 @@ $(VENV)/.installed-base: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-base
-	$(INSTALL) -e '.[test,ray,llm]'
+	$(INSTALL) -e '.[test,ray,llm,service]'
 	touch $@
 
 venv: $(VENV)/.installed-base

@@ -1428,6 +1428,119 @@ def policy_check(
         console.print(f"Note: {note}.")
 
 
+# --- tokens and the REST service ----------------------------------------------------
+
+token_app = typer.Typer(
+    help="Bearer tokens of the REST API (`unbake serve`).", no_args_is_help=True
+)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+@_handle_errors
+def token_create(
+    role: Annotated[str, typer.Option(help="submitter, operator or auditor.")],
+    name: Annotated[str | None, typer.Option(help="A label to recognise the token by.")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a bearer token and print it once (only its keyed hash is stored)."""
+    from unbake.workspace import Workspace
+    from unbake.workspace.tokens import create_token
+
+    with Workspace.open(workspace) as ws:
+        token, token_id = create_token(ws, role, name=name)
+    if as_json:
+        _emit_json({"token": token, "token_id": token_id, "role": role})
+    else:
+        sys.stdout.write(token + "\n")
+
+
+def _worker_command(workspace: Path) -> list[str] | None:
+    """The command line of `unbake worker` for ``workspace`` (``None``: no such command)."""
+    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    if "worker" not in names:
+        return None
+    return [sys.executable, "-m", "unbake.cli", "worker", "--workspace", str(workspace)]
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM reached `unbake serve` (after uvicorn's graceful shutdown)."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal; this
+    turns it into a clean return, so the worker is stopped too (a default SIGTERM would
+    end the process at once and leave the worker running)."""
+    import signal
+
+    def stop(signum, frame):
+        raise _Stopped
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Stopped:
+        console.print("Stopped.")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@app.command()
+@_handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Do not start `unbake worker` beside the server.")
+    ] = False,
+    openapi: Annotated[
+        Path | None, typer.Option(help="Write the OpenAPI schema to this file and exit.")
+    ] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+) -> None:
+    """Serve the REST API (file requests, read the ledger and certificates, predict), and
+    by default run the worker that applies queued requests in its own process."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise UnbakeError(
+            f"`unbake serve` needs the service extra ({exc.name} is missing); install it with "
+            "`pip install --constraint constraints.txt -e '.[service]'`."
+        ) from None
+    if openapi is not None:
+        from unbake.service.api import openapi_text
+        from unbake.workspace.atomic import atomic_write_text
+
+        atomic_write_text(openapi, openapi_text())
+        console.print(f"Wrote the OpenAPI schema to {openapi}.")
+        return
+    import subprocess
+
+    from unbake.service import DeletionService
+    from unbake.service.api import create_app
+
+    command = None if no_worker else _worker_command(workspace)
+    with DeletionService(workspace) as svc:
+        worker = subprocess.Popen(command) if command else None
+        if not no_worker and worker is None:
+            err_console.print("warning: this unbake has no `unbake worker`; requests stay queued.")
+        who = f"; worker pid {worker.pid}" if worker is not None else "; no worker"
+        console.print(f"Serving workspace {workspace} on http://{host}:{port}{who} (Ctrl-C stops).")
+        try:
+            with _stop_on_signals():
+                uvicorn.run(
+                    create_app(svc), host=host, port=port, log_level="warning", access_log=False
+                )
+        finally:
+            if worker is not None:
+                worker.terminate()
+                worker.wait()
+
+
 # --- bench ---------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ samples each reference trained on, so a deletion can purge every one that saw th
 ``ledger`` (the hash-chained log of request state transitions, see
 :mod:`unbake.workspace.ledger`), ``request_keys`` (client idempotency keys) and
 ``queue`` (requests filed but not yet applied, with what the worker needs to apply
-them). Older catalogs are migrated forward on open, one numbered step at a time.
+them) and ``tokens`` (the REST API's bearer tokens, each only as its keyed hash). Older catalogs are migrated forward on open, one numbered step at a time.
 
 The file is in WAL mode: readers never wait for a writer, and a writer that finds
 another writing waits (``busy_timeout``) instead of failing. Each thread gets its own
@@ -37,7 +37,7 @@ from unbake.workspace.ledger import head, last_state, verify_chain
 
 __all__ = ["SCHEMA_VERSION", "Catalog", "utcnow"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: How long a writer waits for another writer before giving up (milliseconds).
 BUSY_TIMEOUT_MS = 60_000
@@ -168,15 +168,28 @@ ALTER TABLE requests ADD COLUMN reason TEXT;
 ALTER TABLE requests ADD COLUMN submitted_by TEXT;
 """
 
+#: The REST API's bearer tokens (see :mod:`unbake.workspace.tokens`): only each token's
+#: keyed hash is kept, with its role. Added in v6.
+_TOKENS = """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    name TEXT,
+    created_at TEXT NOT NULL
+);
+"""
+
 #: Statements that bring a catalog of version N up to N + 1.
 _MIGRATIONS = {
     2: "ALTER TABLE requests ADD COLUMN audit TEXT;" + _REFERENCES,
     3: _LEDGER,
     4: _REQUEST_PROVENANCE + _QUEUE,
+    5: _TOKENS,
 }
 
 #: Every table of the current schema.
-_ALL = _SCHEMA + _REFERENCES + _LEDGER + _QUEUE
+_ALL = _SCHEMA + _REFERENCES + _LEDGER + _QUEUE + _TOKENS
 
 
 def _statements(script: str) -> list[str]:

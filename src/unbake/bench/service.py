@@ -1,0 +1,471 @@
+"""``unbake bench service``: the REST service's accept rate, kill -9 safety, end-to-end
+times and a fuzz run against the committed OpenAPI schema.
+
+1. **Accept rate.** A real ``unbake serve --no-worker`` process on the loopback
+   interface; a concurrent httpx load generator (asyncio, ``concurrency`` requests in
+   flight) files ``n`` one-sample requests and times each from send to ``202`` (the
+   request is durable then). Reported: accepted requests per second over the wall
+   time, and p50/p99 accept latency. httpx spends about 1 ms of CPU on each request,
+   as much as the server, on the same 2 cores; the same load from a lean asyncio client
+   (:class:`_RawClient`) is reported beside it (``*_lean_client``), to show what the
+   server sustains when the cores are its own.
+2. **kill -9.** ``kill9_runs`` times: a server is killed with SIGKILL in the middle of a
+   load (after 10 %, 20 %, ... 90 % of the answers, by run), restarted, and every request sent (each with its own idempotency key) is sent
+   again. A request acknowledged before the kill must come back as a duplicate (not
+   lost), and the ledger must hold exactly one request per key (nothing duplicated)
+   and verify. ``kill9_lost_or_duplicated`` counts the violations (must be 0).
+3. **End to end.** For a SISA model and a monolithic one (whose default is the exact
+   retrain), 1, 10 and 100 requests are filed over HTTP and then applied by the
+   worker's step (:meth:`DeletionService.apply_pending`, what ``unbake worker`` runs)
+   and certified; reported: seconds from the first accept to the last certificate,
+   in one batch and one request per batch, so the table shows what batching saves.
+4. **Fuzzing.** schemathesis generates valid and invalid requests for every operation
+   of ``docs/openapi.json`` against the application (in process, an operator token);
+   none may answer 5xx or a response outside the schema.
+
+The load generator shares the machine with the server (2 cores here), so the accept
+rate is a lower bound of what the server alone sustains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unbake.bench import BENCHMARKS
+
+__all__ = ["fuzz_api", "service_benchmark"]
+
+SPEC = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    """``unbake serve --no-worker`` in a child process on a free loopback port."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "unbake.cli", "serve", "--no-worker"]
+        cmd += ["--workspace", str(root), "--port", str(self.port)]
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by kill)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._log.seek(0)
+                err = self._log.read().decode(errors="replace").strip()
+                self._log.close()
+                raise RuntimeError(f"unbake serve exited with {self.proc.returncode}: {err}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"unbake serve did not answer on {self.url} within {timeout} s")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait()
+        self._log.close()
+
+
+def _workspace(root: Path, *, strategy: str = "monolithic") -> tuple[list[str], dict[str, str]]:
+    """A digits workspace with a logreg model; returns training IDs and tokens by role."""
+    from unbake.training import TrainConfig
+    from unbake.workspace import Workspace
+    from unbake.workspace.tokens import create_token
+
+    params = {"shards": 5, "slices": 2} if strategy == "sisa" else None
+    with Workspace.create(root, dataset="digits") as ws:
+        ws.train(
+            model="logreg",
+            config=TrainConfig.parse(epochs=2, batch_size=64),
+            seed=0,
+            strategy=strategy,
+            strategy_params=params,
+        )
+        train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
+        tokens = {role: create_token(ws, role)[0] for role in ("submitter", "operator")}
+    return train, tokens
+
+
+class _RawClient:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams (POST JSON, read the
+    answer): about 0.05 ms of CPU a request against httpx's 1 ms, so on a small machine
+    it leaves the cores to the server and measures the server's own capacity."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        data = json.dumps(body).encode()
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n".encode()
+            + self.head
+            + f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        await self.writer.drain()
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        fields = dict(line.split(":", 1) for line in head[1:] if ":" in line)
+        length = int(next(v for k, v in fields.items() if k.lower() == "content-length"))
+        return int(head[0].split()[1]), json.loads(await self.reader.readexactly(length))
+
+    async def aclose(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _load(
+    url: str,
+    token: str,
+    bodies: list[dict[str, Any]],
+    concurrency: int,
+    *,
+    client: str = "httpx",
+    answered: list[int] | None = None,
+) -> tuple[list[tuple[int, float, dict | None]], float]:
+    """POST each body over ``concurrency`` keep-alive connections (one client each: a
+    shared httpx pool costs several times more CPU a request). Returns (status, seconds,
+    JSON) per body (status 0: not answered, the server died) and the wall time from the
+    first request on (the clients are made before it). ``answered[0]`` counts answers."""
+    import httpx
+
+    results: list[tuple[int, float, dict | None]] = [(0, 0.0, None)] * len(bodies)
+    next_index = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    if client == "raw":
+        conns: list[Any] = [_RawClient(url, headers) for _ in range(concurrency)]
+    else:  # plain HTTP on loopback: no TLS context, no CA bundle to load per client
+        conns = [
+            httpx.AsyncClient(
+                base_url=url,
+                headers=headers,
+                limits=httpx.Limits(max_connections=1),
+                timeout=30,
+                verify=False,
+            )
+            for _ in range(concurrency)
+        ]
+
+    async def connection(conn) -> None:
+        nonlocal next_index
+        while next_index < len(bodies):
+            i = next_index
+            next_index += 1
+            start = time.perf_counter()
+            try:
+                if client == "raw":
+                    status, answer = await conn.post("/v1/requests", bodies[i])
+                else:
+                    r = await conn.post("/v1/requests", json=bodies[i])
+                    status, answer = r.status_code, r.json()
+            except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, ValueError):
+                return  # the server is gone
+            results[i] = (status, time.perf_counter() - start, answer)
+            if answered is not None:
+                answered[0] += 1
+
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(connection(c) for c in conns))
+        wall = time.perf_counter() - start
+    finally:
+        for conn in conns:
+            await conn.aclose()
+    return results, wall
+
+
+def _bodies(train: list[str], n: int, tag: str) -> list[dict[str, Any]]:
+    return [
+        {"sample_ids": [train[i % len(train)]], "idempotency_key": f"{tag}-{i}"} for i in range(n)
+    ]
+
+
+def _accept_rate(
+    root: Path, train: list[str], token: str, n: int, concurrency: int, client: str
+) -> dict:
+    server = _Server(root)
+    try:
+        warm = _bodies(train, 50, f"warm-{client}")
+        asyncio.run(_load(server.url, token, warm, concurrency, client=client))
+        cpu = time.process_time()
+        bodies = _bodies(train, n, f"load-{client}")
+        results, wall = asyncio.run(_load(server.url, token, bodies, concurrency, client=client))
+        cpu = time.process_time() - cpu
+    finally:
+        server.kill()
+    ok = [s for code, s, _ in results if code == 202]
+    ms = np.array(ok) * 1000
+    return {
+        "client": client,
+        "requests": n,
+        "concurrency": concurrency,
+        "accepted": len(ok),
+        "seconds": round(wall, 3),
+        "accepted_per_second": round(len(ok) / wall, 1),
+        "p50_accept_ms": round(float(np.percentile(ms, 50)), 2) if len(ok) else None,
+        "p99_accept_ms": round(float(np.percentile(ms, 99)), 2) if len(ok) else None,
+        "client_cpu_ms_per_request": round(cpu / n * 1000, 3),
+    }
+
+
+def _received(root: Path) -> list[str]:
+    """The request ID of every ``received`` ledger entry (after checking the chain)."""
+    from unbake.service import DeletionService
+
+    with DeletionService(root, read_only=True) as svc:
+        svc.workspace.catalog.verify_ledger()
+        entries = svc.workspace.catalog.request_entries()
+    return [e["request_id"] for e in entries if e["state"] == "received"]
+
+
+def _kill9_run(root: Path, train: list[str], token: str, run: int, n: int, conc: int) -> dict:
+    """Kill a loaded server with SIGKILL, restart it, resend everything; count requests
+    acknowledged but lost, and requests made more than once."""
+    before = set(_received(root))
+    bodies = _bodies(train, n, f"kill{run}")
+    server = _Server(root)
+
+    async def load_and_kill() -> list[tuple[int, float, dict | None]]:
+        answered = [0]
+        load = _load(server.url, token, bodies, conc, client="raw", answered=answered)
+        task = asyncio.create_task(load)
+        # Somewhere in the middle of the load: after 10 %, 20 %, ... 90 % of the answers.
+        while answered[0] < n * (1 + run % 9) / 10 and not task.done():
+            await asyncio.sleep(0.001)
+        server.proc.send_signal(signal.SIGKILL)
+        return (await task)[0]
+
+    first = asyncio.run(load_and_kill())
+    server.kill()
+    acked = {i: r["request_id"] for i, (code, _, r) in enumerate(first) if code == 202 and r}
+    server = _Server(root)
+    try:
+        again, _ = asyncio.run(_load(server.url, token, bodies, conc, client="raw"))
+    finally:
+        server.kill()
+    # Lost: acknowledged, yet the retry with its key made another request (or failed).
+    lost = sum(
+        1 for i, rid in acked.items() if again[i][0] != 202 or again[i][2]["request_id"] != rid
+    )
+    received = [r for r in _received(root) if r not in before]
+    # Duplicated: a request received twice, or more requests than keys.
+    duplicated = len(received) - len(set(received)) + max(0, len(set(received)) - n)
+    return {
+        "run": run,
+        "sent": n,
+        "acknowledged_before_kill": len(acked),
+        "requests_after_retry": len(set(received)),
+        "lost": lost,
+        "duplicated": duplicated,
+    }
+
+
+def _end_to_end(strategy: str, sizes: tuple[int, ...], tmp: Path) -> list[dict[str, Any]]:
+    """Seconds from the first accept to the last certificate, batched and one by one."""
+    import httpx
+
+    from unbake.service import DeletionService
+    from unbake.workspace.certificates import issue_certificate
+
+    template = tmp / f"e2e-{strategy}"
+    train, tokens = _workspace(template, strategy=strategy)
+    rows = []
+    for n in sizes:
+        for batch in sorted({n, 1}, reverse=True):
+            root = tmp / f"e2e-{strategy}-{n}-{batch}"
+            shutil.copytree(template, root)
+            server = _Server(root)
+            rng = np.random.default_rng(n)
+            picks = rng.choice(len(train), size=n, replace=False)
+            headers = {"Authorization": f"Bearer {tokens['operator']}"}
+            try:
+                start = time.perf_counter()
+                with httpx.Client(base_url=server.url, headers=headers, timeout=60) as client:
+                    rids = [
+                        client.post("/v1/requests", json={"sample_ids": [train[i]]}).json()[
+                            "request_id"
+                        ]
+                        for i in picks
+                    ]
+                accepted = time.perf_counter() - start
+                with DeletionService(root) as worker:  # the worker's step, as `unbake worker`
+                    done: list[str] = []
+                    while len(done) < n:
+                        done += worker.apply_pending(max_batch=batch)
+                    applied = time.perf_counter() - start
+                    for rid in rids:
+                        issue_certificate(worker.workspace, rid)
+                    states = {worker.request(r)["state"] for r in rids}
+                total = time.perf_counter() - start
+            finally:
+                server.kill()
+                shutil.rmtree(root, ignore_errors=True)
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "method": "sisa" if strategy == "sisa" else "retrain",
+                    "requests": n,
+                    "batch": batch,
+                    "accepted_s": round(accepted, 3),
+                    "applied_s": round(applied, 3),
+                    "certified_s": round(total, 3),
+                    "states": sorted(states),
+                }
+            )
+    return rows
+
+
+def fuzz_api(app, spec: dict[str, Any], token: str, *, examples: int) -> dict[str, Any]:
+    """schemathesis against ``spec`` on the ASGI ``app``: up to ``examples`` valid and as
+    many invalid cases per operation (derandomised, so a rerun makes the same cases).
+    Every response is checked: no 5xx, a documented status and content type, a body in
+    the schema. Returns the case count and the failures (``{"operation", "error"}``)."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    schema = schemathesis.openapi.from_dict(spec)
+    schema.app = app
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    headers = {"Authorization": f"Bearer {token}"}
+    cases = 0
+    failures: list[dict[str, str]] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            def run(case) -> None:
+                nonlocal cases
+                cases += 1
+                case.call_and_validate(headers=headers, checks=checks)
+
+            try:
+                run()
+            except Unsatisfiable:  # nothing to make invalid (an operation without input)
+                continue
+            except BaseException as exc:  # a failed check (a group): recorded, go on
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                name = f"{operation.method.upper()} {operation.path} ({mode.value})"
+                failures.append({"operation": name, "error": str(exc)[:2000]})
+    return {"cases": cases, "failures": failures}
+
+
+def _fuzz(tmp: Path, examples: int) -> dict[str, Any]:
+    from unbake.service import DeletionService
+    from unbake.service.api import create_app, openapi_spec
+
+    root = tmp / "fuzz"
+    _, tokens = _workspace(root)
+    # The committed schema in a checkout; an installed unbake has only the generated one.
+    spec = json.loads(SPEC.read_text()) if SPEC.is_file() else openapi_spec()
+    with DeletionService(root) as svc:
+        return fuzz_api(create_app(svc), spec, tokens["operator"], examples=examples)
+
+
+@BENCHMARKS.register("service")
+def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
+    del data_dir  # digits ships with scikit-learn
+    n, concurrency = (300, 32) if quick else (20_000, 64)
+    kill_runs, kill_n = (2, 200) if quick else (10, 2_000)
+    sizes = (1, 10) if quick else (1, 10, 100)
+    examples = 5 if quick else 100
+    with tempfile.TemporaryDirectory(prefix="unbake-bench-service-") as tmp_name:
+        tmp = Path(tmp_name)
+        root = tmp / "accept"
+        train, tokens = _workspace(root)
+        accept = _accept_rate(root, train, tokens["submitter"], n, concurrency, "httpx")
+        raw = _accept_rate(root, train, tokens["submitter"], n, concurrency, "raw")
+        kills = []
+        for run in range(kill_runs):
+            kill_root = tmp / f"kill{run}"
+            shutil.copytree(root, kill_root)
+            kills.append(
+                _kill9_run(kill_root, train, tokens["submitter"], run, kill_n, concurrency)
+            )
+            shutil.rmtree(kill_root, ignore_errors=True)
+        e2e = [row for s in ("sisa", "monolithic") for row in _end_to_end(s, sizes, tmp)]
+        fuzz = _fuzz(tmp, examples)
+    return {
+        "dataset": "digits",
+        "config": {
+            "model": "logreg",
+            "requests": n,
+            "concurrency": concurrency,
+            "kill9_runs": kill_runs,
+            "kill9_requests": kill_n,
+            "end_to_end_sizes": list(sizes),
+            "sisa": {"shards": 5, "slices": 2},
+            "fuzz_examples_per_operation_and_mode": examples,
+            "cpu_count": os.cpu_count(),
+        },
+        "rows": [{"part": "accept", **accept}, {"part": "accept", **raw}]
+        + [{"part": "kill9", **k} for k in kills]
+        + [{"part": "end_to_end", **r} for r in e2e],
+        "summary": {
+            "accepted_per_second": accept["accepted_per_second"],
+            "p50_accept_ms": accept["p50_accept_ms"],
+            "p99_accept_ms": accept["p99_accept_ms"],
+            # The same load from a client that costs the server's cores almost nothing.
+            "accepted_per_second_lean_client": raw["accepted_per_second"],
+            "p99_accept_ms_lean_client": raw["p99_accept_ms"],
+            "kill9_runs": kill_runs,
+            "kill9_lost_or_duplicated": sum(k["lost"] + k["duplicated"] for k in kills),
+            "fuzz_cases": fuzz["cases"],
+            "fuzz_failures": len(fuzz["failures"]),
+            "fuzz_failure_details": fuzz["failures"][:5],
+        },
+    }

@@ -1,0 +1,679 @@
+"""The REST API of the deletion service (FastAPI): ``create_app(service)``.
+
+Endpoints (every one but ``/healthz`` needs ``Authorization: Bearer TOKEN``; make a token
+with ``unbake token create --role R``):
+
+- ``POST /v1/requests``: file a request (IDs, subject or class); submitter, operator.
+- ``GET /v1/requests``, ``GET /v1/requests/{id}``: state and ledger entries; every role
+  (a submitter: its own requests only).
+- ``GET /v1/requests/{id}/certificate``: the signed certificate file; as above.
+- ``GET /v1/ledger``, ``GET /v1/ledger/verify``: the ledger, its chain checked; operator,
+  auditor.
+- ``GET /v1/public-key``: the workspace's Ed25519 public key; every role.
+- ``POST /v1/predict``: predictions of the current model; operator, auditor.
+- ``GET /v1/models/current``: the current model; every role.
+- ``GET /metrics``: Prometheus text; operator, auditor.
+- ``GET /healthz``: liveness; no token.
+
+``POST /v1/requests`` answers ``202`` once the request is durable (committed with
+``synchronous = FULL`` by the service's group commit). Every error is a JSON body
+``{"error": {"type", "message"}}`` whose message names the cause and the fix; bad input
+(malformed JSON, unknown IDs, an empty request, a body over ``max_body_bytes``) is
+refused before anything is written. Predictions always come from the catalog's
+current model (see :mod:`unbake.service.serving`).
+
+:func:`openapi_spec` builds the schema without a workspace; ``unbake serve --openapi
+FILE`` writes it (the committed copy is ``docs/openapi.json``).
+
+>>> import tempfile
+>>> from fastapi.testclient import TestClient
+>>> from unbake import TrainConfig, Workspace
+>>> from unbake.workspace.tokens import create_token
+>>> root = tempfile.mkdtemp() + "/ws"
+>>> with Workspace.create(root, dataset="digits") as ws:
+...     _ = ws.train(model="logreg", config=TrainConfig.parse(epochs=1))
+...     token, _ = create_token(ws, "operator")
+>>> svc = DeletionService(root)
+>>> client = TestClient(create_app(svc), headers={"Authorization": f"Bearer {token}"})
+>>> r = client.post("/v1/requests", json={"sample_ids": ["digits-0000"]})
+>>> r.status_code, r.json()["state"]
+(202, 'queued')
+>>> client.post("/v1/requests", json={"sample_ids": ["nobody"]}).json()["error"]["type"]
+'UnknownSampleError'
+>>> svc.close()
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations,
+# which name local aliases (``Submitters``).
+import contextlib
+import functools
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from unbake.exceptions import IntegrityError, NotFoundError, UnbakeError, WorkspaceError
+from unbake.service.deletion import DeletionService
+from unbake.service.serving import ServedModel
+from unbake.workspace import ledger
+from unbake.workspace.certificates import stored_certificate, workspace_public_key
+from unbake.workspace.tokens import Principal, authenticate
+
+__all__ = ["MAX_BODY_BYTES", "create_app", "openapi_spec"]
+
+#: The largest request body accepted (bytes); a larger one is refused with 413.
+MAX_BODY_BYTES = 1 << 20
+#: The most rows one prediction call takes.
+MAX_PREDICT_ROWS = 1024
+#: How many recent requests the latency summaries of ``/metrics`` read.
+LATENCY_WINDOW = 1000
+#: Valid tokens are remembered this long (seconds), at most ``TOKEN_CACHE`` of them, so
+#: a busy client costs one HMAC and one catalog read a minute, not one a request.
+TOKEN_CACHE_SECONDS = 60.0
+TOKEN_CACHE = 10_000
+#: Threads that run blocking endpoints (each accepted request waits for its group commit).
+THREADS = 256
+VERSION = "1"
+
+
+# --- request and response bodies ----------------------------------------------------
+
+
+def _utf8(value: str) -> str:
+    """Refuse strings that cannot be stored (lone surrogates from JSON escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the string is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+def _text(longest: int) -> Any:
+    """A non-empty string of at most ``longest`` characters, storable as UTF-8."""
+    return Annotated[StrictStr, Field(min_length=1, max_length=longest), AfterValidator(_utf8)]
+
+
+SampleId = _text(256)
+StateName = Literal[ledger.STATES]  # type: ignore[valid-type]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeletionRequestBody(_Body):
+    """Exactly one of ``sample_ids``, ``subject`` and ``class``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    sample_ids: list[SampleId] | None = Field(
+        None, min_length=1, max_length=100_000, description="Sample IDs to forget."
+    )
+    subject: _text(512) | None = Field(
+        None, description="Forget every sample of this subject (stored only as a keyed hash)."
+    )
+    class_label: StrictStr | StrictInt | None = Field(
+        None, alias="class", description="Forget a whole class (its name or index)."
+    )
+    reason: _text(200) = Field("erasure", description="Why (recorded in the ledger).")
+    idempotency_key: _text(200) | None = Field(
+        None, description="A retry with the same key and body returns the same request."
+    )
+
+
+class Submission(BaseModel):
+    request_id: str
+    state: str = Field(description="'queued', or the existing request's state on a retry.")
+    duplicate: bool = Field(description="True when the idempotency key was seen before.")
+
+
+class LedgerEntry(BaseModel):
+    seq: int
+    request_id: str
+    state: str
+    timestamp: str
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class RequestStatus(BaseModel):
+    request_id: str
+    state: str
+    received_at: str
+    deadline: str | None
+    reason: str | None
+    submitted_by: str | None
+    selector: dict[str, Any] | None
+    model_before: str | None
+    model_after: str | None
+    method: str | None
+    entries: list[LedgerEntry]
+
+
+class LedgerHead(BaseModel):
+    seq: int
+    hash: str
+
+
+class LedgerPage(BaseModel):
+    head: LedgerHead
+    entries: list[LedgerEntry] = Field(description="Entries with seq > after, oldest first.")
+
+
+class LedgerCheck(BaseModel):
+    valid: bool
+    head: LedgerHead | None = Field(description="The recomputed head when the chain holds.")
+    error: str | None = Field(description="The first entry edited, deleted or reordered.")
+
+
+class CertificateSignature(BaseModel):
+    algorithm: Literal["Ed25519"]
+    value: str
+
+
+class CertificateFile(BaseModel):
+    """The certificate file's exact bytes (verify with ``unbake certificate verify``)."""
+
+    certificate: dict[str, Any]
+    signature: CertificateSignature
+
+
+class ModelInfo(BaseModel):
+    model_id: str
+    sha256: str
+    architecture: str
+    strategy: str
+    n_train: int
+    created_at: str
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class PredictBody(_Body):
+    inputs: list[Annotated[list[FiniteFloat], Field(min_length=1, max_length=1 << 16)]] = Field(
+        min_length=1,
+        max_length=MAX_PREDICT_ROWS,
+        description="Rows of features, each flattened to the model's input size.",
+    )
+    probabilities: bool = Field(False, description="Also return class probabilities.")
+
+
+class PredictionOut(BaseModel):
+    model_id: str = Field(description="The model that answered (the catalog's current one).")
+    sha256: str
+    predictions: list[int]
+    probabilities: list[list[float]] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    schema_version: str | None
+
+
+class ErrorInfo(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An HTTP error with the one-line message of the error contract."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers
+
+
+def _error(status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"type": kind, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _status_of(exc: UnbakeError) -> int:
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, IntegrityError):
+        return 500
+    if isinstance(exc, WorkspaceError):
+        return 409
+    return 422
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "The request body is not valid JSON; send a JSON object."
+    parts = []
+    for e in errors[:3]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return 422, f"Invalid request: {'; '.join(parts)}{more}; fix the field and resend."
+
+
+_DESCRIPTIONS = {
+    400: "Malformed JSON.",
+    401: "Missing, malformed or unknown bearer token.",
+    403: "The token's role may not do this.",
+    404: "No such request, certificate or model.",
+    409: "The workspace is read-only or busy.",
+    413: "The request body is too large.",
+    422: "Invalid input (unknown IDs, an empty request, a bad field).",
+}
+
+
+def _responses(*codes: int, text: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a route. A ``text`` route's own media type is text/plain,
+    which FastAPI would give a ``model`` too; its (JSON) errors name the schema instead."""
+    if text:
+        error = {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+        return {
+            c: {"description": _DESCRIPTIONS[c], "content": {"application/json": error}}
+            for c in codes
+        }
+    return {c: {"model": ErrorBody, "description": _DESCRIPTIONS[c]} for c in codes}
+
+
+class _BodyLimit:
+    """Refuse a body over ``limit`` bytes with 413 before the application reads it."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(
+            413,
+            "PayloadTooLarge",
+            f"The request body is over {self.limit} bytes; split the request into smaller ones.",
+        )
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await too_large(scope, receive, send)
+            return
+        chunks, total, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.limit:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+# --- metrics --------------------------------------------------------------------------
+
+
+def _seconds(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def _latencies(service: DeletionService) -> dict[str, list[float]]:
+    """Seconds from ``applying`` (and from ``received``) to ``applied``, of the most
+    recently applied requests."""
+    rows = service.workspace.catalog.query(
+        "SELECT l.request_id, l.state, l.timestamp FROM ledger l WHERE l.request_id IN "
+        "(SELECT request_id FROM ledger WHERE state = 'applied' ORDER BY seq DESC LIMIT ?) "
+        "AND l.state IN ('received', 'applying', 'applied') ORDER BY l.seq",
+        (LATENCY_WINDOW,),
+    )
+    times: dict[str, dict[str, str]] = {}
+    for r in rows:
+        times.setdefault(r["request_id"], {})[r["state"]] = r["timestamp"]
+    out: dict[str, list[float]] = {"apply": [], "request": []}
+    for t in times.values():
+        if "applied" in t and "applying" in t:
+            out["apply"].append(_seconds(t["applying"], t["applied"]))
+        if "applied" in t and "received" in t:
+            out["request"].append(_seconds(t["received"], t["applied"]))
+    return out
+
+
+def _summary(name: str, help_text: str, values: list[float]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} summary"]
+    ordered = sorted(values)
+    for q in (0.5, 0.9, 0.99):
+        value = ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+        lines.append(f'{name}{{quantile="{q}"}} {value:.6g}')
+    lines += [f"{name}_sum {sum(values):.6g}", f"{name}_count {len(values)}"]
+    return lines
+
+
+def render_metrics(service: DeletionService, served: ServedModel) -> str:
+    """The Prometheus text exposition of queue depth, requests per state, latencies."""
+    counts = service.state_counts()
+    lines = [
+        "# HELP unbake_queue_depth Deletion requests waiting for the worker.",
+        "# TYPE unbake_queue_depth gauge",
+        f"unbake_queue_depth {counts.get('queued', 0)}",
+        "# HELP unbake_requests Deletion requests by current state.",
+        "# TYPE unbake_requests gauge",
+    ]
+    lines += [f'unbake_requests{{state="{s}"}} {counts.get(s, 0)}' for s in ledger.STATES]
+    lat = _latencies(service)
+    lines += _summary(
+        "unbake_apply_latency_seconds",
+        f"Seconds from applying to applied (last {LATENCY_WINDOW} applied requests).",
+        lat["apply"],
+    )
+    lines += _summary(
+        "unbake_request_latency_seconds",
+        f"Seconds from received to applied (last {LATENCY_WINDOW} applied requests).",
+        lat["request"],
+    )
+    lines += [
+        "# HELP unbake_model_swaps_total Times this server swapped its served model.",
+        "# TYPE unbake_model_swaps_total counter",
+        f"unbake_model_swaps_total {served.swaps}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- the application ------------------------------------------------------------------
+
+
+def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The ASGI application over ``service`` (``None`` only to build the OpenAPI schema)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+        yield
+
+    app = FastAPI(
+        title="unbake deletion service",
+        version=VERSION,
+        description="File deletion requests, follow them through the ledger, fetch their "
+        "signed certificates, and query the current (unlearned) model.",
+        lifespan=lifespan,
+    )
+    served = ServedModel(service) if service is not None else None
+    known: dict[str, tuple[Principal, float]] = {}  # token -> (principal, valid until)
+    bearer = HTTPBearer(
+        auto_error=False, description="A token made by `unbake token create --role R`."
+    )
+
+    # The dependencies are ``async``: they are cheap (an HMAC and one indexed read), and a
+    # synchronous one would cost each request a hop to the thread pool.
+    async def principal(
+        cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Principal:
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if cred is None:
+            raise ApiError(
+                401,
+                "Unauthorized",
+                "Missing bearer token; send 'Authorization: Bearer TOKEN' (make one with "
+                "`unbake token create --role R`).",
+                challenge,
+            )
+        found = known.get(cred.credentials)
+        if found is None or found[1] < time.monotonic():
+            who = authenticate(service.workspace, cred.credentials)
+            if who is not None:
+                if len(known) >= TOKEN_CACHE:
+                    known.clear()
+                known[cred.credentials] = (who, time.monotonic() + TOKEN_CACHE_SECONDS)
+            found = (who, 0.0)
+        if found[0] is None:
+            raise ApiError(
+                401,
+                "Unauthorized",
+                "Unknown or malformed bearer token; use a token printed by `unbake token "
+                "create` for this workspace.",
+                challenge,
+            )
+        return found[0]
+
+    def role(*roles: str) -> Callable[..., Principal]:
+        async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+            if who.role not in roles:
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f"A {who.role} token may not do this; it needs the role {' or '.join(roles)}.",
+                )
+            return who
+
+        return check
+
+    Anyone = Annotated[Principal, Depends(role("submitter", "operator", "auditor"))]
+    Readers = Annotated[Principal, Depends(role("operator", "auditor"))]
+    Submitters = Annotated[Principal, Depends(role("submitter", "operator"))]
+
+    def own(who: Principal, request_id: str) -> dict[str, Any]:
+        found = service.request(request_id)
+        if who.role == "submitter" and found["submitted_by"] != who.name:
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"Request {request_id} was filed by another token; a submitter reads only "
+                "its own requests.",
+            )
+        return found
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.kind, exc.message, exc.headers)
+
+    @app.exception_handler(UnbakeError)
+    async def _unbake_error(_request: Request, exc: UnbakeError) -> JSONResponse:
+        return _error(_status_of(exc), type(exc).__name__, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message = _validation_message(exc)
+        return _error(status, "InvalidRequest" if status == 422 else "MalformedJSON", message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: "No such endpoint; see /docs for the API.", 405: "Method not allowed."}
+        text = message.get(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, "HTTPError", text, getattr(exc, "headers", None))
+
+    auth_errors = (401, 403)
+
+    @app.post(
+        "/v1/requests",
+        status_code=202,
+        response_model=Submission,
+        responses=_responses(400, *auth_errors, 409, 413, 422),
+        summary="File a deletion request (answered once it is durable)",
+    )
+    async def submit(body: DeletionRequestBody, who: Submitters) -> Submission:
+        # ``async`` with one explicit hop to a thread, where the caller waits for its
+        # group commit: a plain ``def`` endpoint costs several hops (FastAPI also
+        # validates and encodes the response in the thread pool then).
+        key = None if body.idempotency_key is None else f"{who.token_id}:{body.idempotency_key}"
+        sub = await anyio.to_thread.run_sync(
+            functools.partial(
+                service.submit,
+                sample_ids=body.sample_ids,
+                subject=body.subject,
+                class_label=body.class_label,
+                reason=body.reason,
+                idempotency_key=key,
+                submitted_by=who.name,
+            )
+        )
+        return Submission(request_id=sub.request_id, state=sub.state, duplicate=sub.duplicate)
+
+    @app.get(
+        "/v1/requests",
+        response_model=list[RequestStatus],
+        responses=_responses(*auth_errors, 422),
+        summary="List requests, newest first (a submitter sees its own)",
+    )
+    def list_requests(
+        who: Anyone,
+        state: StateName | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        mine = who.name if who.role == "submitter" else None
+        return service.requests(state=state, submitted_by=mine, limit=limit)
+
+    @app.get(
+        "/v1/requests/{request_id}",
+        response_model=RequestStatus,
+        responses=_responses(*auth_errors, 404, 422),
+        summary="A request's state and ledger entries",
+    )
+    def get_request(request_id: str, who: Anyone) -> dict[str, Any]:
+        return own(who, request_id)
+
+    @app.get(
+        "/v1/requests/{request_id}/certificate",
+        response_model=None,
+        responses={
+            200: {"model": CertificateFile, "description": "The certificate file's bytes."},
+            **_responses(*auth_errors, 404, 422),
+        },
+        summary="The signed certificate of a certified request",
+    )
+    def get_certificate(request_id: str, who: Anyone) -> Response:
+        state = own(who, request_id)["state"]
+        data = stored_certificate(service.root, request_id) if state == "certified" else None
+        if data is None:
+            raise NotFoundError(
+                f"Request {request_id} is {state}; it has no certificate until it is "
+                f"certified (an operator runs `unbake certificate issue --request {request_id}`)."
+            )
+        return Response(data, media_type="application/json")
+
+    @app.get(
+        "/v1/ledger",
+        response_model=LedgerPage,
+        responses=_responses(*auth_errors, 422),
+        summary="The hash-chained ledger, a page at a time (after a seq)",
+    )
+    def get_ledger(
+        who: Readers,
+        after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> dict[str, Any]:
+        del who
+        catalog = service.workspace.catalog
+        seq, digest = catalog.ledger_head()
+        rows = catalog.query(
+            "SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        entries = [
+            {**dict(r), "payload": catalog.parse_json(r["payload"], f"ledger entry {r['seq']}")}
+            for r in rows
+        ]
+        return {"head": {"seq": seq, "hash": digest}, "entries": entries}
+
+    @app.get(
+        "/v1/ledger/verify",
+        response_model=LedgerCheck,
+        responses=_responses(*auth_errors),
+        summary="Recompute the ledger's hash chain (what `unbake ledger verify` does)",
+    )
+    def verify_ledger(who: Readers) -> LedgerCheck:
+        del who
+        try:
+            seq, digest = service.workspace.catalog.verify_ledger()
+        except IntegrityError as exc:
+            return LedgerCheck(valid=False, head=None, error=str(exc))
+        return LedgerCheck(valid=True, head=LedgerHead(seq=seq, hash=digest), error=None)
+
+    def text_route(path: str, summary: str):
+        """A GET route answering text/plain (its errors are JSON, as everywhere)."""
+        return app.get(
+            path,
+            response_class=PlainTextResponse,
+            responses=_responses(*auth_errors, text=True),
+            summary=summary,
+        )
+
+    @text_route(
+        "/v1/public-key",
+        "The workspace's Ed25519 public key (PEM), to verify certificates offline",
+    )
+    def public_key(who: Anyone) -> PlainTextResponse:
+        del who
+        return PlainTextResponse(workspace_public_key(service.workspace).decode("ascii"))
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictionOut,
+        responses=_responses(400, *auth_errors, 404, 413, 422),
+        summary="Predict with the current model (never one that saw forgotten data)",
+    )
+    def predict(body: PredictBody, who: Readers) -> PredictionOut:
+        del who
+        out = served.predict(body.inputs)
+        probs = out.log_proba.exp()
+        return PredictionOut(
+            model_id=out.model_id,
+            sha256=out.sha256,
+            predictions=out.log_proba.argmax(dim=1).tolist(),
+            probabilities=probs.tolist() if body.probabilities else None,
+        )
+
+    @app.get(
+        "/v1/models/current",
+        response_model=ModelInfo,
+        responses=_responses(*auth_errors, 404),
+        summary="The model predictions come from",
+    )
+    def current_model(who: Anyone) -> dict[str, Any]:
+        del who
+        return service.current_model()
+
+    @text_route("/metrics", "Prometheus metrics: queue depth, requests per state, latencies")
+    def metrics(who: Readers) -> PlainTextResponse:
+        del who
+        return PlainTextResponse(
+            render_metrics(service, served), media_type="text/plain; version=0.0.4"
+        )
+
+    @app.get("/healthz", response_model=Health, summary="Liveness (no token needed)")
+    def healthz() -> Health:
+        return Health(status="ok", schema_version=service.workspace.catalog.meta("schema_version"))
+
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    return app
+
+
+def openapi_spec() -> dict[str, Any]:
+    """The OpenAPI schema of :func:`create_app` (no workspace needed)."""
+    return create_app(None).openapi()
+
+
+def openapi_text() -> str:
+    """The schema as the committed file holds it (sorted keys, two-space indent)."""
+    return json.dumps(openapi_spec(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,18 @@
+"""`unbake bench service` parts: an acknowledged request survives kill -9 of the server."""
+
+import pytest
+
+pytest.importorskip("uvicorn")
+
+from unbake.bench.service import _kill9_run, _workspace
+
+
+@pytest.mark.slow
+def test_acknowledged_requests_survive_kill9_of_the_server(tmp_path):
+    root = tmp_path / "ws"
+    train, tokens = _workspace(root)
+    for run in (1, 4, 8):  # killed after 20 %, 50 % and 90 % of the answers
+        out = _kill9_run(root, train, tokens["submitter"], run, 300, 16)
+        assert out["acknowledged_before_kill"] > 0, out
+        assert out["lost"] == 0 and out["duplicated"] == 0, out
+        assert out["requests_after_retry"] == 300
