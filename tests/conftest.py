@@ -7,7 +7,14 @@ import unbake  # noqa: F401  (first: its thread policy must precede torch)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 #: SQL that takes a v5 catalog back to v4 (tests that fake an older catalog start here).
+#: Statements that take a current catalog back to version 5 (before API tokens).
+UNDO_V6 = [
+    "DROP TABLE tokens",
+    "UPDATE meta SET value = '5' WHERE key = 'schema_version'",
+]
+#: ... and back to version 4 (before the queue and request provenance).
 UNDO_V5 = [
+    *UNDO_V6,
     "DROP TABLE queue",
     *(
         f"ALTER TABLE requests DROP COLUMN {c}"

@@ -251,14 +251,13 @@ def test_spec_names_every_error_body():
 def test_a_v5_catalog_gains_the_tokens_table(template, tmp_path):
     import sqlite3
 
+    from tests.conftest import UNDO_V6
     from unbake.workspace.catalog import SCHEMA_VERSION
 
     root = tmp_path / "old"
     shutil.copytree(template[0], root)
     conn = sqlite3.connect(root / "catalog.sqlite")
-    conn.executescript(
-        "DROP TABLE tokens; UPDATE meta SET value = '5' WHERE key = 'schema_version';"
-    )
+    conn.executescript(";".join(UNDO_V6))
     conn.close()
     with Workspace.open(root) as ws:
         assert ws.catalog.meta("schema_version") == str(SCHEMA_VERSION) == "6"
