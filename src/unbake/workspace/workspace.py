@@ -1020,9 +1020,15 @@ class Workspace:
             raise
 
     def record_failure(
-        self, tickets: Sequence[Ticket], model_before: str, method: str, exc: BaseException
+        self,
+        tickets: Sequence[Ticket],
+        model_before: str,
+        method: str,
+        exc: BaseException,
+        details: dict[str, Any] | None = None,
     ) -> None:
-        """Record ``[received →] applying → failed`` for each ticket, in one transaction.
+        """Record ``[received →] applying → failed`` for each ticket, in one transaction;
+        ``details`` join the reason in the ``failed`` entry's payload.
 
         If even that cannot be written (a full disk), the original error is the one
         reported, and the request is simply not in the ledger (or still ``applying``,
@@ -1032,7 +1038,8 @@ class Workspace:
         with contextlib.suppress(UnbakeError, OSError), self.catalog.transaction() as cur:
             for ticket in tickets:
                 self._ledger_start(cur, ticket, method, model_before)
-                ledger.append_entry(cur, ticket.request_id, "failed", {"reason": reason}, utcnow())
+                payload = {"reason": reason, **(details or {})}
+                ledger.append_entry(cur, ticket.request_id, "failed", payload, utcnow())
 
     def overdue(self, now: str | None = None) -> list[dict[str, Any]]:
         """Requests not yet applied (nor rejected) whose deadline has passed, oldest first.
@@ -1060,12 +1067,14 @@ class Workspace:
                 )
         return out
 
-    def _deadline(self, received_at: str) -> str:
+    def _deadline(self, received_at: str, days: int | None = None) -> str:
         """When a request received at ``received_at`` must be done (GDPR art. 12(3)).
 
-        One calendar month by default; the workspace meta ``deadline_days`` overrides it.
+        ``days`` if given (a policy's ``deadline_days``); else the workspace meta
+        ``deadline_days``; else one calendar month.
         """
-        days = self.catalog.meta("deadline_days")
+        if days is None:
+            days = self.catalog.meta("deadline_days")
         return ledger.deadline(datetime.fromisoformat(received_at), days)
 
     def set_deadline_days(self, days: int | None) -> None:
