@@ -2,6 +2,7 @@
 
 import shutil
 from datetime import datetime, timedelta
+from unittest import mock
 
 import pytest
 import torch
@@ -70,18 +71,10 @@ def test_loose_thresholds_accept_the_first_step(root, train_ids):
     assert _checkpoint_files(root) == [f"{req['model_after']}.safetensors"]
 
 
-def test_strict_thresholds_fall_back_to_retrain_bitwise_and_write_once(
-    root, train_ids, monkeypatch
-):
-    writes = []
-    original_write = Workspace._write_model
-
-    def counting(self, model, model_id, parent):
-        writes.append(model_id)
-        return original_write(self, model, model_id, parent)
-
-    monkeypatch.setattr(Workspace, "_write_model", counting)
-    req = _apply(root, _policy(STRICT, STRICT.replace("finetune", "neggrad")), train_ids[:3])
+def test_strict_thresholds_fall_back_to_retrain_bitwise_and_write_once(root, train_ids):
+    write = Workspace._write_model
+    with mock.patch.object(Workspace, "_write_model", autospec=True, side_effect=write) as spy:
+        req = _apply(root, _policy(STRICT, STRICT.replace("finetune", "neggrad")), train_ids[:3])
     attempts = req["policy"]["attempts"]
     assert [(a["method"], a["status"]) for a in attempts] == [
         ("finetune", "rejected"),
@@ -90,7 +83,7 @@ def test_strict_thresholds_fall_back_to_retrain_bitwise_and_write_once(
     ]
     assert attempts[0]["reasons"][0].startswith("fa = ") and "> max -1" in attempts[0]["reasons"][0]
     assert req["method"] == "retrain" and req["policy"]["fell_back"]
-    assert len(writes) == 1  # rejected attempts write no checkpoint
+    assert spy.call_count == 1  # rejected attempts write no checkpoint
     assert _checkpoint_files(root) == [f"{req['model_after']}.safetensors"]
     with Workspace.open(root) as ws:
         active, _ = ws.active_and_forgotten()

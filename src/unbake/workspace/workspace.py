@@ -807,12 +807,8 @@ class Workspace:
         unlearner,
         active: Samples,
         *,
-        model_id: str | None = None,
-        seed: int | None = None,
-        device=None,
-        reason: str | None = None,
-        info: dict[str, Any] | None = None,
         on_commit: Callable[[Any], None] | None = None,
+        **stage: Any,
     ) -> ApplyOutcome:
         """Unlearn the union of ``parts``' training samples from one model in one run, and
         record each part as its own applied request (under the caller's lock).
@@ -823,18 +819,11 @@ class Workspace:
         part and calls ``on_commit(cur)``; then the stale files go. Parts with no training
         sample at all (only held-out rows) change no model. An unexpected failure records
         ``failed`` for every part; an :class:`UnbakeError` (a request refused as invalid)
-        propagates without a trace. It is :meth:`stage_parts` then :meth:`commit_staged`.
+        propagates without a trace. It is :meth:`stage_parts` (which takes the keyword
+        arguments ``stage``: ``model_id``, ``seed``, ``device``, ``reason``, ``info``) then
+        :meth:`commit_staged`.
         """
-        staged = self.stage_parts(
-            parts,
-            unlearner,
-            active,
-            model_id=model_id,
-            seed=seed,
-            device=device,
-            reason=reason,
-            info=info,
-        )
+        staged = self.stage_parts(parts, unlearner, active, **stage)
         return self.commit_staged(staged, on_commit=on_commit)
 
     def stage_parts(
