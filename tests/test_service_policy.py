@@ -148,3 +148,12 @@ def test_a_bad_policy_path_is_refused_at_once(root, tmp_path):
     bad.write_text("[batch]\nmax_requests = 0\n")
     with pytest.raises(InvalidParameterError, match="max_requests"):
         DeletionService(root, policy=bad)
+
+
+def test_held_out_rows_only_change_no_model_under_a_policy(root):
+    with Workspace.open(root) as ws:
+        test_ids = [r["sample_id"] for r in ws.samples() if r["split"] == "test"][:2]
+    before = _checkpoint_files(root)
+    req = _apply(root, _policy(STRICT), test_ids)
+    assert req["state"] == "applied" and req["method"] == "none"
+    assert req["model_after"] == req["model_before"] and _checkpoint_files(root) == before

@@ -474,8 +474,8 @@ class DeletionService:
                 out["model_before"] = payload.get("model_before")
             elif e["state"] == "applied":
                 out["model_after"] = payload.get("model_after")
+                out["method"] = payload.get("method", out["method"])  # the policy's choice
                 if payload.get("policy"):
-                    out["method"] = payload["policy"]["method"]
                     out["policy"] = payload["policy"]
             elif e["state"] == "queued" and payload.get("method"):
                 out["method"] = payload["method"]
@@ -788,9 +788,8 @@ class DeletionService:
 
         if not any(p.sample_ids for p in parts):  # held-out rows only: no model changes
             fallback = policy.section_for(model)[1].fallback
-            ws.commit_staged(
-                stage(METHODS.create(fallback), record_failure=True), on_commit=on_commit
-            )
+            staged = stage(METHODS.create(fallback), record_failure=True)
+            ws.commit_staged(staged, applied={"method": "none"}, on_commit=on_commit)
             return
         result = run_policy(
             policy,
@@ -799,7 +798,8 @@ class DeletionService:
             audit=lambda step, outcome: outcome.value.evaluation.to_dict(),
         )
         record = {"policy": result.to_dict()}
-        ws.commit_staged(result.outcome.value, info=record, applied=record, on_commit=on_commit)
+        applied = {"method": result.accepted.method, **record}
+        ws.commit_staged(result.outcome.value, info=record, applied=applied, on_commit=on_commit)
 
     def _finish(self, outcomes: list[tuple[str, str]], state: str) -> None:
         """Record ``state`` (rejected) with each request's reason and dequeue them."""
