@@ -766,25 +766,42 @@ def worker(
     once: Annotated[
         bool, typer.Option("--once", help="Apply what is queued now, batch by batch, then exit.")
     ] = False,
-    batch: Annotated[int, typer.Option(help="Most requests in one batch (N).")] = 32,
+    batch: Annotated[
+        int | None,
+        typer.Option(help="Most requests in one batch (N; default: the policy's, else 32)."),
+    ] = None,
     window: Annotated[
-        float, typer.Option(help="Apply a smaller batch once its oldest request waited this long.")
-    ] = 5.0,
+        float | None,
+        typer.Option(
+            help="Apply a smaller batch once its oldest request waited this long "
+            "(seconds; default: the policy's, else 5)."
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Deletion policy TOML: methods to try, thresholds, fallback, batch window."
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
 ) -> None:
     """Drain the queue of deletion requests: one batch at a time (N requests or T seconds,
-    whichever comes first); crash-safe (a restart resumes what a killed worker left)."""
+    whichever comes first), each request without a method of its own under the policy
+    (its steps in order, each audited, then the exact fallback); crash-safe (a restart
+    resumes what a killed worker left)."""
     _apply_threads(threads)
     from unbake.service import DeletionService
     from unbake.service.deletion import drain
+    from unbake.service.policy import load_policy
 
-    if batch < 1 or window < 0:
+    if (batch is not None and batch < 1) or (window is not None and window < 0):
         raise InvalidParameterError(
             f"--batch must be >= 1 and --window >= 0; got {batch} and {window}."
         )
-    with DeletionService(workspace) as svc:
+    rules = load_policy(policy) if policy is not None else None  # checked once, at start
+    with DeletionService(workspace, policy=rules) as svc:
         try:
             finished = drain(svc, batch=batch, window=window, once=once)
         except KeyboardInterrupt:

@@ -2,16 +2,30 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.integration.test_cli import run
+from tests.integration.test_cli import assert_one_line_error, run
 from unbake import TrainConfig, Workspace, fit
 from unbake.service import DeletionService
 from unbake.testing.crash import check_exactly_once, kill9_trial
 
 CFG = TrainConfig.parse(epochs=1, batch_size=64)
+EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policy.toml"
+#: A finetune step that no model passes (FA is never negative), then the exact retrain.
+STRICT_POLICY = """
+[batch]
+max_requests = 2
+max_seconds = 1
+[models.default]
+fallback = "retrain"
+[[models.default.steps]]
+method = "finetune"
+params = { epochs = 1 }
+thresholds = { fa = { max = -1 } }
+"""
 
 
 @pytest.fixture
@@ -56,6 +70,57 @@ def test_worker_cli_drains_the_queue_in_batches(template, tmp_path):
         batches = {json.dumps(r["info"].get("batch")) for r in ws.log()}
     assert len(batches) == 3  # 2 + 2 + 1
     assert _final_model_is_the_retrain(root)
+
+
+def test_worker_cli_applies_the_queue_under_a_policy(template, tmp_path):
+    root = tmp_path / "ws"
+    filed = _filed(template, root, n=3)
+    res = run("worker", "--once", "--policy", EXAMPLE_POLICY, "--workspace", root, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"finished": 3, "states": {"applied": 3}}
+    assert check_exactly_once(root, filed) == []
+    with DeletionService(root) as svc:
+        for rid in filed:
+            policy = svc.request(rid)["policy"]
+            assert policy["section"] == "default" and policy["attempts"][0]["method"] == "finetune"
+            assert policy["method"] in ("finetune", "scrub", "retrain")
+            assert all("ra" in a["figures"] for a in policy["attempts"])
+    with Workspace.open(root) as ws:  # the policy's window (16 requests): one batch
+        assert {len(r["info"]["batch"]) for r in ws.log()} == {3}
+
+
+def test_worker_cli_refuses_a_bad_policy_in_one_line(template, tmp_path):
+    root = tmp_path / "ws"
+    _filed(template, root, n=1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[batch]\nmax_requests = 0\nmax_seconds = 1\n")
+    res = run("worker", "--once", "--policy", bad, "--workspace", root)
+    assert_one_line_error(res, "batch.max_requests")
+    res = run("worker", "--once", "--policy", tmp_path / "none.toml", "--workspace", root)
+    assert_one_line_error(res, "Cannot read the policy")
+    with DeletionService(root) as svc:
+        assert svc.state_counts() == {"queued": 1}
+
+
+def test_kill9_during_policy_attempts_applies_each_request_exactly_once(template, tmp_path):
+    """Workers under a policy whose first step is always rejected, killed at random:
+    nothing half-written, each request applied once, by the retrain fallback."""
+    policy = tmp_path / "strict.toml"
+    policy.write_text(STRICT_POLICY)
+    killed = recovered = 0
+    for seed in range(2):
+        root = tmp_path / f"ws-{seed}"
+        filed = _filed(template, root, n=4)
+        killed += kill9_trial(root, seed=seed, batch=2, max_delay=1.5, kills=2, policy=policy)
+        assert check_exactly_once(root, filed) == [], f"seed {seed}"
+        assert _final_model_is_the_retrain(root), f"seed {seed}"
+        with DeletionService(root) as svc:
+            for rid in filed:
+                req = svc.request(rid)
+                recovered += sum(e["payload"].get("recovered", False) for e in req["entries"])
+                assert [a["status"] for a in req["policy"]["attempts"]] == ["rejected", "accepted"]
+        shutil.rmtree(root)
+    assert killed > 0 and recovered > 0, (killed, recovered)
 
 
 def _trials(template, tmp_path, seeds):

@@ -49,6 +49,14 @@ from unbake.exceptions import (
 )
 from unbake.methods import METHODS
 from unbake.methods.tuned import resolve_params, scenario_of
+from unbake.service.policy import (
+    ModelInfo,
+    Outcome,
+    Policy,
+    PolicyFailedError,
+    load_policy,
+    run_policy,
+)
 from unbake.training import TrainedModel, resolve_device
 from unbake.workspace import ledger
 from unbake.workspace.catalog import utcnow
@@ -61,7 +69,19 @@ from unbake.workspace.workspace import (
     new_id,
 )
 
-__all__ = ["DeletionService", "Submitted"]
+#: The worker's batch window when neither the caller nor a policy gives one.
+DEFAULT_BATCH = 32
+DEFAULT_WINDOW = 5.0
+
+
+def as_policy(policy: Policy | str | os.PathLike | None) -> Policy | None:
+    """A :class:`Policy`, read and validated from a path if given one."""
+    if policy is None or isinstance(policy, Policy):
+        return policy
+    return load_policy(policy)
+
+
+__all__ = ["DeletionService", "Submitted", "as_policy", "drain"]
 
 #: The most requests one group commit writes in one transaction.
 GROUP_LIMIT = 1024
@@ -155,7 +175,16 @@ class _GroupCommit:
 class DeletionService:
     """Deletion requests of one workspace: submit, read, and apply (thread-safe)."""
 
-    def __init__(self, root: str | os.PathLike, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        read_only: bool = False,
+        policy: Policy | str | os.PathLike | None = None,
+    ) -> None:
+        #: The deletion policy (:mod:`unbake.service.policy`): the worker's method order,
+        #: batch window, and the deadline of requests filed here; ``None``: the defaults.
+        self.policy = as_policy(policy)
         self.workspace = Workspace.open(root, read_only=read_only)
         self.root = self.workspace.root
         self._writer = _GroupCommit(self._write_jobs)
@@ -378,7 +407,8 @@ class DeletionService:
                 return known
         request_id = new_id("req")
         now = utcnow()
-        received = {"selector": job.selector, "deadline": self.workspace._deadline(now)}
+        days = self.policy.deadline_days if self.policy is not None else None
+        received = {"selector": job.selector, "deadline": self.workspace._deadline(now, days)}
         received["reason"] = job.reason
         if job.submitted_by is not None:
             received["submitted_by"] = job.submitted_by
@@ -444,6 +474,9 @@ class DeletionService:
                 out["model_before"] = payload.get("model_before")
             elif e["state"] == "applied":
                 out["model_after"] = payload.get("model_after")
+                out["method"] = payload.get("method", out["method"])  # the policy's choice
+                if payload.get("policy"):
+                    out["policy"] = payload["policy"]
             elif e["state"] == "queued" and payload.get("method"):
                 out["method"] = payload["method"]
         if out["reason"] is None or out["submitted_by"] is None:
@@ -535,13 +568,18 @@ class DeletionService:
 
     # --- applying ------------------------------------------------------------------
 
-    def apply_pending(self, *, max_batch: int | None = None, policy: Any = None) -> list[str]:
+    def apply_pending(
+        self, *, max_batch: int | None = None, policy: Policy | str | os.PathLike | None = None
+    ) -> list[str]:
         """The worker's step: recover, take one batch of queued requests, apply it.
 
         Returns the IDs of the requests it finished (applied, rejected or failed).
-        ``policy`` is handed to the method choice (:meth:`_plan`); without one, a
-        request's own method is used, else ``sisa`` for a SISA model and ``retrain``.
+        A request that names its own method is applied with it. The others go under
+        ``policy`` (default: the service's): its steps are tried in order, each staged
+        in memory and accepted by its thresholds, and only the accepted one (or the exact
+        fallback) is written; without a policy, ``sisa`` for a SISA model, else ``retrain``.
         """
+        policy = as_policy(policy) if policy is not None else self.policy
         if max_batch is not None and (
             isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
         ):
@@ -556,7 +594,7 @@ class DeletionService:
                 return []
             done: list[str] = []
             for group in self._groups(rows, policy):
-                done += self._apply_group(group)
+                done += self._apply_group(group, policy)
             return done
 
     def recover(self) -> list[str]:
@@ -605,13 +643,14 @@ class DeletionService:
     def _plan(self, row: dict[str, Any], model_strategy: str, policy: Any) -> tuple:
         """(method, params, seed, device, model_id, tuned origin) for a queued request.
 
-        The request's own method wins; else the workspace default (``sisa`` for a SISA
-        model, ``retrain`` otherwise). The method starts from its tuned defaults for the
-        request's scenario (:mod:`unbake.methods.tuned`), under the request's own
-        parameters, as ``unbake forget`` does. ``policy`` is the hook for the policy file
-        (:mod:`unbake.service.policy`); it is not consulted yet.
+        The request's own method wins; else the ``policy`` decides when there is one
+        (method ``None``: :meth:`_apply_policy`); else the workspace default (``sisa`` for
+        a SISA model, ``retrain`` otherwise). The method starts from its tuned defaults
+        for the request's scenario (:mod:`unbake.methods.tuned`), under the request's own
+        parameters, as ``unbake forget`` does.
         """
-        del policy  # the policy's method order plugs in here
+        if row["method"] is None and policy is not None:
+            return (None, "{}", row["seed"], row["device"], row["model_id"], None)
         method = row["method"] or ("sisa" if model_strategy == "sisa" else "retrain")
         params, tuned_from = resolve_params(
             method,
@@ -637,7 +676,7 @@ class DeletionService:
             groups.setdefault(r["plan"], []).append(r)
         return list(groups.values())
 
-    def _apply_group(self, rows: list[dict[str, Any]]) -> list[str]:
+    def _apply_group(self, rows: list[dict[str, Any]], policy: Policy | None = None) -> list[str]:
         """Apply requests that share a plan in one unlearning run (under the lock);
         returns the IDs of those it finished (rejected, applied or failed)."""
         ws = self.workspace
@@ -680,35 +719,87 @@ class DeletionService:
         model_before = row["model_id"] if row is not None else ""
         with self._catalog.transaction() as cur:
             for part in parts:
-                payload = {"method": method, "model_before": model_before, "batch": len(parts)}
+                payload = {
+                    "method": method or "policy",
+                    "model_before": model_before,
+                    "batch": len(parts),
+                }
                 ledger.append_entry(cur, part.ticket.request_id, "applying", payload, utcnow())
 
         def dequeue(cur) -> None:
             cur.executemany("DELETE FROM queue WHERE request_id = ?", [(i,) for i in request_ids])
 
         try:
-            unlearner = METHODS.create(method, **json.loads(params_json))
-            ws.apply_parts(
-                parts,
-                unlearner,
-                active,
-                model_id=model_id,
-                seed=seed,
-                device=device,
-                info={"tuned_defaults": json.loads(tuned_json)} if tuned_json else None,
-                on_commit=dequeue,
-            )
+            if method is None:
+                self._apply_policy(parts, active, policy, row, seed, device, dequeue)
+            else:
+                info = {"tuned_defaults": json.loads(tuned_json)} if tuned_json else {}
+                if policy is not None:
+                    info["policy"] = {"bypassed": "the request names its own method"}
+                ws.apply_parts(
+                    parts,
+                    METHODS.create(method, **json.loads(params_json)),
+                    active,
+                    model_id=model_id,
+                    seed=seed,
+                    device=device,
+                    info=info or None,
+                    on_commit=dequeue,
+                )
         except Exception as exc:
             states = {i: ws.catalog.request_state(i) for i in request_ids}
+            details = (
+                {"policy": exc.result.to_dict()} if isinstance(exc, PolicyFailedError) else None
+            )
             ws.record_failure(
                 [p.ticket for p in parts if states[p.ticket.request_id] == "applying"],
                 model_before,
-                method,
+                method or "policy",
                 exc,
+                details,
             )
             with self._catalog.transaction() as cur:
                 dequeue(cur)
         return [rid for rid, _ in rejected] + request_ids
+
+    def _apply_policy(
+        self, parts: list[RequestPart], active, policy: Policy, row, seed, device, on_commit
+    ) -> None:
+        """Apply ``parts`` under ``policy``: each step is staged in memory (nothing is
+        written) and audited by its staged evaluation; only the accepted step, or the
+        exact fallback, is committed. The policy's result (every attempt, its figures and
+        reasons) goes into each request's info and its ``applied`` ledger entry."""
+        ws = self.workspace
+        if row is None:  # no model: the workspace's own error, as without a policy
+            ws._model_row(None)
+        spec = self._catalog.parse_json(row["spec"], f"model {row['model_id']}'s spec")
+        model = ModelInfo(spec.get("name", row["description"]), row["strategy"])
+
+        def stage(unlearner, *, record_failure: bool):
+            return ws.stage_parts(
+                parts,
+                unlearner,
+                active,
+                model_id=row["model_id"],
+                seed=seed,
+                device=device,
+                record_failure=record_failure,
+            )
+
+        if not any(p.sample_ids for p in parts):  # held-out rows only: no model changes
+            fallback = policy.section_for(model)[1].fallback
+            staged = stage(METHODS.create(fallback), record_failure=True)
+            ws.commit_staged(staged, applied={"method": "none"}, on_commit=on_commit)
+            return
+        result = run_policy(
+            policy,
+            model,
+            try_method=lambda step: Outcome(stage(step.create(), record_failure=False)),
+            audit=lambda step, outcome: outcome.value.evaluation.to_dict(),
+        )
+        record = {"policy": result.to_dict()}
+        applied = {"method": result.accepted.method, **record}
+        ws.commit_staged(result.outcome.value, info=record, applied=applied, on_commit=on_commit)
 
     def _finish(self, outcomes: list[tuple[str, str]], state: str) -> None:
         """Record ``state`` (rejected) with each request's reason and dequeue them."""
@@ -731,16 +822,23 @@ class DeletionService:
 def drain(
     service: DeletionService,
     *,
-    batch: int,
-    window: float,
+    batch: int | None = None,
+    window: float | None = None,
     once: bool,
-    policy: Any = None,
+    policy: Policy | str | os.PathLike | None = None,
     poll: float = 0.2,
     stop: threading.Event | None = None,
 ) -> int:
     """Run the worker loop: apply a batch when ``batch`` requests wait or the oldest has
     waited ``window`` seconds. ``once``: apply everything queued now, then return.
+    ``policy`` (default: the service's) decides the methods, and its ``[batch]`` window
+    stands in for a ``batch`` or ``window`` not given (else 32 requests, 5 seconds).
     Returns the number of requests finished."""
+    policy = as_policy(policy) if policy is not None else service.policy
+    if batch is None:
+        batch = policy.batch.max_requests if policy is not None else DEFAULT_BATCH
+    if window is None:
+        window = policy.batch.max_seconds if policy is not None else DEFAULT_WINDOW
     finished = 0
     first_seen: float | None = None
     while stop is None or not stop.is_set():

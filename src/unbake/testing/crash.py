@@ -33,19 +33,27 @@ def _context():
     return _CONTEXT
 
 
-def _work(root: str, batch: int) -> None:
+def _work(root: str, batch: int, policy: str | None) -> None:
     from unbake.service.deletion import DeletionService, drain
 
-    with DeletionService(root) as svc:
+    with DeletionService(root, policy=policy) as svc:
         drain(svc, batch=batch, window=0.0, once=True)
 
 
 def kill9_trial(
-    root: str | os.PathLike, *, seed: int, batch: int = 2, max_delay: float = 1.0, kills: int = 3
+    root: str | os.PathLike,
+    *,
+    seed: int,
+    batch: int = 2,
+    max_delay: float = 1.0,
+    kills: int = 3,
+    policy: str | os.PathLike | None = None,
 ) -> int:
     """Run the worker over ``root``'s queue, killing it ``kills`` times at seeded random
     delays in ``[0, max_delay)`` seconds (each restart resumes), then let a last one
-    finish. Returns how many workers were killed before they finished.
+    finish. Returns how many workers were killed before they finished. With ``policy``
+    (a TOML file) each worker applies the requests under it, so a kill can land in the
+    middle of a policy's attempts.
 
     The workers come from a fork server, so a script calling this needs the
     ``if __name__ == "__main__":`` guard that multiprocessing asks for.
@@ -54,7 +62,9 @@ def kill9_trial(
     ctx = _context()
     killed = 0
     for _ in range(kills):
-        proc = ctx.Process(target=_work, args=(str(root), batch))
+        proc = ctx.Process(
+            target=_work, args=(str(root), batch, None if policy is None else str(policy))
+        )
         proc.start()
         proc.join(timeout=float(rng.uniform(0.0, max_delay)))
         if proc.is_alive():
@@ -63,7 +73,9 @@ def kill9_trial(
             killed += 1
         elif proc.exitcode != 0:
             raise RuntimeError(f"the worker failed (exit code {proc.exitcode})")
-    proc = ctx.Process(target=_work, args=(str(root), batch))
+    proc = ctx.Process(
+        target=_work, args=(str(root), batch, None if policy is None else str(policy))
+    )
     proc.start()
     proc.join(timeout=300)
     if proc.exitcode != 0:

@@ -52,6 +52,7 @@ __all__ = [
     "ForgetSelector",
     "RequestPart",
     "RequestRecord",
+    "StagedApply",
     "Ticket",
     "Workspace",
     "check_workspace_path",
@@ -154,6 +155,21 @@ class ApplyOutcome:
             self.result,
             len(part.held_ids),
         )
+
+
+@dataclass
+class StagedApply:
+    """An unlearning run done in memory and not yet written (:meth:`Workspace.stage_parts`):
+    ``result`` and ``evaluation`` are ``None`` when the parts name only held-out rows."""
+
+    parts: list[RequestPart]
+    unlearner: Any
+    model_id: str | None
+    row: Any
+    result: UnlearnResult | None
+    evaluation: Evaluation | None
+    n_retain: int
+    provenance: dict[str, Any]
 
 
 def _purge_references(
@@ -791,12 +807,8 @@ class Workspace:
         unlearner,
         active: Samples,
         *,
-        model_id: str | None = None,
-        seed: int | None = None,
-        device=None,
-        reason: str | None = None,
-        info: dict[str, Any] | None = None,
         on_commit: Callable[[Any], None] | None = None,
+        **stage: Any,
     ) -> ApplyOutcome:
         """Unlearn the union of ``parts``' training samples from one model in one run, and
         record each part as its own applied request (under the caller's lock).
@@ -807,15 +819,37 @@ class Workspace:
         part and calls ``on_commit(cur)``; then the stale files go. Parts with no training
         sample at all (only held-out rows) change no model. An unexpected failure records
         ``failed`` for every part; an :class:`UnbakeError` (a request refused as invalid)
-        propagates without a trace.
+        propagates without a trace. It is :meth:`stage_parts` (which takes the keyword
+        arguments ``stage``: ``model_id``, ``seed``, ``device``, ``reason``, ``info``) then
+        :meth:`commit_staged`.
         """
+        staged = self.stage_parts(parts, unlearner, active, **stage)
+        return self.commit_staged(staged, on_commit=on_commit)
+
+    def stage_parts(
+        self,
+        parts: Sequence[RequestPart],
+        unlearner,
+        active: Samples,
+        *,
+        model_id: str | None = None,
+        seed: int | None = None,
+        device=None,
+        reason: str | None = None,
+        info: dict[str, Any] | None = None,
+        record_failure: bool = True,
+    ) -> StagedApply:
+        """The first half of :meth:`apply_parts`: load the model, unlearn the union of
+        ``parts``' training samples and evaluate the result, in memory; nothing is written
+        (but ``failed`` for every part on an unexpected failure, unless not
+        ``record_failure``: the policy tries the next method instead)."""
         sample_ids = [i for p in parts for i in p.sample_ids]
         held_ids = [i for p in parts for i in p.held_ids]
         tickets = [p.ticket for p in parts]
         for part in parts:
             part.reason = part.reason or reason
         if not sample_ids:
-            return self._forget_held_out_only(parts, model_id, on_commit)
+            return StagedApply(list(parts), unlearner, model_id, None, None, None, 0, {})
         row = self._model_row(model_id)
         original = self.load_model(row["model_id"], device=device)
         forget, retain = active.split(sample_ids)
@@ -831,7 +865,12 @@ class Workspace:
         started = utcnow()
         for ticket in tickets:
             ticket.started_at = started
-        with self._failure_recorded(tickets, row, method):
+        recorded = (
+            self._failure_recorded(tickets, row, method)
+            if record_failure
+            else contextlib.nullcontext()
+        )
+        with recorded:
             result = unlearner.unlearn(
                 UnlearnTask(original, forget, retain, device=device), seed=seed
             )
@@ -841,28 +880,52 @@ class Workspace:
         result.info.update(info or {})
         if len(parts) > 1:
             result.info["batch"] = [t.request_id for t in tickets]
-        model_after = new_id("model")
-        with self._failure_recorded(tickets, row, method):
-            rel, digest = self._write_model(result.model, model_after, row["model_id"])
         provenance = {
             "seed": original.seed if seed is None else int(seed),
             "device": str(resolve_device(device)),
             "unbake_version": _unbake_version(),
         }
-        outcome = ApplyOutcome(row["model_id"], model_after, method, result, evaluation)
+        return StagedApply(
+            list(parts), unlearner, model_id, row, result, evaluation, len(retain), provenance
+        )
+
+    def commit_staged(
+        self,
+        staged: StagedApply,
+        *,
+        info: dict[str, Any] | None = None,
+        applied: dict[str, Any] | None = None,
+        on_commit: Callable[[Any], None] | None = None,
+    ) -> ApplyOutcome:
+        """The second half of :meth:`apply_parts`: write the staged model's checkpoint,
+        commit the one transaction (the model, the purge, each part's record and
+        ``on_commit(cur)``), then delete the stale files. ``info`` is added to each
+        record's info and ``applied`` to each ``applied`` ledger entry's payload."""
+        parts, row, result = staged.parts, staged.row, staged.result
+        if result is None:
+            return self._forget_held_out_only(parts, staged.model_id, on_commit, info, applied)
+        result.info.update(info or {})
+        tickets = [p.ticket for p in parts]
+        model_after = new_id("model")
+        with self._failure_recorded(tickets, row, staged.unlearner.name):
+            rel, digest = self._write_model(result.model, model_after, row["model_id"])
+        outcome = ApplyOutcome(
+            row["model_id"], model_after, staged.unlearner.name, result, staged.evaluation
+        )
         try:
             stale = self._commit_forget(
                 parts,
-                unlearner,
+                staged.unlearner,
                 row,
                 model_after,
                 rel,
                 digest,
                 result,
-                evaluation,
-                len(retain),
-                provenance,
+                staged.evaluation,
+                staged.n_retain,
+                staged.provenance,
                 on_commit,
+                applied,
             )
         except BaseException:
             (self.root / rel).unlink(missing_ok=True)
@@ -946,9 +1009,15 @@ class Workspace:
             raise
 
     def record_failure(
-        self, tickets: Sequence[Ticket], model_before: str, method: str, exc: BaseException
+        self,
+        tickets: Sequence[Ticket],
+        model_before: str,
+        method: str,
+        exc: BaseException,
+        details: dict[str, Any] | None = None,
     ) -> None:
-        """Record ``[received →] applying → failed`` for each ticket, in one transaction.
+        """Record ``[received →] applying → failed`` for each ticket, in one transaction;
+        ``details`` join the reason in the ``failed`` entry's payload.
 
         If even that cannot be written (a full disk), the original error is the one
         reported, and the request is simply not in the ledger (or still ``applying``,
@@ -958,7 +1027,8 @@ class Workspace:
         with contextlib.suppress(UnbakeError, OSError), self.catalog.transaction() as cur:
             for ticket in tickets:
                 self._ledger_start(cur, ticket, method, model_before)
-                ledger.append_entry(cur, ticket.request_id, "failed", {"reason": reason}, utcnow())
+                payload = {"reason": reason, **(details or {})}
+                ledger.append_entry(cur, ticket.request_id, "failed", payload, utcnow())
 
     def overdue(self, now: str | None = None) -> list[dict[str, Any]]:
         """Requests not yet applied (nor rejected) whose deadline has passed, oldest first.
@@ -986,12 +1056,14 @@ class Workspace:
                 )
         return out
 
-    def _deadline(self, received_at: str) -> str:
+    def _deadline(self, received_at: str, days: int | None = None) -> str:
         """When a request received at ``received_at`` must be done (GDPR art. 12(3)).
 
-        One calendar month by default; the workspace meta ``deadline_days`` overrides it.
+        ``days`` if given (a policy's ``deadline_days``); else the workspace meta
+        ``deadline_days``; else one calendar month.
         """
-        days = self.catalog.meta("deadline_days")
+        if days is None:
+            days = self.catalog.meta("deadline_days")
         return ledger.deadline(datetime.fromisoformat(received_at), days)
 
     def set_deadline_days(self, days: int | None) -> None:
@@ -1008,7 +1080,12 @@ class Workspace:
                 )
 
     def _forget_held_out_only(
-        self, parts: Sequence[RequestPart], model_id: str | None, on_commit=None
+        self,
+        parts: Sequence[RequestPart],
+        model_id: str | None,
+        on_commit=None,
+        info: dict[str, Any] | None = None,
+        applied: dict[str, Any] | None = None,
     ) -> ApplyOutcome:
         """Record requests that select only validation/test rows: no model changes."""
         row = self._model_row(model_id) if model_id else self.catalog.latest_active_model()
@@ -1032,10 +1109,13 @@ class Workspace:
                     hash_after=digest,
                     seconds=0.0,
                     metrics=None,
-                    info=json.dumps(self._held_out_info(part.held_ids), sort_keys=True),
+                    info=json.dumps(
+                        {**self._held_out_info(part.held_ids), **(info or {})}, sort_keys=True
+                    ),
                     unbake_version=_unbake_version(),
                     reason=part.reason,
                     submitted_by=part.submitted_by,
+                    applied_extra=applied,
                 )
             if on_commit is not None:
                 on_commit(cur)
@@ -1053,10 +1133,18 @@ class Workspace:
         counts = {split: sum(splits[i] == split for i in held_ids) for split in SPLITS[1:]}
         return {"held_out": len(held_ids), "held_out_splits": counts}
 
-    def _record_request(self, cur, forgotten: Sequence[str], ticket: Ticket, **values: Any) -> None:
-        """Insert one applied request, append its ledger entries up to ``applied``, and
-        mark ``forgotten`` (train and held-out IDs) as forgotten by it: their content
-        hash and subject are cleared."""
+    def _record_request(
+        self,
+        cur,
+        forgotten: Sequence[str],
+        ticket: Ticket,
+        *,
+        applied_extra: dict[str, Any] | None = None,
+        **values: Any,
+    ) -> None:
+        """Insert one applied request, append its ledger entries up to ``applied`` (its
+        payload plus ``applied_extra``), and mark ``forgotten`` (train and held-out IDs)
+        as forgotten by it: their content hash and subject are cleared."""
         now = utcnow()
         self._ledger_start(cur, ticket, values["method"], values["model_before"])
         applied = {
@@ -1064,6 +1152,7 @@ class Workspace:
             "hash_after": values["hash_after"],
             "n_samples": values["n_samples"],
             "n_held_out": len(forgotten) - values["n_samples"],
+            **(applied_extra or {}),
         }
         ledger.append_entry(cur, ticket.request_id, "applied", applied, now)
         columns = ", ".join(values)  # column names from this module, never user input
@@ -1091,6 +1180,7 @@ class Workspace:
         n_retain,
         provenance,
         on_commit=None,
+        applied=None,
     ) -> list[str]:
         sample_ids = [i for p in parts for i in p.sample_ids]
         with self.catalog.transaction() as cur:
@@ -1124,6 +1214,7 @@ class Workspace:
                     **provenance,
                     reason=part.reason,
                     submitted_by=part.submitted_by,
+                    applied_extra=applied,
                 )
             stale = [
                 r["checkpoint"]
