@@ -783,14 +783,22 @@ def worker(
             help="Deletion policy TOML: methods to try, thresholds, fallback, batch window."
         ),
     ] = None,
+    certify: Annotated[
+        bool,
+        typer.Option(
+            "--certify/--no-certify",
+            help="Sign a certificate for each applied request (state certified).",
+        ),
+    ] = True,
     threads: ThreadsOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
 ) -> None:
     """Drain the queue of deletion requests: one batch at a time (N requests or T seconds,
     whichever comes first), each request without a method of its own under the policy
-    (its steps in order, each audited, then the exact fallback); crash-safe (a restart
-    resumes what a killed worker left)."""
+    (its steps in order, each audited, then the exact fallback), each applied request then
+    certified (a signed certificate); crash-safe (a restart resumes what a killed worker
+    left, and certifies what it applied)."""
     _apply_threads(threads)
     from unbake.service import DeletionService
     from unbake.service.deletion import drain
@@ -803,7 +811,7 @@ def worker(
     rules = load_policy(policy) if policy is not None else None  # checked once, at start
     with DeletionService(workspace, policy=rules) as svc:
         try:
-            finished = drain(svc, batch=batch, window=window, once=once)
+            finished = drain(svc, batch=batch, window=window, once=once, certify=certify)
         except KeyboardInterrupt:
             finished = None
         counts = svc.state_counts()
@@ -1473,12 +1481,13 @@ def token_create(
         sys.stdout.write(token + "\n")
 
 
-def _worker_command(workspace: Path) -> list[str] | None:
+def _worker_command(workspace: Path, policy: Path | None = None) -> list[str] | None:
     """The command line of `unbake worker` for ``workspace`` (``None``: no such command)."""
     names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
     if "worker" not in names:
         return None
-    return [sys.executable, "-m", "unbake.cli", "worker", "--workspace", str(workspace)]
+    command = [sys.executable, "-m", "unbake.cli", "worker", "--workspace", str(workspace)]
+    return command + (["--policy", str(policy)] if policy is not None else [])
 
 
 class _Stopped(Exception):
@@ -1516,6 +1525,13 @@ def serve(
     openapi: Annotated[
         Path | None, typer.Option(help="Write the OpenAPI schema to this file and exit.")
     ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Deletion policy TOML for the worker (methods, thresholds, fallback, batch "
+            "window) and for new requests' deadlines."
+        ),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
 ) -> None:
     """Serve the REST API (file requests, read the ledger and certificates, predict), and
@@ -1539,9 +1555,11 @@ def serve(
 
     from unbake.service import DeletionService
     from unbake.service.api import create_app
+    from unbake.service.policy import load_policy
 
-    command = None if no_worker else _worker_command(workspace)
-    with DeletionService(workspace) as svc:
+    rules = load_policy(policy) if policy is not None else None  # refused before serving
+    command = None if no_worker else _worker_command(workspace, policy)
+    with DeletionService(workspace, policy=rules) as svc:
         worker = subprocess.Popen(command) if command else None
         if not no_worker and worker is None:
             err_console.print("warning: this unbake has no `unbake worker`; requests stay queued.")

@@ -64,12 +64,31 @@ def test_worker_cli_drains_the_queue_in_batches(template, tmp_path):
     res = run("worker", "--once", "--batch", "2", "--workspace", root, "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out == {"finished": 5, "states": {"applied": 5}}
+    assert out == {"finished": 5, "states": {"certified": 5}}  # applied, then signed
     assert check_exactly_once(root, filed) == []
     with Workspace.open(root) as ws:
         batches = {json.dumps(r["info"].get("batch")) for r in ws.log()}
     assert len(batches) == 3  # 2 + 2 + 1
     assert _final_model_is_the_retrain(root)
+    with DeletionService(root) as svc:
+        for rid in filed:
+            cert = svc.certificate(rid)
+            assert cert is not None and cert["certificate"]["request_id"] == rid
+
+
+def test_a_request_applied_but_not_certified_is_certified_by_the_next_worker(template, tmp_path):
+    root = tmp_path / "ws"
+    filed = _filed(template, root, n=2)
+    with DeletionService(root) as svc:  # a worker that died between applied and certified
+        assert sorted(svc.apply_pending()) == sorted(filed)
+        assert svc.state_counts() == {"applied": 2}
+    res = run("worker", "--once", "--workspace", root, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"finished": 0, "states": {"certified": 2}}
+    res = run("ledger", "verify", "--workspace", root)
+    assert res.exit_code == 0, res.output
+    res = run("worker", "--once", "--no-certify", "--workspace", root, "--json")
+    assert json.loads(res.stdout)["states"] == {"certified": 2}  # nothing signed twice
 
 
 def test_worker_cli_applies_the_queue_under_a_policy(template, tmp_path):
@@ -77,7 +96,7 @@ def test_worker_cli_applies_the_queue_under_a_policy(template, tmp_path):
     filed = _filed(template, root, n=3)
     res = run("worker", "--once", "--policy", EXAMPLE_POLICY, "--workspace", root, "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout) == {"finished": 3, "states": {"applied": 3}}
+    assert json.loads(res.stdout) == {"finished": 3, "states": {"certified": 3}}
     assert check_exactly_once(root, filed) == []
     with DeletionService(root) as svc:
         for rid in filed:

@@ -531,6 +531,24 @@ class DeletionService:
         data = stored_certificate(self.root, request_id)
         return None if data is None else json.loads(data)
 
+    def certify_pending(self) -> list[str]:
+        """Sign a certificate for every request that is applied (or verified) but not yet
+        certified, oldest first; returns their IDs. The worker's last step: a worker killed
+        between ``applied`` and ``certified`` leaves the request to the next run, and one
+        killed after writing the file but before its ledger entry signs it again."""
+        from unbake.workspace.certificates import issue_certificate
+
+        rows = self._catalog.query(
+            "SELECT r.request_id FROM ledger r WHERE r.state = 'received' AND "
+            "(SELECT state FROM ledger l WHERE l.request_id = r.request_id "
+            " ORDER BY seq DESC LIMIT 1) IN ('applied', 'verified') ORDER BY r.seq"
+        )
+        done = []
+        for r in rows:
+            issue_certificate(self.workspace, r["request_id"])
+            done.append(r["request_id"])
+        return done
+
     def current_model(self) -> dict[str, Any]:
         """The newest active model: ID, sha256, architecture, strategy, size, creation time."""
         row = self._catalog.latest_active_model()
@@ -826,6 +844,7 @@ def drain(
     window: float | None = None,
     once: bool,
     policy: Policy | str | os.PathLike | None = None,
+    certify: bool = False,
     poll: float = 0.2,
     stop: threading.Event | None = None,
 ) -> int:
@@ -833,12 +852,23 @@ def drain(
     waited ``window`` seconds. ``once``: apply everything queued now, then return.
     ``policy`` (default: the service's) decides the methods, and its ``[batch]`` window
     stands in for a ``batch`` or ``window`` not given (else 32 requests, 5 seconds).
+    ``certify``: sign a certificate for every applied request after each batch (and, first,
+    for any a killed worker applied but did not certify).
     Returns the number of requests finished."""
     policy = as_policy(policy) if policy is not None else service.policy
     if batch is None:
         batch = policy.batch.max_requests if policy is not None else DEFAULT_BATCH
     if window is None:
         window = policy.batch.max_seconds if policy is not None else DEFAULT_WINDOW
+
+    def step() -> int:
+        done = len(service.apply_pending(max_batch=batch, policy=policy))
+        if certify:
+            service.certify_pending()
+        return done
+
+    if certify:
+        service.certify_pending()
     finished = 0
     first_seen: float | None = None
     while stop is None or not stop.is_set():
@@ -846,7 +876,7 @@ def drain(
         if once:
             if depth == 0 and not service.state_counts().get("applying"):
                 return finished
-            finished += len(service.apply_pending(max_batch=batch, policy=policy))
+            finished += step()
             continue
         if depth == 0:
             first_seen = None
@@ -854,7 +884,7 @@ def drain(
             continue
         first_seen = first_seen or time.monotonic()
         if depth >= batch or time.monotonic() - first_seen >= window:
-            finished += len(service.apply_pending(max_batch=batch, policy=policy))
+            finished += step()
             first_seen = None
         else:
             time.sleep(poll)

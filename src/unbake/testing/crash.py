@@ -87,7 +87,8 @@ def check_exactly_once(root: str | os.PathLike, request_ids: dict[str, list[str]
     """What is wrong with ``root`` after the worker applied ``request_ids`` (``{request
     ID: its sample IDs}``, every request naming its own samples); empty when all is well.
 
-    Every request is ``applied`` with one ``applied`` entry and one request row; each
+    Every request is ``applied`` (or ``certified``, with at most one ``certified`` entry)
+    with one ``applied`` entry and one request row; each
     sample is forgotten by the request that named it; the ledger verifies; exactly one
     model is active, its checkpoint's bytes match the catalog, and the checkpoints folder
     holds nothing else; nothing is left in the queue.
@@ -102,10 +103,15 @@ def check_exactly_once(root: str | os.PathLike, request_ids: dict[str, list[str]
             r["request_id"]
             for r in cat.query("SELECT request_id FROM ledger WHERE state='applied'")
         )
+        certified = Counter(
+            r["request_id"]
+            for r in cat.query("SELECT request_id FROM ledger WHERE state='certified'")
+        )
         rows = Counter(r["request_id"] for r in cat.query("SELECT request_id FROM requests"))
         for rid in request_ids:
             state = svc.request(rid)["state"]
-            if state != "applied" or applied[rid] != 1 or rows[rid] != 1:
+            done = state == "applied" or (state == "certified" and certified[rid] == 1)
+            if not done or applied[rid] != 1 or rows[rid] != 1:
                 problems.append(
                     f"{rid}: {state}, {applied[rid]} applied entries, {rows[rid]} request rows"
                 )
