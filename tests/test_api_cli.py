@@ -83,25 +83,17 @@ def test_serve_answers_over_http_and_stops_on_sigterm(ws_root):
     assert f"http://127.0.0.1:{port}" in out.decode() and "Stopped." in out.decode()
 
 
-def test_serve_starts_the_worker_command_when_there_is_one(monkeypatch, tmp_path):
-    import typer
-
+def test_serve_runs_the_worker_with_its_policy_and_refuses_a_bad_one(ws_root, tmp_path):
     from unbake import cli
 
-    def worker() -> None:
-        """A stand-in for `unbake worker`."""
-
-    monkeypatch.setattr(
-        cli.app,
-        "registered_commands",
-        [*cli.app.registered_commands, typer.models.CommandInfo(callback=worker)],
-    )
-    cmd = cli._worker_command(tmp_path / "ws")
-    assert cmd == [
-        sys.executable,
-        "-m",
-        "unbake.cli",
-        "worker",
-        "--workspace",
-        str(tmp_path / "ws"),
-    ]
+    assert cli._worker_command(ws_root, tmp_path / "p.toml") == [
+        sys.executable, "-m", "unbake.cli", "worker", "--workspace", str(ws_root),
+        "--policy", str(tmp_path / "p.toml"),
+    ]  # fmt: skip
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[batch]\nmax_requests = 0\n")
+    before = sorted(p.name for p in ws_root.iterdir())
+    out = runner.invoke(app, ["serve", "--policy", str(bad), "-w", str(ws_root)])
+    assert out.exit_code == 2 and "batch.max_requests" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in ws_root.iterdir()) == before

@@ -1481,11 +1481,8 @@ def token_create(
         sys.stdout.write(token + "\n")
 
 
-def _worker_command(workspace: Path, policy: Path | None = None) -> list[str] | None:
-    """The command line of `unbake worker` for ``workspace`` (``None``: no such command)."""
-    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-    if "worker" not in names:
-        return None
+def _worker_command(workspace: Path, policy: Path | None = None) -> list[str]:
+    """The command line of `unbake worker` for ``workspace`` (and its policy file)."""
     command = [sys.executable, "-m", "unbake.cli", "worker", "--workspace", str(workspace)]
     return command + (["--policy", str(policy)] if policy is not None else [])
 
@@ -1561,8 +1558,6 @@ def serve(
     command = None if no_worker else _worker_command(workspace, policy)
     with DeletionService(workspace, policy=rules) as svc:
         worker = subprocess.Popen(command) if command else None
-        if not no_worker and worker is None:
-            err_console.print("warning: this unbake has no `unbake worker`; requests stay queued.")
         who = f"; worker pid {worker.pid}" if worker is not None else "; no worker"
         console.print(f"Serving workspace {workspace} on http://{host}:{port}{who} (Ctrl-C stops).")
         try:
