@@ -139,7 +139,8 @@ class _GroupCommit:
         job.done.wait()
         if job.error is not None:
             raise job.error
-        assert job.result is not None
+        if job.result is None:  # the writer sets one or the other before waking us
+            raise RuntimeError("the group-commit writer woke a request with no outcome")
         return job.result
 
     def _run(self) -> None:
