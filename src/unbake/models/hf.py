@@ -77,17 +77,23 @@ def _path(name: str) -> str:
     return path
 
 
+def _offline(auto, name: str, what: str):
+    """``auto.from_pretrained`` of ``hf:`` model ``name`` without the network; one line
+    naming ``what`` and the fix when it is not on disk."""
+    try:
+        return auto.from_pretrained(_path(name), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InvalidParameterError(
+            f"Cannot load {what} offline ({str(exc).splitlines()[0]}); give a local "
+            "directory or a model already in the Hugging Face cache."
+        ) from None
+
+
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name: str):
     """The model's own tokenizer (offline), cached by name."""
     transformers = require_llm()
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(_path(name), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InvalidParameterError(
-            f"Cannot load the tokenizer of {name!r} offline ({str(exc).splitlines()[0]}); "
-            "give a local directory or a model already in the Hugging Face cache."
-        ) from None
+    tok = _offline(transformers.AutoTokenizer, name, f"the tokenizer of {name!r}")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -109,13 +115,7 @@ def base_hash(name: str) -> str:
 def causal_lm_config(name: str):
     """The ``transformers`` config of ``hf:PATH`` (offline); refuses a model that is not a causal LM."""
     transformers = require_llm()
-    try:
-        config = transformers.AutoConfig.from_pretrained(_path(name), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InvalidParameterError(
-            f"Cannot load {name!r} offline ({str(exc).splitlines()[0]}); give a local "
-            "directory or a model already in the Hugging Face cache."
-        ) from None
+    config = _offline(transformers.AutoConfig, name, repr(name))
     if type(config) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
         raise InvalidParameterError(
             f"{name!r} is a {type(config).__name__}, not a causal language model; give a "
