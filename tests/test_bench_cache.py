@@ -131,3 +131,27 @@ def test_bad_subsets_and_options_are_refused_before_any_work(fake_bench):
     result = CliRunner().invoke(app, ["bench", "approximate", "--quick", "--seeds", "zero"])
     assert result.exit_code == 2 and "--seeds must be comma-separated" in result.stderr
     assert fake_bench == []
+
+
+def test_the_cells_hash_the_code_that_computes_them_and_nothing_else():
+    from unbake.bench.cache import fingerprinted_files
+
+    files = fingerprinted_files()
+    for computing in (
+        "methods/scrub.py",
+        "training/loop.py",
+        "data/splits.py",
+        "evaluation/compare.py",
+        "models/__init__.py",
+        "bench/approximate.py",
+    ):
+        assert computing in files
+    for elsewhere in (
+        "cli.py",
+        "service/api.py",
+        "service/deletion.py",
+        "workspace/workspace.py",
+        "report/render.py",
+        "bench/service.py",
+    ):
+        assert elsewhere not in files  # a change there leaves every cached cell valid

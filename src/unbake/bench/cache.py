@@ -5,8 +5,11 @@ is written atomically as JSON under a name that holds the hash of its configurat
 a rerun with the same configuration reads it back instead of recomputing it, and any
 change to the configuration (data, model, training, methods and their parameters, seed)
 gives another hash and so a fresh computation. The configuration includes a hash of
-unbake's own source (:func:`code_fingerprint`): the cache cannot tell which code change
-matters, so after any change every cell is computed afresh. Models are cached as
+the source that computes a cell's numbers (:func:`code_fingerprint`: data, models,
+training, methods, families, backends, evaluation, the shared low-level modules and the
+cached benchmarks themselves): the cache cannot tell which of those changes matter, so
+after any such change every cell is computed afresh, while a change to the CLI, the
+service, the workspace or the reports leaves the cells valid. Models are cached as
 hash-checked safetensors checkpoints (never pickles). Each entry keeps its date and
 machine, and the benchmarks say which cells they read back.
 
@@ -38,6 +41,7 @@ __all__ = [
     "cell_path",
     "code_fingerprint",
     "data_fingerprint",
+    "fingerprinted_files",
     "key_hash",
     "load_model",
     "read_cell",
@@ -49,13 +53,45 @@ __all__ = [
 FORMAT = "unbake-bench-cell/1"
 
 
+#: The parts of the ``unbake`` package that compute a cached cell's numbers.
+COMPUTING = (
+    "data",
+    "models",
+    "training",
+    "methods",
+    "families",
+    "backends",
+    "evaluation",
+    "_threads.py",
+    "_validation.py",
+    "_json.py",
+    "registry.py",
+    "exceptions.py",
+    "workspace/checkpoints.py",
+    "bench/__init__.py",
+    "bench/cache.py",
+    "bench/approximate.py",
+    "bench/tune.py",
+)
+
+
+def fingerprinted_files() -> list[str]:
+    """The package-relative paths of the Python files :func:`code_fingerprint` reads."""
+    root = Path(__file__).resolve().parents[1]
+    files = set()
+    for part in COMPUTING:
+        path = root / part
+        files.update(path.rglob("*.py") if path.is_dir() else [path])
+    return sorted(str(f.relative_to(root)) for f in files)
+
+
 @functools.cache
 def code_fingerprint() -> str:
-    """sha256 over the path and bytes of every Python file of the ``unbake`` package."""
+    """sha256 over the path and bytes of every Python file in :data:`COMPUTING`."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    for rel in fingerprinted_files():
+        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes())
     return digest.hexdigest()
 
 
