@@ -216,10 +216,21 @@ class MLP(nn.Module):
 
 @MODELS.register("cnn")
 class CNN(nn.Module):
-    """A small conv net for 8×8 and 28×28 single- or multi-channel images."""
+    """A small conv net for 8×8 and 28×28 single- or multi-channel images.
+
+    Conv–ReLU–max-pool blocks, then the flattened feature map through one hidden layer.
+    Flattening (rather than a global average pool) keeps *where* a feature is: on
+    Fashion-MNIST it lifts test accuracy from about 80% to about 90%, and a corner trigger
+    is no longer averaged away with the rest of the image.
+    """
 
     def __init__(
-        self, *, input_shape: Sequence[int], n_classes: int, channels: Sequence[int] = (32, 64)
+        self,
+        *,
+        input_shape: Sequence[int],
+        n_classes: int,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
@@ -227,13 +238,20 @@ class CNN(nn.Module):
                 f"cnn needs image input of shape (C, H, W), got {tuple(input_shape)}; "
                 "use mlp or logreg for tabular data."
             )
-        c_in = input_shape[0]
+        c_in, height, width = (int(d) for d in input_shape)
         blocks: list[nn.Module] = []
         for c in channels:
             blocks += [nn.Conv2d(c_in, int(c), 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-            c_in = int(c)
-        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(c_in, n_classes)
+            c_in, height, width = int(c), height // 2, width // 2
+        if height < 1 or width < 1:
+            raise InvalidParameterError(
+                f"cnn's {len(channels)} pooling blocks shrink a {tuple(input_shape)} image to "
+                "nothing; give fewer channels= entries or a larger image."
+            )
+        self.features = nn.Sequential(
+            *blocks, nn.Flatten(), nn.Linear(c_in * height * width, int(hidden)), nn.ReLU()
+        )
+        self.head = nn.Linear(int(hidden), n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
