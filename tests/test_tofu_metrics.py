@@ -235,6 +235,21 @@ def test_the_summary_holds_sisa_loras_speedup_and_keeps_it_out_of_the_approximat
     assert s["sisa_lora_speedup"] == 8.0 and s["targets_met"]["sisa_lora_speedup"] is True
     assert s["targets_met"]["sisa_lora_bitwise_equal"] is False
 
+    # A single person's deletion, timed against its own ensemble from scratch, is the
+    # issue's figure; the split's ratio stays beside it.
+    one = [
+        _row("sisa_lora_retrain_one", None, None, None, None, 1.0, seconds=11.0),
+        {**rows[-1], "method": "sisa_lora_one", "seconds": 1.1, "bitwise_equal": True},
+    ]
+    s = summarise(rows + one, "forget10")
+    assert s["sisa_lora_speedup"] == 10.0 and s["sisa_lora_split_speedup"] == 8.0
+    assert s["best_method"] == "gentle" and s["max_time_fraction"] == 0.1
+    assert s["sisa_lora_bitwise_equal"] is False  # the split's deletion differs
+    rows[-1] = {**rows[-1], "bitwise_equal": True}
+    assert summarise(rows + one, "forget10")["sisa_lora_bitwise_equal"] is True
+    one[1] = {**one[1], "bitwise_equal": False}
+    assert summarise(rows + one, "forget10")["sisa_lora_bitwise_equal"] is False
+
     s = summarise(rows[:4], "forget10")  # a run without the sisa_lora rows
     assert s["sisa_lora_speedup"] is None and s["sisa_lora_bitwise_equal"] is None
     assert not s["targets_met"]["sisa_lora_speedup"]
