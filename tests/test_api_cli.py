@@ -44,6 +44,28 @@ def test_token_create_prints_the_token_once(ws_root):
     assert json.loads(js.stdout)["role"] == "operator"
 
 
+def test_token_revoke_and_list(ws_root):
+    made = runner.invoke(
+        app, ["token", "create", "--role", "auditor", "--json", "-w", str(ws_root)]
+    )
+    token_id = json.loads(made.stdout)["token_id"]
+    before = (ws_root / "catalog.sqlite").read_bytes()
+    bad = runner.invoke(app, ["token", "revoke", "nosuchid", "-w", str(ws_root)])
+    assert bad.exit_code == 2 and "No token 'nosuchid'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert (ws_root / "catalog.sqlite").read_bytes() == before
+    listed = runner.invoke(app, ["token", "list", "--json", "-w", str(ws_root)])
+    assert [t["revoked_at"] for t in json.loads(listed.stdout)] == [None]
+    out = runner.invoke(app, ["token", "revoke", token_id, "-w", str(ws_root)])
+    assert out.exit_code == 0 and f"Revoked token {token_id}" in out.stdout
+    again = runner.invoke(app, ["token", "revoke", token_id, "-w", str(ws_root)])
+    assert again.exit_code == 0 and "already revoked" in again.stdout
+    (row,) = json.loads(runner.invoke(app, ["token", "list", "--json", "-w", str(ws_root)]).stdout)
+    assert row["token_id"] == token_id and row["revoked_at"] is not None
+    table = runner.invoke(app, ["token", "list", "-w", str(ws_root)])
+    assert table.exit_code == 0 and token_id in table.stdout and "revoked_at" in table.stdout
+
+
 def test_serve_openapi_writes_the_schema(tmp_path):
     out = runner.invoke(app, ["serve", "--openapi", str(tmp_path / "api.json")])
     assert out.exit_code == 0, out.output
@@ -76,6 +98,15 @@ def test_serve_answers_over_http_and_stops_on_sigterm(ws_root):
         rid = r.json()["request_id"]
         got = httpx.get(f"{url}/v1/requests/{rid}", headers=headers).json()
         assert got["state"] == "queued"
+        # Revoked by another process: the running server refuses it from the next request.
+        (row,) = json.loads(
+            runner.invoke(app, ["token", "list", "--json", "-w", str(ws_root)]).stdout
+        )
+        assert (
+            runner.invoke(app, ["token", "revoke", row["token_id"], "-w", str(ws_root)]).exit_code
+            == 0
+        )
+        assert httpx.get(f"{url}/v1/requests/{rid}", headers=headers).status_code == 401
     finally:
         proc.send_signal(signal.SIGTERM)  # as `kill`: a clean stop, the worker stopped too
         out, err = proc.communicate(timeout=30)

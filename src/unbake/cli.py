@@ -1481,6 +1481,44 @@ def token_create(
         sys.stdout.write(token + "\n")
 
 
+@token_app.command("list")
+@_handle_errors
+def token_list(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
+    """List the tokens: ID, role, name, when made and when revoked (never the token)."""
+    from unbake.workspace import Workspace
+    from unbake.workspace.tokens import list_tokens
+
+    with Workspace.open(workspace, read_only=True) as ws:
+        rows = list_tokens(ws)
+    if as_json:
+        _emit_json(rows)
+        return
+    columns = ["token_id", "role", "name", "created_at", "revoked_at"]
+    cells = [[r[c] if r[c] is not None else "" for c in columns] for r in rows]
+    console.print(_table(f"Tokens ({len(rows)})", columns, cells))
+
+
+@token_app.command("revoke")
+@_handle_errors
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's ID, as `unbake token list` shows.")],
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a token: a running `unbake serve` refuses it (401) from its next request."""
+    from unbake.workspace import Workspace
+    from unbake.workspace.tokens import revoke_token
+
+    with Workspace.open(workspace) as ws:
+        row = revoke_token(ws, token_id)
+    if as_json:
+        _emit_json(row)
+    elif row["revoked"]:
+        console.print(f"Revoked token {token_id} ({row['role']}).")
+    else:
+        console.print(f"Token {token_id} was already revoked at {row['revoked_at']}.")
+
+
 def _worker_command(workspace: Path, policy: Path | None = None) -> list[str]:
     """The command line of `unbake worker` for ``workspace`` (and its policy file)."""
     command = [sys.executable, "-m", "unbake.cli", "worker", "--workspace", str(workspace)]

@@ -48,7 +48,6 @@ FILE`` writes it (the committed copy is ``docs/openapi.json``).
 import contextlib
 import functools
 import json
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -66,7 +65,7 @@ from unbake.service.deletion import DeletionService
 from unbake.service.serving import ServedModel
 from unbake.workspace import ledger
 from unbake.workspace.certificates import stored_certificate, workspace_public_key
-from unbake.workspace.tokens import Principal, authenticate
+from unbake.workspace.tokens import Principal, TokenCache
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "openapi_spec"]
 
@@ -77,7 +76,8 @@ MAX_PREDICT_ROWS = 1024
 #: How many recent requests the latency summaries of ``/metrics`` read.
 LATENCY_WINDOW = 1000
 #: Valid tokens are remembered this long (seconds), at most ``TOKEN_CACHE`` of them, so
-#: a busy client costs one HMAC and one catalog read a minute, not one a request.
+#: a busy client costs one HMAC and one catalog read a minute, not one a request; a
+#: revocation empties the cache at once (see :class:`~unbake.workspace.tokens.TokenCache`).
 TOKEN_CACHE_SECONDS = 60.0
 TOKEN_CACHE = 10_000
 #: Threads that run blocking endpoints (each accepted request waits for its group commit).
@@ -421,7 +421,11 @@ def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BOD
         lifespan=lifespan,
     )
     served = ServedModel(service) if service is not None else None
-    known: dict[str, tuple[Principal, float]] = {}  # token -> (principal, valid until)
+    tokens = (
+        TokenCache(service.workspace, seconds=TOKEN_CACHE_SECONDS, size=TOKEN_CACHE)
+        if service is not None
+        else None
+    )
     bearer = HTTPBearer(
         auto_error=False, description="A token made by `unbake token create --role R`."
     )
@@ -440,23 +444,16 @@ def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BOD
                 "`unbake token create --role R`).",
                 challenge,
             )
-        found = known.get(cred.credentials)
-        if found is None or found[1] < time.monotonic():
-            who = authenticate(service.workspace, cred.credentials)
-            if who is not None:
-                if len(known) >= TOKEN_CACHE:
-                    known.clear()
-                known[cred.credentials] = (who, time.monotonic() + TOKEN_CACHE_SECONDS)
-            found = (who, 0.0)
-        if found[0] is None:
+        who = tokens.principal(cred.credentials)
+        if who is None:
             raise ApiError(
                 401,
                 "Unauthorized",
-                "Unknown or malformed bearer token; use a token printed by `unbake token "
-                "create` for this workspace.",
+                "Unknown, malformed or revoked bearer token; use a token printed by "
+                "`unbake token create` for this workspace.",
                 challenge,
             )
-        return found[0]
+        return who
 
     def role(*roles: str) -> Callable[..., Principal]:
         async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
