@@ -6,9 +6,15 @@ import unbake  # noqa: F401  (first: its thread policy must precede torch)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-#: SQL that takes a v5 catalog back to v4 (tests that fake an older catalog start here).
-#: Statements that take a current catalog back to version 5 (before API tokens).
+#: Statements that take a current catalog back to version 6 (before token revocation).
+UNDO_V7 = [
+    "ALTER TABLE tokens DROP COLUMN revoked_at",
+    "DELETE FROM meta WHERE key = 'token_generation'",
+    "UPDATE meta SET value = '6' WHERE key = 'schema_version'",
+]
+#: ... and back to version 5 (before API tokens).
 UNDO_V6 = [
+    *UNDO_V7,
     "DROP TABLE tokens",
     "UPDATE meta SET value = '5' WHERE key = 'schema_version'",
 ]

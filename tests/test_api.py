@@ -15,7 +15,13 @@ from unbake.service import DeletionService
 from unbake.service.api import MAX_BODY_BYTES, create_app, openapi_text
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace.certificates import issue_certificate
-from unbake.workspace.tokens import ROLES, authenticate, create_token, list_tokens
+from unbake.workspace.tokens import (
+    ROLES,
+    authenticate,
+    create_token,
+    list_tokens,
+    revoke_token,
+)
 
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
 
@@ -248,21 +254,62 @@ def test_spec_names_every_error_body():
                 assert op["security"] == [{"HTTPBearer": []}]
 
 
-def test_a_v5_catalog_gains_the_tokens_table(template, tmp_path):
+def _downgrade(template, tmp_path, undo):
     import sqlite3
-
-    from tests.conftest import UNDO_V6
-    from unbake.workspace.catalog import SCHEMA_VERSION
 
     root = tmp_path / "old"
     shutil.copytree(template[0], root)
     conn = sqlite3.connect(root / "catalog.sqlite")
-    conn.executescript(";".join(UNDO_V6))
+    conn.executescript(";".join(undo))
     conn.close()
-    with Workspace.open(root) as ws:
-        assert ws.catalog.meta("schema_version") == str(SCHEMA_VERSION) == "6"
+    return root
+
+
+def test_a_v5_catalog_gains_the_tokens_table(template, tmp_path):
+    from tests.conftest import UNDO_V6
+    from unbake.workspace.catalog import SCHEMA_VERSION
+
+    with Workspace.open(_downgrade(template, tmp_path, UNDO_V6)) as ws:
+        assert ws.catalog.meta("schema_version") == str(SCHEMA_VERSION) == "7"
         token, _ = create_token(ws, "operator")
         assert authenticate(ws, token).role == "operator"
+
+
+def test_a_v6_catalog_keeps_its_tokens_and_can_revoke_them(template, tmp_path):
+    from tests.conftest import UNDO_V7
+
+    root = _downgrade(template, tmp_path, UNDO_V7)
+    with Workspace.open(root) as ws:
+        assert ws.catalog.meta("schema_version") == "7"
+        listed = list_tokens(ws)
+        assert len(listed) == 4 and all(t["revoked_at"] is None for t in listed)
+        assert authenticate(ws, template[2]["auditor"]).role == "auditor"
+        auditor = next(t["token_id"] for t in listed if t["role"] == "auditor")
+        assert revoke_token(ws, auditor)["revoked"] is True
+        assert authenticate(ws, template[2]["auditor"]) is None
+
+
+def test_a_revoked_token_is_refused_at_once_and_the_cache_still_saves_reads(env, monkeypatch):
+    import unbake.workspace.tokens as tokens_module
+
+    client, svc, _, tokens = env
+    calls = []
+    real = tokens_module.authenticate
+    monkeypatch.setattr(
+        tokens_module, "authenticate", lambda ws, token: calls.append(token) or real(ws, token)
+    )
+    for _ in range(3):
+        assert client.get("/v1/models/current", headers=auth(tokens["auditor"])).status_code == 200
+    svc.submit(sample_ids=["digits-0000"])  # a commit, but no revocation: the cache holds
+    assert client.get("/v1/models/current", headers=auth(tokens["auditor"])).status_code == 200
+    assert calls == [tokens["auditor"]]
+    # Revoked through another connection (as `unbake token revoke` in another process).
+    with Workspace.open(svc.root) as other:
+        (row,) = [t for t in list_tokens(other) if t["role"] == "auditor"]
+        revoke_token(other, row["token_id"])
+    r = client.get("/v1/models/current", headers=auth(tokens["auditor"]))
+    assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+    assert client.get("/v1/models/current", headers=auth(tokens["operator"])).status_code == 200
 
 
 def test_ledger_pages_and_verify_for_auditors(env):

@@ -1,5 +1,6 @@
 """`unbake token create` and `unbake serve` from the command line, as the README uses them."""
 
+import contextlib
 import json
 import os
 import signal
@@ -7,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,38 +46,82 @@ def test_token_create_prints_the_token_once(ws_root):
     assert json.loads(js.stdout)["role"] == "operator"
 
 
+def test_token_revoke_and_list(ws_root):
+    made = runner.invoke(
+        app, ["token", "create", "--role", "auditor", "--json", "-w", str(ws_root)]
+    )
+    token_id = json.loads(made.stdout)["token_id"]
+    before = (ws_root / "catalog.sqlite").read_bytes()
+    bad = runner.invoke(app, ["token", "revoke", "nosuchid", "-w", str(ws_root)])
+    assert bad.exit_code == 2 and "No token 'nosuchid'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert (ws_root / "catalog.sqlite").read_bytes() == before
+    listed = runner.invoke(app, ["token", "list", "--json", "-w", str(ws_root)])
+    assert [t["revoked_at"] for t in json.loads(listed.stdout)] == [None]
+    out = runner.invoke(app, ["token", "revoke", token_id, "-w", str(ws_root)])
+    assert out.exit_code == 0 and f"Revoked token {token_id}" in out.stdout
+    again = runner.invoke(app, ["token", "revoke", token_id, "-w", str(ws_root)])
+    assert again.exit_code == 0 and "already revoked" in again.stdout
+    (row,) = json.loads(runner.invoke(app, ["token", "list", "--json", "-w", str(ws_root)]).stdout)
+    assert row["token_id"] == token_id and row["revoked_at"] is not None
+    table = runner.invoke(app, ["token", "list", "-w", str(ws_root)])
+    assert table.exit_code == 0 and token_id in table.stdout and "revoked_at" in table.stdout
+
+
 def test_serve_openapi_writes_the_schema(tmp_path):
     out = runner.invoke(app, ["serve", "--openapi", str(tmp_path / "api.json")])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "api.json").read_text() == openapi_text()
 
 
-def test_serve_answers_over_http_and_stops_on_sigterm(ws_root):
-    token = runner.invoke(app, ["token", "create", "--role", "submitter", "-w", str(ws_root)])
-    headers = {"Authorization": f"Bearer {token.stdout.strip()}"}
+def _serve(ws_root, *args):
+    """`unbake serve` on a free port, once it answers /healthz; returns (process, URL)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "unbake.cli", "serve", "--no-worker", "-w", str(ws_root)]
+    cmd = [sys.executable, "-m", "unbake.cli", "serve", *args, "-w", str(ws_root)]
     proc = subprocess.Popen(
         [*cmd, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ
     )
     url = f"http://127.0.0.1:{port}"
+    _wait(lambda: httpx.get(url + "/healthz").status_code == 200, proc, "serve to start")
+    return proc, url
+
+
+def _wait(ready, proc, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        try:
+            if ready():
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.1)
+
+
+def test_serve_answers_over_http_and_stops_on_sigterm(ws_root):
+    token = runner.invoke(app, ["token", "create", "--role", "submitter", "-w", str(ws_root)])
+    headers = {"Authorization": f"Bearer {token.stdout.strip()}"}
+    proc, url = _serve(ws_root, "--no-worker")
+    port = url.rsplit(":", 1)[1]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "unbake serve did not start"
-                time.sleep(0.1)
+        assert httpx.get(url + "/healthz").json()["worker"]["state"] == "disabled"
         r = httpx.post(url + "/v1/requests", json={"class": 0}, headers=headers)
         assert r.status_code == 202, r.text
         rid = r.json()["request_id"]
         got = httpx.get(f"{url}/v1/requests/{rid}", headers=headers).json()
         assert got["state"] == "queued"
+        # Revoked by another process: the running server refuses it from the next request.
+        (row,) = json.loads(
+            runner.invoke(app, ["token", "list", "--json", "-w", str(ws_root)]).stdout
+        )
+        assert (
+            runner.invoke(app, ["token", "revoke", row["token_id"], "-w", str(ws_root)]).exit_code
+            == 0
+        )
+        assert httpx.get(f"{url}/v1/requests/{rid}", headers=headers).status_code == 401
     finally:
         proc.send_signal(signal.SIGTERM)  # as `kill`: a clean stop, the worker stopped too
         out, err = proc.communicate(timeout=30)
@@ -88,7 +134,7 @@ def test_serve_runs_the_worker_with_its_policy_and_refuses_a_bad_one(ws_root, tm
 
     assert cli._worker_command(ws_root, tmp_path / "p.toml") == [
         sys.executable, "-m", "unbake.cli", "worker", "--workspace", str(ws_root),
-        "--policy", str(tmp_path / "p.toml"),
+        "--stop-with", str(os.getpid()), "--policy", str(tmp_path / "p.toml"),
     ]  # fmt: skip
     bad = tmp_path / "bad.toml"
     bad.write_text("[batch]\nmax_requests = 0\n")
@@ -97,3 +143,57 @@ def test_serve_runs_the_worker_with_its_policy_and_refuses_a_bad_one(ws_root, tm
     assert out.exit_code == 2 and "batch.max_requests" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in ws_root.iterdir()) == before
+
+
+def _children(pid):
+    """The IDs of the processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow  # about 12 s: two worker start-ups, a retrain and a certificate
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_serve_restarts_a_killed_worker_which_then_drains_the_queue(ws_root, tmp_path):
+    policy = tmp_path / "now.toml"  # a batch per request, applied by an exact retrain
+    policy.write_text(
+        '[batch]\nmax_requests = 1\nmax_seconds = 0.1\n[models.default]\nfallback = "retrain"\n'
+    )
+    made = runner.invoke(app, ["token", "create", "--role", "operator", "-w", str(ws_root)])
+    headers = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    with Workspace.open(ws_root, read_only=True) as ws:
+        sample = next(r["sample_id"] for r in ws.samples() if r["split"] == "train")
+    proc, url = _serve(ws_root, "--policy", str(policy))
+
+    def health():
+        return httpx.get(url + "/healthz").json()
+
+    try:
+        assert health()["worker"]["state"] == "running"
+        (first,) = _children(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        _wait(lambda: health()["worker"]["restarts"] == 1, proc, "the worker's restart")
+        assert health()["worker"] == {"state": "running", "restarts": 1, "last_exit_code": -9}
+        assert health()["status"] == "ok"
+        (second,) = _children(proc.pid)
+        assert second != first
+        r = httpx.post(url + "/v1/requests", json={"sample_ids": [sample]}, headers=headers)
+        assert r.status_code == 202, r.text
+        rid = r.json()["request_id"]
+
+        def applied():
+            got = httpx.get(f"{url}/v1/requests/{rid}", headers=headers).json()
+            return got["state"] in ("applied", "certified")
+
+        _wait(applied, proc, "the restarted worker to apply the request", timeout=120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert "killed by SIGKILL" in err.decode() and "restarting it in" in err.decode()
+    with pytest.raises(ProcessLookupError):
+        os.kill(second, 0)  # stopped with the server (and reaped)

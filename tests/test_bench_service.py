@@ -16,3 +16,18 @@ def test_acknowledged_requests_survive_kill9_of_the_server(tmp_path):
         assert out["acknowledged_before_kill"] > 0, out
         assert out["lost"] == 0 and out["duplicated"] == 0, out
         assert out["requests_after_retry"] == 300
+
+
+@pytest.mark.slow
+def test_the_accept_sweep_reports_every_level_and_the_summary_picks_one(tmp_path):
+    from unbake.bench.service import _accept_sweep, best_level
+
+    root = tmp_path / "ws"
+    train, tokens = _workspace(root)
+    rows = _accept_sweep(root, train, tokens["submitter"], 60, (2, 8), "raw")
+    assert [r["concurrency"] for r in rows] == [2, 8]
+    assert all(r["accepted"] == 60 and r["p50_accept_ms"] <= r["p99_accept_ms"] for r in rows)
+    pick, met = best_level(rows)
+    assert pick in rows and met == (
+        pick["p99_accept_ms"] <= 50 and pick["accepted_per_second"] >= 1000
+    )

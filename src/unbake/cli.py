@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -790,6 +791,10 @@ def worker(
             help="Sign a certificate for each applied request (state certified).",
         ),
     ] = True,
+    stop_with: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="Stop when this parent process is gone (`unbake serve`)."),
+    ] = None,
     threads: ThreadsOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
@@ -803,15 +808,17 @@ def worker(
     from unbake.service import DeletionService
     from unbake.service.deletion import drain
     from unbake.service.policy import load_policy
+    from unbake.service.supervisor import stop_when_orphaned
 
     if (batch is not None and batch < 1) or (window is not None and window < 0):
         raise InvalidParameterError(
             f"--batch must be >= 1 and --window >= 0; got {batch} and {window}."
         )
     rules = load_policy(policy) if policy is not None else None  # checked once, at start
+    stop = stop_when_orphaned(stop_with) if stop_with is not None else None
     with DeletionService(workspace, policy=rules) as svc:
         try:
-            finished = drain(svc, batch=batch, window=window, once=once, certify=certify)
+            finished = drain(svc, batch=batch, window=window, once=once, certify=certify, stop=stop)
         except KeyboardInterrupt:
             finished = None
         counts = svc.state_counts()
@@ -1481,10 +1488,63 @@ def token_create(
         sys.stdout.write(token + "\n")
 
 
+@token_app.command("list")
+@_handle_errors
+def token_list(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
+    """List the tokens: ID, role, name, when made and when revoked (never the token)."""
+    from unbake.workspace import Workspace
+    from unbake.workspace.tokens import list_tokens
+
+    with Workspace.open(workspace, read_only=True) as ws:
+        rows = list_tokens(ws)
+    if as_json:
+        _emit_json(rows)
+        return
+    columns = ["token_id", "role", "name", "created_at", "revoked_at"]
+    cells = [[r[c] if r[c] is not None else "" for c in columns] for r in rows]
+    console.print(_table(f"Tokens ({len(rows)})", columns, cells))
+
+
+@token_app.command("revoke")
+@_handle_errors
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's ID, as `unbake token list` shows.")],
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a token: a running `unbake serve` refuses it (401) from its next request."""
+    from unbake.workspace import Workspace
+    from unbake.workspace.tokens import revoke_token
+
+    with Workspace.open(workspace) as ws:
+        row = revoke_token(ws, token_id)
+    if as_json:
+        _emit_json(row)
+    elif row["revoked"]:
+        console.print(f"Revoked token {token_id} ({row['role']}).")
+    else:
+        console.print(f"Token {token_id} was already revoked at {row['revoked_at']}.")
+
+
 def _worker_command(workspace: Path, policy: Path | None = None) -> list[str]:
-    """The command line of `unbake worker` for ``workspace`` (and its policy file)."""
+    """The command line of `unbake worker` for ``workspace`` (and its policy file), which
+    stops if this process dies."""
     command = [sys.executable, "-m", "unbake.cli", "worker", "--workspace", str(workspace)]
+    command += ["--stop-with", str(os.getpid())]
     return command + (["--policy", str(policy)] if policy is not None else [])
+
+
+def _log_to_stderr(name: str) -> None:
+    """Show the INFO (and worse) records of logger ``name`` on stderr, through rich."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    log = logging.getLogger(name)
+    if not log.handlers:
+        log.addHandler(RichHandler(console=err_console, show_path=False))
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 class _Stopped(Exception):
@@ -1532,7 +1592,8 @@ def serve(
     workspace: WorkspaceOpt = DEFAULT_WS,
 ) -> None:
     """Serve the REST API (file requests, read the ledger and certificates, predict), and
-    by default run the worker that applies queued requests in its own process."""
+    by default run the worker that applies queued requests in its own process, restarted
+    with backoff when it exits (not after 5 exits in 60 s: /healthz then says degraded)."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -1548,27 +1609,26 @@ def serve(
         atomic_write_text(openapi, openapi_text())
         console.print(f"Wrote the OpenAPI schema to {openapi}.")
         return
-    import subprocess
-
     from unbake.service import DeletionService
     from unbake.service.api import create_app
     from unbake.service.policy import load_policy
+    from unbake.service.supervisor import WorkerSupervisor
 
     rules = load_policy(policy) if policy is not None else None  # refused before serving
     command = None if no_worker else _worker_command(workspace, policy)
-    with DeletionService(workspace, policy=rules) as svc:
-        worker = subprocess.Popen(command) if command else None
-        who = f"; worker pid {worker.pid}" if worker is not None else "; no worker"
+    _log_to_stderr("unbake.serve")
+    # Leaving the block stops the worker first (SIGTERM; it is crash-safe), then the service.
+    with DeletionService(workspace, policy=rules) as svc, WorkerSupervisor(command) as worker:
+        who = f"; worker pid {worker.pid}" if worker.pid is not None else "; no worker"
         console.print(f"Serving workspace {workspace} on http://{host}:{port}{who} (Ctrl-C stops).")
-        try:
-            with _stop_on_signals():
-                uvicorn.run(
-                    create_app(svc), host=host, port=port, log_level="warning", access_log=False
-                )
-        finally:
-            if worker is not None:
-                worker.terminate()
-                worker.wait()
+        with _stop_on_signals():
+            uvicorn.run(
+                create_app(svc, worker=worker),
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+            )
 
 
 # --- bench ---------------------------------------------------------------------------

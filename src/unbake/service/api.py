@@ -13,7 +13,8 @@ with ``unbake token create --role R``):
 - ``POST /v1/predict``: predictions of the current model; operator, auditor.
 - ``GET /v1/models/current``: the current model; every role.
 - ``GET /metrics``: Prometheus text; operator, auditor.
-- ``GET /healthz``: liveness; no token.
+- ``GET /healthz``: liveness, and the state of the worker that ``unbake serve`` runs
+  (``degraded`` once it failed, see :mod:`unbake.service.supervisor`); no token.
 
 ``POST /v1/requests`` answers ``202`` once the request is durable (committed with
 ``synchronous = FULL`` by the service's group commit). Every error is a JSON body
@@ -48,7 +49,6 @@ FILE`` writes it (the committed copy is ``docs/openapi.json``).
 import contextlib
 import functools
 import json
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -64,9 +64,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from unbake.exceptions import IntegrityError, NotFoundError, UnbakeError, WorkspaceError
 from unbake.service.deletion import DeletionService
 from unbake.service.serving import ServedModel
+from unbake.service.supervisor import WORKER_STATES, WorkerSupervisor
 from unbake.workspace import ledger
 from unbake.workspace.certificates import stored_certificate, workspace_public_key
-from unbake.workspace.tokens import Principal, authenticate
+from unbake.workspace.tokens import Principal, TokenCache
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "openapi_spec"]
 
@@ -77,7 +78,8 @@ MAX_PREDICT_ROWS = 1024
 #: How many recent requests the latency summaries of ``/metrics`` read.
 LATENCY_WINDOW = 1000
 #: Valid tokens are remembered this long (seconds), at most ``TOKEN_CACHE`` of them, so
-#: a busy client costs one HMAC and one catalog read a minute, not one a request.
+#: a busy client costs one HMAC and one catalog read a minute, not one a request; a
+#: revocation empties the cache at once (see :class:`~unbake.workspace.tokens.TokenCache`).
 TOKEN_CACHE_SECONDS = 60.0
 TOKEN_CACHE = 10_000
 #: Threads that run blocking endpoints (each accepted request waits for its group commit).
@@ -216,9 +218,23 @@ class PredictionOut(BaseModel):
     probabilities: list[list[float]] | None = None
 
 
+class WorkerHealth(BaseModel):
+    state: Literal[WORKER_STATES] = Field(  # type: ignore[valid-type]
+        description="running; restarting (it exited, and is started again after a backoff); "
+        "failed (it exited too often in a short while and is left stopped); disabled (the "
+        "server runs without one)."
+    )
+    restarts: int = Field(description="Times the server restarted it.")
+    last_exit_code: int | None = Field(description="Its last exit code (-9: SIGKILL).")
+
+
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(
+        description="'degraded' when the worker failed: requests are accepted and queued, "
+        "but none is applied until the server is restarted."
+    )
     schema_version: str | None
+    worker: WorkerHealth
 
 
 class ErrorInfo(BaseModel):
@@ -405,8 +421,15 @@ def render_metrics(service: DeletionService, served: ServedModel) -> str:
 # --- the application ------------------------------------------------------------------
 
 
-def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The ASGI application over ``service`` (``None`` only to build the OpenAPI schema)."""
+def create_app(
+    service: DeletionService | None,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    worker: WorkerSupervisor | None = None,
+) -> FastAPI:
+    """The ASGI application over ``service`` (``None`` only to build the OpenAPI schema);
+    ``/healthz`` reports ``worker``'s state (none: ``disabled``)."""
+    worker = worker if worker is not None else WorkerSupervisor(None)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -421,7 +444,11 @@ def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BOD
         lifespan=lifespan,
     )
     served = ServedModel(service) if service is not None else None
-    known: dict[str, tuple[Principal, float]] = {}  # token -> (principal, valid until)
+    tokens = (
+        TokenCache(service.workspace, seconds=TOKEN_CACHE_SECONDS, size=TOKEN_CACHE)
+        if service is not None
+        else None
+    )
     bearer = HTTPBearer(
         auto_error=False, description="A token made by `unbake token create --role R`."
     )
@@ -440,23 +467,16 @@ def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BOD
                 "`unbake token create --role R`).",
                 challenge,
             )
-        found = known.get(cred.credentials)
-        if found is None or found[1] < time.monotonic():
-            who = authenticate(service.workspace, cred.credentials)
-            if who is not None:
-                if len(known) >= TOKEN_CACHE:
-                    known.clear()
-                known[cred.credentials] = (who, time.monotonic() + TOKEN_CACHE_SECONDS)
-            found = (who, 0.0)
-        if found[0] is None:
+        who = tokens.principal(cred.credentials)
+        if who is None:
             raise ApiError(
                 401,
                 "Unauthorized",
-                "Unknown or malformed bearer token; use a token printed by `unbake token "
-                "create` for this workspace.",
+                "Unknown, malformed or revoked bearer token; use a token printed by "
+                "`unbake token create` for this workspace.",
                 challenge,
             )
-        return found[0]
+        return who
 
     def role(*roles: str) -> Callable[..., Principal]:
         async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -661,9 +681,16 @@ def create_app(service: DeletionService | None, *, max_body_bytes: int = MAX_BOD
             render_metrics(service, served), media_type="text/plain; version=0.0.4"
         )
 
-    @app.get("/healthz", response_model=Health, summary="Liveness (no token needed)")
+    @app.get(
+        "/healthz", response_model=Health, summary="Liveness and the worker's state (no token)"
+    )
     def healthz() -> Health:
-        return Health(status="ok", schema_version=service.workspace.catalog.meta("schema_version"))
+        state = worker.health()
+        return Health(
+            status="degraded" if state["state"] == "failed" else "ok",
+            schema_version=service.workspace.catalog.meta("schema_version"),
+            worker=WorkerHealth(**state),
+        )
 
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
     return app

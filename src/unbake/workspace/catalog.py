@@ -9,7 +9,9 @@ samples each reference trained on, so a deletion can purge every one that saw th
 ``ledger`` (the hash-chained log of request state transitions, see
 :mod:`unbake.workspace.ledger`), ``request_keys`` (client idempotency keys) and
 ``queue`` (requests filed but not yet applied, with what the worker needs to apply
-them) and ``tokens`` (the REST API's bearer tokens, each only as its keyed hash). Older catalogs are migrated forward on open, one numbered step at a time.
+them) and ``tokens`` (the REST API's bearer tokens, each only as its keyed hash, and
+when it was revoked). Older catalogs are migrated forward on open, one numbered step at
+a time.
 
 The file is in WAL mode: readers never wait for a writer, and a writer that finds
 another writing waits (``busy_timeout``) instead of failing. Each thread gets its own
@@ -24,6 +26,7 @@ file and truncates it, so no old copy of a cleared page survives there either.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -37,7 +40,7 @@ from unbake.workspace.ledger import head, last_state, verify_chain
 
 __all__ = ["SCHEMA_VERSION", "Catalog", "utcnow"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: How long a writer waits for another writer before giving up (milliseconds).
 BUSY_TIMEOUT_MS = 60_000
@@ -180,16 +183,23 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 """
 
+#: When a token was revoked (``NULL``: valid). Added in v7. A revocation also bumps the
+#: ``token_generation`` meta key, so a server's token cache notices it at once.
+_TOKEN_REVOCATION = """
+ALTER TABLE tokens ADD COLUMN revoked_at TEXT;
+"""
+
 #: Statements that bring a catalog of version N up to N + 1.
 _MIGRATIONS = {
     2: "ALTER TABLE requests ADD COLUMN audit TEXT;" + _REFERENCES,
     3: _LEDGER,
     4: _REQUEST_PROVENANCE + _QUEUE,
     5: _TOKENS,
+    6: _TOKEN_REVOCATION,
 }
 
 #: Every table of the current schema.
-_ALL = _SCHEMA + _REFERENCES + _LEDGER + _QUEUE + _TOKENS
+_ALL = _SCHEMA + _REFERENCES + _LEDGER + _QUEUE + _TOKENS + _TOKEN_REVOCATION
 
 
 def _statements(script: str) -> list[str]:
@@ -226,6 +236,8 @@ class Catalog:
         self._all: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
         self._closed = False
+        self._commits = itertools.count()
+        self._last_commit = 0
         _ = self._conn  # opened now, so that a bad file is refused by the constructor
 
     @property
@@ -394,6 +406,18 @@ class Catalog:
         else:
             with self._errors():
                 cur.execute("COMMIT")
+            self._last_commit = next(self._commits) + 1
+
+    def data_version(self) -> tuple[int, int, int]:
+        """A cheap mark (no table read) that changes whenever a transaction commits to the
+        catalog file: SQLite's ``PRAGMA data_version`` of this thread's connection (commits
+        by other connections and processes) with this catalog's own commit count (commits
+        of this connection, which the pragma does not count). Compare only marks read in
+        the same thread: each connection counts on its own."""
+        conn = self._conn
+        with self._errors():
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+        return id(conn), version, self._last_commit
 
     # --- reads ---------------------------------------------------------------------
 
