@@ -849,8 +849,8 @@ def clean(
 ) -> None:
     """Find suspect training samples with a detector and unlearn the top --budget of them."""
     _apply_threads(threads)
+    from unbake.service.cleaning import clean as run_clean
     from unbake.workspace import Workspace
-    from unbake.workspace.cleaning import clean as run_clean
 
     with Workspace.open(workspace) as ws:
         report = run_clean(
