@@ -478,6 +478,7 @@ def train(
 ) -> None:
     """Train a model on the workspace's active samples (creating the workspace if new)."""
     _apply_threads(threads)
+    from unbake.service.apply import train as train_model
     from unbake.training import TrainConfig
     from unbake.workspace import Workspace
     from unbake.workspace.workspace import CATALOG
@@ -535,7 +536,8 @@ def train(
         ws = Workspace.create(workspace, dataset=dataset or "digits", dataset_options=options)
         created = True
     try:
-        model_id = ws.train(
+        model_id = train_model(
+            ws,
             model=model,
             config=config,
             seed=seed,
@@ -899,11 +901,12 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """FA (on everything forgotten so far), RA, TA and MIA of a model."""
+    from unbake.service.apply import evaluate_model
     from unbake.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
         row = ws._model_row(model)
-        ev = ws.evaluate(row["model_id"])
+        ev = evaluate_model(ws, row["model_id"])
     out = {"model_id": row["model_id"], **ev.to_dict()}
     if as_json:
         _emit_json(out)

@@ -49,6 +49,7 @@ from unbake.exceptions import (
 )
 from unbake.methods import METHODS
 from unbake.methods.tuned import resolve_params, scenario_of
+from unbake.service.apply import apply_parts, forget, stage_parts
 from unbake.service.policy import (
     ModelInfo,
     Outcome,
@@ -174,11 +175,16 @@ class _GroupCommit:
 
 
 class DeletionService:
-    """Deletion requests of one workspace: submit, read, and apply (thread-safe)."""
+    """Deletion requests of one workspace: submit, read, and apply (thread-safe).
+
+    ``root`` is the workspace folder, or a :class:`Workspace` the caller has open (one
+    created from in-memory data, say): that one stays the caller's to close, and keeps
+    its own read-only mode.
+    """
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | Workspace,
         *,
         read_only: bool = False,
         policy: Policy | str | os.PathLike | None = None,
@@ -186,13 +192,15 @@ class DeletionService:
         #: The deletion policy (:mod:`unbake.service.policy`): the worker's method order,
         #: batch window, and the deadline of requests filed here; ``None``: the defaults.
         self.policy = as_policy(policy)
-        self.workspace = Workspace.open(root, read_only=read_only)
+        self._owns_workspace = not isinstance(root, Workspace)
+        self.workspace = Workspace.open(root, read_only=read_only) if self._owns_workspace else root
         self.root = self.workspace.root
         self._writer = _GroupCommit(self._write_jobs)
 
     def close(self) -> None:
         self._writer.close()
-        self.workspace.close()
+        if self._owns_workspace:
+            self.workspace.close()
 
     def __enter__(self) -> DeletionService:
         return self
@@ -755,7 +763,8 @@ class DeletionService:
                 info = {"tuned_defaults": json.loads(tuned_json)} if tuned_json else {}
                 if policy is not None:
                     info["policy"] = {"bypassed": "the request names its own method"}
-                ws.apply_parts(
+                apply_parts(
+                    ws,
                     parts,
                     METHODS.create(method, **json.loads(params_json)),
                     active,
@@ -795,7 +804,8 @@ class DeletionService:
         model = ModelInfo(spec.get("name", row["description"]), row["strategy"])
 
         def stage(unlearner, *, record_failure: bool):
-            return ws.stage_parts(
+            return stage_parts(
+                ws,
                 parts,
                 unlearner,
                 active,
@@ -833,9 +843,9 @@ class DeletionService:
         """File a request and apply it at once, all or nothing (what ``unbake forget``
         does): the ledger records ``received → applying → applied``, and a request that
         turns out to be invalid at any point leaves no trace. Takes the keyword arguments
-        of :meth:`unbake.workspace.Workspace.forget`; it waits for a running worker's batch.
+        of :func:`unbake.service.apply.forget`; it waits for a running worker's batch.
         """
-        return self.workspace.forget(**request)
+        return forget(self.workspace, **request)
 
 
 def drain(
