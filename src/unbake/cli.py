@@ -1222,10 +1222,12 @@ def audit(
     as_json: JsonOpt = False,
 ) -> None:
     """Is a request's unlearning distinguishable from retraining? U-LiRA against K references."""
+    from unbake.service.audit import audit_request
     from unbake.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
-        report = ws.audit(
+        report = audit_request(
+            ws,
             request_id=request,
             references=references,
             model_id=model,

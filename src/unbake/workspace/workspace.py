@@ -9,9 +9,9 @@ Readers take no lock: the catalog is in WAL mode, so they never wait for a write
 
 This is the storage layer: it keeps the catalog, the checkpoints and the ledger, checks
 the data source against them, and records a trained model, an applied request or a
-failure in one transaction each. Running a method (training, unlearning, evaluating)
-and deciding what to apply is the service layer's (:mod:`unbake.service.apply`,
-:mod:`unbake.service.deletion`); :meth:`Workspace.train` and :meth:`Workspace.forget`
+failure in one transaction each. Running a method (training, unlearning, evaluating,
+auditing) and deciding what to apply is the service layer's (:mod:`unbake.service.apply`,
+:mod:`unbake.service.audit`, :mod:`unbake.service.deletion`); :meth:`Workspace.train` and :meth:`Workspace.forget`
 remain as the short entry points the README shows, and call it.
 """
 
@@ -1065,32 +1065,6 @@ class Workspace:
         return stale + ref_files
 
     # --- reading -------------------------------------------------------------------
-
-    def audit(
-        self,
-        *,
-        request_id: str | None = None,
-        references: int = 8,
-        model_id: str | None = None,
-        seed: int = 0,
-        backend: str = "local",
-        workers: int = 1,
-    ):
-        """Audit a request (default: the latest) against retraining; records it on the request.
-
-        See :func:`unbake.workspace.references.audit_request`.
-        """
-        from unbake.workspace.references import audit_request
-
-        return audit_request(
-            self,
-            request_id=request_id,
-            references=references,
-            model_id=model_id,
-            seed=seed,
-            backend=backend,
-            workers=workers,
-        )
 
     def status(self) -> dict[str, Any]:
         """Counts (active training samples, forgotten rows of every split, active rows per split),
