@@ -239,6 +239,18 @@ class DeletionService:
         model and ``retrain`` otherwise). With an ``idempotency_key`` seen before for
         the same request, that request is returned (``duplicate=True``).
         """
+        request = {
+            "sample_ids": sample_ids,
+            "subject": subject,
+            "class_label": class_label,
+            "reason": reason,
+            "submitted_by": submitted_by,
+            "method": method,
+            "params": params,
+            "seed": seed,
+            "device": device,
+            "model_id": model_id,
+        }
         key = None
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not idempotency_key:
@@ -258,36 +270,21 @@ class DeletionService:
             )  # a retry: no need to validate again
             if known is not None:
                 return known
-        job = self._validate(
-            sample_ids,
-            subject,
-            class_label,
-            reason,
-            submitted_by,
-            method,
-            params,
-            seed,
-            device,
-            model_id,
-        )
+        job = self._validate(request)
         if key is not None:
             job.key_hash, job.fingerprint = key
         return self._writer.submit(job)
 
-    def _validate(
-        self,
-        sample_ids,
-        subject,
-        class_label,
-        reason,
-        submitted_by,
-        method,
-        params,
-        seed,
-        device,
-        model_id,
-    ) -> _Job:
+    def _validate(self, request: dict[str, Any]) -> _Job:
+        """``request`` (:meth:`submit`'s keywords but the idempotency key) checked against
+        the catalog, as the writer's job; a refused one raises a typed :class:`UnbakeError`."""
         self.workspace.check_writable()
+        sample_ids, subject, class_label = (
+            request["sample_ids"],
+            request["subject"],
+            request["class_label"],
+        )
+        method, params, seed = request["method"], request["params"], request["seed"]
         named = [x is not None for x in (sample_ids, subject, class_label)]
         if not any(named):
             raise EmptyRequestError(
@@ -299,7 +296,8 @@ class DeletionService:
                 "A deletion request names exactly one of sample IDs, a subject or a class; "
                 "file one request for each."
             )
-        for name, value in (("reason", reason), ("submitted_by", submitted_by)):
+        for name in ("reason", "submitted_by"):
+            value = request[name]
             if value is not None and not isinstance(value, str):
                 raise InvalidParameterError(
                     f"The request's {name} must be a string; got {value!r}."
@@ -315,10 +313,10 @@ class DeletionService:
             raise InvalidParameterError("Method parameters need a method; name the method too.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise InvalidParameterError(f"The seed must be a whole number; got {seed!r}.")
-        if device is not None:
-            resolve_device(device)
-        if model_id is not None:
-            self.workspace._model_row(model_id)
+        if request["device"] is not None:
+            resolve_device(request["device"])
+        if request["model_id"] is not None:
+            self.workspace._model_row(request["model_id"])
         ids: list[str] = []
         label = None
         if sample_ids is not None:
@@ -350,10 +348,10 @@ class DeletionService:
             method,
             dict(params or {}),
             seed,
-            device,
-            model_id,
-            reason,
-            submitted_by,
+            request["device"],
+            request["model_id"],
+            request["reason"],
+            request["submitted_by"],
         )
 
     def _check_ids(self, ids: list[str]) -> None:
