@@ -266,7 +266,7 @@ def check_rejects_empty(unlearner: Unlearner) -> None:
 
 
 def check_workspace_requests(unlearner: Unlearner) -> None:
-    """Through the deletion service: bad requests change nothing; a good one touches only its IDs."""
+    """Through the deletion service: bad requests change nothing, a good one only its IDs."""
     ds = _dataset_for(unlearner)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ws"

@@ -10,9 +10,10 @@ Readers take no lock: the catalog is in WAL mode, so they never wait for a write
 This is the storage layer: it keeps the catalog, the checkpoints and the ledger, checks
 the data source against them, and records a trained model, an applied request or a
 failure in one transaction each. Running a method (training, unlearning, evaluating,
-auditing) and deciding what to apply is the service layer's (:mod:`unbake.service.apply`,
-:mod:`unbake.service.audit`, :mod:`unbake.service.deletion`); :meth:`Workspace.train` and :meth:`Workspace.forget`
-remain as the short entry points the README shows, and call it.
+auditing) and deciding what to apply is the service layer's
+(:mod:`unbake.service.apply`, :mod:`unbake.service.audit`, :mod:`unbake.service.deletion`);
+:meth:`Workspace.train` and :meth:`Workspace.forget` remain as the short entry points
+the README shows, and call it.
 """
 
 from __future__ import annotations
