@@ -9,10 +9,10 @@ from unbake.data import load_dataset
 from unbake.data.poison import PoisonSpec, apply_poison, attack_success_rate, planted, triggered
 from unbake.evaluation.detectors import DETECTORS, detection_scores
 from unbake.exceptions import InvalidParameterError, UnknownNameError
+from unbake.service.cleaning import clean
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.training import TrainConfig, fit
 from unbake.workspace import Workspace
-from unbake.workspace.cleaning import clean
 
 BACKDOOR = "backdoor:fraction=0.05,target=0,size=3"
 FLIP = "flip:fraction=0.3,source=3,target=8"

@@ -293,3 +293,31 @@ def test_a_version_4_catalog_is_migrated_forward_and_can_queue(svc, train_ids):
         sub = again.submit(sample_ids=train_ids[1:2])
         assert again.apply_pending() == [sub.request_id]
         again.workspace.catalog.verify_ledger()
+
+
+def test_the_workspace_imports_the_service_only_behind_the_readme_entry_points():
+    # Storage below, orchestration above: workspace/ reaches up only from the two
+    # methods the README shows (Workspace.train, Workspace.forget), at call time.
+    from tests.test_families import SRC, _imports
+
+    higher = ("unbake.service", "unbake.bench", "unbake.report", "unbake.testing", "unbake.cli")
+    upward = {
+        (str(path.relative_to(SRC)), name)
+        for path in sorted((SRC / "workspace").rglob("*.py"))
+        for name in _imports(path)
+        if name.startswith(higher)
+    }
+    assert upward == {("workspace/workspace.py", "unbake.service.apply")}
+
+
+def test_a_service_over_an_open_workspace_leaves_it_open(template, tmp_path, train_ids):
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(template[0], root)
+    ws = Workspace.open(root)
+    with DeletionService(ws) as svc:
+        rec = svc.forget(ids=train_ids[:2], method="retrain")
+    assert ws.catalog.sample_status()[train_ids[0]] == "forgotten"  # still open: it reads
+    assert ws.log()[-1]["request_id"] == rec.request_id
+    ws.close()

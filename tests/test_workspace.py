@@ -16,6 +16,7 @@ from unbake.exceptions import (
     UnknownSampleError,
     WorkspaceError,
 )
+from unbake.service.apply import evaluate_model
 from unbake.testing import tiny_dataset
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace import decode_checkpoint, encode_checkpoint
@@ -296,7 +297,7 @@ def test_forgotten_subject_may_be_deleted_from_the_source(csv_ws, tmp_path):
     again = Workspace.open(ws.root)  # a fresh process would reload the source like this
     try:
         assert {r["sample_id"]: r["split"] for r in again.samples()} == splits_before
-        ev = again.evaluate()
+        ev = evaluate_model(again)
         assert 0 <= ev.ta <= 100 and 0 <= ev.ra <= 100
         forgotten = again.samples(forgotten=True, subject=person)
         assert len(forgotten) == 4 and all(r["label"] is None for r in forgotten)
@@ -316,7 +317,7 @@ def test_source_losing_active_rows_or_gaining_rows_is_an_error(csv_ws, workspace
     before = snapshot(workspace_dir)
     with Workspace.open(workspace_dir) as again:
         with pytest.raises(DatasetError, match=r"4 samples that were never forgotten are missing"):
-            again.evaluate()
+            evaluate_model(again)
         _people_csv(source, extra_rows=3)
         again._dataset = None
         with pytest.raises(DatasetError, match=r"3 samples the catalog does not know.*u120"):
@@ -378,14 +379,14 @@ def test_held_out_subject_is_erased_without_touching_a_model(csv_ws):
     )
     assert [r["content_hash"] for r in hashes] == [None] * 4
     assert ws.status()["splits"]["test"] == len(ws.dataset().test) - 4
-    assert ws.evaluate().ta == pytest.approx(_expected_ta(ws, ids))
+    assert evaluate_model(ws).ta == pytest.approx(_expected_ta(ws, ids))
     with pytest.raises(UnknownSampleError, match="already forgotten"):
         ws.forget(subject=person, method="retrain")
     _people_csv(source, drop_subjects={person})  # the source loses the rows, silently
     ws.close()
     with Workspace.open(ws.root) as again:
         assert len(again.dataset().test) == len(again.held_out()[1])
-        assert again.evaluate().ta == pytest.approx(_expected_ta(again, ids))
+        assert evaluate_model(again).ta == pytest.approx(_expected_ta(again, ids))
         other = _subject_in(again, "train")
         assert again.forget(subject=other, method="retrain").n_samples == 4
         again.train(model="logreg", config=CFG, seed=1)
@@ -471,7 +472,7 @@ def test_deleting_a_whole_class_from_the_source_renumbers_nothing(tmp_path, work
     write(keep_owner=False)  # class Z is gone from the source entirely
     with Workspace.open(workspace_dir) as ws:
         assert ws.dataset().classes == ("A", "B", "C", "Z")
-        assert 0 <= ws.evaluate().ta <= 100
+        assert 0 <= evaluate_model(ws).ta <= 100
         ws.train(model="logreg", config=CFG, seed=1)
         with pytest.raises(EmptyRequestError):
             ws.forget(label="Z", method="retrain")  # nothing of class Z is left to forget

@@ -479,6 +479,7 @@ def train(
 ) -> None:
     """Train a model on the workspace's active samples (creating the workspace if new)."""
     _apply_threads(threads)
+    from unbake.service.apply import train as train_model
     from unbake.training import TrainConfig
     from unbake.workspace import Workspace
     from unbake.workspace.workspace import CATALOG
@@ -536,7 +537,8 @@ def train(
         ws = Workspace.create(workspace, dataset=dataset or "digits", dataset_options=options)
         created = True
     try:
-        model_id = ws.train(
+        model_id = train_model(
+            ws,
             model=model,
             config=config,
             seed=seed,
@@ -856,8 +858,8 @@ def clean(
 ) -> None:
     """Find suspect training samples with a detector and unlearn the top --budget of them."""
     _apply_threads(threads)
+    from unbake.service.cleaning import clean as run_clean
     from unbake.workspace import Workspace
-    from unbake.workspace.cleaning import clean as run_clean
 
     with Workspace.open(workspace) as ws:
         report = run_clean(
@@ -906,11 +908,12 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """FA (on everything forgotten so far), RA, TA and MIA of a model."""
+    from unbake.service.apply import evaluate_model
     from unbake.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
         row = ws._model_row(model)
-        ev = ws.evaluate(row["model_id"])
+        ev = evaluate_model(ws, row["model_id"])
     out = {"model_id": row["model_id"], **ev.to_dict()}
     if as_json:
         _emit_json(out)
@@ -1226,10 +1229,12 @@ def audit(
     as_json: JsonOpt = False,
 ) -> None:
     """Is a request's unlearning distinguishable from retraining? U-LiRA against K references."""
+    from unbake.service.audit import audit_request
     from unbake.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
-        report = ws.audit(
+        report = audit_request(
+            ws,
             request_id=request,
             references=references,
             model_id=model,

@@ -49,6 +49,7 @@ from unbake.exceptions import (
 )
 from unbake.methods import METHODS
 from unbake.methods.tuned import resolve_params, scenario_of
+from unbake.service.apply import apply_parts, forget, stage_parts
 from unbake.service.policy import (
     ModelInfo,
     Outcome,
@@ -174,11 +175,16 @@ class _GroupCommit:
 
 
 class DeletionService:
-    """Deletion requests of one workspace: submit, read, and apply (thread-safe)."""
+    """Deletion requests of one workspace: submit, read, and apply (thread-safe).
+
+    ``root`` is the workspace folder, or a :class:`Workspace` the caller has open (one
+    created from in-memory data, say): that one stays the caller's to close, and keeps
+    its own read-only mode.
+    """
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | Workspace,
         *,
         read_only: bool = False,
         policy: Policy | str | os.PathLike | None = None,
@@ -186,13 +192,15 @@ class DeletionService:
         #: The deletion policy (:mod:`unbake.service.policy`): the worker's method order,
         #: batch window, and the deadline of requests filed here; ``None``: the defaults.
         self.policy = as_policy(policy)
-        self.workspace = Workspace.open(root, read_only=read_only)
+        self._owns_workspace = not isinstance(root, Workspace)
+        self.workspace = Workspace.open(root, read_only=read_only) if self._owns_workspace else root
         self.root = self.workspace.root
         self._writer = _GroupCommit(self._write_jobs)
 
     def close(self) -> None:
         self._writer.close()
-        self.workspace.close()
+        if self._owns_workspace:
+            self.workspace.close()
 
     def __enter__(self) -> DeletionService:
         return self
@@ -231,6 +239,18 @@ class DeletionService:
         model and ``retrain`` otherwise). With an ``idempotency_key`` seen before for
         the same request, that request is returned (``duplicate=True``).
         """
+        request = {
+            "sample_ids": sample_ids,
+            "subject": subject,
+            "class_label": class_label,
+            "reason": reason,
+            "submitted_by": submitted_by,
+            "method": method,
+            "params": params,
+            "seed": seed,
+            "device": device,
+            "model_id": model_id,
+        }
         key = None
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not idempotency_key:
@@ -250,36 +270,21 @@ class DeletionService:
             )  # a retry: no need to validate again
             if known is not None:
                 return known
-        job = self._validate(
-            sample_ids,
-            subject,
-            class_label,
-            reason,
-            submitted_by,
-            method,
-            params,
-            seed,
-            device,
-            model_id,
-        )
+        job = self._validate(request)
         if key is not None:
             job.key_hash, job.fingerprint = key
         return self._writer.submit(job)
 
-    def _validate(
-        self,
-        sample_ids,
-        subject,
-        class_label,
-        reason,
-        submitted_by,
-        method,
-        params,
-        seed,
-        device,
-        model_id,
-    ) -> _Job:
+    def _validate(self, request: dict[str, Any]) -> _Job:
+        """``request`` (:meth:`submit`'s keywords but the idempotency key) checked against
+        the catalog, as the writer's job; a refused one raises a typed :class:`UnbakeError`."""
         self.workspace.check_writable()
+        sample_ids, subject, class_label = (
+            request["sample_ids"],
+            request["subject"],
+            request["class_label"],
+        )
+        method, params, seed = request["method"], request["params"], request["seed"]
         named = [x is not None for x in (sample_ids, subject, class_label)]
         if not any(named):
             raise EmptyRequestError(
@@ -291,7 +296,8 @@ class DeletionService:
                 "A deletion request names exactly one of sample IDs, a subject or a class; "
                 "file one request for each."
             )
-        for name, value in (("reason", reason), ("submitted_by", submitted_by)):
+        for name in ("reason", "submitted_by"):
+            value = request[name]
             if value is not None and not isinstance(value, str):
                 raise InvalidParameterError(
                     f"The request's {name} must be a string; got {value!r}."
@@ -307,10 +313,10 @@ class DeletionService:
             raise InvalidParameterError("Method parameters need a method; name the method too.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise InvalidParameterError(f"The seed must be a whole number; got {seed!r}.")
-        if device is not None:
-            resolve_device(device)
-        if model_id is not None:
-            self.workspace._model_row(model_id)
+        if request["device"] is not None:
+            resolve_device(request["device"])
+        if request["model_id"] is not None:
+            self.workspace._model_row(request["model_id"])
         ids: list[str] = []
         label = None
         if sample_ids is not None:
@@ -342,10 +348,10 @@ class DeletionService:
             method,
             dict(params or {}),
             seed,
-            device,
-            model_id,
-            reason,
-            submitted_by,
+            request["device"],
+            request["model_id"],
+            request["reason"],
+            request["submitted_by"],
         )
 
     def _check_ids(self, ids: list[str]) -> None:
@@ -755,7 +761,8 @@ class DeletionService:
                 info = {"tuned_defaults": json.loads(tuned_json)} if tuned_json else {}
                 if policy is not None:
                     info["policy"] = {"bypassed": "the request names its own method"}
-                ws.apply_parts(
+                apply_parts(
+                    ws,
                     parts,
                     METHODS.create(method, **json.loads(params_json)),
                     active,
@@ -795,7 +802,8 @@ class DeletionService:
         model = ModelInfo(spec.get("name", row["description"]), row["strategy"])
 
         def stage(unlearner, *, record_failure: bool):
-            return ws.stage_parts(
+            return stage_parts(
+                ws,
                 parts,
                 unlearner,
                 active,
@@ -833,9 +841,9 @@ class DeletionService:
         """File a request and apply it at once, all or nothing (what ``unbake forget``
         does): the ledger records ``received → applying → applied``, and a request that
         turns out to be invalid at any point leaves no trace. Takes the keyword arguments
-        of :meth:`unbake.workspace.Workspace.forget`; it waits for a running worker's batch.
+        of :func:`unbake.service.apply.forget`; it waits for a running worker's batch.
         """
-        return self.workspace.forget(**request)
+        return forget(self.workspace, **request)
 
 
 def drain(

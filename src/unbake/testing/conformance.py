@@ -24,6 +24,8 @@ import torch
 from unbake.data import Dataset, Samples, load_dataset
 from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnknownSampleError
 from unbake.methods import METHODS, MethodTags, Unlearner, UnlearnTask
+from unbake.service import DeletionService
+from unbake.service.apply import train
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.training import TrainConfig, TrainedModel, differing_tensors, fit, model_tensors
 from unbake.workspace import Workspace
@@ -264,46 +266,53 @@ def check_rejects_empty(unlearner: Unlearner) -> None:
 
 
 def check_workspace_requests(unlearner: Unlearner) -> None:
-    """Through a workspace: bad requests change nothing; a good one touches only its IDs."""
+    """Through the deletion service: bad requests change nothing, a good one only its IDs."""
     ds = _dataset_for(unlearner)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ws"
         ws = Workspace.create(root, dataset=ds)
         try:
             kwargs = _original_kwargs(unlearner)
-            ws.train(seed=0, **kwargs)
-            snap = _snapshot(root)
-            bad_requests: list[tuple[dict, type[Exception]]] = [
-                ({"ids": []}, EmptyRequestError),
-                ({"ids": ["no-such-sample"]}, UnknownSampleError),
-                ({"ids": [str(ds.train.ids[0]), "no-such-sample"]}, UnknownSampleError),
-            ]
-            for request, error in bad_requests:
-                try:
-                    ws.forget(method=unlearner.name, params=unlearner.get_params(), **request)
-                except error:
-                    pass
-                else:
-                    raise AssertionError(f"{unlearner.name} accepted bad request {request}")
-                assert _snapshot(root) == snap, f"bad request {request} changed the workspace"
-            target = [str(i) for i in ds.train.ids[:3]]
-            before = ws.catalog.sample_status()
-            ws.forget(ids=target, method=unlearner.name, params=unlearner.get_params())
-            after = ws.catalog.sample_status()
-            changed = sorted(k for k in before if before[k] != after[k])
-            assert changed == sorted(target), (
-                f"{unlearner.name} changed the status of samples outside the request: {changed}"
-            )
-            snap = _snapshot(root)
-            try:
-                ws.forget(ids=target[:1], method=unlearner.name, params=unlearner.get_params())
-            except UnknownSampleError:
-                pass
-            else:
-                raise AssertionError("an already-forgotten ID was accepted")
-            assert _snapshot(root) == snap, "a rejected re-deletion changed the workspace"
+            train(ws, seed=0, **kwargs)
+            with DeletionService(ws) as svc:
+                _check_requests(unlearner, svc, [str(i) for i in ds.train.ids])
         finally:
             ws.close()
+
+
+def _check_requests(unlearner: Unlearner, svc: DeletionService, train_ids: list[str]) -> None:
+    root, catalog = svc.root, svc.workspace.catalog
+    method = {"method": unlearner.name, "params": unlearner.get_params()}
+    snap = _snapshot(root)
+    bad_requests: list[tuple[dict, type[Exception]]] = [
+        ({"ids": []}, EmptyRequestError),
+        ({"ids": ["no-such-sample"]}, UnknownSampleError),
+        ({"ids": [train_ids[0], "no-such-sample"]}, UnknownSampleError),
+    ]
+    for request, error in bad_requests:
+        try:
+            svc.forget(**method, **request)
+        except error:
+            pass
+        else:
+            raise AssertionError(f"{unlearner.name} accepted bad request {request}")
+        assert _snapshot(root) == snap, f"bad request {request} changed the workspace"
+    target = train_ids[:3]
+    before = catalog.sample_status()
+    svc.forget(ids=target, **method)
+    after = catalog.sample_status()
+    changed = sorted(k for k in before if before[k] != after[k])
+    assert changed == sorted(target), (
+        f"{unlearner.name} changed the status of samples outside the request: {changed}"
+    )
+    snap = _snapshot(root)
+    try:
+        svc.forget(ids=target[:1], **method)
+    except UnknownSampleError:
+        pass
+    else:
+        raise AssertionError("an already-forgotten ID was accepted")
+    assert _snapshot(root) == snap, "a rejected re-deletion changed the workspace"
 
 
 def _scratch(task: UnlearnTask) -> TrainedModel:

@@ -6,6 +6,14 @@ one SQLite transaction, and only then deletes what the transaction made stale. A
 request therefore leaves the workspace exactly as it was, and a crash at any point
 leaves it consistent (stale files are swept on the next open that finds no writer).
 Readers take no lock: the catalog is in WAL mode, so they never wait for a writer.
+
+This is the storage layer: it keeps the catalog, the checkpoints and the ledger, checks
+the data source against them, and records a trained model, an applied request or a
+failure in one transaction each. Running a method (training, unlearning, evaluating,
+auditing) and deciding what to apply is the service layer's
+(:mod:`unbake.service.apply`, :mod:`unbake.service.audit`, :mod:`unbake.service.deletion`);
+:meth:`Workspace.train` and :meth:`Workspace.forget` remain as the short entry points
+the README shows, and call it.
 """
 
 from __future__ import annotations
@@ -22,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from unbake.data import DATASETS, SPLITS, Dataset, Samples, content_hashes, load_dataset
-from unbake.evaluation import Evaluation, evaluate
+from unbake.evaluation import Evaluation
 from unbake.exceptions import (
     DatasetError,
     EmptyRequestError,
@@ -36,10 +43,8 @@ from unbake.exceptions import (
     UnknownSampleError,
     WorkspaceError,
 )
-from unbake.methods import METHODS, UnlearnResult, UnlearnTask
-from unbake.methods.tuned import resolve_params, scenario_of
-from unbake.models import ModelSpec
-from unbake.training import TrainConfig, TrainedModel, fit, resolve_device
+from unbake.methods import UnlearnResult
+from unbake.training import TrainedModel, resolve_device
 from unbake.workspace import ledger
 from unbake.workspace.atomic import TMP_SUFFIX, atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import Catalog, utcnow
@@ -159,7 +164,8 @@ class ApplyOutcome:
 
 @dataclass
 class StagedApply:
-    """An unlearning run done in memory and not yet written (:meth:`Workspace.stage_parts`):
+    """An unlearning run done in memory and not yet written
+    (:func:`unbake.service.apply.stage_parts`; :meth:`Workspace.commit_staged` records it):
     ``result`` and ``evaluation`` are ``None`` when the parts name only held-out rows."""
 
     parts: list[RequestPart]
@@ -197,7 +203,7 @@ def _purge_references(
     return refs, [r["checkpoint"] for r in rows]
 
 
-def _unbake_version() -> str:
+def unbake_version() -> str:
     from unbake import __version__  # the package imports this module: read it late
 
     return __version__
@@ -671,38 +677,19 @@ class Workspace:
             ),
         )
 
-    def train(
-        self,
-        *,
-        model: str | ModelSpec | nn.Module = "mlp",
-        config: TrainConfig | None = None,
-        seed: int = 0,
-        strategy: str = "monolithic",
-        strategy_params: dict[str, Any] | None = None,
-        device=None,
-    ) -> str:
-        """Train a model on the active samples and record it; returns its model ID."""
-        spec = ModelSpec(model) if isinstance(model, str) else model
-        if not isinstance(spec, ModelSpec):
-            spec = ModelSpec.from_module(spec)
-        spec.to_dict()  # an in-memory nn.Module cannot be saved: fail before training
-        if device is not None:
-            resolve_device(device)  # an unknown or absent device: fail before the lock
-        with self._lock():
-            active, _ = self.active_and_forgotten()
-            trained = fit(  # builds and validates the strategy against `active` first
-                active,
-                n_classes=self.dataset().n_classes,
-                model=spec,
-                config=config or TrainConfig(),
-                seed=seed,
-                strategy=strategy,
-                strategy_params=strategy_params,
-                device=device,
-            )
-            return self._commit_trained(trained, active)
+    def train(self, **options: Any) -> str:
+        """Train a model on the active samples and record it; returns its model ID.
 
-    def _commit_trained(self, trained: TrainedModel, active: Samples) -> str:
+        The work (and the options) are :func:`unbake.service.apply.train`'s; this is the
+        entry point the README shows.
+        """
+        from unbake.service.apply import train  # the layer above: read at call time
+
+        return train(self, **options)
+
+    def record_trained(self, trained: TrainedModel, active: Samples) -> str:
+        """Write ``trained`` (fitted on ``active``) and record it in one transaction (under
+        the caller's lock); returns its new model ID."""
         model_id = new_id("model")
         rel, digest = self._write_model(trained, model_id, None)
         try:
@@ -713,81 +700,15 @@ class Workspace:
             raise
         return model_id
 
-    def forget(
-        self,
-        *,
-        ids: Sequence[str] = (),
-        subject: str | None = None,
-        label: str | int | None = None,
-        method: str = "retrain",
-        params: dict[str, Any] | None = None,
-        model_id: str | None = None,
-        seed: int | None = None,
-        device=None,
-        idempotency_key: str | None = None,
-        reason: str | None = None,
-        tuned: bool = True,
-    ) -> RequestRecord:
+    def forget(self, **request: Any) -> RequestRecord:
         """File and apply a deletion request; every model that saw the data is purged.
 
-        The ledger records it as ``received → applying → applied``; an unexpected
-        failure while unlearning records ``failed`` with the reason (in a transaction of
-        its own) and changes nothing else. A request refused as invalid leaves no trace.
-        With an ``idempotency_key`` already used for the same request, the first
-        request's record is returned and nothing is unlearned again (a failed one is
-        retried under its request ID). ``reason`` (for example ``"cleaning"``) is
-        recorded in the request's info.
-
-        ``label`` is a class name or index (an ``int`` is always an index); the request
-        records the class by name. Selected validation and test rows are marked forgotten
-        in the same transaction; a request that selects only such rows is recorded with
-        method ``"none"`` and changes and purges no model (none was trained on them).
-        Nothing is written unless the request is valid and the method succeeds.
-        (:class:`unbake.service.deletion.DeletionService` files requests into a queue
-        instead, and applies them in batches through the same :meth:`apply_parts`.)
-
-        With ``tuned`` (the default) the method starts from its tuned defaults for the
-        request's scenario (:mod:`unbake.methods.tuned`: class-wise for a ``label``,
-        random otherwise), under the given ``params``; the record's info says which
-        were used and the study they came from (``tuned_defaults``).
+        The work (and the request's keywords) are :func:`unbake.service.apply.forget`'s;
+        this is the entry point the README shows.
         """
-        run_params, tuned_from = resolve_params(
-            method, params, scenario_of(forget_class=label), use_tuned=tuned
-        )
-        unlearner = METHODS.create(method, **run_params)
-        if label is not None:
-            label = self.class_name(label)
-        if device is not None:
-            resolve_device(device)  # an unknown or absent device: fail before the lock
-        selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
-        ticket = Ticket(new_id("req"), utcnow(), selector.to_dict(self.subject_hmac))
-        with self._lock():
-            if idempotency_key is not None:
-                ticket.key_hash, ticket.fingerprint = self.request_fingerprint(
-                    idempotency_key, list(selector.ids), ticket.selector, method, params, model_id
-                )
-                done = self._idempotent(ticket)
-                if done is not None:
-                    return done
-            active, _ = self.active_and_forgotten()
-            chosen = self.select(selector, active=active)
-            in_train = set(active.ids[active.mask_of(chosen)].astype(str))
-            part = RequestPart(
-                ticket,
-                [i for i in chosen if i in in_train],
-                [i for i in chosen if i not in in_train],
-            )
-            outcome = self.apply_parts(
-                [part],
-                unlearner,
-                active,
-                model_id=model_id,
-                seed=seed,
-                device=device,
-                reason=reason,
-                info={"tuned_defaults": tuned_from} if tuned_from else None,
-            )
-        return outcome.record(part)
+        from unbake.service.apply import forget  # the layer above: read at call time
+
+        return forget(self, **request)
 
     def class_name(self, label: str | int) -> str:
         """The name of class ``label`` (a name or an index); an unknown one is refused."""
@@ -801,94 +722,6 @@ class Workspace:
         canonical = ledger.canonical_json([ids, selector, method, params or {}, model_id])
         return self.keyed_hash("idempotency", key), self.keyed_hash("request", canonical)
 
-    def apply_parts(
-        self,
-        parts: Sequence[RequestPart],
-        unlearner,
-        active: Samples,
-        *,
-        on_commit: Callable[[Any], None] | None = None,
-        **stage: Any,
-    ) -> ApplyOutcome:
-        """Unlearn the union of ``parts``' training samples from one model in one run, and
-        record each part as its own applied request (under the caller's lock).
-
-        ``active`` is the current active training set. Each part's training IDs must be
-        active and no ID may be in two parts. A new model is written, and one transaction
-        inserts it, purges every model and reference that saw the samples, records every
-        part and calls ``on_commit(cur)``; then the stale files go. Parts with no training
-        sample at all (only held-out rows) change no model. An unexpected failure records
-        ``failed`` for every part; an :class:`UnbakeError` (a request refused as invalid)
-        propagates without a trace. It is :meth:`stage_parts` (which takes the keyword
-        arguments ``stage``: ``model_id``, ``seed``, ``device``, ``reason``, ``info``) then
-        :meth:`commit_staged`.
-        """
-        staged = self.stage_parts(parts, unlearner, active, **stage)
-        return self.commit_staged(staged, on_commit=on_commit)
-
-    def stage_parts(
-        self,
-        parts: Sequence[RequestPart],
-        unlearner,
-        active: Samples,
-        *,
-        model_id: str | None = None,
-        seed: int | None = None,
-        device=None,
-        reason: str | None = None,
-        info: dict[str, Any] | None = None,
-        record_failure: bool = True,
-    ) -> StagedApply:
-        """The first half of :meth:`apply_parts`: load the model, unlearn the union of
-        ``parts``' training samples and evaluate the result, in memory; nothing is written
-        (but ``failed`` for every part on an unexpected failure, unless not
-        ``record_failure``: the policy tries the next method instead)."""
-        sample_ids = [i for p in parts for i in p.sample_ids]
-        held_ids = [i for p in parts for i in p.held_ids]
-        tickets = [p.ticket for p in parts]
-        for part in parts:
-            part.reason = part.reason or reason
-        if not sample_ids:
-            return StagedApply(list(parts), unlearner, model_id, None, None, None, 0, {})
-        row = self._model_row(model_id)
-        original = self.load_model(row["model_id"], device=device)
-        forget, retain = active.split(sample_ids)
-        method = unlearner.name
-        if len(retain) == 0:
-            reads = " (and it reads the retain set)" if unlearner.tags.needs_retain_data else ""
-            raise InvalidParameterError(
-                f"The request removes every remaining training sample ({len(forget)}), so "
-                f"no model would be left to keep or verify with {method!r}{reads}; forget "
-                "fewer samples."
-            )
-        _, test = self.held_out(without=held_ids)
-        started = utcnow()
-        for ticket in tickets:
-            ticket.started_at = started
-        recorded = (
-            self._failure_recorded(tickets, row, method)
-            if record_failure
-            else contextlib.nullcontext()
-        )
-        with recorded:
-            result = unlearner.unlearn(
-                UnlearnTask(original, forget, retain, device=device), seed=seed
-            )
-            evaluation = evaluate(result.model, forget, retain, test)
-        if reason:
-            result.info["reason"] = reason
-        result.info.update(info or {})
-        if len(parts) > 1:
-            result.info["batch"] = [t.request_id for t in tickets]
-        provenance = {
-            "seed": original.seed if seed is None else int(seed),
-            "device": str(resolve_device(device)),
-            "unbake_version": _unbake_version(),
-        }
-        return StagedApply(
-            list(parts), unlearner, model_id, row, result, evaluation, len(retain), provenance
-        )
-
     def commit_staged(
         self,
         staged: StagedApply,
@@ -897,7 +730,8 @@ class Workspace:
         applied: dict[str, Any] | None = None,
         on_commit: Callable[[Any], None] | None = None,
     ) -> ApplyOutcome:
-        """The second half of :meth:`apply_parts`: write the staged model's checkpoint,
+        """Record a staged run (the second half of :func:`unbake.service.apply.apply_parts`):
+        write the staged model's checkpoint,
         commit the one transaction (the model, the purge, each part's record and
         ``on_commit(cur)``), then delete the stale files. ``info`` is added to each
         record's info and ``applied`` to each ``applied`` ledger entry's payload."""
@@ -907,7 +741,7 @@ class Workspace:
         result.info.update(info or {})
         tickets = [p.ticket for p in parts]
         model_after = new_id("model")
-        with self._failure_recorded(tickets, row, staged.unlearner.name):
+        with self.failure_recorded(tickets, row, staged.unlearner.name):
             rel, digest = self._write_model(result.model, model_after, row["model_id"])
         outcome = ApplyOutcome(
             row["model_id"], model_after, staged.unlearner.name, result, staged.evaluation
@@ -935,7 +769,7 @@ class Workspace:
         self.catalog.checkpoint()  # no old copy of a cleared row stays in the WAL
         return outcome
 
-    def _idempotent(self, ticket: Ticket) -> RequestRecord | None:
+    def idempotent(self, ticket: Ticket) -> RequestRecord | None:
         """The record of the request filed under ``ticket``'s key, if it was applied.
 
         A key reused for another request is refused; a key whose request failed lends
@@ -997,7 +831,7 @@ class Workspace:
             ledger.append_entry(cur, ticket.request_id, "applying", payload, ticket.started_at)
 
     @contextlib.contextmanager
-    def _failure_recorded(self, tickets: Sequence[Ticket], row, method: str) -> Iterator[None]:
+    def failure_recorded(self, tickets: Sequence[Ticket], row, method: str) -> Iterator[None]:
         """Record an unexpected failure of the block; an :class:`UnbakeError` (a request
         refused as invalid) leaves no trace, as for any bad input."""
         try:
@@ -1112,7 +946,7 @@ class Workspace:
                     info=json.dumps(
                         {**self._held_out_info(part.held_ids), **(info or {})}, sort_keys=True
                     ),
-                    unbake_version=_unbake_version(),
+                    unbake_version=unbake_version(),
                     reason=part.reason,
                     submitted_by=part.submitted_by,
                     applied_extra=applied,
@@ -1232,40 +1066,6 @@ class Workspace:
         return stale + ref_files
 
     # --- reading -------------------------------------------------------------------
-
-    def evaluate(self, model_id: str | None = None) -> Evaluation:
-        """FA (on every forgotten training sample still in the source), RA, TA (on the test
-        rows not forgotten) and MIA of a model."""
-        model = self.load_model(model_id)
-        active, forgotten = self.active_and_forgotten()
-        _, test = self.held_out()  # forgotten test rows are never read
-        return evaluate(model, forgotten, active, test)
-
-    def audit(
-        self,
-        *,
-        request_id: str | None = None,
-        references: int = 8,
-        model_id: str | None = None,
-        seed: int = 0,
-        backend: str = "local",
-        workers: int = 1,
-    ):
-        """Audit a request (default: the latest) against retraining; records it on the request.
-
-        See :func:`unbake.workspace.references.audit_request`.
-        """
-        from unbake.workspace.references import audit_request
-
-        return audit_request(
-            self,
-            request_id=request_id,
-            references=references,
-            model_id=model_id,
-            seed=seed,
-            backend=backend,
-            workers=workers,
-        )
 
     def status(self) -> dict[str, Any]:
         """Counts (active training samples, forgotten rows of every split, active rows per split),

@@ -1,6 +1,6 @@
 """Machine cleaning: rank a workspace's training set with a detector, unlearn the top K.
 
-The suspects go through :meth:`Workspace.forget` as one deletion request with the
+The suspects go through :func:`unbake.service.apply.forget` as one deletion request with the
 reason ``"cleaning"``, so the ledger, the purge and the records are those of any
 deletion. Clean test accuracy, and the attack success rate where the workspace's
 dataset has a planted backdoor, are measured before and after.
@@ -17,6 +17,7 @@ from unbake.data.poison import planted
 from unbake.evaluation.detectors import DETECTORS, attack_harm, detection_scores, top_k
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS
+from unbake.service.apply import forget
 
 __all__ = ["CleanReport", "clean"]
 
@@ -84,8 +85,8 @@ def clean(
     truth = [] if plant is None else list(plant.ids)
     if plant is not None and 0 < np.isin(active.ids.astype(str), truth).sum() < len(active):
         detection = detection_scores(scores, active.ids, truth, [budget])
-    rec = ws.forget(
-        ids=suspects, method=method, params=params, seed=seed, device=device, reason="cleaning"
+    rec = forget(
+        ws, ids=suspects, method=method, params=params, seed=seed, device=device, reason="cleaning"
     )
     after = ws.load_model(rec.model_after, device=device)
     harm = attack_harm(after, test, plant)

@@ -1,0 +1,258 @@
+"""Running methods against a workspace: train a model, stage and apply an unlearning, evaluate.
+
+The workspace (:mod:`unbake.workspace`) stores and reconciles: the catalog, the
+checkpoints, the ledger, and the primitives that record a trained model, an applied
+request or a failure in one transaction. This module decides and runs: it trains, it
+unlearns a request's samples and evaluates the result in memory
+(:func:`stage_parts`), and hands the outcome to
+:meth:`~unbake.workspace.Workspace.commit_staged`, which writes it. ``unbake train``,
+``unbake forget``, ``unbake evaluate``, the worker
+(:class:`~unbake.service.deletion.DeletionService`) and ``unbake clean`` all come here.
+
+Every function takes an open :class:`~unbake.workspace.Workspace` and keeps its
+guarantees: a change holds the workspace's exclusive lock, validates everything before
+writing anything, and a request refused as invalid leaves no trace.
+
+>>> import tempfile
+>>> from unbake import TrainConfig, Workspace
+>>> ws = Workspace.create(tempfile.mkdtemp() + "/ws", dataset="digits")
+>>> _ = train(ws, model="logreg", config=TrainConfig.parse(epochs=1))
+>>> forget(ws, ids=["digits-0000"], method="finetune", params={"epochs": 1}).n_samples
+1
+>>> ws.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from unbake.data import Samples
+from unbake.evaluation import Evaluation, evaluate
+from unbake.exceptions import InvalidParameterError
+from unbake.methods import METHODS, UnlearnTask
+from unbake.methods.tuned import resolve_params, scenario_of
+from unbake.models import ModelSpec
+from unbake.training import TrainConfig, fit, resolve_device
+from unbake.workspace.catalog import utcnow
+from unbake.workspace.workspace import (
+    ApplyOutcome,
+    ForgetSelector,
+    RequestPart,
+    RequestRecord,
+    StagedApply,
+    Ticket,
+    Workspace,
+    new_id,
+    unbake_version,
+)
+
+__all__ = ["apply_parts", "evaluate_model", "forget", "stage_parts", "train"]
+
+
+def train(
+    ws: Workspace,
+    *,
+    model: str | ModelSpec | nn.Module = "mlp",
+    config: TrainConfig | None = None,
+    seed: int = 0,
+    strategy: str = "monolithic",
+    strategy_params: dict[str, Any] | None = None,
+    device=None,
+) -> str:
+    """Train a model on ``ws``'s active samples and record it; returns its model ID."""
+    spec = ModelSpec(model) if isinstance(model, str) else model
+    if not isinstance(spec, ModelSpec):
+        spec = ModelSpec.from_module(spec)
+    spec.to_dict()  # an in-memory nn.Module cannot be saved: fail before training
+    if device is not None:
+        resolve_device(device)  # an unknown or absent device: fail before the lock
+    with ws._lock():
+        active, _ = ws.active_and_forgotten()
+        trained = fit(  # builds and validates the strategy against `active` first
+            active,
+            n_classes=ws.dataset().n_classes,
+            model=spec,
+            config=config or TrainConfig(),
+            seed=seed,
+            strategy=strategy,
+            strategy_params=strategy_params,
+            device=device,
+        )
+        return ws.record_trained(trained, active)
+
+
+def forget(
+    ws: Workspace,
+    *,
+    ids: Sequence[str] = (),
+    subject: str | None = None,
+    label: str | int | None = None,
+    method: str = "retrain",
+    params: dict[str, Any] | None = None,
+    model_id: str | None = None,
+    seed: int | None = None,
+    device=None,
+    idempotency_key: str | None = None,
+    reason: str | None = None,
+    tuned: bool = True,
+) -> RequestRecord:
+    """File and apply a deletion request; every model that saw the data is purged.
+
+    The ledger records it as ``received → applying → applied``; an unexpected
+    failure while unlearning records ``failed`` with the reason (in a transaction of
+    its own) and changes nothing else. A request refused as invalid leaves no trace.
+    With an ``idempotency_key`` already used for the same request, the first
+    request's record is returned and nothing is unlearned again (a failed one is
+    retried under its request ID). ``reason`` (for example ``"cleaning"``) is
+    recorded in the request's info.
+
+    ``label`` is a class name or index (an ``int`` is always an index); the request
+    records the class by name. Selected validation and test rows are marked forgotten
+    in the same transaction; a request that selects only such rows is recorded with
+    method ``"none"`` and changes and purges no model (none was trained on them).
+    Nothing is written unless the request is valid and the method succeeds.
+    (:class:`unbake.service.deletion.DeletionService` files requests into a queue
+    instead, and applies them in batches through the same :func:`apply_parts`.)
+
+    With ``tuned`` (the default) the method starts from its tuned defaults for the
+    request's scenario (:mod:`unbake.methods.tuned`: class-wise for a ``label``,
+    random otherwise), under the given ``params``; the record's info says which
+    were used and the study they came from (``tuned_defaults``).
+    """
+    run_params, tuned_from = resolve_params(
+        method, params, scenario_of(forget_class=label), use_tuned=tuned
+    )
+    unlearner = METHODS.create(method, **run_params)
+    if label is not None:
+        label = ws.class_name(label)
+    if device is not None:
+        resolve_device(device)  # an unknown or absent device: fail before the lock
+    selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
+    ticket = Ticket(new_id("req"), utcnow(), selector.to_dict(ws.subject_hmac))
+    with ws._lock():
+        if idempotency_key is not None:
+            ticket.key_hash, ticket.fingerprint = ws.request_fingerprint(
+                idempotency_key, list(selector.ids), ticket.selector, method, params, model_id
+            )
+            done = ws.idempotent(ticket)
+            if done is not None:
+                return done
+        active, _ = ws.active_and_forgotten()
+        chosen = ws.select(selector, active=active)
+        in_train = set(active.ids[active.mask_of(chosen)].astype(str))
+        part = RequestPart(
+            ticket,
+            [i for i in chosen if i in in_train],
+            [i for i in chosen if i not in in_train],
+        )
+        outcome = apply_parts(
+            ws,
+            [part],
+            unlearner,
+            active,
+            model_id=model_id,
+            seed=seed,
+            device=device,
+            reason=reason,
+            info={"tuned_defaults": tuned_from} if tuned_from else None,
+        )
+    return outcome.record(part)
+
+
+def apply_parts(
+    ws: Workspace,
+    parts: Sequence[RequestPart],
+    unlearner,
+    active: Samples,
+    *,
+    on_commit: Callable[[Any], None] | None = None,
+    **stage: Any,
+) -> ApplyOutcome:
+    """Unlearn the union of ``parts``' training samples from one model in one run, and
+    record each part as its own applied request (under the caller's lock).
+
+    ``active`` is the current active training set. Each part's training IDs must be
+    active and no ID may be in two parts. A new model is written, and one transaction
+    inserts it, purges every model and reference that saw the samples, records every
+    part and calls ``on_commit(cur)``; then the stale files go. Parts with no training
+    sample at all (only held-out rows) change no model. An unexpected failure records
+    ``failed`` for every part; an :class:`UnbakeError` (a request refused as invalid)
+    propagates without a trace. It is :func:`stage_parts` (which takes the keyword
+    arguments ``stage``: ``model_id``, ``seed``, ``device``, ``reason``, ``info``) then
+    :meth:`Workspace.commit_staged <unbake.workspace.Workspace.commit_staged>`.
+    """
+    staged = stage_parts(ws, parts, unlearner, active, **stage)
+    return ws.commit_staged(staged, on_commit=on_commit)
+
+
+def stage_parts(
+    ws: Workspace,
+    parts: Sequence[RequestPart],
+    unlearner,
+    active: Samples,
+    *,
+    model_id: str | None = None,
+    seed: int | None = None,
+    device=None,
+    reason: str | None = None,
+    info: dict[str, Any] | None = None,
+    record_failure: bool = True,
+) -> StagedApply:
+    """The first half of :func:`apply_parts`: load the model, unlearn the union of
+    ``parts``' training samples and evaluate the result, in memory; nothing is written
+    (but ``failed`` for every part on an unexpected failure, unless not
+    ``record_failure``: the policy tries the next method instead)."""
+    sample_ids = [i for p in parts for i in p.sample_ids]
+    held_ids = [i for p in parts for i in p.held_ids]
+    tickets = [p.ticket for p in parts]
+    for part in parts:
+        part.reason = part.reason or reason
+    if not sample_ids:
+        return StagedApply(list(parts), unlearner, model_id, None, None, None, 0, {})
+    row = ws._model_row(model_id)
+    original = ws.load_model(row["model_id"], device=device)
+    forget, retain = active.split(sample_ids)
+    method = unlearner.name
+    if len(retain) == 0:
+        reads = " (and it reads the retain set)" if unlearner.tags.needs_retain_data else ""
+        raise InvalidParameterError(
+            f"The request removes every remaining training sample ({len(forget)}), so "
+            f"no model would be left to keep or verify with {method!r}{reads}; forget "
+            "fewer samples."
+        )
+    _, test = ws.held_out(without=held_ids)
+    started = utcnow()
+    for ticket in tickets:
+        ticket.started_at = started
+    recorded = (
+        ws.failure_recorded(tickets, row, method) if record_failure else contextlib.nullcontext()
+    )
+    with recorded:
+        result = unlearner.unlearn(UnlearnTask(original, forget, retain, device=device), seed=seed)
+        evaluation = evaluate(result.model, forget, retain, test)
+    if reason:
+        result.info["reason"] = reason
+    result.info.update(info or {})
+    if len(parts) > 1:
+        result.info["batch"] = [t.request_id for t in tickets]
+    provenance = {
+        "seed": original.seed if seed is None else int(seed),
+        "device": str(resolve_device(device)),
+        "unbake_version": unbake_version(),
+    }
+    return StagedApply(
+        list(parts), unlearner, model_id, row, result, evaluation, len(retain), provenance
+    )
+
+
+def evaluate_model(ws: Workspace, model_id: str | None = None) -> Evaluation:
+    """FA (on every forgotten training sample still in the source), RA, TA (on the test
+    rows not forgotten) and MIA of a model of ``ws`` (default: the newest)."""
+    model = ws.load_model(model_id)
+    active, forgotten = ws.active_and_forgotten()
+    _, test = ws.held_out()  # forgotten test rows are never read
+    return evaluate(model, forgotten, active, test)
