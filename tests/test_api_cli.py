@@ -192,8 +192,9 @@ def test_serve_restarts_a_killed_worker_which_then_drains_the_queue(ws_root, tmp
         _wait(applied, proc, "the restarted worker to apply the request", timeout=120)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
     assert "killed by SIGKILL" in err.decode() and "restarting it in" in err.decode()
+    assert "Worker stopped" in out.decode()  # SIGTERM let it finish cleanly
     with pytest.raises(ProcessLookupError):
         os.kill(second, 0)  # stopped with the server (and reaped)

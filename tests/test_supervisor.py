@@ -2,12 +2,18 @@
 stops it on exit; /healthz reports its state."""
 
 import os
+import signal
 import sys
 import time
 
 import pytest
 
-from unbake.service.supervisor import WorkerSupervisor, describe_exit, stop_when_orphaned
+from unbake.service.supervisor import (
+    WorkerSupervisor,
+    describe_exit,
+    stop_when_orphaned,
+    worker_stop,
+)
 
 EXIT_3 = [sys.executable, "-c", "raise SystemExit(3)"]
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -59,6 +65,15 @@ def test_describe_exit_names_signals():
 def test_stop_when_orphaned_fires_once_the_parent_changes():
     assert not stop_when_orphaned(os.getppid(), poll=0.01).wait(0.1)
     assert stop_when_orphaned(-1, poll=0.01).wait(5)  # not our parent: as if it died
+
+
+def test_sigterm_stops_the_worker_loop_and_the_handler_is_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with worker_stop() as stop:
+        assert not stop.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(5)
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_healthz_reports_the_worker_state(tmp_path):

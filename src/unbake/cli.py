@@ -801,24 +801,24 @@ def worker(
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
 ) -> None:
-    """Drain the queue of deletion requests: one batch at a time (N requests or T seconds,
-    whichever comes first), each request without a method of its own under the policy
-    (its steps in order, each audited, then the exact fallback), each applied request then
-    certified (a signed certificate); crash-safe (a restart resumes what a killed worker
-    left, and certifies what it applied)."""
+    """Drain the queue of deletion requests (until SIGTERM or Ctrl-C): one batch at a time
+    (N requests or T seconds, whichever comes first), each request without a method of its
+    own under the policy (its steps in order, each audited, then the exact fallback), each
+    applied request then certified (a signed certificate); crash-safe (a restart resumes
+    what a killed worker left, and certifies what it applied)."""
     _apply_threads(threads)
     from unbake.service import DeletionService
     from unbake.service.deletion import drain
     from unbake.service.policy import load_policy
-    from unbake.service.supervisor import stop_when_orphaned
+    from unbake.service.supervisor import worker_stop
 
     if (batch is not None and batch < 1) or (window is not None and window < 0):
         raise InvalidParameterError(
             f"--batch must be >= 1 and --window >= 0; got {batch} and {window}."
         )
     rules = load_policy(policy) if policy is not None else None  # checked once, at start
-    stop = stop_when_orphaned(stop_with) if stop_with is not None else None
-    with DeletionService(workspace, policy=rules) as svc:
+    # SIGTERM, or the death of the server that started it: stop after the current batch.
+    with worker_stop(stop_with) as stop, DeletionService(workspace, policy=rules) as svc:
         try:
             finished = drain(svc, batch=batch, window=window, once=once, certify=certify, stop=stop)
         except KeyboardInterrupt:
@@ -1622,7 +1622,8 @@ def serve(
     rules = load_policy(policy) if policy is not None else None  # refused before serving
     command = None if no_worker else _worker_command(workspace, policy)
     _log_to_stderr("unbake.serve")
-    # Leaving the block stops the worker first (SIGTERM; it is crash-safe), then the service.
+    # Leaving the block stops the worker first (SIGTERM: it finishes its batch), then the
+    # service.
     with DeletionService(workspace, policy=rules) as svc, WorkerSupervisor(command) as worker:
         who = f"; worker pid {worker.pid}" if worker.pid is not None else "; no worker"
         console.print(f"Serving workspace {workspace} on http://{host}:{port}{who} (Ctrl-C stops).")

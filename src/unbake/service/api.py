@@ -222,7 +222,7 @@ class WorkerHealth(BaseModel):
     state: Literal[WORKER_STATES] = Field(  # type: ignore[valid-type]
         description="running; restarting (it exited, and is started again after a backoff); "
         "failed (it exited too often in a short while and is left stopped); disabled (the "
-        "server runs without one)."
+        "server runs without one); stopped (the server is shutting down)."
     )
     restarts: int = Field(description="Times the server restarted it.")
     last_exit_code: int | None = Field(description="Its last exit code (-9: SIGKILL).")

@@ -25,16 +25,23 @@ True
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["WORKER_STATES", "WorkerSupervisor", "describe_exit", "stop_when_orphaned"]
+__all__ = [
+    "WORKER_STATES",
+    "WorkerSupervisor",
+    "describe_exit",
+    "stop_when_orphaned",
+    "worker_stop",
+]
 
 #: What :meth:`WorkerSupervisor.health` reports: ``disabled``, no worker (``--no-worker``);
 #: ``stopped``, after :meth:`WorkerSupervisor.stop` (the server is stopping).
@@ -172,8 +179,9 @@ class WorkerSupervisor:
                 return
 
     def stop(self) -> None:
-        """Stop restarting, then stop the worker: SIGTERM (it is crash-safe), and SIGKILL
-        after ``stop_timeout`` seconds."""
+        """Stop restarting, then stop the worker: SIGTERM (`unbake worker` finishes the
+        batch it is applying, then exits), and SIGKILL after ``stop_timeout`` seconds (it
+        is crash-safe: a restart resumes the batch)."""
         with self._changed:
             self._stopping.set()
             proc = self._proc
@@ -195,6 +203,22 @@ class WorkerSupervisor:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def worker_stop(parent: int | None = None) -> Iterator[threading.Event]:
+    """The event `unbake worker`'s loop stops on (between batches) while in the block:
+    SIGTERM (in the main thread; its handler is restored on leaving), and, given
+    ``parent``, that process's death (see :func:`stop_when_orphaned`)."""
+    stop = stop_when_orphaned(parent) if parent is not None else threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def stop_when_orphaned(parent: int, *, poll: float = 1.0) -> threading.Event:
