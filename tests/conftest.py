@@ -3,6 +3,7 @@ import os
 import pytest
 
 import unbake  # noqa: F401  (first: its thread policy must precede torch)
+from unbake.service import apply
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -53,6 +54,6 @@ def service_template(tmp_path_factory):
     root = tmp_path_factory.mktemp("service") / "ws"
     small_test = {"test_fraction": 0.05, "val_fraction": 0.05}  # a faster evaluation per batch
     with Workspace.create(root, dataset="digits", dataset_options=small_test) as ws:
-        ws.train(model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
+        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
         train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
     return root, train

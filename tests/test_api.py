@@ -11,7 +11,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from unbake import TrainConfig, Workspace
-from unbake.service import DeletionService
+from unbake.service import DeletionService, apply
 from unbake.service.api import MAX_BODY_BYTES, create_app, openapi_text
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace.certificates import issue_certificate
@@ -31,7 +31,7 @@ def template(tmp_path_factory):
     """A trained digits workspace and a token of each role (two submitters)."""
     root = tmp_path_factory.mktemp("api") / "ws"
     with Workspace.create(root, dataset="digits") as ws:
-        ws.train(model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
+        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
         train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
         tokens = {role: create_token(ws, role)[0] for role in ROLES}
         tokens["other"] = create_token(ws, "submitter", name="another client")[0]

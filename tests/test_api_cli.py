@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from unbake import TrainConfig, Workspace
 from unbake.cli import app
+from unbake.service import apply
 from unbake.service.api import openapi_text
 from unbake.workspace.tokens import authenticate
 
@@ -29,7 +30,7 @@ runner = CliRunner()
 def ws_root(tmp_path):
     root = tmp_path / "ws"
     with Workspace.create(root, dataset="digits") as ws:
-        ws.train(model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
+        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
     return root
 
 

@@ -9,7 +9,7 @@ pytest.importorskip("schemathesis")
 
 from unbake import TrainConfig, Workspace
 from unbake.bench.service import fuzz_api
-from unbake.service import DeletionService
+from unbake.service import DeletionService, apply
 from unbake.service.api import create_app
 from unbake.workspace.tokens import create_token
 
@@ -18,7 +18,7 @@ SPEC = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
 
 def _fuzz(root, examples, role="operator"):
     with Workspace.create(root, dataset="digits") as ws:
-        ws.train(model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
+        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
         token, _ = create_token(ws, role)
     with DeletionService(root) as svc:
         out = fuzz_api(create_app(svc), json.loads(SPEC.read_text()), token, examples=examples)

@@ -14,7 +14,7 @@ import httpx
 import uvicorn
 
 from unbake import TrainConfig, Workspace
-from unbake.service import DeletionService
+from unbake.service import DeletionService, apply
 from unbake.service.api import create_app
 from unbake.workspace.tokens import create_token
 
@@ -25,7 +25,7 @@ APPLY = "from unbake.service import DeletionService; import sys; print(DeletionS
 def server(tmp_path):
     root = tmp_path / "ws"
     with Workspace.create(root, dataset="digits") as ws:
-        ws.train(model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
+        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
         token, _ = create_token(ws, "operator")
         train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
     svc = DeletionService(root)

@@ -24,6 +24,7 @@ from unbake.families.certified import (
     residual_budget,
 )
 from unbake.methods import METHODS, UnlearnTask
+from unbake.service import apply
 from unbake.training import fit
 from unbake.workspace import Workspace
 
@@ -239,10 +240,12 @@ def _tiny_dataset() -> Dataset:
 def test_budget_state_persists_across_workspace_requests(tmp_path):
     ds = _tiny_dataset()
     with Workspace.create(tmp_path / "ws", dataset=ds) as ws:
-        ws.train(model="logreg", strategy="certified", strategy_params={"lam": 1e-2, "sigma": 2.0})
+        apply.train(
+            ws, model="logreg", strategy="certified", strategy_params={"lam": 1e-2, "sigma": 2.0}
+        )
         ids = [str(i) for i in ds.train.ids[:5]]
-        first = ws.forget(ids=ids[:2], method="certified")
-        second = ws.forget(ids=ids[2:], method="certified")
+        first = apply.forget(ws, ids=ids[:2], method="certified")
+        second = apply.forget(ws, ids=ids[2:], method="certified")
         cert = second.result.info["certificate"]
         assert first.result.info["certificate"]["removed_total"] == 2
         assert cert["removed_total"] == 5

@@ -9,6 +9,7 @@ from unbake.data import load_dataset
 from unbake.data.poison import PoisonSpec, apply_poison, attack_success_rate, planted, triggered
 from unbake.evaluation.detectors import DETECTORS, detection_scores
 from unbake.exceptions import InvalidParameterError, UnknownNameError
+from unbake.service import apply
 from unbake.service.cleaning import clean
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.training import TrainConfig, fit
@@ -179,7 +180,7 @@ def _snapshot(root):
 def poisoned_ws(tmp_path):
     root = tmp_path / "ws"
     ws = Workspace.create(root, dataset="digits", dataset_options={"poison": BACKDOOR})
-    ws.train(model="cnn", config=TrainConfig.parse(epochs=20))
+    apply.train(ws, model="cnn", config=TrainConfig.parse(epochs=20))
     ws.close()
     return root
 

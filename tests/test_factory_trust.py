@@ -10,6 +10,7 @@ from safetensors.torch import save as st_save
 
 from tests.integration.test_cli import TRAIN, assert_one_line_error, run, snapshot
 from unbake.exceptions import InvalidParameterError
+from unbake.service import apply
 from unbake.training import TrainConfig
 from unbake.workspace import Workspace
 from unbake.workspace.checkpoints import _metadata
@@ -60,7 +61,7 @@ def test_a_catalog_spec_naming_an_untrusted_factory_is_refused_on_load(
     root = tmp_path / "ws"
     monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", TINY)
     with Workspace.create(root, dataset="digits") as ws:
-        ws.train(model=TINY, config=TrainConfig.parse(epochs=1))
+        apply.train(ws, model=TINY, config=TrainConfig.parse(epochs=1))
         assert ws.load_model().spec.name == TINY
     monkeypatch.delenv("UNBAKE_ALLOWED_FACTORIES")
     with Workspace.open(root) as ws, pytest.raises(InvalidParameterError, match="not trusted"):
@@ -71,6 +72,6 @@ def test_a_catalog_spec_naming_an_untrusted_factory_is_refused_on_load(
             ws.load_model()
         ids = list(ws.active_and_forgotten()[0].ids[:2])
         with pytest.raises(InvalidParameterError, match="not trusted"):
-            ws.forget(ids=ids, method="retrain")
+            apply.forget(ws, ids=ids, method="retrain")
         assert ws.log() == []
     assert no_system_calls == []

@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import UNDO_V5
 from unbake import TrainConfig, Workspace
 from unbake.exceptions import CertificateError, IntegrityError, InvalidParameterError
+from unbake.service import apply
 from unbake.testing import tiny_dataset
 from unbake.workspace import ledger
 from unbake.workspace.catalog import SCHEMA_VERSION
@@ -27,7 +28,7 @@ FAST = {"method": "finetune", "params": {"epochs": 1}}
 @pytest.fixture
 def ws(workspace_dir):
     w = Workspace.create(workspace_dir, dataset=tiny_dataset())
-    w.train(model="logreg", config=CFG, seed=0)
+    apply.train(w, model="logreg", config=CFG, seed=0)
     yield w
     w.close()
 
@@ -41,7 +42,7 @@ def _states(ws, request_id):
 
 
 def test_forget_records_received_applying_applied_and_chains(ws):
-    rec = ws.forget(ids=_ids(3), **FAST)
+    rec = apply.forget(ws, ids=_ids(3), **FAST)
     assert _states(ws, rec.request_id) == ["received", "applying", "applied"]
     entries, head = ws.catalog.verify_ledger()
     rows = ws.catalog.ledger_rows()
@@ -61,14 +62,14 @@ def test_a_failure_is_recorded_and_changes_nothing_else(ws, monkeypatch):
     before = ws.status()
     monkeypatch.setattr(Finetune, "unlearn", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        ws.forget(ids=_ids(2), **FAST, idempotency_key="k")
+        apply.forget(ws, ids=_ids(2), **FAST, idempotency_key="k")
     assert ws.status() == before and ws.log() == []
     (rid,) = {r["request_id"] for r in ws.catalog.ledger_rows()}
     assert _states(ws, rid) == ["received", "applying", "failed"]
     assert "disk on fire" in ws.catalog.request_entries(rid)[-1]["payload"]["reason"]
     monkeypatch.undo()
     # A retry with the same key continues the same request.
-    rec = ws.forget(ids=_ids(2), **FAST, idempotency_key="k")
+    rec = apply.forget(ws, ids=_ids(2), **FAST, idempotency_key="k")
     assert rec.request_id == rid
     assert _states(ws, rid) == ["received", "applying", "failed", "applying", "applied"]
     ws.catalog.verify_ledger()
@@ -77,32 +78,32 @@ def test_a_failure_is_recorded_and_changes_nothing_else(ws, monkeypatch):
 def test_a_bad_request_leaves_no_trace(ws, workspace_dir):
     before = (workspace_dir / "catalog.sqlite").read_bytes()
     with pytest.raises(InvalidParameterError):
-        ws.forget(ids=_ids(2), method="finetune", params={"epochs": -1})
+        apply.forget(ws, ids=_ids(2), method="finetune", params={"epochs": -1})
     assert (workspace_dir / "catalog.sqlite").read_bytes() == before
 
 
 def test_idempotency_key_yields_one_request(ws):
-    first = ws.forget(ids=_ids(2), **FAST, idempotency_key="client-42")
+    first = apply.forget(ws, ids=_ids(2), **FAST, idempotency_key="client-42")
     models = ws.status()["models"]
-    again = ws.forget(ids=_ids(2), **FAST, idempotency_key="client-42")
+    again = apply.forget(ws, ids=_ids(2), **FAST, idempotency_key="client-42")
     assert again.request_id == first.request_id and again.model_after == first.model_after
     assert repr(again.evaluation) == repr(first.evaluation)  # NaN-safe
     assert ws.status()["models"] == models and len(ws.log()) == 1
     assert len(ws.catalog.ledger_rows()) == 3
     with pytest.raises(InvalidParameterError, match="already used for another request"):
-        ws.forget(ids=_ids(2, 5), **FAST, idempotency_key="client-42")
+        apply.forget(ws, ids=_ids(2, 5), **FAST, idempotency_key="client-42")
     assert b"client-42" not in ws.catalog.path.read_bytes()  # kept as a keyed hash
 
 
 def test_deadline_is_one_month_by_default_and_configurable(ws):
     assert ledger.deadline(datetime(2026, 1, 31, 9)) == "2026-02-28T09:00:00.000000"
     assert ledger.deadline(datetime(2026, 12, 5)) == "2027-01-05T00:00:00.000000"
-    rec = ws.forget(ids=_ids(1), **FAST)
+    rec = apply.forget(ws, ids=_ids(1), **FAST)
     received = ws.catalog.request_entries(rec.request_id)[0]
     at = datetime.fromisoformat(received["timestamp"])
     assert received["payload"]["deadline"] == ledger.deadline(at)
     ws.set_deadline_days(3)
-    rec = ws.forget(ids=_ids(1, 1), **FAST)
+    rec = apply.forget(ws, ids=_ids(1, 1), **FAST)
     received = ws.catalog.request_entries(rec.request_id)[0]
     assert received["payload"]["deadline"] == ledger.deadline(
         datetime.fromisoformat(received["timestamp"]), 3
@@ -116,9 +117,9 @@ def test_status_lists_overdue_requests(ws, monkeypatch):
 
     monkeypatch.setattr(Finetune, "unlearn", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        ws.forget(ids=_ids(2), **FAST)
+        apply.forget(ws, ids=_ids(2), **FAST)
     monkeypatch.undo()
-    done = ws.forget(ids=_ids(2, 3), **FAST)
+    done = apply.forget(ws, ids=_ids(2, 3), **FAST)
     assert ws.status()["overdue_requests"] == []
     later = "2099-01-01T00:00:00+00:00"
     (late,) = ws.overdue(now=later)  # the failed one is still open; the applied one is done
@@ -157,8 +158,8 @@ def _tamper(path, *statements):
     ids=["edited-payload", "edited-time", "deleted", "deleted-renumbered", "swapped", "truncated"],
 )
 def test_ledger_verify_names_the_first_tampered_entry(ws, workspace_dir, statements, message):
-    ws.forget(ids=_ids(2), **FAST)
-    ws.forget(ids=_ids(2, 4), **FAST)
+    apply.forget(ws, ids=_ids(2), **FAST)
+    apply.forget(ws, ids=_ids(2, 4), **FAST)
     assert ws.catalog.verify_ledger()[0] == 6
     ws.close()
     _tamper(workspace_dir / "catalog.sqlite", *statements)
@@ -168,19 +169,19 @@ def test_ledger_verify_names_the_first_tampered_entry(ws, workspace_dir, stateme
 
 def test_catalog_holds_no_plain_subject_and_subject_lookups_use_the_hash(ws, workspace_dir):
     assert stat.S_IMODE((workspace_dir / "secret.key").stat().st_mode) == 0o600
-    ws.forget(subject="subject-05", **FAST)
+    apply.forget(ws, subject="subject-05", **FAST)
     data = (workspace_dir / "catalog.sqlite").read_bytes()
     assert b"subject-05" not in data
     assert ws.subject_hmac("subject-05").encode() in data
     with pytest.raises(Exception, match="already forgotten"):
-        ws.forget(subject="subject-05", **FAST)
+        apply.forget(ws, subject="subject-05", **FAST)
     assert {r["request_id"] for r in ws.samples(forgotten=True, subject="subject-05")} == {
         ws.log()[0]["request_id"]
     }
 
 
 def test_a_version_3_catalog_is_migrated_and_its_subjects_hidden(ws, workspace_dir):
-    rec = ws.forget(subject="subject-02", **FAST)
+    rec = apply.forget(ws, subject="subject-02", **FAST)
     ws.close()
     _tamper(
         workspace_dir / "catalog.sqlite",
@@ -201,7 +202,7 @@ def test_a_version_3_catalog_is_migrated_and_its_subjects_hidden(ws, workspace_d
 
 
 def test_certificate_signs_verifies_and_refuses_any_flipped_byte(ws, workspace_dir):
-    rec = ws.forget(subject="subject-01", method="retrain")
+    rec = apply.forget(ws, subject="subject-01", method="retrain")
     head = ws.catalog.verify_ledger()
     data, body = issue_certificate(ws, rec.request_id)
     key = workspace_public_key(ws)
@@ -241,7 +242,7 @@ def test_a_failed_checkpoint_write_is_recorded_too(ws, monkeypatch):
     before = ws.status()
     monkeypatch.setattr(Workspace, "_write_model", full)
     with pytest.raises(OSError, match="No space"):
-        ws.forget(ids=_ids(2), **FAST)
+        apply.forget(ws, ids=_ids(2), **FAST)
     assert ws.status() == before and ws.log() == []
     (row,) = [r for r in ws.catalog.ledger_rows() if r["state"] == "failed"]
     assert "No space left" in json.loads(row["payload"])["reason"]

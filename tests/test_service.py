@@ -14,7 +14,7 @@ from unbake.exceptions import (
     UnknownSampleError,
     WorkspaceError,
 )
-from unbake.service import DeletionService
+from unbake.service import DeletionService, apply
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace.certificates import issue_certificate
 
@@ -203,7 +203,8 @@ def test_read_only_service_reads_but_refuses_submits(svc, train_ids):
 def test_a_batch_against_a_sisa_model_retrains_each_shard_once(tmp_path):
     root = tmp_path / "sisa"
     with Workspace.create(root, dataset="digits") as ws:
-        ws.train(
+        apply.train(
+            ws,
             model="logreg",
             config=CFG,
             strategy="sisa",
@@ -295,9 +296,8 @@ def test_a_version_4_catalog_is_migrated_forward_and_can_queue(svc, train_ids):
         again.workspace.catalog.verify_ledger()
 
 
-def test_the_workspace_imports_the_service_only_behind_the_readme_entry_points():
-    # Storage below, orchestration above: workspace/ reaches up only from the two
-    # methods the README shows (Workspace.train, Workspace.forget), at call time.
+def test_the_workspace_never_imports_a_layer_above_it():
+    # Storage below, orchestration above: training and deletion are the service's.
     from tests.test_families import SRC, _imports
 
     higher = ("unbake.service", "unbake.bench", "unbake.report", "unbake.testing", "unbake.cli")
@@ -307,7 +307,7 @@ def test_the_workspace_imports_the_service_only_behind_the_readme_entry_points()
         for name in _imports(path)
         if name.startswith(higher)
     }
-    assert upward == {("workspace/workspace.py", "unbake.service.apply")}
+    assert upward == set()
 
 
 def test_a_service_over_an_open_workspace_leaves_it_open(template, tmp_path, train_ids):

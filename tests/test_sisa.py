@@ -21,6 +21,7 @@ from unbake.families.sisa import (
     train_shard,
 )
 from unbake.methods import METHODS, UnlearnTask
+from unbake.service import apply
 from unbake.testing import tiny_dataset
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace import decode_checkpoint, encode_checkpoint
@@ -340,7 +341,7 @@ def test_forget_leaves_no_copy_of_the_forgotten_samples(workspace_dir):
     ws = Workspace.create(workspace_dir, dataset=ds)
     try:
         params = {**SUBJECT_PARAMS, "slices": 2}
-        first = ws.train(model="mlp", config=CFG, strategy="sisa", strategy_params=params)
+        first = apply.train(ws, model="mlp", config=CFG, strategy="sisa", strategy_params=params)
         forget_ids = [str(i) for i in ds.train.ids[:3]]
         rows = ds.train.mask_of(forget_ids)
         hashes = [
@@ -354,7 +355,7 @@ def test_forget_leaves_no_copy_of_the_forgotten_samples(workspace_dir):
         assert len(list((workspace_dir / "checkpoints").iterdir())) == 1
         old_file = workspace_dir / ws.catalog.model(first)["checkpoint"]
 
-        record = ws.forget(ids=forget_ids, method="sisa")
+        record = apply.forget(ws, ids=forget_ids, method="sisa")
 
         after = _files(workspace_dir)
         assert not any(_found(h, after) for h in hashes), "a content hash survived"
@@ -421,13 +422,13 @@ def test_a_request_that_empties_a_shard_changes_nothing(workspace_dir):
     ds = tiny_dataset()
     ws = Workspace.create(workspace_dir, dataset=ds)
     try:
-        ws.train(model="mlp", config=CFG, strategy="sisa", strategy_params=PARAMS)
+        apply.train(ws, model="mlp", config=CFG, strategy="sisa", strategy_params=PARAMS)
         model = ws.load_model()
         layout = SISA(**model.strategy_params).layout(ds.train, 0)
         shard_ids = [str(i) for i in ds.train.ids[layout.shard == 1]]
         snap = _snapshot(workspace_dir)
         with pytest.raises(UnsupportedModelError, match="empties shard 1 of 4") as info:
-            ws.forget(ids=shard_ids, method="sisa")
+            apply.forget(ws, ids=shard_ids, method="sisa")
         assert "\n" not in str(info.value)
         assert _snapshot(workspace_dir) == snap
     finally:
@@ -437,10 +438,10 @@ def test_a_request_that_empties_a_shard_changes_nothing(workspace_dir):
 def test_sisa_method_on_a_monolithic_model_changes_nothing(workspace_dir):
     ws = Workspace.create(workspace_dir, dataset=tiny_dataset())
     try:
-        ws.train(model="mlp", config=CFG)
+        apply.train(ws, model="mlp", config=CFG)
         snap = _snapshot(workspace_dir)
         with pytest.raises(UnsupportedModelError, match="needs a model trained with --strategy"):
-            ws.forget(ids=[str(tiny_dataset().train.ids[0])], method="sisa")
+            apply.forget(ws, ids=[str(tiny_dataset().train.ids[0])], method="sisa")
         assert _snapshot(workspace_dir) == snap
     finally:
         ws.close()

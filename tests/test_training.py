@@ -4,6 +4,7 @@ import torch
 
 from unbake import ModelSpec, TrainConfig, build_model, fit
 from unbake.exceptions import InvalidParameterError, UnknownNameError
+from unbake.service import apply
 from unbake.testing import tiny_dataset
 
 
@@ -155,5 +156,5 @@ def test_nn_module_instance_cannot_be_saved(tmp_path):
     with Workspace.create(tmp_path / "ws", dataset=tiny_dataset()) as ws:
         net = make_tiny_net(input_shape=(1, 8, 8), n_classes=10)
         with pytest.raises(UnbakeError, match="module:function"):
-            ws.train(model=net)
+            apply.train(ws, model=net)
         assert ws.status()["models"] == []

@@ -16,6 +16,7 @@ from unbake.exceptions import (
     UnknownSampleError,
     WorkspaceError,
 )
+from unbake.service import apply
 from unbake.service.apply import evaluate_model
 from unbake.testing import tiny_dataset
 from unbake.testing.snapshot import workspace_snapshot
@@ -32,7 +33,7 @@ def snapshot(root):
 @pytest.fixture
 def ws(workspace_dir):
     w = Workspace.create(workspace_dir, dataset=tiny_dataset())
-    w.train(model="mlp", config=CFG, seed=0)
+    apply.train(w, model="mlp", config=CFG, seed=0)
     yield w
     w.close()
 
@@ -47,7 +48,7 @@ def test_catalog_records_samples_and_schema(ws):
 
 def test_forget_by_subject_records_everything_and_purges(ws, workspace_dir):
     old = ws.status()["models"][0]
-    rec = ws.forget(subject="subject-03", method="retrain")
+    rec = apply.forget(ws, subject="subject-03", method="retrain")
     assert rec.n_samples == 20
     st = ws.status()
     assert st["samples"] == {"active": 220, "forgotten": 20}
@@ -74,7 +75,7 @@ def test_forget_by_subject_records_everything_and_purges(ws, workspace_dir):
 
 def test_exact_forget_equals_training_from_scratch(ws):
     ids = [str(i) for i in tiny_dataset().train.ids[5:25]]
-    rec = ws.forget(ids=ids, method="retrain")
+    rec = apply.forget(ws, ids=ids, method="retrain")
     _, retain = tiny_dataset().train.split(ids)
     scratch = fit(retain, n_classes=10, model="mlp", config=CFG, seed=0)
     loaded = ws.load_model(rec.model_after)
@@ -83,10 +84,10 @@ def test_exact_forget_equals_training_from_scratch(ws):
 
 
 def test_forget_by_class(ws):
-    rec = ws.forget(label=3, method="finetune", params={"epochs": 1})
+    rec = apply.forget(ws, label=3, method="finetune", params={"epochs": 1})
     assert rec.n_samples == int((tiny_dataset().train.y == 3).sum())
     with pytest.raises(UnknownSampleError):
-        ws.forget(subject="nobody")
+        apply.forget(ws, subject="nobody")
 
 
 @pytest.mark.parametrize(
@@ -100,7 +101,7 @@ def test_forget_by_class(ws):
 def test_bad_requests_leave_workspace_unchanged(ws, workspace_dir, request_kwargs, error):
     before = snapshot(workspace_dir)
     with pytest.raises(error):
-        ws.forget(method="retrain", **request_kwargs)
+        apply.forget(ws, method="retrain", **request_kwargs)
     assert snapshot(workspace_dir) == before
 
 
@@ -112,7 +113,7 @@ def test_tampered_checkpoint_is_refused(ws, workspace_dir):
     path.write_bytes(bytes(data))
     before = snapshot(workspace_dir)
     with pytest.raises(IntegrityError, match="does not match the sha256"):
-        ws.forget(ids=[str(tiny_dataset().train.ids[0])], method="retrain")
+        apply.forget(ws, ids=[str(tiny_dataset().train.ids[0])], method="retrain")
     assert snapshot(workspace_dir) == before
 
 
@@ -127,7 +128,7 @@ def test_concurrent_writer_waits_its_turn(ws):
     """A second writer queues behind the lock instead of failing, from another thread."""
     done = []
     writer = threading.Thread(
-        target=lambda: done.append(ws.forget(ids=[str(tiny_dataset().train.ids[0])]))
+        target=lambda: done.append(apply.forget(ws, ids=[str(tiny_dataset().train.ids[0])]))
     )
     with ws._lock():
         writer.start()
@@ -146,7 +147,7 @@ def test_failed_commit_leaves_no_file(ws, workspace_dir, monkeypatch):
 
     monkeypatch.setattr(ws, "_commit_forget", boom)
     with pytest.raises(sqlite3.OperationalError):
-        ws.forget(ids=[str(tiny_dataset().train.ids[0])], method="retrain")
+        apply.forget(ws, ids=[str(tiny_dataset().train.ids[0])], method="retrain")
     assert snapshot(workspace_dir) == before
 
 
@@ -256,7 +257,7 @@ def csv_ws(tmp_path, workspace_dir):
     w = Workspace.create(
         workspace_dir, dataset="csv", dataset_options={"path": str(source), **CSV_OPTIONS}
     )
-    w.train(model="logreg", config=CFG, seed=0)
+    apply.train(w, model="logreg", config=CFG, seed=0)
     yield w, source
     w.close()
 
@@ -289,7 +290,7 @@ def test_forgotten_subject_may_be_deleted_from_the_source(csv_ws, tmp_path):
     """GDPR: after forgetting S, deleting S's raw rows leaves the workspace working."""
     ws, source = csv_ws
     person = _train_subject(ws)
-    rec = ws.forget(subject=person, method="retrain")
+    rec = apply.forget(ws, subject=person, method="retrain")
     assert rec.n_samples == 4
     splits_before = {r["sample_id"]: r["split"] for r in ws.samples()}
     _people_csv(source, drop_subjects={person})
@@ -302,8 +303,8 @@ def test_forgotten_subject_may_be_deleted_from_the_source(csv_ws, tmp_path):
         forgotten = again.samples(forgotten=True, subject=person)
         assert len(forgotten) == 4 and all(r["label"] is None for r in forgotten)
         other = next(r["subject"] for r in again.samples() if r["split"] == "train")
-        assert again.forget(subject=other, method="retrain").n_samples == 4
-        again.train(model="logreg", config=CFG, seed=1)
+        assert apply.forget(again, subject=other, method="retrain").n_samples == 4
+        apply.train(again, model="logreg", config=CFG, seed=1)
         assert again.status()["samples"]["forgotten"] == 8
     finally:
         again.close()
@@ -321,7 +322,7 @@ def test_source_losing_active_rows_or_gaining_rows_is_an_error(csv_ws, workspace
         _people_csv(source, extra_rows=3)
         again._dataset = None
         with pytest.raises(DatasetError, match=r"3 samples the catalog does not know.*u120"):
-            again.forget(subject=person, method="retrain")
+            apply.forget(again, subject=person, method="retrain")
     assert snapshot(workspace_dir) == before
 
 
@@ -329,15 +330,15 @@ def test_forget_a_class_by_name_or_index(csv_ws):
     ws, _ = csv_ws
     n_b = sum(1 for r in ws.samples() if r["split"] == "train" and r["label"] == "B")
     held_b = sum(1 for r in ws.samples() if r["split"] != "train" and r["label"] == "B")
-    rec = ws.forget(label="B", method="retrain")
+    rec = apply.forget(ws, label="B", method="retrain")
     assert (rec.n_samples, rec.n_held_out) == (n_b, held_b)  # held-out B rows leave the metrics
     assert all(ws.dataset().label_names(s.y).count("B") == 0 for s in ws.held_out())
     (req,) = ws.log()
     assert req["selector"] == {"class": "B"}
     with pytest.raises(InvalidParameterError, match=r"Class 'Z' does not exist.*'A', 'B', 'C'"):
-        ws.forget(label="Z", method="retrain")
+        apply.forget(ws, label="Z", method="retrain")
     n_c = sum(1 for r in ws.samples() if r["split"] == "train" and r["label"] == "C")
-    assert ws.forget(label=2, method="retrain").n_samples == n_c  # an int is an index
+    assert apply.forget(ws, label=2, method="retrain").n_samples == n_c  # an int is an index
 
 
 def _subject_in(ws, split):
@@ -360,7 +361,7 @@ def test_held_out_subject_is_erased_without_touching_a_model(csv_ws):
     person = _subject_in(ws, "test")
     ids = [r["sample_id"] for r in ws.samples(subject=person)]
     models = ws.status()["models"]
-    rec = ws.forget(subject=person, method="retrain")
+    rec = apply.forget(ws, subject=person, method="retrain")
     assert (rec.n_samples, rec.n_held_out, rec.method) == (0, 4, "none")
     assert not rec.changed_model and rec.evaluation is None
     assert ws.status()["models"] == models  # still active, nothing new
@@ -381,15 +382,15 @@ def test_held_out_subject_is_erased_without_touching_a_model(csv_ws):
     assert ws.status()["splits"]["test"] == len(ws.dataset().test) - 4
     assert evaluate_model(ws).ta == pytest.approx(_expected_ta(ws, ids))
     with pytest.raises(UnknownSampleError, match="already forgotten"):
-        ws.forget(subject=person, method="retrain")
+        apply.forget(ws, subject=person, method="retrain")
     _people_csv(source, drop_subjects={person})  # the source loses the rows, silently
     ws.close()
     with Workspace.open(ws.root) as again:
         assert len(again.dataset().test) == len(again.held_out()[1])
         assert evaluate_model(again).ta == pytest.approx(_expected_ta(again, ids))
         other = _subject_in(again, "train")
-        assert again.forget(subject=other, method="retrain").n_samples == 4
-        again.train(model="logreg", config=CFG, seed=1)
+        assert apply.forget(again, subject=other, method="retrain").n_samples == 4
+        apply.train(again, model="logreg", config=CFG, seed=1)
         assert again.status()["samples"]["forgotten"] == 8
 
 
@@ -400,7 +401,7 @@ def test_train_and_test_ids_in_one_request_and_one_transaction(csv_ws, monkeypat
     test_ids = [r["sample_id"] for r in rows if r["split"] == "test"][:2]
     before = snapshot(ws.root)
     with pytest.raises(InvalidParameterError):
-        ws.forget(ids=train_ids + test_ids, method="finetune", params={"epochs": -1})
+        apply.forget(ws, ids=train_ids + test_ids, method="finetune", params={"epochs": -1})
     assert snapshot(ws.root) == before
     record = Workspace._record_request
 
@@ -410,11 +411,11 @@ def test_train_and_test_ids_in_one_request_and_one_transaction(csv_ws, monkeypat
 
     monkeypatch.setattr(Workspace, "_record_request", fail_after_marking)
     with pytest.raises(WorkspaceError, match="disk I/O error"):  # the catalog's typed error
-        ws.forget(ids=train_ids + test_ids, method="retrain")
+        apply.forget(ws, ids=train_ids + test_ids, method="retrain")
     assert snapshot(ws.root) == before
     monkeypatch.undo()
     (old,) = ws.status()["models"]
-    rec = ws.forget(ids=train_ids + test_ids, method="retrain")
+    rec = apply.forget(ws, ids=train_ids + test_ids, method="retrain")
     assert (rec.n_samples, rec.n_held_out, rec.changed_model) == (2, 2, True)
     assert [m["status"] for m in ws.status()["models"]] == ["purged", "active"]
     (req,) = ws.log()
@@ -437,9 +438,9 @@ def test_fashion_mnist_class_by_name(workspace_dir):
         workspace_dir, dataset="fashion-mnist", dataset_options={"limit": 600}
     ) as ws:
         assert ws.status()["splits"]["test"] == 100  # the official test set (limited)
-        ws.train(model="logreg", config=TrainConfig.parse(epochs=1), seed=0)
+        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1), seed=0)
         active, _ = ws.active_and_forgotten()
-        rec = ws.forget(label="Sandal", method="finetune", params={"epochs": 1})
+        rec = apply.forget(ws, label="Sandal", method="finetune", params={"epochs": 1})
         assert rec.n_samples == int((active.y == 5).sum()) > 0
         assert ws.log()[0]["selector"] == {"class": "Sandal"}
 
@@ -467,12 +468,12 @@ def test_deleting_a_whole_class_from_the_source_renumbers_nothing(tmp_path, work
     with Workspace.create(workspace_dir, dataset="csv", dataset_options=options) as ws:
         assert ws.dataset().classes == ("A", "B", "C", "Z")
         assert json.loads(ws.dataset_spec["classes"]) == ["A", "B", "C", "Z"]
-        ws.train(model="logreg", config=CFG, seed=0)
-        assert ws.forget(subject=owner, method="retrain").n_samples == 4
+        apply.train(ws, model="logreg", config=CFG, seed=0)
+        assert apply.forget(ws, subject=owner, method="retrain").n_samples == 4
     write(keep_owner=False)  # class Z is gone from the source entirely
     with Workspace.open(workspace_dir) as ws:
         assert ws.dataset().classes == ("A", "B", "C", "Z")
         assert 0 <= evaluate_model(ws).ta <= 100
-        ws.train(model="logreg", config=CFG, seed=1)
+        apply.train(ws, model="logreg", config=CFG, seed=1)
         with pytest.raises(EmptyRequestError):
-            ws.forget(label="Z", method="retrain")  # nothing of class Z is left to forget
+            apply.forget(ws, label="Z", method="retrain")  # nothing of class Z is left to forget

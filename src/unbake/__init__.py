@@ -2,10 +2,11 @@
 
 The public API in one place::
 
-    from unbake import Workspace, TrainConfig
-    ws = Workspace.create("ws", dataset="digits")
-    ws.train(model="mlp", config=TrainConfig.parse(epochs=10))
-    record = ws.forget(subject="alice", method="retrain")
+    from unbake import DeletionService, TrainConfig, Workspace
+    ws = Workspace.create("ws", dataset="digits")       # storage: samples, models, ledger
+    svc = DeletionService(ws)                            # the work: training and deletions
+    svc.train(model="mlp", config=TrainConfig.parse(epochs=10))
+    record = svc.forget(subject="alice", method="retrain")
 """
 
 # First, before anything imports torch: OpenMP reads its wait policy once, when torch
@@ -29,6 +30,7 @@ from unbake.exceptions import (
 )
 from unbake.methods import METHODS, Unlearner, UnlearnResult, UnlearnTask, create
 from unbake.models import MODELS, ModelSpec, build_model
+from unbake.service import DeletionService
 from unbake.training import STRATEGIES, TrainConfig, TrainedModel, fit
 from unbake.workspace import Workspace
 
@@ -41,6 +43,7 @@ __all__ = [
     "STRATEGIES",
     "Dataset",
     "DatasetError",
+    "DeletionService",
     "EmptyRequestError",
     "Evaluation",
     "IntegrityError",

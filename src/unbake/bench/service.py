@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from unbake.bench import BENCHMARKS
+from unbake.service import apply
 
 __all__ = [
     "LEVELS",
@@ -120,7 +121,8 @@ def _workspace(root: Path, *, strategy: str = "monolithic") -> tuple[list[str], 
 
     params = {"shards": 5, "slices": 2} if strategy == "sisa" else None
     with Workspace.create(root, dataset="digits") as ws:
-        ws.train(
+        apply.train(
+            ws,
             model="logreg",
             config=TrainConfig.parse(epochs=2, batch_size=64),
             seed=0,

@@ -32,9 +32,9 @@ FILE`` writes it (the committed copy is ``docs/openapi.json``).
 >>> from unbake.workspace.tokens import create_token
 >>> root = tempfile.mkdtemp() + "/ws"
 >>> with Workspace.create(root, dataset="digits") as ws:
-...     _ = ws.train(model="logreg", config=TrainConfig.parse(epochs=1))
 ...     token, _ = create_token(ws, "operator")
 >>> svc = DeletionService(root)
+>>> _ = svc.train(model="logreg", config=TrainConfig.parse(epochs=1))
 >>> client = TestClient(create_app(svc), headers={"Authorization": f"Bearer {token}"})
 >>> r = client.post("/v1/requests", json={"sample_ids": ["digits-0000"]})
 >>> r.status_code, r.json()["state"]

@@ -16,9 +16,9 @@ one transaction, so a crash at any point applies each request exactly once.
 >>> import tempfile
 >>> from unbake import TrainConfig, Workspace
 >>> root = tempfile.mkdtemp() + "/ws"
->>> ws = Workspace.create(root, dataset="digits")
->>> _ = ws.train(model="logreg", config=TrainConfig.parse(epochs=1)); ws.close()
+>>> Workspace.create(root, dataset="digits").close()
 >>> svc = DeletionService(root)
+>>> _ = svc.train(model="logreg", config=TrainConfig.parse(epochs=1))
 >>> sub = svc.submit(sample_ids=["digits-0000"])
 >>> sub.state, svc.queue_depth()
 ('queued', 1)
@@ -49,7 +49,7 @@ from unbake.exceptions import (
 )
 from unbake.methods import METHODS
 from unbake.methods.tuned import resolve_params, scenario_of
-from unbake.service.apply import apply_parts, forget, stage_parts
+from unbake.service.apply import apply_parts, forget, stage_parts, train
 from unbake.service.policy import (
     ModelInfo,
     Outcome,
@@ -836,6 +836,11 @@ class DeletionService:
                 cur.execute("DELETE FROM queue WHERE request_id = ?", (rid,))
 
     # --- the CLI's synchronous path -------------------------------------------------
+
+    def train(self, **options: Any) -> str:
+        """Train a model on the active samples and record it as the current model; returns
+        its model ID. Takes the keyword arguments of :func:`unbake.service.apply.train`."""
+        return train(self.workspace, **options)
 
     def forget(self, **request: Any) -> RequestRecord:
         """File a request and apply it at once, all or nothing (what ``unbake forget``

@@ -14,9 +14,9 @@ meanwhile, the prediction is computed again on the new one.
 >>> from unbake import TrainConfig, Workspace
 >>> from unbake.service import DeletionService
 >>> root = tempfile.mkdtemp() + "/ws"
->>> ws = Workspace.create(root, dataset="digits")
->>> _ = ws.train(model="logreg", config=TrainConfig.parse(epochs=1)); ws.close()
+>>> Workspace.create(root, dataset="digits").close()
 >>> svc = DeletionService(root)
+>>> _ = svc.train(model="logreg", config=TrainConfig.parse(epochs=1))
 >>> served = ServedModel(svc)
 >>> out = served.predict([[0.0] * 64])
 >>> out.model_id == svc.current_model()["model_id"], len(out.log_proba)

@@ -11,9 +11,8 @@ This is the storage layer: it keeps the catalog, the checkpoints and the ledger,
 the data source against them, and records a trained model, an applied request or a
 failure in one transaction each. Running a method (training, unlearning, evaluating,
 auditing) and deciding what to apply is the service layer's
-(:mod:`unbake.service.apply`, :mod:`unbake.service.audit`, :mod:`unbake.service.deletion`);
-:meth:`Workspace.train` and :meth:`Workspace.forget` remain as the short entry points
-the README shows, and call it.
+(:mod:`unbake.service.apply`, :mod:`unbake.service.audit`, :mod:`unbake.service.deletion`),
+which imports this module and is never imported by it.
 """
 
 from __future__ import annotations
@@ -238,13 +237,13 @@ def _writable(root: Path) -> bool:
 class Workspace:
     """A workspace folder. Use :meth:`create` or :meth:`open`, and ``close`` when done.
 
+    It stores and records; the work on it (training, deletion requests, audits) is the
+    service layer's (:class:`unbake.service.DeletionService`, :mod:`unbake.service.apply`).
+
     >>> import tempfile
-    >>> from unbake.training import TrainConfig
     >>> ws = Workspace.create(tempfile.mkdtemp() + "/ws", dataset="digits")
-    >>> model_id = ws.train(model="logreg", config=TrainConfig.parse(epochs=1))
-    >>> rec = ws.forget(ids=["digits-0000"], method="finetune", params={"epochs": 1})
-    >>> ws.status()["samples"]["forgotten"]
-    1
+    >>> ws.status()["samples"]["active"] == len(ws.dataset().train), ws.status()["models"]
+    (True, [])
     >>> ws.close()
     """
 
@@ -677,16 +676,6 @@ class Workspace:
             ),
         )
 
-    def train(self, **options: Any) -> str:
-        """Train a model on the active samples and record it; returns its model ID.
-
-        The work (and the options) are :func:`unbake.service.apply.train`'s; this is the
-        entry point the README shows.
-        """
-        from unbake.service.apply import train  # the layer above: read at call time
-
-        return train(self, **options)
-
     def record_trained(self, trained: TrainedModel, active: Samples) -> str:
         """Write ``trained`` (fitted on ``active``) and record it in one transaction (under
         the caller's lock); returns its new model ID."""
@@ -699,16 +688,6 @@ class Workspace:
             (self.root / rel).unlink(missing_ok=True)
             raise
         return model_id
-
-    def forget(self, **request: Any) -> RequestRecord:
-        """File and apply a deletion request; every model that saw the data is purged.
-
-        The work (and the request's keywords) are :func:`unbake.service.apply.forget`'s;
-        this is the entry point the README shows.
-        """
-        from unbake.service.apply import forget  # the layer above: read at call time
-
-        return forget(self, **request)
 
     def class_name(self, label: str | int) -> str:
         """The name of class ``label`` (a name or an index); an unknown one is refused."""
