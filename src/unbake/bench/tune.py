@@ -3,9 +3,13 @@
 Each trial runs the method on one forget request and is scored by its avg gap against
 the retrain reference on forget / retain / **validation** (FA, RA, the validation
 accuracy and the forget-vs-validation MIA): the test set is never read. A trial slower
-than ``time_fraction`` × the retrain's time is pruned (kept in the study, never best).
-The sampler is Optuna's TPE with an explicit seed, and every run is seeded, so the
-same seed gives the same study (unless a trial's time crosses the budget differently).
+than ``time_fraction`` × the retrain's time is pruned (kept in the study, never best),
+and is stopped when it crosses that budget (:func:`unbake._budget.time_budget`) rather
+than run to its end, so a study costs at most about ``trials × time_fraction`` retrains
+plus its evaluations. The sampler is Optuna's TPE with an explicit seed, guided after a
+third of the trials (random before: Optuna's default of 10 random start-up trials would
+leave a 10-trial study a random search); every run is seeded, so the same seed gives the
+same study (unless a trial's time crosses the budget differently).
 
 The original and its retrain reference dominate the cost of a study (on Fashion-MNIST
 with the ``cnn``, two full trainings against a few seconds a trial), and they depend
@@ -29,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unbake._budget import TimeBudgetExceeded, time_budget
 from unbake._progress import progress
 from unbake._validation import validate_params
 from unbake.bench import cache
@@ -76,6 +81,8 @@ class Study:
     #: The parameters pinned by the user (part of ``defaults``; not searched).
     fixed: dict[str, Any] = field(default_factory=dict)
     original_score: float | None = None
+    #: Trials sampled at random before TPE's model guides the search.
+    startup_trials: int | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
     load_average: dict[str, Any] = field(default_factory=dict)
 
@@ -207,34 +214,43 @@ def tune(
             "cache": cached,
         },
         original_score=_finite(avg_gap(evaluate(original, forget, retain, dataset.val), reference)),
+        startup_trials=min(10, max(2, int(trials) // 3)),
     )
 
-    def objective(trial) -> float:
-        params = {**defaults, **{k: _suggest(trial, k, knob) for k, knob in space.items()}}
-        result = METHODS.create(method, **params).unlearn(task, seed=seed)
-        ev = evaluate(result.model, forget, retain, dataset.val)
-        score = avg_gap(ev, reference)
-        within = result.seconds <= budget_s
-        finite = math.isfinite(score)
+    def record(trial, params, seconds: float, score: float | None, reason: str) -> None:
         study.trials.append(
             {
                 "number": trial.number,
                 "params": {k: params[k] for k in space},
-                "score": _finite(score),
-                "seconds": round(result.seconds, 4),
-                "time_fraction": _finite(result.seconds / timing["median_s"]),
-                "state": "complete" if within and finite else "pruned",
-                "reason": "" if finite else "non-finite score",
+                "score": _finite(score) if score is not None else None,
+                "seconds": round(seconds, 4),
+                "time_fraction": _finite(seconds / timing["median_s"]),
+                "state": "pruned" if reason else "complete",
+                "reason": reason,
             }
         )
-        if not within:
-            study.trials[-1]["reason"] = f"over {time_fraction:g} × retrain time"
-        if not (within and finite):
-            raise optuna.TrialPruned(study.trials[-1]["reason"])
+        if reason:
+            raise optuna.TrialPruned(reason)
+
+    def objective(trial) -> float:
+        params = {**defaults, **{k: _suggest(trial, k, knob) for k, knob in space.items()}}
+        try:
+            with time_budget(budget_s):
+                result = METHODS.create(method, **params).unlearn(task, seed=seed)
+        except TimeBudgetExceeded as exc:  # it would be pruned anyway: stop paying for it
+            record(  # raises TrialPruned
+                trial, params, exc.elapsed_s, None, f"stopped at {time_fraction:g} × retrain time"
+            )
+        ev = evaluate(result.model, forget, retain, dataset.val)
+        score = avg_gap(ev, reference)
+        reason = "" if math.isfinite(score) else "non-finite score"
+        if result.seconds > budget_s:
+            reason = f"over {time_fraction:g} × retrain time"
+        record(trial, params, result.seconds, score, reason)
         return score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=study.startup_trials)
     opt = optuna.create_study(direction="minimize", sampler=sampler)
     with progress(int(trials), f"tune {method}") as bar:
         for _ in range(int(trials)):
@@ -308,7 +324,10 @@ def write_defaults(
     defaults for its scenario, in the table at ``path`` (default: the one
     :mod:`unbake.methods.tuned` reads), atomically; returns the entry.
 
-    The defaults are the best trial's knobs plus the parameters the study pinned. The
+    Only a best trial that beats doing nothing (a lower avg gap than the original's) is
+    recorded: a setting worse than skipping the method is refused, as is a study with no
+    trial within its time budget. The defaults are the best trial's knobs plus the
+    parameters the study pinned. The
     study is cited by its path (relative to the working directory when inside it) and
     the sha256 of its bytes, so the entry can be checked against the committed study.
     """
@@ -318,6 +337,15 @@ def write_defaults(
             f"No trial of the {study.method} study finished within its time budget, so it "
             "has no best setting; the tuned defaults are unchanged. Raise --time-fraction "
             "or --trials."
+        )
+    if study.original_score is None or not best["score"] < study.original_score:
+        gap = "unknown" if study.original_score is None else f"{study.original_score:.4g}"
+        raise InvalidParameterError(
+            f"The best trial of the {study.method} study ({study.scenario}, avg gap "
+            f"{best['score']:.4g}) does not beat doing nothing (the original's avg gap: "
+            f"{gap}), so its setting would not improve on skipping the method; the tuned "
+            "defaults are unchanged. Widen the search (--trials, --time-fraction) or keep "
+            "the method's own defaults."
         )
     study_path = Path(study_path)
     data = study_path.read_bytes()

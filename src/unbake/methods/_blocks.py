@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from unbake._budget import check_time_budget
 from unbake._validation import Interval
 from unbake.methods.base import Knob, Unlearner, UnlearnTask, copy_model, gradient_config
 from unbake.training import TrainedModel, resolve_device
@@ -116,6 +117,7 @@ def diag_fisher(module: nn.Module, X: torch.Tensor, y: torch.Tensor) -> dict[str
     per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
     total = {k: torch.zeros_like(p) for k, p in params.items()}
     for i in range(0, len(y), _CHUNK):
+        check_time_budget()
         g = per_sample(params, X[i : i + _CHUNK].to(device), y[i : i + _CHUNK].to(device))
         for k in total:
             total[k] += g[k].pow(2).sum(0)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unbake._budget import check_time_budget
 from unbake._validation import Interval, Options
 from unbake.exceptions import (
     InvalidParameterError,
@@ -61,6 +62,7 @@ def _summed_gradient(
     """``Σᵢ ∇ℓᵢ`` over ``(X, y)``, in chunks to bound memory."""
     total = torch.zeros(sum(p.numel() for p in params), device=device)
     for i in range(0, len(y), _CHUNK):
+        check_time_budget()
         xb, yb = X[i : i + _CHUNK].to(device), y[i : i + _CHUNK].to(device)
         loss = F.cross_entropy(module(xb), yb, reduction="sum")
         total += flatten(torch.autograd.grad(loss, params))

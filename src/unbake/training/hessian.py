@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from unbake._budget import check_time_budget
 from unbake.exceptions import NotPositiveDefiniteError
 
 __all__ = [
@@ -68,6 +69,7 @@ def hvp_operator(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> MatVec:
     grads = torch.autograd.grad(loss, params, create_graph=True)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
+        check_time_budget()  # each product is one backward pass: a solver's step
         hv = torch.autograd.grad(
             grads, params, grad_outputs=unflatten(v, params), retain_graph=True, allow_unused=True
         )

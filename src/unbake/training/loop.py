@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unbake._budget import check_time_budget
 from unbake._progress import progress
 from unbake._threads import threads_for
 from unbake.exceptions import InvalidParameterError
@@ -213,6 +214,7 @@ def run_phases(
                     if scheduler is not None:
                         scheduler.step()
                     bar.advance()
+                    check_time_budget()
     model.eval()
     return model
 
