@@ -130,7 +130,7 @@ def test_concurrent_writer_waits_its_turn(ws):
     writer = threading.Thread(
         target=lambda: done.append(apply.forget(ws, ids=[str(tiny_dataset().train.ids[0])]))
     )
-    with ws._lock():
+    with ws.lock():
         writer.start()
         writer.join(timeout=1.0)
         assert writer.is_alive() and not done  # waiting for the lock

@@ -912,7 +912,7 @@ def evaluate(
     from unbake.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
-        row = ws._model_row(model)
+        row = ws.model_row(model)
         ev = evaluate_model(ws, row["model_id"])
     out = {"model_id": row["model_id"], **ev.to_dict()}
     if as_json:

@@ -91,7 +91,9 @@ def test_status_shows_overdue_requests(tmp_path, monkeypatch):
     ws = tmp_path / "ws"
     assert run(*TRAIN, "--workspace", ws).exit_code == 0
     assert "OVERDUE" not in run("status", "-w", ws).stdout
-    monkeypatch.setattr(Workspace, "_deadline", lambda self, at: "2000-01-01T00:00:00+00:00")
+    monkeypatch.setattr(
+        Workspace, "deadline_for", lambda self, at, days=None: "2000-01-01T00:00:00+00:00"
+    )
     monkeypatch.setattr(Finetune, "unlearn", lambda *a, **k: 1 / 0)
     res = run("forget", "--ids", "digits-0001", *FINETUNE, "-w", ws)
     assert res.exit_code == 1 and "ZeroDivisionError" in res.stderr

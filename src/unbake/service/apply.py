@@ -70,7 +70,7 @@ def train(
     spec.to_dict()  # an in-memory nn.Module cannot be saved: fail before training
     if device is not None:
         resolve_device(device)  # an unknown or absent device: fail before the lock
-    with ws._lock():
+    with ws.lock():
         active, _ = ws.active_and_forgotten()
         trained = fit(  # builds and validates the strategy against `active` first
             active,
@@ -133,7 +133,7 @@ def forget(
         resolve_device(device)  # an unknown or absent device: fail before the lock
     selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
     ticket = Ticket(new_id("req"), utcnow(), selector.to_dict(ws.subject_hmac))
-    with ws._lock():
+    with ws.lock():
         if idempotency_key is not None:
             ticket.key_hash, ticket.fingerprint = ws.request_fingerprint(
                 idempotency_key, list(selector.ids), ticket.selector, method, params, model_id
@@ -213,7 +213,7 @@ def stage_parts(
         part.reason = part.reason or reason
     if not sample_ids:
         return StagedApply(list(parts), unlearner, model_id, None, None, None, 0, {})
-    row = ws._model_row(model_id)
+    row = ws.model_row(model_id)
     original = ws.load_model(row["model_id"], device=device)
     forget, retain = active.split(sample_ids)
     method = unlearner.name

@@ -71,7 +71,7 @@ def audit_request(
     (default: the latest request; ``model_id``: the deployed model to score, by default
     the request's result)."""
     check_references(references)
-    with ws._lock():
+    with ws.lock():
         req = applied_request(ws, request_id)
         target = ws.load_model(model_id or req["model_after"])
         ds = ws.dataset()

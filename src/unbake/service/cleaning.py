@@ -72,7 +72,7 @@ def clean(
             f"The cleaning budget must be between 1 and {len(active) - 1} (the active training "
             f"set holds {len(active)}), got {budget}; give a budget in that range."
         )
-    row = ws._model_row(None)
+    row = ws.model_row(None)
     model = ws.load_model(row["model_id"], device=device)
     if method is None:
         method = "sisa" if model.strategy == "sisa" else "retrain"

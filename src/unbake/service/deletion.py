@@ -316,7 +316,7 @@ class DeletionService:
         if request["device"] is not None:
             resolve_device(request["device"])
         if request["model_id"] is not None:
-            self.workspace._model_row(request["model_id"])
+            self.workspace.model_row(request["model_id"])
         ids: list[str] = []
         label = None
         if sample_ids is not None:
@@ -335,7 +335,7 @@ class DeletionService:
                 raise InvalidParameterError(
                     f"The subject must be a non-empty string; got {subject!r}."
                 )
-            ids = self.workspace._subject_ids(subject)
+            ids = self.workspace.subject_ids(subject)
         else:
             label = self.workspace.class_name(class_label)
         selector = ForgetSelector(
@@ -415,7 +415,7 @@ class DeletionService:
         request_id = new_id("req")
         now = utcnow()
         days = self.policy.deadline_days if self.policy is not None else None
-        received = {"selector": job.selector, "deadline": self.workspace._deadline(now, days)}
+        received = {"selector": job.selector, "deadline": self.workspace.deadline_for(now, days)}
         received["reason"] = job.reason
         if job.submitted_by is not None:
             received["submitted_by"] = job.submitted_by
@@ -612,7 +612,7 @@ class DeletionService:
                 f"max_batch must be a whole number >= 1; got {max_batch!r}."
             )
         ws = self.workspace
-        with ws._lock():
+        with ws.lock():
             self.recover()
             rows = self._queued(max_batch)
             if not rows:
@@ -645,7 +645,7 @@ class DeletionService:
                 " ORDER BY seq DESC LIMIT 1) IN ('rejected', 'failed', 'applied', 'verified', "
                 "'certified')"
             )
-        ws._sweep()
+        ws.sweep()
         return stuck
 
     def _queued(self, limit: int | None) -> list[dict[str, Any]]:
@@ -797,7 +797,7 @@ class DeletionService:
         reasons) goes into each request's info and its ``applied`` ledger entry."""
         ws = self.workspace
         if row is None:  # no model: the workspace's own error, as without a policy
-            ws._model_row(None)
+            ws.model_row(None)
         spec = self._catalog.parse_json(row["spec"], f"model {row['model_id']}'s spec")
         model = ModelInfo(spec.get("name", row["description"]), row["strategy"])
 

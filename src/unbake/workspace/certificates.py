@@ -181,7 +181,7 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
     one just before its own ``certified`` entry, whose payload holds the certificate's
     SHA-256. Subject and sample IDs appear only as keyed hashes.
     """
-    with ws._lock():
+    with ws.lock():
         req = ws.request_record(request_id)  # an unknown or unapplied request: refused
         row = next(r for r in ws.catalog.requests() if r["request_id"] == request_id)
         state = ws.catalog.request_state(request_id)
@@ -246,5 +246,5 @@ def workspace_public_key(ws: Workspace) -> bytes:
     """The workspace's public key (PEM); the key pair is made on first use."""
     if (ws.root / SIGNING_KEY).exists():
         return public_key_pem(load_or_create_signing_key(ws.root))
-    with ws._lock():
+    with ws.lock():
         return public_key_pem(load_or_create_signing_key(ws.root))

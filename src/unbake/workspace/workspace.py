@@ -346,9 +346,9 @@ class Workspace:
             catalog.check_integrity()
             ws = cls(root, catalog)
             if not readonly:
-                with ws._lock(wait=False) as held:
+                with ws.lock(wait=False) as held:
                     if held:
-                        ws._sweep()
+                        ws.sweep()
                         ws._upgrade_records()
         except BaseException:
             catalog.close()
@@ -373,7 +373,7 @@ class Workspace:
             )
 
     @contextlib.contextmanager
-    def _lock(self, *, wait: bool = True) -> Iterator[bool]:
+    def lock(self, *, wait: bool = True) -> Iterator[bool]:
         """An exclusive, cross-process lock on the workspace; a writer waits for another.
 
         With ``wait=False`` it does not wait and yields whether it got the lock.
@@ -390,8 +390,9 @@ class Workspace:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _sweep(self) -> None:
-        """Remove temp files, checkpoints the catalog no longer references, and a stale journal.
+    def sweep(self) -> None:
+        """Remove temp files, checkpoints the catalog no longer references, and a stale journal
+        (the caller holds :meth:`lock`).
 
         Opening the catalog has already rolled back a hot journal (SQLite deletes it); one
         still there while this process holds the lock is stale, so it goes too.
@@ -436,7 +437,7 @@ class Workspace:
                     )
                 if r["request_id"] not in entered:
                     at, rid = r["created_at"], r["request_id"]
-                    received = {"selector": selector, "deadline": self._deadline(at)}
+                    received = {"selector": selector, "deadline": self.deadline_for(at)}
                     ledger.append_entry(cur, rid, "received", {**received, "backfilled": True}, at)
                     applying = {"method": r["method"], "model_before": r["model_before"]}
                     ledger.append_entry(cur, rid, "applying", {**applying, "backfilled": True}, at)
@@ -574,7 +575,7 @@ class Workspace:
                 )
             chosen += list(dict.fromkeys(selector.ids))
         if selector.subject is not None:
-            chosen += self._subject_ids(selector.subject)
+            chosen += self.subject_ids(selector.subject)
         if selector.label is not None:
             if active is None:
                 active, _ = self.active_and_forgotten()
@@ -589,7 +590,7 @@ class Workspace:
             )
         return chosen
 
-    def _subject_ids(self, subject: str) -> list[str]:
+    def subject_ids(self, subject: str) -> list[str]:
         """The active IDs of ``subject``, in every split (forgotten rows keep no subject)."""
         rows = self.catalog.query(
             "SELECT sample_id, split FROM samples WHERE subject = ? ORDER BY row", (subject,)
@@ -613,7 +614,9 @@ class Workspace:
 
     # --- models --------------------------------------------------------------------
 
-    def _model_row(self, model_id: str | None):
+    def model_row(self, model_id: str | None):
+        """The catalog row of ``model_id`` (``None``: the newest active model); a missing or
+        purged model is refused with the fix."""
         row = self.catalog.model(model_id) if model_id else self.catalog.latest_active_model()
         if row is None:
             if model_id:
@@ -630,7 +633,7 @@ class Workspace:
 
     def load_model(self, model_id: str | None = None, *, device=None) -> TrainedModel:
         """Load and hash-check a model (default: the newest active one)."""
-        row = self._model_row(model_id)
+        row = self.model_row(model_id)
         path = self.root / row["checkpoint"]
         try:
             data = path.read_bytes()
@@ -797,7 +800,10 @@ class Workspace:
         the worker already did) for ``ticket``."""
         state = ledger.last_state(cur, ticket.request_id)
         if state is None:
-            payload = {"selector": ticket.selector, "deadline": self._deadline(ticket.received_at)}
+            payload = {
+                "selector": ticket.selector,
+                "deadline": self.deadline_for(ticket.received_at),
+            }
             ledger.append_entry(cur, ticket.request_id, "received", payload, ticket.received_at)
             if ticket.key_hash is not None:
                 cur.execute(
@@ -869,7 +875,7 @@ class Workspace:
                 )
         return out
 
-    def _deadline(self, received_at: str, days: int | None = None) -> str:
+    def deadline_for(self, received_at: str, days: int | None = None) -> str:
         """When a request received at ``received_at`` must be done (GDPR art. 12(3)).
 
         ``days`` if given (a policy's ``deadline_days``); else the workspace meta
@@ -885,7 +891,7 @@ class Workspace:
             raise InvalidParameterError(
                 f"The request deadline must be a whole number of days >= 1; got {days!r}."
             )
-        with self._lock(), self.catalog.transaction() as cur:
+        with self.lock(), self.catalog.transaction() as cur:
             cur.execute("DELETE FROM meta WHERE key = 'deadline_days'")
             if days is not None:
                 cur.execute(
@@ -901,7 +907,7 @@ class Workspace:
         applied: dict[str, Any] | None = None,
     ) -> ApplyOutcome:
         """Record requests that select only validation/test rows: no model changes."""
-        row = self._model_row(model_id) if model_id else self.catalog.latest_active_model()
+        row = self.model_row(model_id) if model_id else self.catalog.latest_active_model()
         model, digest = (row["model_id"], row["sha256"]) if row else ("", "")
         with self.catalog.transaction() as cur:
             for part in parts:
