@@ -30,3 +30,18 @@ def test_avg_gap_is_mean_abs_difference_in_points():
     a = Evaluation({"fa": 90, "ra": 95, "ta": 85, "mia": 60, "mia_efficacy": 10})
     b = Evaluation({"fa": 80, "ra": 95, "ta": 87, "mia": 50, "mia_efficacy": 30})
     assert avg_gap(a, b) == pytest.approx((10 + 0 + 2 + 10) / 4)
+
+
+def test_gap_metrics_compute_the_whole_avg_gap_and_skip_the_rest():
+    from unbake.evaluation import evaluate, gap_metrics
+    from unbake.testing import tiny_dataset
+    from unbake.training import fit
+
+    ds = tiny_dataset()
+    model = fit(ds.train, n_classes=10, model="logreg", seed=0)
+    forget, retain = ds.train.split(ds.train.ids[:20])
+    full = evaluate(model, forget, retain, ds.test)
+    lean = evaluate(model, forget, retain, ds.test, metrics=gap_metrics())
+    assert {"fa", "ra", "ta", "mia"} <= set(lean) < set(full)  # the costlier attacks skipped
+    assert "mia_efficacy" in full and "mia_efficacy" not in lean
+    assert avg_gap(lean, full) == 0.0 and {k: lean[k] for k in lean} == {k: full[k] for k in lean}

@@ -60,9 +60,9 @@ def test_scored_on_validation_never_test(digits, monkeypatch):
     seen = []
     real = tune_module.evaluate
 
-    def spy(model, forget, retain, held_out):
+    def spy(model, forget, retain, held_out, **kw):
         seen.append(held_out)
-        return real(model, forget, retain, held_out)
+        return real(model, forget, retain, held_out, **kw)
 
     monkeypatch.setattr(tune_module, "evaluate", spy)
     tune(digits, "fisher", trials=1, config=CONFIG, time_fraction=1e6)

@@ -38,7 +38,7 @@ from unbake._progress import progress
 from unbake._validation import validate_params
 from unbake.bench import cache
 from unbake.data import Dataset, Samples
-from unbake.evaluation import avg_gap, evaluate
+from unbake.evaluation import avg_gap, evaluate, gap_metrics
 from unbake.evaluation.compare import (
     class_forget_ids,
     load_average,
@@ -241,7 +241,7 @@ def tune(
             record(  # raises TrialPruned
                 trial, params, exc.elapsed_s, None, f"stopped at {time_fraction:g} × retrain time"
             )
-        ev = evaluate(result.model, forget, retain, dataset.val)
+        ev = evaluate(result.model, forget, retain, dataset.val, metrics=gap_metrics())
         score = avg_gap(ev, reference)
         reason = "" if math.isfinite(score) else "non-finite score"
         if result.seconds > budget_s:

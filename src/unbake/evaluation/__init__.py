@@ -10,6 +10,7 @@ from unbake.evaluation.base import (
     Result,
     avg_gap,
     evaluate,
+    gap_metrics,
     result_specs,
 )
 from unbake.evaluation.metrics import best_threshold, roc_auc, roc_summary
@@ -25,6 +26,7 @@ __all__ = [
     "avg_gap",
     "best_threshold",
     "evaluate",
+    "gap_metrics",
     "per_sample_loss",
     "result_specs",
     "roc_auc",

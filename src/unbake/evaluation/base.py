@@ -35,6 +35,7 @@ __all__ = [
     "Result",
     "avg_gap",
     "evaluate",
+    "gap_metrics",
     "result_specs",
 ]
 
@@ -246,6 +247,12 @@ def evaluate(
     for cls in chosen:
         values.update(cls().compute(ctx))
     return Evaluation(values)
+
+
+def gap_metrics() -> list[str]:
+    """The metrics whose results enter the avg gap: all :func:`avg_gap` reads, and no more
+    (a search scoring many candidates by the gap skips the costlier attacks)."""
+    return [c.name for c in _ordered() if any(r.gap for r in c.results)]  # type: ignore[attr-defined]
 
 
 def avg_gap(result: Mapping[str, float], reference: Mapping[str, float]) -> float:
