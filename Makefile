@@ -51,6 +51,8 @@ bench-llm-model: $(VENV)/.installed-test
 # method on Fashion-MNIST's cnn, random 10% and class 0, 10 trials each (hours: run it
 # alone). A study already under benchmarks/tuning/ is kept, so an interrupted run resumes;
 # a study whose best trial does not beat doing nothing is kept but not recorded (exit 2).
+# TUNED_TABLE=FILE records the defaults there instead of the packaged table (to stage
+# them while the studies run across sessions; copy the file over the packaged one after).
 TUNE_METHODS ?= neggrad_plus salun scrub l1_sparse random_label bad_teacher reset_distill \
 	finetune neggrad fisher ssd influence
 TUNE_FLAGS ?= --dataset fashion-mnist --model cnn --epochs 10 --batch-size 128 --seed 0 \
@@ -60,6 +62,7 @@ tune-fmnist: $(VENV)/.installed-base
 	  f=benchmarks/tuning/$$m-$$s.json; \
 	  if [ -f $$f ]; then echo "kept $$f"; continue; fi; \
 	  extra=; [ $$s = class ] && extra="--forget-class 0"; \
+	  $(if $(TUNED_TABLE),UNBAKE_TUNED_DEFAULTS=$(abspath $(TUNED_TABLE))) \
 	  $(BIN)/unbake tune --method $$m --scenario $$s $$extra $(TUNE_FLAGS) \
 	    --out $$f --write-defaults; rc=$$?; \
 	  if [ $$rc -ne 0 ] && [ ! -f $$f ]; then exit $$rc; fi; \
