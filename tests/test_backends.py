@@ -124,3 +124,16 @@ def test_bad_backend_options(kwargs, match):
 
 def test_local_backend_keeps_job_order():
     assert create_backend("local", workers=2).map(abs, [-3, 1, -2]) == [3, 1, 2]
+
+
+def test_a_bank_keeps_each_models_own_training_seconds():
+    from unbake.evaluation.bank import Recipe, train_bank
+    from unbake.models import ModelSpec
+    from unbake.testing import tiny_dataset
+    from unbake.training import TrainConfig
+
+    ds = tiny_dataset()
+    recipe = Recipe(ModelSpec("logreg"), TrainConfig.parse(epochs=1), ds.n_classes)
+    bank = train_bank(ds.train, recipe, seeds=[0, 1, 2])
+    assert len(bank.fit_seconds) == 3 and all(s > 0 for s in bank.fit_seconds)
+    assert bank.first(2).fit_seconds == bank.fit_seconds[:2]

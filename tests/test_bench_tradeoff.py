@@ -92,6 +92,8 @@ def test_bank_row_times_the_sequential_baseline(tiny_result):
     (bank,) = [r for r in tiny_result["rows"] if r["part"] == "bank"]
     assert bank["backend"] == "sequential" and bank["speedup"] == 1.0
     assert bank["references"] == 8 and bank["seconds"] > 0
+    # the jobs' own seconds fit inside the build's wall time (one thread, in this process)
+    assert 0 < bank["job_seconds"] <= bank["seconds"]
 
 
 def test_tradeoff_summary(tiny_result):
@@ -129,8 +131,22 @@ def test_quick_tradeoff_benchmark(tmp_path):
     for backend in ("local", "ray"):  # the same jobs give the same bits on every backend
         assert bank[backend]["bitwise_equal"] is True and bank[backend]["references"] == 32
         assert bank[backend]["efficiency"] == pytest.approx(bank[backend]["speedup"] / 2, 1e-3)
+        assert 0 < bank[backend]["busy_fraction"] <= 1.0 and bank[backend]["job_slowdown"] > 0
     assert summary["ray_parallel_efficiency"] == bank["ray"]["efficiency"]
     assert summary["backends_bitwise_equal"] is True
     assert summary["original_class_auc"] >= 0.95
     methods = {r["method"] for r in result["rows"] if r["part"] == "tradeoff"}
     assert methods == {"original", "retrain_seed", *array_methods()}
+
+
+def test_the_timing_note_counts_only_load_beyond_the_builds_own_workers():
+    from unbake.bench.tradeoff import _timing_note
+
+    alone = [
+        {"backend": "sequential", "workers": 1, "load_after": 1.02},
+        {"backend": "local", "workers": 2, "load_after": 1.78},
+        {"backend": "ray", "workers": 2, "load_after": 2.02},
+    ]
+    assert _timing_note(alone).startswith("1-minute load at most 0.0 beyond")
+    neighbour = [*alone[:2], {**alone[2], "load_after": 3.4}]
+    assert "busy" in _timing_note(neighbour) and "1.4 beyond" in _timing_note(neighbour)

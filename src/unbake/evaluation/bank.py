@@ -15,6 +15,7 @@ every backend returns the same bits.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,15 @@ from unbake.evaluation.metrics import logit_confidence
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig, TrainedModel, fit
 
-__all__ = ["FitJob", "Recipe", "ReferenceBank", "fit_many", "half_mask", "train_bank"]
+__all__ = [
+    "FitJob",
+    "Recipe",
+    "ReferenceBank",
+    "fit_many",
+    "fit_many_timed",
+    "half_mask",
+    "train_bank",
+]
 
 
 def half_mask(n: int, *, seed: int) -> np.ndarray:
@@ -82,11 +91,13 @@ class FitJob:
     threads: int | None = None
 
 
-def _run_fit(job: FitJob) -> TrainedModel:
-    """Train one reference model; ``job.threads`` pins the count (the thread policy)."""
+def _run_fit(job: FitJob) -> tuple[TrainedModel, float]:
+    """Train one reference model; ``job.threads`` pins the count (the thread policy).
+    Returns it with the seconds its training took where it ran (in the worker)."""
     r = job.recipe
+    start = time.perf_counter()
     with pin_threads(job.threads) if job.threads else contextlib.nullcontext():
-        return fit(
+        model = fit(
             job.samples,
             n_classes=r.n_classes,
             model=r.spec,
@@ -96,15 +107,25 @@ def _run_fit(job: FitJob) -> TrainedModel:
             strategy_params=r.strategy_params,
             device="cpu",
         )
+    return model, time.perf_counter() - start
+
+
+def fit_many_timed(
+    jobs: Sequence[FitJob], *, backend: str = "local", workers: int = 1
+) -> list[tuple[TrainedModel, float]]:
+    """Train every job on ``backend`` (parallel jobs single-threaded each); each model
+    with the seconds its own training took in the worker, so a parallel build's wall
+    time can be split into the jobs' work and the backend's overhead."""
+    if workers > 1:
+        jobs = [FitJob(j.samples, j.recipe, j.seed, threads=1) for j in jobs]
+    return create_backend(backend, workers=workers).map(_run_fit, list(jobs))
 
 
 def fit_many(
     jobs: Sequence[FitJob], *, backend: str = "local", workers: int = 1
 ) -> list[TrainedModel]:
     """Train every job on ``backend``; parallel jobs run single-threaded each."""
-    if workers > 1:
-        jobs = [FitJob(j.samples, j.recipe, j.seed, threads=1) for j in jobs]
-    return create_backend(backend, workers=workers).map(_run_fit, list(jobs))
+    return [model for model, _ in fit_many_timed(jobs, backend=backend, workers=workers)]
 
 
 @dataclass
@@ -116,6 +137,8 @@ class ReferenceBank:
     models: list[TrainedModel]
     seeds: list[int]
     names: list[str] = field(default_factory=list)
+    #: Seconds each model's training took where it ran (empty for a bank read back).
+    fit_seconds: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.models)
@@ -123,7 +146,12 @@ class ReferenceBank:
     def first(self, k: int) -> ReferenceBank:
         """The bank of its first ``k`` references (an audit at a smaller K reuses them)."""
         return ReferenceBank(
-            self.ids, self.membership[:k], self.models[:k], self.seeds[:k], self.names[:k]
+            self.ids,
+            self.membership[:k],
+            self.models[:k],
+            self.seeds[:k],
+            self.names[:k],
+            self.fit_seconds[:k],
         )
 
     def members(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
@@ -167,5 +195,11 @@ def train_bank(
     jobs = [
         FitJob(samples.subset(m), recipe, int(s)) for m, s in zip(membership, seeds, strict=True)
     ]
-    models = fit_many(jobs, backend=backend, workers=workers)
-    return ReferenceBank(samples.ids.astype(str), membership, models, [int(s) for s in seeds])
+    done = fit_many_timed(jobs, backend=backend, workers=workers)
+    return ReferenceBank(
+        samples.ids.astype(str),
+        membership,
+        [model for model, _ in done],
+        [int(s) for s in seeds],
+        fit_seconds=[seconds for _, seconds in done],
+    )
