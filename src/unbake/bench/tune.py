@@ -12,7 +12,7 @@ leave a 10-trial study a random search); every run is seeded, so the same seed g
 same study (unless a trial's time crosses the budget differently).
 
 The original and its retrain reference dominate the cost of a study (on Fashion-MNIST
-with the ``cnn``, two full trainings against a few seconds a trial), and they depend
+with the ``cnn``, two trainings of 2–3 minutes each; a trial stops at 0.2 × one), and they depend
 only on the data, model, training, scenario and seed, never on the method tuned. With a
 ``cache_dir`` they are trained once, saved there as hash-checked checkpoints beside the
 reference's timing (:mod:`unbake.bench.cache`), and every later study of the same
