@@ -106,6 +106,47 @@ def test_a_method_that_reads_no_retain_data_is_given_none():
     assert seen == [0]
 
 
+def test_retain_samples_reads_that_many_seeded_retain_rows():
+    from unbake.testing.conformance import _task
+
+    seen = []
+
+    class Spy(Unlearner):
+        name = "spy-retain"
+
+        def __init__(self, *, retain_samples=None):
+            self.retain_samples = retain_samples
+
+        def _unlearn(self, task, seed):
+            seen.append(list(task.retain.ids))
+            return task.original, {}
+
+    task = _task(Spy())
+    every = set(task.retain.ids)
+    first = Spy(retain_samples=25).unlearn(task, seed=3)
+    Spy(retain_samples=25).unlearn(task, seed=3)
+    Spy(retain_samples=25).unlearn(task, seed=4)
+    whole = Spy(retain_samples=10**6).unlearn(task, seed=3)
+    assert first.info["retain_rows_read"] == 25 and whole.info["retain_rows_read"] == len(every)
+    assert seen[0] == seen[1] and seen[0] != seen[2] and set(seen[0]) <= every
+    assert len(set(seen[0])) == 25
+
+
+@pytest.mark.parametrize(
+    "name",
+    [m for m in METHODS.available() if "retain_samples" in METHODS.get(m)().get_params()],
+)
+def test_every_method_with_retain_samples_reads_only_those_rows(name):
+    from unbake.testing.conformance import _task
+
+    method = METHODS.get(name)(retain_samples=30)
+    assert "retain_samples" in method.search_space
+    result = method.unlearn(_task(method), seed=0)
+    assert result.info["retain_rows_read"] == 30
+    with pytest.raises(InvalidParameterError, match="retain_samples"):
+        METHODS.get(name)(retain_samples=0).unlearn(_task(method), seed=0)
+
+
 def test_entry_point_plugins_are_loaded_once(monkeypatch):
     registry = Registry("widget", entry_points="unbake.test-widgets")
     loads = []

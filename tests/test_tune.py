@@ -43,7 +43,7 @@ def test_same_seed_same_study(digits, study):
         {k: t[k] for k in ("number", "params", "score", "state")} for t in again.trials
     ]
     assert len({json.dumps(t["params"]) for t in study.trials}) == 3  # the sampler explores
-    assert set(study.trials[0]["params"]) == {"lr", "beta"}  # pinned epochs is not searched
+    assert set(study.trials[0]["params"]) == {"lr", "beta", "retain_samples"}  # not epochs
 
 
 def test_best_is_min_within_time_budget(study):

@@ -18,7 +18,15 @@ from torch.nn import functional as F
 
 from unbake._budget import check_time_budget
 from unbake._validation import Interval
-from unbake.methods.base import Knob, Unlearner, UnlearnTask, copy_model, gradient_config
+from unbake.methods.base import (
+    RETAIN_SAMPLES,
+    RETAIN_SAMPLES_KNOB,
+    Knob,
+    Unlearner,
+    UnlearnTask,
+    copy_model,
+    gradient_config,
+)
 from unbake.training import TrainedModel, resolve_device
 from unbake.training.loop import Batches, Hook, Phase, run_phases
 
@@ -186,20 +194,23 @@ class GradientMask:
 class LoopUnlearner(Unlearner):
     """Base of the methods that run phases of the training loop on a copy of the original.
 
-    A subclass stores ``epochs``, ``lr`` and ``batch_size`` (and its own knobs) and
-    implements :meth:`_phases`, which may prepare a teacher or a mask and returns the
-    phases to run and any hooks. The optimiser is the original's (Adam by default) with
-    the method's lr and batch size and a constant schedule.
+    A subclass stores ``epochs``, ``lr`` and ``batch_size``, ``retain_samples`` when it
+    reads the retain set (each epoch then walks that many seeded retain rows, not all),
+    and its own knobs, and implements :meth:`_phases`, which may prepare a teacher or a
+    mask and returns the phases to run and any hooks. The optimiser is the original's
+    (Adam by default) with the method's lr and batch size and a constant schedule.
     """
 
     _parameter_constraints: ClassVar[dict[str, list]] = {
         "epochs": [Interval(int, 0, None, closed="left")],
         "lr": [Interval(float, 0, None, closed="neither")],
         "batch_size": [Interval(int, 1, None, closed="left")],
+        "retain_samples": RETAIN_SAMPLES,
     }
     search_space: ClassVar[dict[str, Knob]] = {
         "epochs": Knob(1, 5),
         "lr": Knob(1e-4, 1e-2, log=True),
+        "retain_samples": RETAIN_SAMPLES_KNOB,
     }
     epochs: int
     lr: float
@@ -226,7 +237,7 @@ class LoopUnlearner(Unlearner):
         run_phases(
             model.module, streams, phases, config, seed=seed, hooks=hooks, description=self.name
         )
-        return model, {"forget_samples": len(task.forget), "retain_samples": len(task.retain)}
+        return model, {"forget_samples": len(task.forget)}
 
 
 def ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

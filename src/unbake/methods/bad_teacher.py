@@ -19,12 +19,12 @@ class BadTeacher(LoopUnlearner):
 
     KL at temperature ``temperature``. When to use: class-wise forgetting, or any request
     where forgotten samples should get the answers of a model that never learned anything.
-    Cost: two teacher forward passes per step, ``epochs`` passes over the retain set.
+    Cost: two teacher forward passes per step, ``epochs`` passes over the ``retain_samples`` retain rows (all by default).
     """
 
     name = "bad_teacher"
     tags = MethodTags(
-        cost="`epochs` passes over the retain set (plus one forget batch a step), "
+        cost="`epochs` passes over the `retain_samples` retain rows (plus one forget batch a step), "
         "two teacher forward passes per step",
         limits="random forgetting: forgotten samples get random answers, below the test "
         "accuracy a retrained model would give them",
@@ -36,11 +36,18 @@ class BadTeacher(LoopUnlearner):
     search_space = {**LoopUnlearner.search_space, "temperature": Knob(0.5, 4.0)}
 
     def __init__(
-        self, *, epochs: int = 1, lr: float = 1e-3, batch_size: int = 64, temperature: float = 1.0
+        self,
+        *,
+        epochs: int = 1,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        retain_samples: int | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
+        self.retain_samples = retain_samples
         self.temperature = temperature
 
     def _phases(self, task, model, seed):

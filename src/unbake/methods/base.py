@@ -131,6 +131,13 @@ class Knob:
         return {"kind": self.kind, "low": self.low, "high": self.high, "log": self.log}
 
 
+#: The constraint of ``retain_samples``, the knob of every method that reads the retain
+#: set: how many seeded retain rows it reads (``None``: all of them).
+RETAIN_SAMPLES: list[Any] = [Interval(int, 1, None, closed="left"), None]
+#: Its search range: from a few batches to more than a Fashion-MNIST retain set.
+RETAIN_SAMPLES_KNOB = Knob(500, 50_000, log=True)
+
+
 #: Old per-attribute flags, still accepted on subclasses and kept in step with ``tags``.
 _LEGACY_FLAGS = ("exact", "certified", "needs_retain_data", "requires_strategy")
 
@@ -261,13 +268,25 @@ class Unlearner:
                 "data (see `unbake methods`)."
             )
         seed = task.original.seed if seed is None else int(seed)
+        task = self._read_retain(task, seed)
         start = time.perf_counter()
         model, info = self._unlearn(task, seed)
+        if self.tags.needs_retain_data:
+            info = {**info, "retain_rows_read": len(task.retain)}
         if task.device is not None and str(task.device).startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         model.module.eval()
         return UnlearnResult(model, self.name, self.get_params(), seconds, info)
+
+    def _read_retain(self, task: UnlearnTask, seed: int) -> UnlearnTask:
+        """The task with the retain rows this method reads: all of them, or the
+        ``retain_samples`` rows a generator seeded with ``seed`` draws."""
+        n = getattr(self, "retain_samples", None)
+        if n is None or n >= len(task.retain):
+            return task
+        rows = torch.randperm(len(task.retain), generator=torch.Generator().manual_seed(seed))
+        return dataclasses.replace(task, retain=task.retain.subset(rows[:n].numpy()))
 
     def _unlearn(self, task: UnlearnTask, seed: int) -> tuple[TrainedModel, dict[str, Any]]:
         raise NotImplementedError

@@ -7,6 +7,8 @@ import torch
 from unbake._validation import Interval
 from unbake.methods._blocks import diag_fisher
 from unbake.methods.base import (
+    RETAIN_SAMPLES,
+    RETAIN_SAMPLES_KNOB,
     Knob,
     MethodTags,
     Unlearner,
@@ -22,7 +24,7 @@ class FisherForgetting(Unlearner):
     """Fisher forgetting (Golatkar et al., "Eternal Sunshine of the Spotless Net:
     Selective Forgetting in Deep Networks", CVPR 2020).
 
-        F ← diag Fisher of θ_o over the retain set
+        F ← diag Fisher of θ_o over the retain rows read (``retain_samples``; all by default)
         v ← α · min(1/(F + ε), cap), averaged over each output unit's incoming weights
         θ ← θ_o + sqrt(v) ⊙ ξ,   ξ ~ N(0, I) from the seeded generator
 
@@ -30,24 +32,28 @@ class FisherForgetting(Unlearner):
     almost none. When to use: class-wise forgetting, where whole units serve only the
     forgotten class. It does not help on random forgetting: the forget samples share the
     retain set's weights, so noise that spares the retain set spares them too. Cost: one
-    per-sample gradient pass over the retain set (no training).
+    per-sample gradient pass over the retain rows read (no training).
     """
 
     name = "fisher"
     tags = MethodTags(
-        cost="per-sample gradients over the retain set (no training)",
+        cost="per-sample gradients over the retain rows read (no training)",
         limits="random forgetting (forget and retain share their weights); on class-wise "
         "forgetting, noise large enough to forget also costs retain accuracy",
     )
     _parameter_constraints = {
         "alpha": [Interval(float, 0, None, closed="neither")],
         "cap": [Interval(float, 0, None, closed="neither")],
+        "retain_samples": RETAIN_SAMPLES,
     }
-    search_space = {"alpha": Knob(1e-9, 1e-4, log=True)}
+    search_space = {"alpha": Knob(1e-9, 1e-4, log=True), "retain_samples": RETAIN_SAMPLES_KNOB}
 
-    def __init__(self, *, alpha: float = 1e-6, cap: float = 1e4) -> None:
+    def __init__(
+        self, *, alpha: float = 1e-6, cap: float = 1e4, retain_samples: int | None = None
+    ) -> None:
         self.alpha = alpha
         self.cap = cap
+        self.retain_samples = retain_samples
 
     def _unlearn(self, task: UnlearnTask, seed: int):
         model = copy_model(task.original, device=resolve_device(task.device))
@@ -63,4 +69,4 @@ class FisherForgetting(Unlearner):
                     var = var.flatten(1).mean(1).view(-1, *[1] * (var.ndim - 1)).expand_as(var)
                 noise = torch.randn(p.shape, generator=generator).to(p.device)
                 p.add_(var.sqrt() * noise)
-        return model, {"retain_samples": len(task.retain)}
+        return model, {}

@@ -18,20 +18,28 @@ class Finetune(LoopUnlearner):
 
     When to use: a baseline. It forgets only what more training on the retain set happens
     to overwrite, so on a memorised forget set it barely moves. Cost: ``epochs`` passes
-    over the retain set.
+    over the ``retain_samples`` retain rows (all by default).
     """
 
     name = "finetune"
     tags = MethodTags(
         reads=("retain",),
-        cost="`epochs` passes over the retain set",
+        cost="`epochs` passes over the `retain_samples` retain rows",
         limits="does not target the forget set; forgets only what further training overwrites",
     )
 
-    def __init__(self, *, epochs: int = 3, lr: float = 5e-3, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        *,
+        epochs: int = 3,
+        lr: float = 5e-3,
+        batch_size: int = 64,
+        retain_samples: int | None = None,
+    ) -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
+        self.retain_samples = retain_samples
 
     def _phases(self, task, model, seed):
         return [Phase("retain", lambda m, got, _: ce(m, got["retain"]), epochs=self.epochs)], []
@@ -59,6 +67,7 @@ class NegGrad(LoopUnlearner):
         limits="overshoots on random forgetting: with defaults set for class-wise "
         "forgetting it drags retain and test accuracy down",
     )
+    search_space = {k: v for k, v in LoopUnlearner.search_space.items() if k != "retain_samples"}
 
     def __init__(self, *, epochs: int = 4, lr: float = 3e-4, batch_size: int = 64) -> None:
         self.epochs = epochs

@@ -18,11 +18,13 @@ class L1Sparse(LoopUnlearner):
             θ ← θ − η ∇[ ℓ(B_r) + γ_t · ‖θ‖₁ ]
 
     When to use: when fine-tuning alone forgets too little; sparsity shrinks the weights
-    that only the forget set used. Cost: ``epochs`` passes over the retain set.
+    that only the forget set used. Cost: ``epochs`` passes over the ``retain_samples`` retain rows (all by default).
     """
 
     name = "l1_sparse"
-    tags = MethodTags(reads=("retain",), cost="`epochs` passes over the retain set")
+    tags = MethodTags(
+        reads=("retain",), cost="`epochs` passes over the `retain_samples` retain rows"
+    )
     _parameter_constraints = {
         **LoopUnlearner._parameter_constraints,
         "gamma": [Interval(float, 0, None, closed="left")],
@@ -30,11 +32,18 @@ class L1Sparse(LoopUnlearner):
     search_space = {**LoopUnlearner.search_space, "gamma": Knob(1e-5, 1e-2, log=True)}
 
     def __init__(
-        self, *, epochs: int = 5, lr: float = 1e-3, batch_size: int = 64, gamma: float = 2e-3
+        self,
+        *,
+        epochs: int = 5,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        retain_samples: int | None = None,
+        gamma: float = 2e-3,
     ) -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
+        self.retain_samples = retain_samples
         self.gamma = gamma
 
     def _phases(self, task, model, seed):

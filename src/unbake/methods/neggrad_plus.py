@@ -18,11 +18,13 @@ class NegGradPlus(LoopUnlearner):
     When to use: the first method to try when retain data exists; tuned with the same
     budget as the rest it is a strong baseline (Cadet et al., "Deep Unlearn", 2024).
     ``beta`` trades keeping (retain) against forgetting (forget). Cost: ``epochs`` passes
-    over the retain set, each step with one forget batch too.
+    over the ``retain_samples`` retain rows (all by default), each with one forget batch too.
     """
 
     name = "neggrad_plus"
-    tags = MethodTags(cost="`epochs` passes over the retain set (plus one forget batch a step)")
+    tags = MethodTags(
+        cost="`epochs` passes over the `retain_samples` retain rows (plus one forget batch a step)"
+    )
     _parameter_constraints = {
         **LoopUnlearner._parameter_constraints,
         "beta": [Interval(float, 0, 1, closed="both")],
@@ -30,11 +32,18 @@ class NegGradPlus(LoopUnlearner):
     search_space = {**LoopUnlearner.search_space, "beta": Knob(0.8, 1.0)}
 
     def __init__(
-        self, *, epochs: int = 2, lr: float = 1e-3, batch_size: int = 64, beta: float = 0.98
+        self,
+        *,
+        epochs: int = 2,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        retain_samples: int | None = None,
+        beta: float = 0.98,
     ) -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
+        self.retain_samples = retain_samples
         self.beta = beta
 
     def _phases(self, task, model, seed):

@@ -18,16 +18,26 @@ class RandomLabel(LoopUnlearner):
 
     When to use: class-wise forgetting, where the retrained model should answer anything
     but the forgotten label; on random forgetting it pushes the forget set below the test
-    accuracy. Cost: ``epochs`` passes over the retain set, each step with one forget batch.
+    accuracy. Cost: ``epochs`` passes over the ``retain_samples`` retain rows (all by default), each step with one forget batch.
     """
 
     name = "random_label"
-    tags = MethodTags(cost="`epochs` passes over the retain set (plus one forget batch a step)")
+    tags = MethodTags(
+        cost="`epochs` passes over the `retain_samples` retain rows (plus one forget batch a step)"
+    )
 
-    def __init__(self, *, epochs: int = 2, lr: float = 1e-3, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        *,
+        epochs: int = 2,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        retain_samples: int | None = None,
+    ) -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
+        self.retain_samples = retain_samples
 
     def _phases(self, task, model, seed):
         n_classes = model.n_classes

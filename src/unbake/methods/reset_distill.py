@@ -24,14 +24,14 @@ class ResetDistill(LoopUnlearner):
 
     KL at temperature ``temperature``. When to use: when the forget set must lose what
     the reset weights carried and the retain behaviour can be re-learned from the original;
-    it never reads the forget set. Cost: ``epochs`` passes over the retain set with a
+    it never reads the forget set. Cost: ``epochs`` passes over the ``retain_samples`` retain rows (all by default) with a
     teacher forward pass per step.
     """
 
     name = "reset_distill"
     tags = MethodTags(
         reads=("retain",),
-        cost="`epochs` passes over the retain set, a teacher forward pass per step",
+        cost="`epochs` passes over the `retain_samples` retain rows, a teacher forward pass per step",
     )
     _parameter_constraints = {
         **LoopUnlearner._parameter_constraints,
@@ -50,12 +50,14 @@ class ResetDistill(LoopUnlearner):
         epochs: int = 3,
         lr: float = 1e-3,
         batch_size: int = 64,
+        retain_samples: int | None = None,
         reset_fraction: float = 0.3,
         temperature: float = 2.0,
     ) -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
+        self.retain_samples = retain_samples
         self.reset_fraction = reset_fraction
         self.temperature = temperature
 

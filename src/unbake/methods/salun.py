@@ -20,12 +20,12 @@ class SalUn(RandomLabel):
 
     When to use: the default for deep networks when retain data exists; touching only the
     salient weights keeps retain and test accuracy close to the original. Cost: one
-    gradient over the forget set, then ``epochs`` passes over the retain set.
+    gradient over the forget set, then ``epochs`` passes over the ``retain_samples`` retain rows (all by default).
     """
 
     name = "salun"
     tags = MethodTags(
-        cost="one gradient over the forget set, then `epochs` passes over the retain set"
+        cost="one gradient over the forget set, then `epochs` passes over the `retain_samples` retain rows"
     )
     _parameter_constraints = {
         **RandomLabel._parameter_constraints,
@@ -34,9 +34,15 @@ class SalUn(RandomLabel):
     search_space = {**RandomLabel.search_space, "fraction": Knob(0.1, 0.9)}
 
     def __init__(
-        self, *, epochs: int = 2, lr: float = 1e-3, batch_size: int = 64, fraction: float = 0.5
+        self,
+        *,
+        epochs: int = 2,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        retain_samples: int | None = None,
+        fraction: float = 0.5,
     ) -> None:
-        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size)
+        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, retain_samples=retain_samples)
         self.fraction = fraction
 
     def _phases(self, task, model, seed):

@@ -35,12 +35,12 @@ class SCRUB(LoopUnlearner):
 
     When to use: when the forget set should look like unseen data while retain
     behaviour stays the teacher's. Cost: a teacher forward pass per step,
-    ``max_epochs`` passes over the forget set and ``epochs`` over the retain set.
+    ``max_epochs`` passes over the forget set and ``epochs`` over the ``retain_samples`` retain rows.
     """
 
     name = "scrub"
     tags = MethodTags(
-        cost="`epochs` passes over the retain set and `max_epochs` over the forget set, "
+        cost="`epochs` passes over the `retain_samples` retain rows and `max_epochs` over the forget set, "
         "with a teacher forward pass per step"
     )
     _parameter_constraints = {
@@ -68,6 +68,7 @@ class SCRUB(LoopUnlearner):
         max_epochs: int = 2,
         lr: float = 1e-3,
         batch_size: int = 64,
+        retain_samples: int | None = None,
         alpha: float = 1.0,
         gamma: float = 1.0,
         temperature: float = 2.0,
@@ -78,6 +79,7 @@ class SCRUB(LoopUnlearner):
         self.max_epochs = max_epochs
         self.lr = lr
         self.batch_size = batch_size
+        self.retain_samples = retain_samples
         self.alpha = alpha
         self.gamma = gamma
         self.temperature = temperature

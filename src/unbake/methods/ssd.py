@@ -7,6 +7,8 @@ import torch
 from unbake._validation import Interval
 from unbake.methods._blocks import diag_fisher
 from unbake.methods.base import (
+    RETAIN_SAMPLES,
+    RETAIN_SAMPLES_KNOB,
     Knob,
     MethodTags,
     Unlearner,
@@ -42,9 +44,13 @@ class SSD(Unlearner):
     _parameter_constraints = {
         "alpha": [Interval(float, 0, None, closed="neither")],
         "dampening": [Interval(float, 0, None, closed="neither")],
-        "retain_samples": [Interval(int, 1, None, closed="left"), None],
+        "retain_samples": RETAIN_SAMPLES,
     }
-    search_space = {"alpha": Knob(1.0, 50.0, log=True), "dampening": Knob(0.1, 2.0, log=True)}
+    search_space = {
+        "alpha": Knob(1.0, 50.0, log=True),
+        "dampening": Knob(0.1, 2.0, log=True),
+        "retain_samples": RETAIN_SAMPLES_KNOB,
+    }
 
     def __init__(
         self, *, alpha: float = 5.0, dampening: float = 0.5, retain_samples: int | None = None
@@ -57,10 +63,7 @@ class SSD(Unlearner):
         model = copy_model(task.original, device=resolve_device(task.device))
         module = model.module
         X_f, y_f = task.forget.tensors()
-        X_r, y_r = task.retain.tensors()
-        if self.retain_samples is not None and self.retain_samples < len(y_r):
-            rows = torch.randperm(len(y_r), generator=torch.Generator().manual_seed(seed))
-            X_r, y_r = X_r[rows[: self.retain_samples]], y_r[rows[: self.retain_samples]]
+        X_r, y_r = task.retain.tensors()  # the retain_samples rows Unlearner.unlearn drew
         imp_f = diag_fisher(module, X_f, y_f)
         imp_d = diag_fisher(module, torch.cat([X_f, X_r]), torch.cat([y_f, y_r]))
         dampened = 0
@@ -72,4 +75,4 @@ class SSD(Unlearner):
                 factor = (self.dampening * imp_d[name] / imp_f[name].clamp_min(1e-30)).clamp(max=1)
                 p.mul_(torch.where(selected, factor, torch.ones_like(factor)))
                 dampened += int(selected.sum())
-        return model, {"dampened_weights": dampened, "retain_rows_read": len(y_r)}
+        return model, {"dampened_weights": dampened}
