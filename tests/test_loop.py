@@ -94,3 +94,18 @@ def test_a_phase_may_walk_its_stream_in_its_own_batch_size():
     run_phases(_net(), _streams(), phases, cfg, seed=1)
     assert seen["forget"][:4] == [3, 3, 3, 1]  # its own batches over 10 rows
     assert seen["retain"] == [8, 8, 8, 1] and seen["forget"][4:] == [8, 2, 8, 2]  # config's
+
+
+def test_a_phase_may_cap_its_steps_per_pass_with_a_fresh_draw_each_pass():
+    seen = []
+
+    def step(model, got, _):
+        seen.append(sorted(got["forget"][0][:, 0].tolist()))
+        return model(got["forget"][0]).sum() * 0
+
+    cfg = TrainConfig(epochs=1, batch_size=8)
+    run_phases(_net(), _streams(), [Phase("forget", step, 3, batch_size=2, steps=2)], cfg, seed=1)
+    assert len(seen) == 6 and all(len(b) == 2 for b in seen)  # 2 of 5 batches, 3 passes
+    assert seen[:2] != seen[2:4]  # each pass draws its own batches
+    run_phases(_net(), _streams(), [Phase("forget", step, 1, steps=9)], cfg, seed=1)
+    assert [len(b) for b in seen[6:]] == [8, 2]  # a cap above the pass's batches: all of them

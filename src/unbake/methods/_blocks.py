@@ -198,7 +198,8 @@ class LoopUnlearner(Unlearner):
     reads the retain set (each epoch then walks that many seeded retain rows, not all),
     and its own knobs, and implements :meth:`_phases`, which may prepare a teacher or a
     mask and returns the phases to run and any hooks. The optimiser is the original's
-    (Adam by default) with the method's lr and batch size and a constant schedule.
+    (Adam by default), or the one a method stores as ``optimizer``, with the method's lr
+    and batch size and a constant schedule.
     """
 
     _parameter_constraints: ClassVar[dict[str, list]] = {
@@ -215,6 +216,9 @@ class LoopUnlearner(Unlearner):
     epochs: int
     lr: float
     batch_size: int
+    #: The optimiser its steps run with, ``"sgd"`` or ``"adam"``; ``None`` (every method
+    #: that does not store its own): the original's.
+    optimizer: str | None = None
 
     def _phases(
         self, task: UnlearnTask, model: TrainedModel, seed: int
@@ -231,7 +235,11 @@ class LoopUnlearner(Unlearner):
         model = copy_model(task.original, device=resolve_device(task.device))
         phases, hooks = self._phases(task, model, seed)
         config = gradient_config(
-            task.original.config, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size
+            task.original.config,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
         )
         streams = self._streams(task, model)
         run_phases(

@@ -328,9 +328,17 @@ GRADIENT_CONSTRAINTS: dict[str, list] = {
 
 
 def gradient_config(
-    original: TrainConfig, *, epochs: int, lr: float, batch_size: int
+    original: TrainConfig,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    optimizer: str | None = None,
 ) -> TrainConfig:
-    """The original's optimiser settings with the method's own epochs, lr and batch size."""
-    return original.model_copy(
-        update={"epochs": epochs, "lr": lr, "batch_size": batch_size, "schedule": "constant"}
-    )
+    """The original's optimiser settings with the method's own epochs, lr and batch size,
+    and its own optimiser (``"sgd"`` or ``"adam"``) where it names one (``None``: the
+    original's; momentum and weight decay stay the original's)."""
+    update = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "schedule": "constant"}
+    if optimizer is not None:
+        update["optimizer"] = optimizer
+    return original.model_copy(update=update)

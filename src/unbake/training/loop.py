@@ -17,6 +17,7 @@ bitwise-identical weights. The global RNG is never drawn from.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -65,7 +66,8 @@ class Phase:
     """``epochs`` passes over the ``stream`` batches, each paired with one from ``paired``.
 
     ``batch_size`` sets this phase's batches of ``stream`` (default: the config's; paired
-    streams always use the config's).
+    streams always use the config's). ``steps`` caps the batches of each pass: the first
+    ``steps`` of its shuffled order (default: every batch).
     """
 
     stream: str
@@ -74,6 +76,7 @@ class Phase:
     paired: tuple[str, ...] = ()
     name: str = ""
     batch_size: int | None = None
+    steps: int | None = None
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -183,7 +186,11 @@ def run_phases(
     def size(p: Phase) -> int:
         return p.batch_size or config.batch_size
 
-    total = sum(p.epochs * -(-sizes[p.stream] // size(p)) for p in phases)
+    def per_pass(p: Phase) -> int:
+        n = -(-sizes[p.stream] // size(p))
+        return n if p.steps is None else min(n, p.steps)
+
+    total = sum(p.epochs * per_pass(p) for p in phases)
     if total == 0:
         return model
     device = next(model.parameters()).device
@@ -196,7 +203,8 @@ def run_phases(
         for phase in phases:
             X, y = streams[phase.stream]
             for _ in range(phase.epochs):
-                for idx in batches(sizes[phase.stream], size(phase), generator):
+                order = batches(sizes[phase.stream], size(phase), generator)
+                for idx in itertools.islice(order, per_pass(phase)):
                     got: Batches = {phase.stream: (X[idx].to(device), y[idx].to(device))}
                     for other in phase.paired:
                         if other in cycles:
