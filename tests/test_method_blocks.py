@@ -173,3 +173,23 @@ def test_class_scenario_ids_and_bad_class():
     assert list(class_forget_ids(ds, "3")) == list(ids)  # a name or an index written out
     with pytest.raises(InvalidParameterError, match=r"index 0\.\.9"):
         class_forget_ids(ds, 10)
+
+
+def test_neggrad_max_steps_caps_the_ascent_batches_of_each_pass():
+    from unbake.testing.conformance import _task
+
+    def moved(**kw):
+        method = METHODS.create("neggrad", epochs=2, batch_size=4, **kw)
+        task = _task(method)
+        got = method.unlearn(task, seed=0).model.module.state_dict()
+        before = task.original.module.state_dict()
+        return {k: got[k] for k in got}, sum((got[k] - before[k]).abs().sum() for k in got)
+
+    whole, d_whole = moved()
+    enough, _ = moved(max_steps=10**6)  # a cap above the pass changes nothing
+    _, d_one = moved(max_steps=1)
+    assert all(torch.equal(whole[k], enough[k]) for k in whole)
+    assert 0 < d_one < d_whole / 2  # one ascent batch a pass moves the weights far less
+    bad = METHODS.create("neggrad", max_steps=0)
+    with pytest.raises(InvalidParameterError, match="max_steps"):
+        bad.unlearn(_task(bad), seed=0)
