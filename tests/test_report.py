@@ -138,6 +138,38 @@ def test_a_committed_benchmark_renders_generically(tmp_path):
     assert "data:image/png" not in page and "<table>" in page
 
 
+def test_approximate_result_renders_a_table_per_scenario_mean_and_std():
+    def row(scenario, method, gap, seeds=3):
+        cols = ("fa", "ra", "ta", "mia", "mia_efficacy", "avg_gap", "seconds", "time_fraction")
+        r = {"scenario": scenario, "method": method, "seeds": seeds}
+        for c in cols:
+            r[c], r[f"{c}_std"] = (gap, 0.25) if c == "avg_gap" else (50.0, 1.0)
+        return r
+
+    rows = [row(s, m, g) for s in ("random", "class") for m, g in
+            [("scrub", 3.0), ("original", 9.0), ("finetune", 1.5), ("retrain", 0.0),
+             ("retrain_seed", 0.5)]]  # fmt: skip
+    rows[0]["avg_gap"] = None  # a method with no finite gap sorts last and shows a dash
+    result = {
+        "benchmark": "approximate",
+        "dataset": "fashion-mnist",
+        "config": {
+            "scenarios": {"random": {"forget_fraction": 0.1}, "class": {"forget_class": 0}},
+            "seeds": [0, 1, 2],
+        },
+        "rows": rows,
+        "summary": {"attack_strength": {"random": {"mean": 50.4, "std": 0.3}}},
+    }
+    md = render_markdown(result)
+    assert "## Approximate unlearning, forgetting a random 10%" in md
+    assert "## Approximate unlearning, forgetting class 0" in md
+    random_part = md.split("forgetting class 0")[0]
+    order = [m for m in re.findall(r"\n\| (\w+) \|", random_part) if m != "method"]
+    assert order == ["retrain", "retrain_seed", "original", "finetune", "scrub"]
+    assert "| 1.50 ± 0.25 |" in random_part and "50.4 ± 0.3" in random_part
+    assert re.search(r"\| scrub \| [^\n]* \| — \|", random_part)
+
+
 def test_cli_report_writes_html_markdown_and_plot(result, tmp_path):
     src = tmp_path / "tradeoff.json"
     src.write_text(json.dumps(result))

@@ -2,7 +2,8 @@
 
 A result is the JSON object ``unbake bench NAME --out FILE.json`` wrote. Its rows become
 tables (for ``tradeoff``: the trade-off table, the population attacks and the bank
-timing; for any other benchmark: one table of every scalar column), its summary a list.
+timing; for ``approximate``: one table per forgetting scenario, mean ± std over seeds;
+for any other benchmark: one table of every scalar column), its summary a list.
 The HTML file embeds its plot as a base64 PNG and its style inline: it references no
 external asset, so it can be mailed or archived as it is.
 
@@ -178,6 +179,76 @@ def _tradeoff_tables(result: dict[str, Any]) -> list[Table]:
     ]
 
 
+#: The approximate benchmark's columns: (label, row key, decimals).
+APPROXIMATE_COLUMNS = [
+    ("FA", "fa", 2),
+    ("RA", "ra", 2),
+    ("TA", "ta", 2),
+    ("MIA AUC", "mia", 2),
+    ("MIA-efficacy", "mia_efficacy", 2),
+    ("avg gap", "avg_gap", 2),
+    ("seconds", "seconds", 1),
+    ("× retrain time", "time_fraction", 3),
+]
+_FRAMES = ("retrain", "retrain_seed", "original")
+
+
+def _mean_std(row: dict[str, Any], key: str, digits: int) -> str:
+    mean, std = row.get(key), row.get(f"{key}_std")
+    if not isinstance(mean, int | float) or not math.isfinite(mean):
+        return "—"
+    if row.get("seeds", 1) > 1 and isinstance(std, int | float) and math.isfinite(std):
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def _approximate_tables(result: dict[str, Any]) -> list[Table]:
+    """One table per scenario: the framing rows first, then the methods by avg gap."""
+    cfg = result.get("config", {})
+    strength = result.get("summary", {}).get("attack_strength", {})
+    tables = []
+    for scenario, request in cfg.get("scenarios", {}).items():
+        rows = [r for r in result["rows"] if r.get("scenario") == scenario]
+        framing = sorted(
+            (r for r in rows if r["method"] in _FRAMES), key=lambda r: _FRAMES.index(r["method"])
+        )
+        methods = sorted(
+            (r for r in rows if r["method"] not in _FRAMES),
+            key=lambda r: (r.get("avg_gap") is None, r.get("avg_gap") or 0.0),
+        )
+        cells = [
+            {"method": r["method"], **{k: _mean_std(r, k, d) for _, k, d in APPROXIMATE_COLUMNS}}
+            for r in framing + methods
+        ]
+        what = (
+            f"forgetting class {request['forget_class']}"
+            if "forget_class" in request
+            else f"forgetting a random {100 * request.get('forget_fraction', 0):g}%"
+        )
+        seeds = cfg.get("seeds", [])
+        attack = strength.get(scenario, {})
+        attack_text = _mean_std(
+            {"a": attack.get("mean"), "a_std": attack.get("std"), "seeds": len(seeds)}, "a", 1
+        )
+        note = (
+            f"Mean ± std over seeds {seeds}; accuracies and MIA in %, avg gap in points "
+            "against `retrain` (the reference); × retrain time against the reference timed in "
+            "the same cell. `retrain_seed` (a retrain with another seed) is the noise floor, "
+            "`original` is doing nothing. The population attack's balanced accuracy on retain "
+            f"against test: {attack_text} (50: it tells them apart no better than chance)."
+        )
+        tables.append(
+            _table(
+                f"Approximate unlearning, {what}",
+                cells,
+                [("method", "method", str)]
+                + [(label, key, lambda v: v) for label, key, _ in APPROXIMATE_COLUMNS],
+                note,
+            )
+        )
+    return tables
+
+
 def _generic_tables(result: dict[str, Any]) -> list[Table]:
     rows = result["rows"]
     keys = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, dict)))
@@ -185,9 +256,12 @@ def _generic_tables(result: dict[str, Any]) -> list[Table]:
 
 
 def report_tables(result: dict[str, Any]) -> list[Table]:
-    """The tables of a result: specialised for ``tradeoff``, generic otherwise."""
+    """The tables of a result: specialised for ``tradeoff`` and ``approximate``, generic
+    otherwise."""
     if result.get("benchmark") == "tradeoff":
         return _tradeoff_tables(result)
+    if result.get("benchmark") == "approximate":
+        return _approximate_tables(result)
     return _generic_tables(result)
 
 
