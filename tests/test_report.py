@@ -214,3 +214,12 @@ def test_cli_report_bad_input_is_one_line_exit_2(tmp_path, content, message):
     err = out.stderr.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "o.html").exists()
+
+
+def test_readme_quotes_the_committed_approximate_benchmark():
+    result = load_result(ROOT / "benchmarks" / "results" / "approximate.json")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"(?:^\|.*\|\n)+", render_markdown(result), flags=re.M)
+    assert len(blocks) == len(result["config"]["scenarios"]) >= 1
+    for block in blocks:  # each table as `unbake report` renders it, row for row
+        assert block in readme
