@@ -3,12 +3,16 @@ under a hash of their configuration and read back; the `retrain` row reuses the
 reference when its repeats were bitwise identical."""
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from unbake.bench import approximate, run_benchmark
-from unbake.bench.cache import cell_path, read_cell, write_cell
+import unbake
+from unbake.bench import approximate, code_info, run_benchmark
+from unbake.bench.cache import cell_path, code_fingerprint, read_cell, write_cell
 from unbake.cli import app
 from unbake.evaluation.compare import compare_methods
 from unbake.exceptions import InvalidParameterError
@@ -81,6 +85,10 @@ def test_a_rerun_reads_finished_cells_instead_of_recomputing(fake_bench, tmp_pat
     first = run_benchmark("approximate", quick=True, out=out, seeds=[0, 1])
     assert len(fake_bench) == 4 and len(list((tmp_path / "approximate.cells").glob("*.json"))) == 4
     assert [c["cached"] for c in first["cells"]] == [False] * 4
+    # The result and each cell say which code computed them.
+    assert first["code"]["fingerprint"] == code_fingerprint()
+    cell = json.loads(next((tmp_path / "approximate.cells").glob("*.json")).read_text())
+    assert cell["code"]["fingerprint"] == code_fingerprint()
     again = run_benchmark("approximate", quick=True, out=out, seeds=[0, 1])
     assert len(fake_bench) == 4  # nothing recomputed
     assert again["rows"] == first["rows"] and again["summary"] == first["summary"]
@@ -105,11 +113,18 @@ def test_another_configuration_is_another_cell(fake_bench, tmp_path, monkeypatch
     tuned = run_benchmark("approximate", quick=True, seeds=[0], cache_dir=cells)
     assert len(fake_bench) == 4 and '"lr": 0.002' in fake_bench[-1][2]
     assert tuned["config"]["tuned_params"]["class"]["finetune"]["applied"] == {"lr": 0.002}
+    # Other training data is another cell, even under the same name and configuration.
+    other = tiny_dataset()
+    other.train.X[0, 0] += 1.0
+    monkeypatch.setattr(approximate, "load_dataset", lambda *a, **k: other)
+    run_benchmark("approximate", quick=True, seeds=[0], cache_dir=cells, scenarios=["random"])
+    assert len(fake_bench) == 5 and fake_bench[-1][0] is False
+    monkeypatch.setattr(approximate, "load_dataset", lambda *a, **k: tiny_dataset())
     # A damaged cell is recomputed, never trusted.
     for f in cells.glob("class-seed0-*.json"):
         f.write_text("{")
     run_benchmark("approximate", quick=True, seeds=[0], cache_dir=cells)
-    assert len(fake_bench) == 5 and fake_bench[-1][0] is True
+    assert len(fake_bench) == 6 and fake_bench[-1][0] is True
 
 
 def test_a_cell_is_read_only_for_its_own_key(tmp_path):
@@ -155,3 +170,17 @@ def test_the_cells_hash_the_code_that_computes_them_and_nothing_else():
         "bench/service.py",
     ):
         assert elsewhere not in files  # a change there leaves every cached cell valid
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_code_info_names_the_fingerprint_and_the_commit_it_ran_from(monkeypatch):
+    info = code_info()
+    head = subprocess.run(
+        ["git", "-C", str(Path(unbake.__file__).parent), "rev-parse", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert info["fingerprint"] == code_fingerprint() and info["version"] == unbake.__version__
+    assert info["commit"] == head and isinstance(info["dirty"], bool)
+    # Without git (an installed wheel, say), the fingerprint alone says which code ran.
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no git")))
+    assert code_info() == {**info, "commit": None, "dirty": None}

@@ -1655,7 +1655,10 @@ def bench(
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Keep finished cells here and reuse them (default: <out>.cells)."),
+        typer.Option(
+            help="Keep finished cells here and reuse them (default: --out with its "
+            "suffix replaced by .cells)."
+        ),
     ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,

@@ -1,8 +1,10 @@
 """Benchmarks behind ``unbake bench NAME``: each writes one JSON object.
 
-Conventions (see DESIGN.md): ``{"benchmark", "dataset", "machine", "config", "rows",
-"summary", "date"}``; ``--quick`` finishes in under 2 minutes on 2 cores; timings are
-paired with a baseline measured in the same run and quoted as ratios.
+Conventions (see DESIGN.md): ``{"benchmark", "dataset", "machine", "code", "config",
+"rows", "summary", "date", "load_average"}``, where ``code`` names the unbake that ran
+(version, source fingerprint, git commit); ``--quick`` finishes in under 2 minutes on
+2 cores; timings are paired with a baseline measured in the same run and quoted as
+ratios.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 import platform
+import subprocess
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +26,7 @@ from unbake.exceptions import InvalidParameterError
 from unbake.registry import Registry
 from unbake.workspace.atomic import atomic_write_text
 
-__all__ = ["BENCHMARKS", "machine_info", "run_benchmark"]
+__all__ = ["BENCHMARKS", "code_info", "machine_info", "run_benchmark"]
 
 #: name → ``fn(*, quick: bool, data_dir: str | None) -> dict`` returning dataset, config,
 #: rows and summary.
@@ -50,6 +53,35 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _git(directory: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(directory), *args],
+        capture_output=True, text=True, check=True, timeout=10,
+    ).stdout.strip()  # fmt: skip
+
+
+def code_info() -> dict[str, Any]:
+    """Which unbake produced a result: its version, the hash of the source that computes
+    numbers (:func:`unbake.bench.cache.code_fingerprint`, the same from a wheel or a
+    checkout) and, in a git checkout, the commit and whether the package's files differ
+    from it (``dirty``)."""
+    from unbake import __version__
+    from unbake.bench.cache import code_fingerprint
+
+    info: dict[str, Any] = {"version": __version__, "fingerprint": code_fingerprint()}
+    package = Path(__file__).resolve().parents[1]
+    try:
+        # Only where git tracks this very file: a wheel installed into a virtual
+        # environment that lies inside some repository must not claim its commit.
+        if _git(package, "ls-files", "--", __file__):
+            commit = _git(package, "rev-parse", "HEAD")
+            dirty = bool(_git(package, "status", "--porcelain", "--", str(package)))
+            return {**info, "commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        pass  # no git: the fingerprint alone says which code ran
+    return {**info, "commit": None, "dirty": None}
+
+
 def run_benchmark(
     name: str,
     *,
@@ -62,8 +94,8 @@ def run_benchmark(
 
     ``options`` (``seeds``, ``scenarios``, ``cache_dir``) go to the benchmarks that take
     them; one given to a benchmark that does not is refused. A benchmark that takes a
-    ``cache_dir`` caches its cells in ``<out>.cells/`` beside ``out`` unless told
-    otherwise.
+    ``cache_dir`` caches its cells beside ``out`` (its suffix replaced by ``.cells``)
+    unless told otherwise.
     """
     fn: Callable[..., dict[str, Any]] = BENCHMARKS.get(name)
     accepted = set(inspect.signature(fn).parameters)
@@ -83,6 +115,7 @@ def run_benchmark(
         "quick": quick,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "code": code_info(),
         # 1-, 5- and 15-minute load averages: a busy neighbour shows here.
         "load_average": {
             "start": [round(x, 2) for x in load_start],

@@ -9,7 +9,7 @@ every method whose tags say it is approximate, each with its tuned defaults for 
 scenario where it has them (:mod:`unbake.methods.tuned`).
 
 The full run takes hours on two cores, so it is resumable: with a ``cache_dir`` (by
-default ``<out>.cells/`` beside ``--out``) each finished (scenario, seed) cell is
+default ``--out`` with its suffix replaced by ``.cells``) each finished (scenario, seed) cell is
 written there atomically under a hash of its configuration (:mod:`unbake.bench.cache`),
 and a rerun reads the cells it finds instead of recomputing them. ``seeds`` and
 ``scenarios`` run a subset, so the cells can be filled across sessions; the JSON lists
@@ -133,7 +133,8 @@ def _cell(
     key = {
         "benchmark": "approximate",
         "dataset": ds.name,
-        "train": cache.data_fingerprint(ds.train),
+        # Not "train": run_config's training configuration has that key.
+        "data": cache.data_fingerprint(ds.train),
         "scenario": scenario,
         "request": REQUESTS[scenario],
         "seed": seed,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from unbake import _json as strict_json
-from unbake.bench import machine_info
+from unbake.bench import code_info, machine_info
 from unbake.data import Samples
 from unbake.training import TrainedModel
 from unbake.workspace.atomic import atomic_write_bytes, atomic_write_text, sha256_bytes
@@ -140,6 +140,7 @@ def write_cell(path: str | os.PathLike, key: dict[str, Any], result: dict[str, A
         "key": key,
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "code": code_info(),
         **result,
     }
     atomic_write_text(path, strict_json.dumps(entry, indent=2) + "\n")

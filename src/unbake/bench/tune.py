@@ -36,7 +36,7 @@ from typing import Any
 from unbake._budget import TimeBudgetExceeded, time_budget
 from unbake._progress import progress
 from unbake._validation import validate_params
-from unbake.bench import cache
+from unbake.bench import cache, code_info
 from unbake.data import Dataset, Samples
 from unbake.evaluation import avg_gap, evaluate, gap_metrics
 from unbake.evaluation.compare import (
@@ -85,6 +85,8 @@ class Study:
     startup_trials: int | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
     load_average: dict[str, Any] = field(default_factory=dict)
+    #: Which unbake ran the study (:func:`unbake.bench.code_info`).
+    code: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -261,6 +263,7 @@ def tune(
         "end": _finite(load_average()),
         "cores": os.cpu_count() or 1,
     }
+    study.code = code_info()
     return study
 
 
