@@ -220,6 +220,22 @@ def test_ghost_check_reads_the_penultimate_layer(digits_small):
     assert nb.shape == (5, 3) and (nb[:, 0] == np.arange(5)).all()  # each row is its own nearest
 
 
+def test_penultimate_features_come_a_batch_at_a_time(digits_small):
+    # A whole training set in one forward pass holds every row's activations at once.
+    from unbake.evaluation.ghost import penultimate
+    from unbake.training import TrainConfig, fit
+
+    model = fit(digits_small.train, n_classes=10, model="cnn", config=TrainConfig.parse(epochs=1))
+    X = digits_small.train.X
+    whole = penultimate(model, X, batch_size=len(X))
+    seen = []
+    model.module.features.register_forward_hook(lambda mod, args, out: seen.append(len(args[0])))
+    batched = penultimate(model, X, batch_size=64)
+    assert max(seen) == 64 and sum(seen) == len(X)
+    np.testing.assert_allclose(batched, whole, rtol=1e-5, atol=1e-6)
+    assert penultimate(model, X[:0]).shape == (0, whole.shape[1])
+
+
 @pytest.mark.parametrize("n", [1, 7, 300])
 def test_roc_auc_matches_scikit_learn_with_ties(n):
     from sklearn.metrics import roc_auc_score
