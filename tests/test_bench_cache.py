@@ -86,7 +86,7 @@ def test_a_rerun_reads_finished_cells_instead_of_recomputing(fake_bench, tmp_pat
     assert len(fake_bench) == 4 and len(list((tmp_path / "approximate.cells").glob("*.json"))) == 4
     assert [c["cached"] for c in first["cells"]] == [False] * 4
     # The result and each cell say which code computed them.
-    assert first["code"]["fingerprint"] == code_fingerprint()
+    assert first["code"]["fingerprint"] == code_fingerprint() and first["memory"]["peak_rss_mib"]
     cell = json.loads(next((tmp_path / "approximate.cells").glob("*.json")).read_text())
     assert cell["code"]["fingerprint"] == code_fingerprint()
     again = run_benchmark("approximate", quick=True, out=out, seeds=[0, 1])

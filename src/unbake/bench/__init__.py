@@ -1,8 +1,9 @@
 """Benchmarks behind ``unbake bench NAME``: each writes one JSON object.
 
 Conventions (see DESIGN.md): ``{"benchmark", "dataset", "machine", "code", "config",
-"rows", "summary", "date", "load_average"}``, where ``code`` names the unbake that ran
-(version, source fingerprint, git commit); ``--quick`` finishes in under 2 minutes on
+"rows", "summary", "date", "load_average", "memory"}``, where ``code`` names the unbake
+that ran (version, source fingerprint, git commit) and ``memory`` its peak resident
+memory (:mod:`unbake.bench.memory`); ``--quick`` finishes in under 2 minutes on
 2 cores; timings are paired with a baseline measured in the same run and quoted as
 ratios.
 """
@@ -22,6 +23,7 @@ import torch
 
 from unbake import _json as strict_json
 from unbake._threads import thread_policy
+from unbake.bench.memory import peak_rss
 from unbake.exceptions import InvalidParameterError
 from unbake.registry import Registry
 from unbake.workspace.atomic import atomic_write_text
@@ -109,7 +111,8 @@ def run_benchmark(
     if "cache_dir" in accepted and "cache_dir" not in options and out is not None:
         options["cache_dir"] = str(Path(out).with_suffix(".cells"))
     load_start = os.getloadavg()
-    body = fn(quick=quick, data_dir=data_dir, **options)
+    with peak_rss() as peak:
+        body = fn(quick=quick, data_dir=data_dir, **options)
     result = {
         "benchmark": name,
         "quick": quick,
@@ -122,6 +125,8 @@ def run_benchmark(
             "end": [round(x, 2) for x in os.getloadavg()],
         },
         "thread_policy": thread_policy(),
+        # This process's peak resident memory over the run (worker processes excluded).
+        "memory": peak.to_dict(),
         **body,
     }
     if out is not None:

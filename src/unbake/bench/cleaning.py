@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from unbake.bench import BENCHMARKS
+from unbake.bench.memory import peak_rss
 from unbake.data import Dataset, load_dataset
 from unbake.data.poison import planted
 from unbake.evaluation.detectors import DETECTORS, attack_harm, detection_scores, top_k
@@ -72,7 +73,8 @@ def _detect(ds: Dataset, model: TrainedModel, attack: str) -> tuple[list[dict], 
     rows, scores = [], {}
     for name in DETECTORS:
         start = time.perf_counter()
-        scores[name] = DETECTORS.create(name).score(model, ds.train)
+        with peak_rss() as peak:
+            scores[name] = DETECTORS.create(name).score(model, ds.train)
         seconds = time.perf_counter() - start
         s = detection_scores(scores[name], ds.train.ids, ids, [n, 2 * n])
         rows.append(
@@ -87,6 +89,7 @@ def _detect(ds: Dataset, model: TrainedModel, attack: str) -> tuple[list[dict], 
                 "recall_2x": round(s[f"recall@{2 * n}"], 3),
                 "auroc": round(s["auroc"], 3),
                 "seconds": round(seconds, 3),
+                "peak_rss_mib": peak.mib,
             }
         )
     return rows, scores
@@ -118,11 +121,17 @@ def _attack(
         (NOISE_FLOOR, "retrain", oracle_task, seed + 1),
         *((m, m, task, seed) for m in approximate_methods()),
     ]
-    removal = [{"method": "original", "seconds": 0.0, **_harm(original, ds)}]
+    removal = [{"method": "original", "seconds": 0.0, "peak_rss_mib": None, **_harm(original, ds)}]
     for label, method, run_task, run_seed in runs:
-        result = METHODS.create(method).unlearn(run_task, seed=run_seed)
+        with peak_rss() as peak:
+            result = METHODS.create(method).unlearn(run_task, seed=run_seed)
         removal.append(
-            {"method": label, "seconds": round(result.seconds, 3), **_harm(result.model, ds)}
+            {
+                "method": label,
+                "seconds": round(result.seconds, 3),
+                "peak_rss_mib": peak.mib,
+                **_harm(result.model, ds),
+            }
         )
     retrain_seconds = removal[1]["seconds"]
     for row in removal:
