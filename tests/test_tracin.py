@@ -78,13 +78,50 @@ def test_tracin_sums_learning_rate_times_self_influence_over_checkpoints(flip_di
     assert not np.allclose(tracin, 1e-3 * final)  # earlier checkpoints count
 
 
-def test_per_sample_gradients_by_vmap_and_by_loop_agree(flip_digits):
-    model = _fit(flip_digits, epochs=1, model="cnn")
+@pytest.mark.parametrize("model", ["cnn", "mlp", "logreg"])
+def test_per_sample_gradients_by_layers_vmap_and_loop_agree(flip_digits, model):
+    model = _fit(flip_digits, epochs=1, model=model)
     some = flip_digits.train.subset(np.arange(40))
     by_vmap = squared_grad_norms(model, some, batch_size=16, per_sample="vmap")
     by_loop = squared_grad_norms(model, some, batch_size=16, per_sample="loop")
+    by_layers = squared_grad_norms(model, some, batch_size=16, per_sample="layers")
     assert (by_vmap > 0).all()
     np.testing.assert_allclose(by_vmap, by_loop, rtol=1e-4)
+    np.testing.assert_allclose(by_layers, by_vmap, rtol=1e-4)
+    # "auto" takes the layer-wise path for these models; on a checkpoint's weights too.
+    np.testing.assert_array_equal(squared_grad_norms(model, some, batch_size=16), by_layers)
+    shifted = {k: v + 0.01 for k, v in model.module.named_parameters()}
+    np.testing.assert_allclose(
+        squared_grad_norms(model, some, shifted, per_sample="layers"),
+        squared_grad_norms(model, some, shifted, per_sample="vmap"),
+        rtol=1e-4,
+    )
+
+
+class _Shared(torch.nn.Module):
+    """A layer called twice and a LayerNorm: what the layer-wise path cannot take."""
+
+    def __init__(self, norm: bool):
+        super().__init__()
+        self.inner = torch.nn.Linear(64, 64)
+        self.norm = torch.nn.LayerNorm(64) if norm else torch.nn.Identity()
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.norm(self.inner(torch.relu(self.inner(x.flatten(1))))))
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["shared-layer", "layernorm"])
+def test_auto_falls_back_to_vmap_where_the_layer_wise_path_cannot_go(flip_digits, norm):
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = dataclasses.replace(_fit(flip_digits, epochs=1), module=_Shared(norm))
+    some = flip_digits.train.subset(np.arange(24))
+    by_vmap = squared_grad_norms(model, some, batch_size=8, per_sample="vmap")
+    np.testing.assert_array_equal(squared_grad_norms(model, some, batch_size=8), by_vmap)
+    with pytest.raises(InvalidParameterError, match=r"per_sample='(auto|vmap)'"):
+        squared_grad_norms(model, some, batch_size=8, per_sample="layers")
 
 
 def test_tracin_without_checkpoints_names_the_fix(flip_digits):

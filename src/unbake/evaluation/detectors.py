@@ -80,10 +80,18 @@ def squared_grad_norms(
     """``‖∇θ ℓ(z; θ)‖²`` for each sample ``z``, over the trainable parameters ``θ``
     (default: the model's own; or ``params``, e.g. a training checkpoint), in float64.
 
+    ``per_sample="layers"`` takes one forward and one backward pass per batch and
+    assembles each sample's norm layer by layer from the layer's input and output
+    gradient, as Opacus's per-sample gradient samplers do: for a ``Linear`` layer
+    ``‖∇W‖² = ‖a‖²‖g‖²`` without forming ``∇W``; for a ``Conv2d``, the per-sample
+    gradient from the unfolded input. It needs every parameter in ``θ`` to belong to a
+    ``Linear`` on flat input or an ungrouped, zero-padded ``Conv2d``, each called once
+    per forward pass (the built-in ``logreg``, ``mlp`` and ``cnn``).
     ``per_sample="vmap"`` computes a batch's per-sample gradients at once
     (``torch.func.vmap`` over ``grad``); ``"loop"`` takes one backward pass per sample
-    (any module); ``"auto"`` tries vmap and falls back to the loop for a module it
-    cannot batch.
+    (any module); ``"auto"`` takes the first of these three that the module allows.
+    The three agree to float32 rounding (``tests/test_tracin.py``); ``layers`` costs
+    about one training step per batch, where vmap forms every sample's full gradient.
     """
     from torch.func import functional_call, grad, vmap
 
@@ -91,7 +99,8 @@ def squared_grad_norms(
     kind = STRATEGIES.get(model.strategy).output
     device = next(module.parameters()).device
     if params is None:
-        params = {k: v.detach() for k, v in module.named_parameters() if v.requires_grad}
+        params = {k: v for k, v in module.named_parameters() if v.requires_grad}
+    params = {k: v.detach() for k, v in params.items()}
     buffers = {k: v.detach() for k, v in module.named_buffers()}
 
     def loss(p, x, y):
@@ -110,23 +119,123 @@ def squared_grad_norms(
             norms.append(sum(t.double().pow(2).sum() for t in gs))
         return torch.stack(norms)
 
+    def by_layers(x, y):
+        return _layerwise_norms(module, params, buffers, kind, x, y)
+
+    layers_ok = _layerwise_layers(module, params) is not None
+    if per_sample == "layers" and not layers_ok:
+        raise InvalidParameterError(
+            "per_sample='layers' needs every parameter in a Linear or a plain Conv2d "
+            f"layer, and {type(module).__name__} has others; use per_sample='auto'."
+        )
+    auto_layers = per_sample == "auto" and layers_ok
+    if auto_layers:
+        per_sample = "layers"
+    run = {"layers": by_layers, "vmap": by_vmap, "loop": by_loop}
     X, y = samples.tensors(device)
     out = []
     for i in range(0, len(y), batch_size):
         xb, yb = X[i : i + batch_size], y[i : i + batch_size]
+        if auto_layers:
+            try:
+                out.append(by_layers(xb, yb).cpu())
+                continue
+            except InvalidParameterError:  # a layer called twice, say: vmap handles it
+                auto_layers, per_sample = False, "auto"
         if per_sample == "auto":
             try:
                 out.append(by_vmap(xb, yb).cpu())
                 continue
             except RuntimeError:  # an operation vmap cannot batch: one sample at a time
                 per_sample = "loop"
-        out.append((by_vmap if per_sample == "vmap" else by_loop)(xb, yb).cpu())
+        out.append(run[per_sample](xb, yb).cpu())
     return torch.cat(out).numpy() if out else np.empty(0)
+
+
+#: The most elements of per-sample ``Conv2d`` weight gradients formed at once (64 MiB).
+_CONV_CHUNK = 1 << 24
+
+
+def _layerwise_layers(
+    module: torch.nn.Module, params: dict[str, torch.Tensor]
+) -> dict[str, torch.nn.Module] | None:
+    """Layer name → layer for every layer holding a parameter of ``params``; ``None``
+    when some parameter lies elsewhere (or in a layer this path cannot handle)."""
+    layers, covered = {}, set()
+    for name, mod in module.named_modules():
+        plain = isinstance(mod, torch.nn.Linear) or (
+            isinstance(mod, torch.nn.Conv2d)
+            and mod.groups == 1
+            and mod.padding_mode == "zeros"
+            and not isinstance(mod.padding, str)
+        )
+        own = [f"{name}.{p}" if name else p for p, _ in mod.named_parameters(recurse=False)]
+        if plain and any(k in params for k in own):
+            layers[name] = mod
+            covered.update(own)
+    return layers if set(params) <= covered else None
+
+
+def _layerwise_norms(module, params, buffers, kind, x, y) -> torch.Tensor:
+    """Per-sample ``‖∇θ ℓ‖²`` (float64) from one forward and backward pass of the batch.
+
+    In eval mode each sample's loss depends on its own output only, so the gradient of
+    the summed loss with respect to a layer's output holds every sample's own gradient.
+    """
+    from torch.func import functional_call
+
+    layers = _layerwise_layers(module, params)
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def keep(name):
+        def hook(mod, args, out):
+            if name in seen or (isinstance(mod, torch.nn.Linear) and args[0].dim() != 2):
+                raise InvalidParameterError(
+                    f"per_sample='layers' cannot take layer {name!r} (called twice, or "
+                    "on input that is not flat); use per_sample='vmap'."
+                )
+            seen[name] = (args[0].detach(), out)
+
+        return hook
+
+    handles = [mod.register_forward_hook(keep(n)) for n, mod in layers.items()]
+    try:
+        with torch.enable_grad():
+            p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            out = functional_call(module, (p, buffers), (x,))
+            loss = -to_log_proba(out, kind).gather(1, y[:, None]).sum()
+            names = list(seen)
+            grads = torch.autograd.grad(loss, [seen[n][1] for n in names])
+    finally:
+        for h in handles:
+            h.remove()
+    total = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    for name, g in zip(names, grads, strict=True):
+        mod, a = layers[name], seen[name][0]
+        prefix = f"{name}." if name else ""
+        if isinstance(mod, torch.nn.Linear):
+            g2 = g.double().pow(2).sum(1)
+            if prefix + "weight" in params:
+                total += a.double().pow(2).sum(1) * g2
+        else:
+            cols = torch.nn.functional.unfold(
+                a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride
+            )
+            g = g.flatten(2)  # (N, C_out, positions)
+            if prefix + "weight" in params:
+                step = max(1, _CONV_CHUNK // (g.shape[1] * cols.shape[1]))
+                for i in range(0, len(g), step):
+                    w = torch.bmm(g[i : i + step], cols[i : i + step].transpose(1, 2))
+                    total[i : i + step] += w.double().pow(2).sum((1, 2))
+            g2 = g.sum(2).double().pow(2).sum(1)
+        if prefix + "bias" in params:
+            total += g2
+    return total
 
 
 _PER_SAMPLE = {
     "batch_size": [_POSITIVE],
-    "per_sample": [Options({"auto", "vmap", "loop"})],
+    "per_sample": [Options({"auto", "layers", "vmap", "loop"})],
 }
 
 
