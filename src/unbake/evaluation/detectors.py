@@ -119,10 +119,12 @@ def squared_grad_norms(
             norms.append(sum(t.double().pow(2).sum() for t in gs))
         return torch.stack(norms)
 
-    def by_layers(x, y):
-        return _layerwise_norms(module, params, buffers, kind, x, y)
+    layers = _layerwise_layers(module, params)  # found once, not per batch
 
-    layers_ok = _layerwise_layers(module, params) is not None
+    def by_layers(x, y):
+        return _layerwise_norms(module, layers, params, buffers, kind, x, y)
+
+    layers_ok = layers is not None
     if per_sample == "layers" and not layers_ok:
         raise InvalidParameterError(
             "per_sample='layers' needs every parameter in a Linear or a plain Conv2d "
@@ -176,15 +178,15 @@ def _layerwise_layers(
     return layers if set(params) <= covered else None
 
 
-def _layerwise_norms(module, params, buffers, kind, x, y) -> torch.Tensor:
+def _layerwise_norms(module, layers, params, buffers, kind, x, y) -> torch.Tensor:
     """Per-sample ``‖∇θ ℓ‖²`` (float64) from one forward and backward pass of the batch.
 
     In eval mode each sample's loss depends on its own output only, so the gradient of
     the summed loss with respect to a layer's output holds every sample's own gradient.
+    ``layers`` is :func:`_layerwise_layers`'s answer for ``module`` and ``params``.
     """
     from torch.func import functional_call
 
-    layers = _layerwise_layers(module, params)
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def keep(name):
