@@ -98,6 +98,7 @@ def forget(
     device=None,
     idempotency_key: str | None = None,
     reason: str | None = None,
+    purpose: str | None = None,
     tuned: bool = True,
 ) -> RequestRecord:
     """File and apply a deletion request; every model that saw the data is purged.
@@ -107,8 +108,10 @@ def forget(
     its own) and changes nothing else. A request refused as invalid leaves no trace.
     With an ``idempotency_key`` already used for the same request, the first
     request's record is returned and nothing is unlearned again (a failed one is
-    retried under its request ID). ``reason`` (for example ``"cleaning"``) is
-    recorded in the request's info.
+    retried under its request ID). ``reason`` (free text, personal data) is stored
+    sealed and shredded after its retention (:mod:`unbake.workspace.personal`); the
+    ledger holds its keyed hash. ``purpose`` (a word such as ``"cleaning"``, never
+    personal) is recorded in the clear in the request's info, as ``reason``.
 
     ``label`` is a class name or index (an ``int`` is always an index); the request
     records the class by name. Selected validation and test rows are marked forgotten
@@ -133,6 +136,7 @@ def forget(
         resolve_device(device)  # an unknown or absent device: fail before the lock
     selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
     ticket = Ticket(new_id("req"), utcnow(), selector.to_dict(ws.subject_hmac))
+    ticket.personal = ws.personal_hashes(reason, selector.ids)
     with ws.lock():
         if idempotency_key is not None:
             ticket.key_hash, ticket.fingerprint = ws.request_fingerprint(
@@ -148,6 +152,7 @@ def forget(
             ticket,
             [i for i in chosen if i in in_train],
             [i for i in chosen if i not in in_train],
+            reason=reason,
         )
         outcome = apply_parts(
             ws,
@@ -157,7 +162,7 @@ def forget(
             model_id=model_id,
             seed=seed,
             device=device,
-            reason=reason,
+            reason=purpose,
             info={"tuned_defaults": tuned_from} if tuned_from else None,
         )
     return outcome.record(part)

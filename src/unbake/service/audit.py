@@ -15,7 +15,7 @@ import numpy as np
 from unbake.data import Samples
 from unbake.evaluation.audit import AuditReport, audit, check_references
 from unbake.evaluation.bank import Recipe, ReferenceBank, train_bank
-from unbake.exceptions import DatasetError
+from unbake.exceptions import DatasetError, WorkspaceError
 from unbake.methods import METHODS
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.references import (
@@ -80,6 +80,12 @@ def audit_request(
                 f"The model takes inputs of shape {target.input_shape} with {target.n_classes} "
                 f"classes, but dataset {ds.name!r} has {ds.input_shape} and {ds.n_classes}; "
                 "audit a model trained on this workspace's dataset."
+            )
+        if req["erased"]["sample_ids"]:
+            raise WorkspaceError(
+                f"The sample IDs of request {req['request_id']} were erased when their "
+                "retention ended, and an audit needs them; audit a request before then "
+                "(`unbake ledger retention --id-days N` keeps them longer)."
             )
         active, forgotten = ws.active_and_forgotten()
         forget = forgotten.subset(forgotten.mask_of(req["sample_ids"]))

@@ -59,7 +59,7 @@ from unbake.service.policy import (
     run_policy,
 )
 from unbake.training import TrainedModel, resolve_device
-from unbake.workspace import ledger
+from unbake.workspace import ledger, personal
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.workspace import (
     ForgetSelector,
@@ -363,6 +363,8 @@ class DeletionService:
                 f"SELECT sample_id, status FROM samples WHERE sample_id IN ({marks})", tuple(chunk)
             ):
                 status[r["sample_id"]] = r["status"]
+        shredded = self.workspace.tombstoned([i for i in ids if i not in status])
+        status.update({i: r["status"] for i, r in shredded.items()})
         unknown = [i for i in ids if i not in status]
         if unknown:
             raise UnknownSampleError(
@@ -416,7 +418,7 @@ class DeletionService:
         now = utcnow()
         days = self.policy.deadline_days if self.policy is not None else None
         received = {"selector": job.selector, "deadline": self.workspace.deadline_for(now, days)}
-        received["reason"] = job.reason
+        received.update(self.workspace.personal_hashes(job.reason, job.sample_ids))
         if job.submitted_by is not None:
             received["submitted_by"] = job.submitted_by
         ledger.append_entry(cur, request_id, "received", received, now)
@@ -430,14 +432,14 @@ class DeletionService:
                 request_id,
                 now,
                 json.dumps(job.selector),
-                json.dumps(job.sample_ids),
+                personal.seal(cur, request_id, "sample_ids", job.sample_ids),
                 job.class_label,
                 job.method,
                 json.dumps(job.params, sort_keys=True),
                 job.seed,
                 job.device,
                 job.model_id,
-                job.reason,
+                None if job.reason is None else personal.seal(cur, request_id, "reason", job.reason),
                 job.submitted_by,
             ),
         )
@@ -467,7 +469,8 @@ class DeletionService:
             "state": entries[-1]["state"],
             "received_at": entries[0]["timestamp"],
             "deadline": first.get("deadline"),
-            "reason": first.get("reason"),
+            "reason": first.get("reason"),  # only a request filed before v8 has it here
+            "erased": {"reason": False, "sample_ids": False},
             "submitted_by": first.get("submitted_by"),
             "selector": first.get("selector"),
             "model_before": None,
@@ -486,13 +489,23 @@ class DeletionService:
                     out["policy"] = payload["policy"]
             elif e["state"] == "queued" and payload.get("method"):
                 out["method"] = payload["method"]
-        if out["reason"] is None or out["submitted_by"] is None:
-            rows = self._catalog.query(
-                "SELECT reason, submitted_by FROM requests WHERE request_id = ?", (request_id,)
-            )
-            if rows:
-                out["reason"] = out["reason"] or rows[0]["reason"]
-                out["submitted_by"] = out["submitted_by"] or rows[0]["submitted_by"]
+        rows = [
+            *self._catalog.query(
+                "SELECT request_id, reason, sample_ids, submitted_by FROM requests "
+                "WHERE request_id = ?",
+                (request_id,),
+            ),
+            *self._catalog.query(
+                "SELECT request_id, reason, sample_ids, submitted_by FROM queue "
+                "WHERE request_id = ?",
+                (request_id,),
+            ),
+        ]
+        if rows:  # the request row once applied, the queue row before
+            row = self._catalog.open_personal(dict(rows[0]))
+            out["reason"] = row["reason"] if out["reason"] is None else out["reason"]
+            out["erased"] = row["erased"]
+            out["submitted_by"] = out["submitted_by"] or row["submitted_by"]
         out["entries"] = entries
         return out
 
@@ -554,7 +567,14 @@ class DeletionService:
         for r in rows:
             issue_certificate(self.workspace, r["request_id"])
             done.append(r["request_id"])
+        self.shred_due()
         return done
+
+    def shred_due(self, now: str | None = None) -> dict[str, Any]:
+        """Erase the reasons and sample IDs of done requests whose retention has ended
+        (:meth:`Workspace.shred_due <unbake.workspace.Workspace.shred_due>`); the worker
+        runs it after certifying."""
+        return self.workspace.shred_due(now)
 
     def current_model(self) -> dict[str, Any]:
         """The newest active model: ID, sha256, architecture, strategy, size, creation time."""
@@ -657,8 +677,8 @@ class DeletionService:
         for r in rows:
             if r["state"] != "queued":
                 continue
-            row = dict(r)
-            for key in ("selector", "sample_ids", "params"):
+            row = self._catalog.open_personal(dict(r))
+            for key in ("selector", "params"):
                 row[key] = self._catalog.parse_json(row[key], f"queued request's {key}")
             out.append(row)
             if limit is not None and len(out) >= limit:
