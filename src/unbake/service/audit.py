@@ -73,6 +73,12 @@ def audit_request(
     check_references(references)
     with ws.lock():
         req = applied_request(ws, request_id)
+        if req["erased"]["sample_ids"]:
+            raise WorkspaceError(
+                f"The sample IDs of request {req['request_id']} were erased when their "
+                "retention ended, and an audit needs them; audit a request before then "
+                "(`unbake ledger retention --id-days N` keeps them longer)."
+            )
         target = ws.load_model(model_id or req["model_after"])
         ds = ws.dataset()
         if tuple(target.input_shape) != tuple(ds.input_shape) or target.n_classes != ds.n_classes:
@@ -80,12 +86,6 @@ def audit_request(
                 f"The model takes inputs of shape {target.input_shape} with {target.n_classes} "
                 f"classes, but dataset {ds.name!r} has {ds.input_shape} and {ds.n_classes}; "
                 "audit a model trained on this workspace's dataset."
-            )
-        if req["erased"]["sample_ids"]:
-            raise WorkspaceError(
-                f"The sample IDs of request {req['request_id']} were erased when their "
-                "retention ended, and an audit needs them; audit a request before then "
-                "(`unbake ledger retention --id-days N` keeps them longer)."
             )
         active, forgotten = ws.active_and_forgotten()
         forget = forgotten.subset(forgotten.mask_of(req["sample_ids"]))

@@ -1,0 +1,249 @@
+"""Personal data of a request (its reason, its sample IDs) can be erased: crypto-shredding.
+
+The flagship test drives the service the way an operator does (a digits workspace, a
+logistic regression, a request through ``submit`` and one through the synchronous
+``forget``, the worker applies and certifies), then greps every byte of every file of
+the workspace for the reason and the forgotten IDs.
+"""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime, timedelta
+
+import pytest
+from typer.testing import CliRunner
+
+from unbake import TrainConfig, Workspace
+from unbake.cli import app
+from unbake.exceptions import InvalidParameterError, UnknownSampleError, WorkspaceError
+from unbake.service import DeletionService, apply
+from unbake.service.deletion import drain
+from unbake.testing.snapshot import workspace_snapshot
+from unbake.workspace import ledger
+from unbake.workspace.certificates import (
+    stored_certificate,
+    verify_certificate,
+    workspace_public_key,
+)
+
+REASON = "GDPR art. 17 request from someone@example.org"
+SYNC_REASON = "Erase me too, jane.doe@example.com"
+
+
+@pytest.fixture
+def flow(tmp_path):
+    """A fresh digits workspace with a logreg (one epoch), one request filed through
+    ``submit`` (training and held-out IDs) and one through ``forget``, both certified by
+    the worker; yields (service, the forgotten IDs, the two request IDs)."""
+    root = tmp_path / "ws"
+    Workspace.create(root, dataset="digits", dataset_options={"test_fraction": 0.05}).close()
+    svc = DeletionService(root)
+    svc.train(model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
+    rows = svc.workspace.samples()
+    train = [r["sample_id"] for r in rows if r["split"] == "train"]
+    held = [r["sample_id"] for r in rows if r["split"] != "train"]
+    queued = svc.submit(sample_ids=[*train[:3], held[0]], reason=REASON, submitted_by="alice")
+    assert drain(svc, once=True, certify=True) == 1
+    record = svc.forget(ids=train[10:12], reason=SYNC_REASON)
+    svc.certify_pending()
+    ids = [*train[:3], held[0], *train[10:12]]
+    yield svc, ids, (queued.request_id, record.request_id)
+    svc.close()
+
+
+def _workspace_bytes(root) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _found(root, needles: list[bytes]) -> list[str]:
+    return [
+        f"{needle!r} in {path}"
+        for path, data in _workspace_bytes(root).items()
+        for needle in needles
+        if needle in data
+    ]
+
+
+def test_no_reason_nor_forgotten_id_is_left_in_any_byte_after_shredding(flow):
+    svc, ids, request_ids = flow
+    ws, root = svc.workspace, svc.workspace.root
+    reasons = [REASON.encode(), b"someone@example.org", SYNC_REASON.encode(), b"jane.doe"]
+    # The reason never reaches a file in the clear (sealed from the start, hashed in the
+    # ledger); with the default retention (0 days) its key went at certification.
+    assert _found(root, reasons) == []
+    assert [svc.request(r)["erased"]["reason"] for r in request_ids] == [True, True]
+    # The IDs are kept (sealed) for the proof window: the request still lists them.
+    logged = {r["request_id"]: r for r in ws.log()}
+    assert logged[request_ids[1]]["sample_ids"] == ids[4:]
+    keys = [row["key"] for row in ws.catalog.query("SELECT key FROM request_secrets")]
+    assert len(keys) == 2  # the two requests' sample-ID keys
+
+    ws.set_retention(id_days=0)
+    done = svc.shred_due()
+    assert sorted(d["request_id"] for d in done["shredded"]) == sorted(request_ids)
+    assert done["wal_truncated"]
+
+    files = _workspace_bytes(root)
+    assert any(p.endswith("catalog.sqlite-wal") for p in files)  # the server still has it open
+    assert any("/certificates/" in p for p in files) and any("/checkpoints/" in p for p in files)
+    assert _found(root, [*reasons, *(i.encode() for i in ids), *map(bytes, keys)]) == []
+    # ... while the chain verifies, each request reads as erased, never an error ...
+    assert ws.catalog.verify_ledger()[0] == len(ws.ledger())
+    for rid in request_ids:
+        req = svc.request(rid)
+        assert req["state"] == "certified" and req["reason"] is None
+        assert req["erased"] == {"reason": True, "sample_ids": True}
+    for r in ws.log():
+        assert r["sample_ids"] is None and r["reason"] is None and r["erased"]["sample_ids"]
+    assert [r["request_id"] for r in svc.requests(submitted_by="alice")] == [request_ids[0]]
+    # ... and the certificates, which name the samples by keyed hash, still verify.
+    for rid in request_ids:
+        body = verify_certificate(stored_certificate(root, rid), workspace_public_key(ws))
+        assert set(body["sample_hmacs"] + body["held_out_hmacs"]) <= {
+            ws.keyed_hash("sample", i) for i in ids
+        }
+    # The ledger can still confirm a claimed reason (by its keyed hash), not reveal it.
+    received = ws.ledger(request_id=request_ids[0])[0]["payload"]
+    assert received["reason_hmac"] == ws.keyed_hash("reason", REASON)
+    assert REASON not in json.dumps(ws.ledger())
+
+
+def test_a_forgotten_id_stays_refused_after_shredding(flow):
+    svc, ids, _ = flow
+    ws = svc.workspace
+    ws.set_retention(id_days=0)
+    svc.shred_due()
+    assert not {r["sample_id"] for r in ws.samples()} & set(ids)
+    tombstones = {r["sample_id"] for r in ws.samples(forgotten=True)}
+    assert tombstones == {ws.tombstone(i) for i in ids}
+    with pytest.raises(UnknownSampleError, match="already forgotten"):
+        svc.submit(sample_ids=[ids[0]], reason="again")
+    with pytest.raises(UnknownSampleError, match="already forgotten"):
+        svc.forget(ids=[ids[4]])
+    # The source still holds the forgotten rows: they are matched to their hashed
+    # tombstones, so they are neither "unknown" nor trained on, nor scored as held out.
+    active, forgotten = ws.active_and_forgotten()
+    assert set(map(str, forgotten.ids)) == {ids[0], ids[1], ids[2], ids[4], ids[5]}
+    val, test = ws.held_out()
+    assert ids[3] not in {*map(str, val.ids), *map(str, test.ids)}
+    model = svc.train(model="logreg", config=TrainConfig.parse(epochs=1), seed=1)
+    assert ws.catalog.model(model)["n_train"] == len(active)
+
+
+def test_ids_are_kept_for_the_proof_window_then_shredded(flow):
+    svc, ids, (queued, _) = flow
+    ws = svc.workspace
+    assert ws.retention() == {"reason": 0, "sample_ids": 30}
+    certified = min(e["timestamp"] for e in ws.ledger() if e["state"] == "certified")
+    at = datetime.fromisoformat(certified)
+    assert svc.shred_due((at + timedelta(days=29)).isoformat())["shredded"] == []
+    assert {r["request_id"]: r for r in ws.log()}[queued]["sample_ids"] == ids[:3]
+    done = svc.shred_due((at + timedelta(days=31)).isoformat())
+    assert {d["field"] for d in done["shredded"]} == {"sample_ids"}
+    assert svc.request(queued)["erased"]["sample_ids"]
+
+
+def test_retention_is_validated_and_shown_by_the_cli(flow):
+    svc, _, _ = flow
+    root = svc.workspace.root
+    before = workspace_snapshot(root)
+    with pytest.raises(InvalidParameterError, match="whole number of days"):
+        svc.workspace.set_retention(id_days=-1)
+    assert workspace_snapshot(root) == before
+    runner = CliRunner()
+    out = runner.invoke(app, ["ledger", "retention", "--id-days", "0", "-w", str(root), "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["retention_days"]["sample_ids"] == 0
+    out = runner.invoke(app, ["ledger", "shred", "-w", str(root), "--json"])
+    assert out.exit_code == 0 and len(json.loads(out.stdout)["shredded"]) == 2
+    bad = runner.invoke(app, ["ledger", "retention", "--reason-days", "-3", "-w", str(root)])
+    assert bad.exit_code == 2 and "whole number of days" in bad.output
+
+
+def test_an_audit_after_the_ids_are_erased_says_why(flow):
+    from unbake.service.audit import audit_request
+
+    svc, _, (queued, _) = flow
+    svc.workspace.set_retention(id_days=0)
+    svc.shred_due()
+    with pytest.raises(WorkspaceError, match="were erased"):
+        audit_request(svc.workspace, request_id=queued)
+
+
+_KILLED_SHRED = """
+import os, sys
+from unbake.workspace import Workspace
+from unbake.workspace.catalog import Catalog
+Catalog.checkpoint = lambda self: os._exit(9)  # killed after the commit, before the WAL fold
+with Workspace.open(sys.argv[1]) as ws:
+    ws.shred_due()
+"""
+
+
+def test_a_shred_killed_at_any_step_leaves_a_consistent_workspace(flow, monkeypatch):
+    svc, ids, request_ids = flow
+    ws, root = svc.workspace, svc.workspace.root
+    ws.set_retention(id_days=0)
+    keys = [bytes(r["key"]) for r in ws.catalog.query("SELECT key FROM request_secrets")]
+    # A failure inside the transaction (a crash before its commit) changes nothing.
+    before = workspace_snapshot(root)
+    monkeypatch.setattr(Workspace, "tombstone", lambda self, sid: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        ws.shred_due()
+    monkeypatch.undo()
+    assert workspace_snapshot(root) == before
+    assert {r["request_id"]: r for r in ws.log()}[request_ids[1]]["sample_ids"] == ids[4:]
+    # Killed after the commit: the shred is done; its WAL is folded in by the next call.
+    svc.close()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_SHRED, str(root)], env=env)
+    assert killed.returncode == 9
+    assert _found(root, keys)  # the catalog file still holds the keys' old pages
+    with Workspace.open(root) as again:
+        assert again.catalog.verify_ledger()
+        assert all(r["erased"]["sample_ids"] for r in again.log())
+        assert again.shred_due()["shredded"] == [] and again.catalog.checkpoint()
+        assert _found(root, [*(i.encode() for i in ids), *keys]) == []
+        with pytest.raises(UnknownSampleError, match="already forgotten"):
+            apply.forget(again, ids=[ids[0]])
+
+
+def test_an_old_catalog_is_sealed_on_open_and_its_chain_kept(tmp_path, service_template):
+    """A v7 catalog stored reasons and IDs in the clear: on open its request and queue
+    rows are sealed; its ledger entries keep theirs (rewriting them would break the chain)."""
+    import shutil
+
+    from tests.conftest import UNDO_V8
+
+    root = tmp_path / "ws"
+    shutil.copytree(service_template[0], root)
+    sid = service_template[1][0]
+    db = sqlite3.connect(root / "catalog.sqlite", isolation_level=None)
+    db.executescript(";".join(UNDO_V8))
+    now = datetime.now().astimezone().isoformat()
+    db.execute("BEGIN")
+    received = {"selector": {"ids": 1}, "deadline": now, "reason": REASON}
+    ledger.append_entry(db.cursor(), "req-old", "received", received, now)
+    ledger.append_entry(db.cursor(), "req-old", "queued", {}, now)
+    db.execute(
+        "INSERT INTO queue(request_id, received_at, selector, sample_ids, params, reason) "
+        "VALUES ('req-old', ?, '{\"ids\": 1}', ?, '{}', ?)",
+        (now, json.dumps([sid]), REASON),
+    )
+    db.execute("COMMIT")
+    db.close()
+    with DeletionService(root) as svc:
+        ws = svc.workspace
+        (row,) = ws.catalog.query("SELECT reason, sample_ids FROM queue")
+        assert REASON not in row["reason"] and sid not in row["sample_ids"]
+        assert svc.request("req-old")["reason"] == REASON  # read from its old ledger entry
+        assert drain(svc, once=True, certify=True) == 1
+        assert ws.catalog.verify_ledger()
+        ws.set_retention(id_days=0)
+        svc.shred_due()
+        assert [r["sample_ids"] for r in ws.log()] == [None]
+        # The honest limit: the old received entry still holds the reason in the chain.
+        assert [p.rsplit("/", 1)[-1] for p in _found(root, [REASON.encode()])] == ["catalog.sqlite"]
+        assert _found(root, [sid.encode()]) == []
