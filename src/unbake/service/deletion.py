@@ -439,7 +439,9 @@ class DeletionService:
                 job.seed,
                 job.device,
                 job.model_id,
-                None if job.reason is None else personal.seal(cur, request_id, "reason", job.reason),
+                None
+                if job.reason is None
+                else personal.seal(cur, request_id, "reason", job.reason),
                 job.submitted_by,
             ),
         )

@@ -59,7 +59,9 @@ def seal(cur, request_id: str, field: str, value: Any) -> str:
     """``value`` (JSON-encodable) sealed under the request's key for ``field``."""
     nonce = os.urandom(12)
     data = json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
-    box = AESGCM(_key(cur, request_id, field)).encrypt(nonce, data, f"{request_id}:{field}".encode())
+    box = AESGCM(_key(cur, request_id, field)).encrypt(
+        nonce, data, f"{request_id}:{field}".encode()
+    )
     return json.dumps(
         {
             "nonce": base64.b64encode(nonce).decode(),

@@ -525,7 +525,9 @@ class Workspace:
         (whole days >= 0; ``None``: unchanged) before :meth:`shred_due` erases them."""
         given = {"reason": reason_days, "sample_ids": id_days}
         for f, days in given.items():
-            if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 0):
+            if days is not None and (
+                isinstance(days, bool) or not isinstance(days, int) or days < 0
+            ):
                 raise InvalidParameterError(
                     f"The retention of a request's {f} must be a whole number of days >= 0; "
                     f"got {days!r}."
