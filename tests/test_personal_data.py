@@ -24,6 +24,8 @@ from unbake.service.deletion import drain
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace import ledger
 from unbake.workspace.certificates import (
+    issue_certificate,
+    read_certificate,
     stored_certificate,
     verify_certificate,
     workspace_public_key,
@@ -105,6 +107,11 @@ def test_no_reason_nor_forgotten_id_is_left_in_any_byte_after_shredding(flow):
         assert set(body["sample_hmacs"] + body["held_out_hmacs"]) <= {
             ws.keyed_hash("sample", i) for i in ids
         }
+    # A certificate issued again names the same samples, from the hashed tombstones.
+    again = read_certificate(issue_certificate(ws, request_ids[0])[0])
+    first = json.loads(files[next(p for p in files if p.endswith(f"{request_ids[0]}.json"))])
+    assert again["sample_hmacs"] == first["certificate"]["sample_hmacs"] != []
+    assert again["held_out_hmacs"] == first["certificate"]["held_out_hmacs"] != []
     # The ledger can still confirm a claimed reason (by its keyed hash), not reveal it.
     received = ws.ledger(request_id=request_ids[0])[0]["payload"]
     assert received["reason_hmac"] == ws.keyed_hash("reason", REASON)

@@ -493,6 +493,19 @@ class Workspace:
         hash (the certificate's ``sample_hmacs`` entry), prefixed ``hmac:``."""
         return TOMBSTONE_PREFIX + self.keyed_hash("sample", sample_id)
 
+    def forgotten_hmacs(self, request_id: str) -> tuple[list[str], list[str]]:
+        """(training, held-out) samples ``request_id`` forgot, each as its keyed hash, sorted:
+        what its certificate names, from the tombstones (clear or already shredded)."""
+        out: dict[bool, list[str]] = {True: [], False: []}
+        for r in self.catalog.query(
+            "SELECT sample_id, split FROM samples WHERE request_id = ? AND status = 'forgotten'",
+            (request_id,),
+        ):
+            sid = r["sample_id"]
+            hashed = sid if sid.startswith(TOMBSTONE_PREFIX) else self.tombstone(sid)
+            out[r["split"] == "train"].append(hashed.removeprefix(TOMBSTONE_PREFIX))
+        return sorted(out[True]), sorted(out[False])
+
     def tombstoned(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Those of ``ids`` (absent from the catalog in the clear) that are shredded
         tombstones, each with its row (split, status, request): they were forgotten."""
