@@ -254,3 +254,23 @@ def test_an_old_catalog_is_sealed_on_open_and_its_chain_kept(tmp_path, service_t
         # The honest limit: the old received entry still holds the reason in the chain.
         assert [p.rsplit("/", 1)[-1] for p in _found(root, [REASON.encode()])] == ["catalog.sqlite"]
         assert _found(root, [sid.encode()]) == []
+
+
+def test_the_rest_api_shows_an_erased_request_and_its_ledger_without_the_reason(flow):
+    from fastapi.testclient import TestClient
+
+    from unbake.service.api import create_app
+    from unbake.workspace.tokens import create_token
+
+    svc, _, (queued, _) = flow
+    svc.workspace.set_retention(id_days=0)
+    svc.shred_due()
+    token, _ = create_token(svc.workspace, "operator")
+    with TestClient(create_app(svc)) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        req = client.get(f"/v1/requests/{queued}", headers=headers)
+        assert req.status_code == 200
+        assert req.json()["reason"] is None
+        assert req.json()["erased"] == {"reason": True, "sample_ids": True}
+        page = client.get("/v1/ledger", headers=headers)
+        assert page.status_code == 200 and "example.org" not in page.text

@@ -136,7 +136,6 @@ def forget(
         resolve_device(device)  # an unknown or absent device: fail before the lock
     selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
     ticket = Ticket(new_id("req"), utcnow(), selector.to_dict(ws.subject_hmac))
-    ticket.personal = ws.personal_hashes(reason, selector.ids)
     with ws.lock():
         if idempotency_key is not None:
             ticket.key_hash, ticket.fingerprint = ws.request_fingerprint(
@@ -147,6 +146,8 @@ def forget(
                 return done
         active, _ = ws.active_and_forgotten()
         chosen = ws.select(selector, active=active)
+        # As the queue does: the IDs named, or the subject's at receipt (not a class's).
+        ticket.personal = ws.personal_hashes(reason, chosen if label is None else ())
         in_train = set(active.ids[active.mask_of(chosen)].astype(str))
         part = RequestPart(
             ticket,
