@@ -274,3 +274,23 @@ def test_the_rest_api_shows_an_erased_request_and_its_ledger_without_the_reason(
         assert req.json()["erased"] == {"reason": True, "sample_ids": True}
         page = client.get("/v1/ledger", headers=headers)
         assert page.status_code == 200 and "example.org" not in page.text
+
+
+def test_a_subject_request_leaves_neither_the_subject_nor_its_ids(tmp_path):
+    from unbake.testing import tiny_dataset
+
+    root = tmp_path / "ws"
+    with Workspace.create(root, dataset=tiny_dataset()) as ws:
+        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1), seed=0)
+        ids = [r["sample_id"] for r in ws.samples(subject="subject-03")]
+        record = apply.forget(ws, subject="subject-03", reason=REASON)
+        issue_certificate(ws, record.request_id)
+        ws.set_retention(id_days=0)
+        assert len(ws.shred_due()["shredded"]) == 2  # the reason's key and the IDs' key
+        needles = [b"subject-03", REASON.encode(), *(i.encode() for i in ids)]
+        assert len(ids) == 20 and _found(root, needles) == []
+        assert ws.catalog.verify_ledger()
+        with pytest.raises(UnknownSampleError):
+            apply.forget(ws, subject="subject-03")
+        with pytest.raises(UnknownSampleError, match="already forgotten"):
+            apply.forget(ws, ids=ids[:1])
