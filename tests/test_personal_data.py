@@ -126,8 +126,7 @@ def test_a_forgotten_id_stays_refused_after_shredding(flow):
     assert not {r["sample_id"] for r in ws.samples()} & set(ids)
     tombstones = {r["sample_id"] for r in ws.samples(forgotten=True)}
     assert tombstones == {ws.tombstone(i) for i in ids}
-    with pytest.raises(UnknownSampleError, match="already forgotten"):
-        svc.submit(sample_ids=[ids[0]], reason="again")
+    assert _refused(svc, [ids[0]]) and _refused(svc, [ids[3]])
     with pytest.raises(UnknownSampleError, match="already forgotten"):
         svc.forget(ids=[ids[4]])
     # The source still holds the forgotten rows: they are matched to their hashed
@@ -138,6 +137,32 @@ def test_a_forgotten_id_stays_refused_after_shredding(flow):
     assert ids[3] not in {*map(str, val.ids), *map(str, test.ids)}
     model = svc.train(model="logreg", config=TrainConfig.parse(epochs=1), seed=1)
     assert ws.catalog.model(model)["n_train"] == len(active)
+
+
+def _refused(svc, ids) -> bool:
+    """Whether a request for ``ids`` is refused: at the door, or (where the door answers
+    every request alike) by the worker, which rejects it."""
+    try:
+        sub = svc.submit(sample_ids=ids, reason="again")
+    except UnknownSampleError as exc:
+        return "already forgotten" in str(exc)
+    drain(svc, once=True, certify=True)
+    return svc.request(sub.request_id)["state"] == "rejected"
+
+
+def test_a_request_queued_before_its_ids_were_forgotten_and_shredded_is_rejected(flow):
+    svc, _, _ = flow
+    ws = svc.workspace
+    target = next(r["sample_id"] for r in ws.samples() if r["split"] == "train")
+    late = svc.submit(sample_ids=[target], reason=REASON)
+    svc.forget(ids=[target])  # forgotten meanwhile, then certified and shredded
+    ws.set_retention(id_days=0)
+    svc.certify_pending()
+    assert ws.tombstone(target) in {r["sample_id"] for r in ws.samples(forgotten=True)}
+    drain(svc, once=True, certify=True)
+    entries = svc.request(late.request_id)["entries"]
+    assert entries[-1]["state"] == "rejected" and "forgotten" in entries[-1]["payload"]["reason"]
+    assert target not in entries[-1]["payload"]["reason"]
 
 
 def test_ids_are_kept_for_the_proof_window_then_shredded(flow):
