@@ -36,6 +36,7 @@ rate is a lower bound of what the server alone sustains.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -61,6 +62,7 @@ __all__ = [
     "best_level",
     "fuzz_api",
     "service_benchmark",
+    "worker_kill9_runs",
 ]
 
 SPEC = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
@@ -78,12 +80,13 @@ def _free_port() -> int:
 
 
 class _Server:
-    """``unbake serve --no-worker`` in a child process on a free loopback port."""
+    """``unbake serve --no-worker`` in a child process on a free loopback port; with
+    ``serve_options``, those options instead of ``--no-worker`` (its own worker, say)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, serve_options: list[str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "unbake.cli", "serve", "--no-worker"]
+        cmd = [sys.executable, "-m", "unbake.cli", "serve", *(serve_options or ["--no-worker"])]
         cmd += ["--workspace", str(root), "--port", str(self.port)]
         self._log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by kill)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
@@ -336,6 +339,124 @@ def _kill9_run(root: Path, train: list[str], token: str, run: int, n: int, conc:
         "requests_after_retry": len(set(received)),
         "lost": lost,
         "duplicated": duplicated,
+    }
+
+
+#: The policy of the supervised kill -9 runs: small batches, applied at once.
+_KILL_POLICY = """version = 1
+[batch]
+max_requests = 4
+max_seconds = 0.2
+[models.default]
+fallback = "retrain"
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux: read from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def worker_kill9_runs(
+    root: Path,
+    train: list[str],
+    token: str,
+    *,
+    runs: int,
+    seed: int = 0,
+    per_run: int = 2,
+    timeout: float = 180.0,
+) -> dict[str, Any]:
+    """Kill ``unbake serve``'s own worker with SIGKILL ``runs`` times, then wait, filing
+    nothing more, until every request is certified.
+
+    ``root`` is a workspace with a model; ``token`` an operator's. One server runs
+    throughout, with its supervisor restarting the worker (restart window 1 s, so the
+    kills never exhaust its crash-loop limit). Each run files ``per_run`` one-sample
+    requests, then kills the worker: on even runs while a request is ``applying`` (the
+    moment that left requests stuck before), on odd runs at a seeded random moment of
+    its life (starting, idle, applying or certifying). After the last kill no request is
+    filed, so nothing but the restarted worker's own recovery can finish them. Returns
+    the counts the service benchmark reports: ``stuck_after_restart`` (not certified
+    within ``timeout`` seconds of the last kill; must be 0), ``applied_more_than_once``
+    (must be 0), ``seconds_to_certified_after_last_kill``, ``ledger_verified``.
+    """
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    picks = iter(rng.permutation(train).tolist())
+    policy = root.parent / f"{root.name}-kill-policy.toml"
+    policy.write_text(_KILL_POLICY)
+    server = _Server(root, ["--policy", str(policy), "--restart-window", "1"])
+    headers = {"Authorization": f"Bearer {token}"}
+    rids: list[str] = []
+    kills: list[dict[str, Any]] = []
+    try:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+
+            def applying() -> bool:
+                got = client.get("/v1/requests", params={"state": "applying"})
+                return got.status_code == 200 and bool(got.json())
+
+            def worker_pid(deadline: float) -> int:
+                while time.monotonic() < deadline:
+                    pids = _children(server.proc.pid)
+                    if pids:
+                        return pids[0]
+                    time.sleep(0.02)
+                raise RuntimeError("unbake serve did not restart its worker")
+
+            for run in range(runs):
+                for _ in range(per_run):
+                    answer = client.post("/v1/requests", json={"sample_ids": [next(picks)]})
+                    answer.raise_for_status()
+                    rids.append(answer.json()["request_id"])
+                pid = worker_pid(time.monotonic() + 60)
+                if run % 2 == 0:  # while applying (or, if it never shows, after 30 s)
+                    deadline = time.monotonic() + 30
+                    while not applying() and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    time.sleep(float(rng.uniform(0, 0.05)))
+                else:
+                    time.sleep(float(rng.uniform(0, 3.0)))
+                hit = applying()
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                kills.append({"run": run, "while_applying": hit})
+                # Wait for the supervisor to notice, so the next run kills the new worker.
+                deadline = time.monotonic() + 30
+                while pid in _children(server.proc.pid) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            last_kill = time.monotonic()
+            pending = set(rids)
+            while pending and time.monotonic() - last_kill < timeout:
+                for rid in list(pending):
+                    if client.get(f"/v1/requests/{rid}").json().get("state") == "certified":
+                        pending.discard(rid)
+                if pending:
+                    time.sleep(0.1)
+            seconds = time.monotonic() - last_kill
+            verified = client.get("/v1/ledger/verify")
+            rows = client.get("/v1/ledger", params={"limit": 10_000}).json()["entries"]
+    finally:
+        server.kill()
+        policy.unlink(missing_ok=True)
+    applied = collections.Counter(e["request_id"] for e in rows if e["state"] == "applied")
+    return {
+        "kill9_runs": runs,
+        "requests": len(rids),
+        "kills_while_applying": sum(k["while_applying"] for k in kills),
+        "stuck_after_restart": len(pending),
+        "applied_more_than_once": sum(1 for r in rids if applied[r] > 1),
+        "never_applied": sum(1 for r in rids if applied[r] == 0),
+        "seconds_to_certified_after_last_kill": round(seconds, 3),
+        "ledger_verified": verified.status_code == 200 and verified.json()["valid"] is True,
     }
 
 
