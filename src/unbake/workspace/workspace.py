@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from unbake._version import __version__
 from unbake.data import DATASETS, SPLITS, Dataset, Samples, content_hashes, load_dataset
 from unbake.evaluation import Evaluation
 from unbake.exceptions import (
@@ -213,8 +214,6 @@ def _purge_references(
 
 
 def unbake_version() -> str:
-    from unbake import __version__  # the package imports this module: read it late
-
     return __version__
 
 
