@@ -70,6 +70,26 @@ _PLAIN = {"markup": False, "emoji": False, "highlight": False}
 console = Console(width=None if sys.stdout.isatty() else 200, **_PLAIN)
 err_console = Console(stderr=True, **_PLAIN)
 
+def _print_version(value: bool) -> None:
+    if value:
+        from unbake._version import __version__
+
+        console.print(f"unbake {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version, exit."
+        ),
+    ] = False,
+) -> None:
+    """Remove training data from trained models, verify it is gone, and record it."""
+
+
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
 DEFAULT_WS = Path("unbake-workspace")

@@ -597,7 +597,7 @@ def _fuzz(tmp: Path, examples: int) -> dict[str, Any]:
 def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
     del data_dir  # digits ships with scikit-learn
     n, concurrency = (300, 32) if quick else (20_000, 64)  # per sweep level; kill -9 load
-    kill_runs, kill_n = (2, 200) if quick else (10, 2_000)
+    kill_runs, kill_n = (2, 200) if quick else (100, 500)
     worker_runs = 2 if quick else 100
     sizes = (1, 10) if quick else (1, 10, 100)
     examples = 5 if quick else 100
