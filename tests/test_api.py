@@ -1,5 +1,6 @@
 """The REST API (`unbake serve`): requests, auth and roles, bad input, metrics, the spec."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -224,8 +225,13 @@ def test_applied_request_changes_the_served_model_and_certificate_verifies(env):
     assert abs(sum(after["probabilities"][0]) - 1) < 1e-5
     cert = client.get(f"/v1/requests/{rid}/certificate", headers=auth(tokens["auditor"]))
     assert cert.status_code == 200
-    key = client.get("/v1/public-key", headers=auth(tokens["auditor"])).text.encode()
+    public = client.get("/v1/public-key", headers=auth(tokens["auditor"]))
+    key = public.text.encode()
+    assert public.headers["unbake-key-fingerprint"] == hashlib.sha256(key).hexdigest()
     body = verify_certificate(cert.content, key)  # the exact file: verifies offline
+    # Strict JSON (2 samples: no MIA-LR score, which is null, never a bare NaN).
+    strict = json.loads(cert.content, parse_constant=lambda name: pytest.fail(name))
+    assert strict["certificate"]["verification"]["metrics"]["mia_lr"] is None
     assert body["request_id"] == rid
     state = client.get(f"/v1/requests/{rid}", headers=op).json()
     assert state["state"] == "certified" and state["model_after"] == after["model_id"]

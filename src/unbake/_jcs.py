@@ -36,7 +36,7 @@ def number(value: float) -> str:
     if value < 0:
         return "-" + number(-value)
     # repr() gives the shortest digits that round-trip, as ECMAScript requires.
-    sign, digits, exponent = Decimal(repr(value)).as_tuple()
+    _sign, digits, exponent = Decimal(repr(value)).as_tuple()
     text = "".join(map(str, digits)).rstrip("0")
     exponent += len(digits) - len(text)
     k = len(text)

@@ -9,7 +9,8 @@ with ``unbake token create --role R``):
 - ``GET /v1/requests/{id}/certificate``: the signed certificate file; as above.
 - ``GET /v1/ledger``, ``GET /v1/ledger/verify``: the ledger, its chain checked; operator,
   auditor.
-- ``GET /v1/public-key``: the workspace's Ed25519 public key; every role.
+- ``GET /v1/public-key``: the workspace's Ed25519 public key (PEM), its SHA-256
+  fingerprint in the ``Unbake-Key-Fingerprint`` header; every role.
 - ``POST /v1/predict``: predictions of the current model; operator, auditor.
 - ``GET /v1/models/current``: the current model; every role.
 - ``GET /metrics``: Prometheus text; operator, auditor.
@@ -66,7 +67,7 @@ from unbake.service.deletion import DeletionService
 from unbake.service.serving import ServedModel
 from unbake.service.supervisor import WORKER_STATES, WorkerSupervisor
 from unbake.workspace import ledger
-from unbake.workspace.certificates import stored_certificate, workspace_public_key
+from unbake.workspace.certificates import fingerprint, stored_certificate, workspace_public_key
 from unbake.workspace.tokens import Principal, TokenCache
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "openapi_spec"]
@@ -85,6 +86,8 @@ TOKEN_CACHE = 10_000
 #: Threads that run blocking endpoints (each accepted request waits for its group commit).
 THREADS = 256
 VERSION = "1"
+#: The response header of ``/v1/public-key`` that holds the key's SHA-256 fingerprint.
+FINGERPRINT_HEADER = "Unbake-Key-Fingerprint"
 
 
 # --- request and response bodies ----------------------------------------------------
@@ -630,22 +633,33 @@ def create_app(
             return LedgerCheck(valid=False, head=None, error=str(exc))
         return LedgerCheck(valid=True, head=LedgerHead(seq=seq, hash=digest), error=None)
 
-    def text_route(path: str, summary: str):
+    def text_route(path: str, summary: str, headers: dict[str, Any] | None = None):
         """A GET route answering text/plain (its errors are JSON, as everywhere)."""
+        ok = {200: {"description": "Successful Response", "headers": headers}} if headers else {}
         return app.get(
             path,
             response_class=PlainTextResponse,
-            responses=_responses(*auth_errors, text=True),
+            responses={**ok, **_responses(*auth_errors, text=True)},
             summary=summary,
         )
 
     @text_route(
         "/v1/public-key",
         "The workspace's Ed25519 public key (PEM), to verify certificates offline",
+        {
+            FINGERPRINT_HEADER: {
+                "description": "The key's fingerprint: the SHA-256 (hex) of this PEM body, as "
+                "`sha256sum` prints it and as certificates name it (public_key_sha256).",
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            }
+        },
     )
     def public_key(who: Anyone) -> PlainTextResponse:
         del who
-        return PlainTextResponse(workspace_public_key(service.workspace).decode("ascii"))
+        pem = workspace_public_key(service.workspace)
+        return PlainTextResponse(
+            pem.decode("ascii"), headers={FINGERPRINT_HEADER: fingerprint(pem)}
+        )
 
     @app.post(
         "/v1/predict",
