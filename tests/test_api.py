@@ -115,7 +115,7 @@ def test_subject_and_class_requests(env):
 
 #: (method, path, body, the roles allowed); "{id}" is a request filed by "submitter".
 ENDPOINTS = [
-    ("post", "/v1/requests", {"class": 1}, {"submitter", "operator"}),
+    ("post", "/v1/requests", "IDS", {"submitter", "operator"}),  # a training ID per role
     ("get", "/v1/requests", None, {"submitter", "operator", "auditor"}),
     ("get", "/v1/requests/{id}", None, {"submitter", "operator", "auditor"}),
     ("get", "/v1/requests/{id}/certificate", None, {"submitter", "operator", "auditor"}),
@@ -134,15 +134,16 @@ def test_auth_and_roles(env, method, path, body, allowed):
     rid = svc.submit(sample_ids=train[:1], submitted_by=_name(svc, tokens["submitter"]))
     path = path.replace("{id}", rid.request_id)
 
-    def call(headers):
-        return client.request(method.upper(), path, json=body, headers=headers)
+    def call(headers, i=0):
+        payload = {"sample_ids": [train[1 + i]]} if body == "IDS" else body
+        return client.request(method.upper(), path, json=payload, headers=headers)
 
     for headers in ({}, auth("ubk_nope_nope"), {"Authorization": "Basic dXNlcjpwYXNz"}):
         r = call(headers)
         assert r.status_code == 401, (headers, r.text)
         assert r.headers["www-authenticate"] == "Bearer" and "token" in r.json()["error"]["message"]
-    for role in ROLES:
-        r = call(auth(tokens[role]))
+    for i, role in enumerate(ROLES):
+        r = call(auth(tokens[role]), i)
         if role in allowed:
             # The certificate of a queued request: 404 (not certified yet), not an auth error.
             assert r.status_code in (200, 202, 404), (role, r.text)
