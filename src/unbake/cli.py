@@ -1621,7 +1621,7 @@ def serve(
         return
     from unbake.service import DeletionService
     from unbake.service.api import create_app
-    from unbake.service.policy import load_policy
+    from unbake.service.policy import Limits, load_policy
     from unbake.service.supervisor import WorkerSupervisor
 
     rules = load_policy(policy) if policy is not None else None  # refused before serving
@@ -1639,6 +1639,10 @@ def serve(
                 port=port,
                 log_level="warning",
                 access_log=False,
+                # h11 (when httptools is absent) refuses large headers itself, without JSON:
+                # leave that to the app's [limits] max_header_bytes (431).
+                h11_max_incomplete_event_size=2
+                * (rules.limits if rules else Limits()).max_header_bytes,
             )
 
 
