@@ -5,8 +5,11 @@ imports only ``json``, ``hashlib``, ``decimal`` and ``cryptography``.
 """
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,9 +33,14 @@ from unbake.workspace.ledger import canonical_json
 DOC = Path(__file__).resolve().parents[1] / "docs" / "certificates.md"
 
 
+def _doc_script() -> str:
+    (script,) = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    return script
+
+
 def _doc_verifier() -> dict:
     """The namespace of the Python script in docs/certificates.md (not run as __main__)."""
-    (script,) = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    script = _doc_script()
     imports = re.findall(r"^(?:from|import) (\S+)", script, flags=re.M)
     assert not [
         m
@@ -80,6 +88,23 @@ def test_every_certificate_is_strict_json_and_verifies_without_unbake(certified)
         assert b"NaN" not in data and b"Infinity" not in data
     # A request of fewer than 5 samples has no MIA-LR score: null, where it was a bare NaN.
     assert undefined >= 2
+
+
+def test_the_documented_script_runs_as_printed(certified, tmp_path):
+    root, key = certified
+    (tmp_path / "verify_certificate.py").write_text(_doc_script())
+    (tmp_path / "public-key.pem").write_bytes(key)
+    cert = sorted((root / "certificates").glob("*.json"))[0]
+    run = subprocess.run(
+        [sys.executable, "-I", "verify_certificate.py", str(cert), "public-key.pem"],
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"valid: request {cert.stem}, key {fingerprint(key)}\n"
 
 
 def test_the_independent_verifier_refuses_tampering(certified):
