@@ -988,6 +988,15 @@ def status(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> No
             f"OVERDUE: request {r['request_id']} ({r['state']}) was received "
             f"{r['received_at'][:19]} and was due {r['deadline'][:19]}."
         )
+    for r in st["stuck_requests"]:
+        console.print(
+            f"STUCK: request {r['request_id']} has been applying since {r['since'][:19]} "
+            f"({r['seconds']:.0f} s); is `unbake worker` (or `unbake serve`) running?"
+        )
+    for r in st["failed_requests"]:
+        console.print(
+            f"FAILED: request {r['request_id']} at {r['at'][:19]}: {r['reason']}", markup=False
+        )
 
 
 @app.command()
@@ -1599,11 +1608,24 @@ def serve(
             "window) and for new requests' deadlines."
         ),
     ] = None,
+    stuck_after: Annotated[
+        float,
+        typer.Option(help="Seconds after which a request still applying makes /healthz degraded."),
+    ] = 900.0,
+    restart_window: Annotated[
+        float,
+        typer.Option(
+            help="The worker is left stopped after 5 exits within this many seconds "
+            "(/healthz then says degraded); each restart waits 0.5 s, doubled for each "
+            "exit within it."
+        ),
+    ] = 60.0,
     workspace: WorkspaceOpt = DEFAULT_WS,
 ) -> None:
     """Serve the REST API (file requests, read the ledger and certificates, predict), and
     by default run the worker that applies queued requests in its own process, restarted
-    with backoff when it exits (not after 5 exits in 60 s: /healthz then says degraded)."""
+    with backoff when it exits (not after 5 exits in 60 s: /healthz then says degraded).
+    A restarted worker resumes at once what the killed one was applying."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -1624,17 +1646,25 @@ def serve(
     from unbake.service.policy import Limits, load_policy
     from unbake.service.supervisor import WorkerSupervisor
 
+    if stuck_after <= 0 or restart_window <= 0:
+        raise InvalidParameterError(
+            f"--stuck-after and --restart-window must be > 0 seconds; got {stuck_after:g} "
+            f"and {restart_window:g}."
+        )
     rules = load_policy(policy) if policy is not None else None  # refused before serving
     command = None if no_worker else _worker_command(workspace, policy)
     _log_to_stderr("unbake.serve")
     # Leaving the block stops the worker first (SIGTERM: it finishes its batch), then the
     # service.
-    with DeletionService(workspace, policy=rules) as svc, WorkerSupervisor(command) as worker:
+    with (
+        DeletionService(workspace, policy=rules) as svc,
+        WorkerSupervisor(command, window=restart_window) as worker,
+    ):
         who = f"; worker pid {worker.pid}" if worker.pid is not None else "; no worker"
         console.print(f"Serving workspace {workspace} on http://{host}:{port}{who} (Ctrl-C stops).")
         with _stop_on_signals():
             uvicorn.run(
-                create_app(svc, worker=worker),
+                create_app(svc, worker=worker, stuck_after=stuck_after),
                 host=host,
                 port=port,
                 log_level="warning",

@@ -76,7 +76,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unbake.exceptions import IntegrityError, NotFoundError, UnbakeError, WorkspaceError
-from unbake.service.deletion import DeletionService
+from unbake.service.deletion import STUCK_AFTER, DeletionService
 from unbake.service.policy import Limits
 from unbake.service.serving import ServedModel
 from unbake.service.supervisor import WORKER_STATES, WorkerSupervisor
@@ -245,13 +245,30 @@ class WorkerHealth(BaseModel):
     last_exit_code: int | None = Field(description="Its last exit code (-9: SIGKILL).")
 
 
+class RequestHealth(BaseModel):
+    stuck_applying: int = Field(
+        description="Requests applying for longer than stuck_after_seconds (a worker that "
+        "hangs, or none that runs)."
+    )
+    oldest_applying_seconds: float = Field(description="How long the oldest of those has been.")
+    stuck_after_seconds: float = Field(description="The threshold (`unbake serve --stuck-after`).")
+    overdue: int = Field(description="Requests not yet applied whose deadline has passed.")
+    most_overdue_seconds: float = Field(description="How far past its deadline the worst is.")
+    failed: int = Field(
+        description="Requests that failed (retries spent); their reason is on the request."
+    )
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"] = Field(
-        description="'degraded' when the worker failed: requests are accepted and queued, "
-        "but none is applied until the server is restarted."
+        description="'degraded' when the worker failed (requests are accepted and queued, "
+        "but none is applied until the server is restarted), or a request is stuck applying "
+        "or past its deadline; `problems` says which."
     )
+    problems: list[str] = Field(description="One line per reason for 'degraded'.")
     schema_version: str | None
     worker: WorkerHealth
+    requests: RequestHealth
 
 
 class ErrorInfo(BaseModel):
@@ -512,8 +529,33 @@ def _summary(name: str, help_text: str, values: list[float]) -> list[str]:
     return lines
 
 
-def render_metrics(service: DeletionService, served: ServedModel) -> str:
-    """The Prometheus text exposition of queue depth, requests per state, latencies."""
+def health_problems(worker: dict[str, Any], requests: dict[str, Any]) -> list[str]:
+    """Why the service is degraded (none: it is not): the worker's state and
+    :meth:`DeletionService.health`'s figures, as one line each."""
+    problems = []
+    if worker["state"] == "failed":
+        problems.append(
+            "the worker exited too often and is left stopped; see the server's log, fix the "
+            "cause and restart `unbake serve`"
+        )
+    if requests["stuck_applying"]:
+        problems.append(
+            f"{requests['stuck_applying']} requests have been applying for more than "
+            f"{requests['stuck_after_seconds']:g} s (the oldest {requests['oldest_applying_seconds']:.0f} s)"
+        )
+    if requests["overdue"]:
+        problems.append(
+            f"{requests['overdue']} requests are past their deadline (the worst by "
+            f"{requests['most_overdue_seconds']:.0f} s); see `unbake status`"
+        )
+    return problems
+
+
+def render_metrics(
+    service: DeletionService, served: ServedModel, *, stuck_after: float = STUCK_AFTER
+) -> str:
+    """The Prometheus text exposition of queue depth, requests per state, latencies, and
+    requests stuck applying or past their deadline."""
     counts = service.state_counts()
     lines = [
         "# HELP unbake_queue_depth Deletion requests waiting for the worker.",
@@ -534,6 +576,31 @@ def render_metrics(service: DeletionService, served: ServedModel) -> str:
         f"Seconds from received to applied (last {LATENCY_WINDOW} applied requests).",
         lat["request"],
     )
+    health = service.health(stuck_after=stuck_after)
+    gauges = (
+        (
+            "requests_stuck_applying",
+            "stuck_applying",
+            f"Requests applying for longer than {stuck_after:g} s.",
+        ),
+        (
+            "requests_stuck_applying_oldest_seconds",
+            "oldest_applying_seconds",
+            "Seconds the oldest stuck request has been applying (0: none).",
+        ),
+        ("requests_overdue", "overdue", "Requests not yet applied whose deadline has passed."),
+        (
+            "requests_overdue_max_seconds",
+            "most_overdue_seconds",
+            "Seconds the most overdue request is past its deadline (0: none).",
+        ),
+    )
+    for name, key, help_text in gauges:
+        lines += [
+            f"# HELP unbake_{name} {help_text}",
+            f"# TYPE unbake_{name} gauge",
+            f"unbake_{name} {health[key]:.6g}",
+        ]
     lines += [
         "# HELP unbake_model_swaps_total Times this server swapped its served model.",
         "# TYPE unbake_model_swaps_total counter",
@@ -609,13 +676,16 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     worker: WorkerSupervisor | None = None,
+    stuck_after: float = STUCK_AFTER,
     limits: Limits | None = None,
     rate_limit: RateLimit | None = None,
 ) -> FastAPI:
     """The ASGI application over ``service`` (``None`` only to build the OpenAPI schema);
-    ``/healthz`` reports ``worker``'s state (none: ``disabled``). ``limits`` (default: the
-    ``[limits]`` of the service's policy) caps headers, what a submitter may erase, and
-    each token's request rate (``rate_limit``, if given, stands in for that rate)."""
+    ``/healthz`` reports ``worker``'s state (none: ``disabled``), and is ``degraded`` while
+    a request has been applying for more than ``stuck_after`` seconds or is overdue.
+    ``limits`` (default: the ``[limits]`` of the service's policy) caps headers, what a
+    submitter may erase, and each token's request rate (``rate_limit``, if given, stands
+    in for that rate)."""
     worker = worker if worker is not None else WorkerSupervisor(None)
     if limits is None:
         policy = service.policy if service is not None else None
@@ -896,7 +966,8 @@ def create_app(
     def metrics(who: Readers) -> PlainTextResponse:
         del who
         return PlainTextResponse(
-            render_metrics(service, served), media_type="text/plain; version=0.0.4"
+            render_metrics(service, served, stuck_after=stuck_after),
+            media_type="text/plain; version=0.0.4",
         )
 
     @app.get(
@@ -904,10 +975,14 @@ def create_app(
     )
     def healthz() -> Health:
         state = worker.health()
+        requests = service.health(stuck_after=stuck_after)
+        problems = health_problems(state, requests)
         return Health(
-            status="degraded" if state["state"] == "failed" else "ok",
+            status="degraded" if problems else "ok",
+            problems=problems,
             schema_version=service.workspace.catalog.meta("schema_version"),
             worker=WorkerHealth(**state),
+            requests=RequestHealth(**requests),
         )
 
     app.add_middleware(_BodyLimit, limit=max_body_bytes)

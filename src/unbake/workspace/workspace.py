@@ -24,7 +24,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from unbake.workspace.keys import SECRET, create_secret, keyed_hash, load_secret
 
 __all__ = [
     "DEFAULT_WORKSPACE",
+    "STUCK_AFTER",
     "ApplyOutcome",
     "ForgetSelector",
     "RequestPart",
@@ -60,10 +61,14 @@ __all__ = [
     "Ticket",
     "Workspace",
     "check_workspace_path",
+    "failure_reason",
     "new_id",
 ]
 
 DEFAULT_WORKSPACE = "unbake-workspace"
+#: Seconds after which a request still ``applying`` counts as stuck (``unbake status``,
+#: ``/healthz``): no deletion run of unbake's own takes that long on the data it serves.
+STUCK_AFTER = 900.0
 CATALOG = "catalog.sqlite"
 CHECKPOINTS = "checkpoints"
 
@@ -111,6 +116,11 @@ class RequestRecord:
     @property
     def changed_model(self) -> bool:
         return self.model_after != self.model_before
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``exc`` as one line of at most 500 characters, for a ``failed`` ledger entry."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
 
 
 @dataclass
@@ -842,7 +852,7 @@ class Workspace:
         reported, and the request is simply not in the ledger (or still ``applying``,
         which the worker's recovery puts back in the queue).
         """
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        reason = failure_reason(exc)
         with contextlib.suppress(UnbakeError, OSError), self.catalog.transaction() as cur:
             for ticket in tickets:
                 self._ledger_start(cur, ticket, method, model_before)
@@ -874,6 +884,43 @@ class Workspace:
                     }
                 )
         return out
+
+    def attention(
+        self, *, stuck_after: float = STUCK_AFTER, now: datetime | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The requests an operator must look at, oldest first: ``stuck`` (applying for
+        more than ``stuck_after`` seconds: its worker hangs or is gone), ``failed`` (its
+        retries spent, with the reason) and ``overdue`` (:meth:`overdue`)."""
+        now = now or datetime.now(timezone.utc)
+        stuck, failed = [], []
+        for r in self.catalog.query(
+            "SELECT request_id, state, timestamp, payload FROM ledger WHERE seq IN "
+            "(SELECT MAX(seq) FROM ledger GROUP BY request_id) "
+            "AND state IN ('applying', 'failed') ORDER BY seq"
+        ):
+            if r["state"] == "failed":
+                payload = self.catalog.parse_json(
+                    r["payload"], f"ledger entry of {r['request_id']}"
+                )
+                failed.append(
+                    {
+                        "request_id": r["request_id"],
+                        "at": r["timestamp"],
+                        "reason": payload.get("reason"),
+                    }
+                )
+                continue
+            seconds = (now - datetime.fromisoformat(r["timestamp"])).total_seconds()
+            if seconds > stuck_after:
+                stuck.append(
+                    {
+                        "request_id": r["request_id"],
+                        "since": r["timestamp"],
+                        "seconds": round(seconds, 3),
+                    }
+                )
+        overdue = self.overdue(now.isoformat(timespec="microseconds"))
+        return {"stuck": stuck, "failed": failed, "overdue": overdue}
 
     def deadline_for(self, received_at: str, days: int | None = None) -> str:
         """When a request received at ``received_at`` must be done (GDPR art. 12(3)).
@@ -1054,13 +1101,14 @@ class Workspace:
 
     def status(self) -> dict[str, Any]:
         """Counts (active training samples, forgotten rows of every split, active rows per split),
-        subjects, models."""
+        subjects, models, and the requests to look at (:meth:`attention`)."""
         counts = {
             (r["split"], r["status"]): r["n"]
             for r in self.catalog.query(
                 "SELECT split, status, COUNT(*) AS n FROM samples GROUP BY split, status"
             )
         }
+        attention = self.attention()
         return {
             "workspace": str(self.root),
             "dataset": self.dataset_spec,
@@ -1073,7 +1121,9 @@ class Workspace:
                 "SELECT COUNT(DISTINCT subject) AS n FROM samples WHERE status='active' AND subject IS NOT NULL"
             )[0]["n"],
             "models": self.catalog.models(),
-            "overdue_requests": self.overdue(),
+            "overdue_requests": attention["overdue"],
+            "stuck_requests": attention["stuck"],
+            "failed_requests": attention["failed"],
         }
 
     def samples(self, *, subject: str | None = None, forgotten: bool = False) -> list[dict]:
