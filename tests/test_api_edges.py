@@ -189,3 +189,16 @@ def test_docs_serves_swagger_ui_from_the_package_files(make, monkeypatch, tmp_pa
         got = client.get(url)
         assert got.status_code == 200 and got.text == f"/* {url.rsplit('/', 1)[1]} */"
     assert "'/openapi.json'" in page and client.get("/openapi.json").status_code == 200
+
+
+def test_docs_with_the_real_swagger_ui_bundle_serves_every_asset(make):
+    pytest.importorskip("swagger_ui_bundle")  # the [service] extra's swagger-ui-bundle
+    build, _, _ = make
+    client, _ = build()
+    page = client.get("/docs").text
+    assert not EXTERNAL.findall(page), EXTERNAL.findall(page)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert len(assets) == 3
+    for url in assets:
+        got = client.get(url)
+        assert got.status_code == 200 and len(got.content) > 100, url
