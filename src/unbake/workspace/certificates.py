@@ -58,6 +58,7 @@ __all__ = [
 FORMAT = "unbake-certificate/2"
 #: Format 1: signed over :func:`unbake.workspace.ledger.canonical_json` (not RFC 8785).
 LEGACY_FORMAT = "unbake-certificate/1"
+_READ = (FORMAT, LEGACY_FORMAT)
 #: The workspace folder that keeps each issued certificate, as ``REQUEST_ID.json``.
 CERTIFICATES = "certificates"
 _HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
@@ -163,15 +164,7 @@ def _parse(data: bytes) -> tuple[dict[str, Any], str]:
         ) from None
     body = document.get("certificate") if isinstance(document, dict) else None
     found = body.get("format") if isinstance(body, dict) else None
-    if (
-        isinstance(found, str)
-        and found.startswith("unbake-certificate/")
-        and found
-        not in (
-            FORMAT,
-            LEGACY_FORMAT,
-        )
-    ):
+    if isinstance(found, str) and found.startswith("unbake-certificate/") and found not in _READ:
         raise CertificateError(
             f"The certificate has format {found!r}, which this unbake does not read (it "
             f"reads {FORMAT} and {LEGACY_FORMAT}); verify it with a newer unbake."
@@ -187,7 +180,7 @@ def _parse(data: bytes) -> tuple[dict[str, Any], str]:
         not isinstance(document, dict)
         or set(document) != {"certificate", "signature"}
         or not isinstance(body, dict)
-        or found not in (FORMAT, LEGACY_FORMAT)
+        or found not in _READ
         or not isinstance(signature, dict)
         or set(signature) != {"algorithm", "value"}
         or signature["algorithm"] != "Ed25519"
