@@ -1406,19 +1406,24 @@ def certificate_verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check a certificate's signature offline (no workspace needed); exit 2 if it fails."""
-    from unbake.workspace.certificates import verify_certificate
+    from unbake.workspace.certificates import LEGACY_FORMAT, fingerprint, verify_certificate
 
-    body = verify_certificate(
-        _read_input(file, "certificate"), _read_input(public_key, "public key")
-    )
+    key = _read_input(public_key, "public key")
+    body = verify_certificate(_read_input(file, "certificate"), key)
     if as_json:
-        _emit_json({"valid": True, "certificate": body})
+        _emit_json({"valid": True, "key_fingerprint": fingerprint(key), "certificate": body})
         return
     console.print(
         f"Valid: request {body['request_id']}, {len(body['sample_hmacs'])} samples, "
         f"{body['method']} ({body['guarantee']}), model {body['model_before']['id']} → "
         f"{body['model_after']['id']}, issued {body['issued_at'][:19]}."
     )
+    console.print(f"Signed by the key with SHA-256 fingerprint {fingerprint(key)}.", soft_wrap=True)
+    if body["format"] == LEGACY_FORMAT:
+        console.print(
+            f"Format {LEGACY_FORMAT} (before RFC 8785: signed over Python's sorted-key JSON); "
+            "certificates issued now are signed over RFC 8785 canonical JSON."
+        )
 
 
 @certificate_app.command("check-subject")
@@ -1658,7 +1663,7 @@ def serve(
         return
     from unbake.service import DeletionService
     from unbake.service.api import create_app
-    from unbake.service.policy import load_policy
+    from unbake.service.policy import Limits, load_policy
     from unbake.service.supervisor import WorkerSupervisor
 
     if stuck_after <= 0 or restart_window <= 0:
@@ -1684,6 +1689,10 @@ def serve(
                 port=port,
                 log_level="warning",
                 access_log=False,
+                # h11 (when httptools is absent) refuses large headers itself, without JSON:
+                # leave that to the app's [limits] max_header_bytes (431).
+                h11_max_incomplete_event_size=2
+                * (rules.limits if rules else Limits()).max_header_bytes,
             )
 
 

@@ -14,6 +14,12 @@ one line naming the key and the fix)::
     [retry]                          # optional: a failing run is retried with backoff
     max_attempts = 3                 # then the request is failed, with its reason
 
+    [limits]                         # what the REST service accepts (all optional)
+    max_ids_per_request = 10000      # more IDs in one request need an operator token
+    submitter_may_erase_class = false
+    rate_per_minute = 600            # per token (leave out: no limit); 429 + Retry-After
+    max_header_bytes = 16384         # larger headers: 431
+
     [models.sisa]                    # section names are yours; `match` picks the models
     match = { strategy = "sisa" }
     fallback = "sisa"                # exact: retrains only the shards that saw the data
@@ -93,6 +99,7 @@ else:  # pragma: no cover
 __all__ = [
     "Attempt",
     "BatchWindow",
+    "Limits",
     "ModelInfo",
     "ModelPolicy",
     "Outcome",
@@ -402,8 +409,43 @@ class Retry(_Strict):
         return min(self.max_backoff_seconds, self.backoff_seconds * 2.0 ** (attempts - 1))
 
 
+class Limits(_Strict):
+    """What the REST service accepts (``[limits]``; every key optional, defaults below)."""
+
+    max_ids_per_request: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="sample IDs a submitter's request may name; more need an operator token",
+    )
+    submitter_may_erase_class: bool = Field(
+        False,
+        description="whether a submitter token may erase a whole class (else only an operator)",
+    )
+    rate_per_minute: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="requests per minute one token may make (leave out: no limit)",
+    )
+    burst: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="requests one token may make at once before the rate applies "
+        "(default: one minute's worth)",
+    )
+    max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1 << 20,
+        description="the largest total size of a request's headers, in bytes",
+    )
+
+
 class Policy(_Strict):
-    """A deletion policy: its sections per model, the batch window and the deadline."""
+    """A deletion policy: its sections per model, the batch window and the deadline,
+    and the REST service's limits."""
 
     version: Literal[1] = Field(1, description="the policy format, version = 1")
     deadline_days: int | None = Field(
@@ -421,6 +463,9 @@ class Policy(_Strict):
     )
     models: dict[str, ModelPolicy] = Field(
         min_length=1, description="one section per kind of model, like [models.default]"
+    )
+    limits: Limits = Field(
+        default_factory=Limits, description="a [limits] table: what the REST service accepts"
     )
 
     @field_validator("models")
@@ -569,6 +614,7 @@ def check_policy(policy: Policy, info: ModelInfo) -> dict[str, Any]:
         "deadline_days": policy.deadline_days,
         "batch": policy.batch.model_dump(),
         "retry": policy.retry.model_dump(),
+        "limits": policy.limits.model_dump(),
         "steps": [s.to_dict() for s in plan],
         "sections": list(policy.models),
         "notes": notes,
