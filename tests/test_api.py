@@ -1,5 +1,6 @@
 """The REST API (`unbake serve`): requests, auth and roles, bad input, metrics, the spec."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_subject_and_class_requests(env):
 
 #: (method, path, body, the roles allowed); "{id}" is a request filed by "submitter".
 ENDPOINTS = [
-    ("post", "/v1/requests", {"class": 1}, {"submitter", "operator"}),
+    ("post", "/v1/requests", "IDS", {"submitter", "operator"}),  # a training ID per role
     ("get", "/v1/requests", None, {"submitter", "operator", "auditor"}),
     ("get", "/v1/requests/{id}", None, {"submitter", "operator", "auditor"}),
     ("get", "/v1/requests/{id}/certificate", None, {"submitter", "operator", "auditor"}),
@@ -133,15 +134,16 @@ def test_auth_and_roles(env, method, path, body, allowed):
     rid = svc.submit(sample_ids=train[:1], submitted_by=_name(svc, tokens["submitter"]))
     path = path.replace("{id}", rid.request_id)
 
-    def call(headers):
-        return client.request(method.upper(), path, json=body, headers=headers)
+    def call(headers, i=0):
+        payload = {"sample_ids": [train[1 + i]]} if body == "IDS" else body
+        return client.request(method.upper(), path, json=payload, headers=headers)
 
     for headers in ({}, auth("ubk_nope_nope"), {"Authorization": "Basic dXNlcjpwYXNz"}):
         r = call(headers)
         assert r.status_code == 401, (headers, r.text)
         assert r.headers["www-authenticate"] == "Bearer" and "token" in r.json()["error"]["message"]
-    for role in ROLES:
-        r = call(auth(tokens[role]))
+    for i, role in enumerate(ROLES):
+        r = call(auth(tokens[role]), i)
         if role in allowed:
             # The certificate of a queued request: 404 (not certified yet), not an auth error.
             assert r.status_code in (200, 202, 404), (role, r.text)
@@ -224,8 +226,13 @@ def test_applied_request_changes_the_served_model_and_certificate_verifies(env):
     assert abs(sum(after["probabilities"][0]) - 1) < 1e-5
     cert = client.get(f"/v1/requests/{rid}/certificate", headers=auth(tokens["auditor"]))
     assert cert.status_code == 200
-    key = client.get("/v1/public-key", headers=auth(tokens["auditor"])).text.encode()
+    public = client.get("/v1/public-key", headers=auth(tokens["auditor"]))
+    key = public.text.encode()
+    assert public.headers["unbake-key-fingerprint"] == hashlib.sha256(key).hexdigest()
     body = verify_certificate(cert.content, key)  # the exact file: verifies offline
+    # Strict JSON (2 samples: no MIA-LR score, which is null, never a bare NaN).
+    strict = json.loads(cert.content, parse_constant=lambda name: pytest.fail(name))
+    assert strict["certificate"]["verification"]["metrics"]["mia_lr"] is None
     assert body["request_id"] == rid
     state = client.get(f"/v1/requests/{rid}", headers=op).json()
     assert state["state"] == "certified" and state["model_after"] == after["model_id"]

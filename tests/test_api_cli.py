@@ -103,7 +103,8 @@ def _wait(ready, proc, what, timeout=60.0):
 
 
 def test_serve_answers_over_http_and_stops_on_sigterm(ws_root):
-    token = runner.invoke(app, ["token", "create", "--role", "submitter", "-w", str(ws_root)])
+    # An operator: a whole class is more than a submitter may erase (the policy's [limits]).
+    token = runner.invoke(app, ["token", "create", "--role", "operator", "-w", str(ws_root)])
     headers = {"Authorization": f"Bearer {token.stdout.strip()}"}
     proc, url = _serve(ws_root, "--no-worker")
     port = url.rsplit(":", 1)[1]

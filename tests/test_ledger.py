@@ -53,19 +53,27 @@ def test_forget_records_received_applying_applied_and_chains(ws):
     assert applied["model_after"] == rec.model_after and applied["n_samples"] == 3
 
 
+def _status_and_failed(ws):
+    """``unbake status`` but its failed requests, and those (a failure shows there)."""
+    status = ws.status()
+    return status, status.pop("failed_requests")
+
+
 def test_a_failure_is_recorded_and_changes_nothing_else(ws, monkeypatch):
     from unbake.methods.gradient import Finetune
 
     def boom(self, task, **kw):
         raise RuntimeError("disk on fire")
 
-    before = ws.status()
+    before = _status_and_failed(ws)
     monkeypatch.setattr(Finetune, "unlearn", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         apply.forget(ws, ids=_ids(2), **FAST, idempotency_key="k")
-    assert ws.status() == before and ws.log() == []
+    after, failed = _status_and_failed(ws)
+    assert after == before[0] and ws.log() == []
     (rid,) = {r["request_id"] for r in ws.catalog.ledger_rows()}
     assert _states(ws, rid) == ["received", "applying", "failed"]
+    assert [f["request_id"] for f in failed] == [rid]  # `unbake status` shows it
     assert "disk on fire" in ws.catalog.request_entries(rid)[-1]["payload"]["reason"]
     monkeypatch.undo()
     # A retry with the same key continues the same request.
@@ -239,12 +247,14 @@ def test_a_failed_checkpoint_write_is_recorded_too(ws, monkeypatch):
     def full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    before = ws.status()
+    before = _status_and_failed(ws)
     monkeypatch.setattr(Workspace, "_write_model", full)
     with pytest.raises(OSError, match="No space"):
         apply.forget(ws, ids=_ids(2), **FAST)
-    assert ws.status() == before and ws.log() == []
+    after, failed = _status_and_failed(ws)
+    assert after == before[0] and ws.log() == []
     (row,) = [r for r in ws.catalog.ledger_rows() if r["state"] == "failed"]
+    assert [f["request_id"] for f in failed] == [row["request_id"]]
     assert "No space left" in json.loads(row["payload"])["reason"]
     ws.catalog.verify_ledger()
 

@@ -319,3 +319,57 @@ def test_a_subject_request_leaves_neither_the_subject_nor_its_ids(tmp_path):
             apply.forget(ws, subject="subject-03")
         with pytest.raises(UnknownSampleError, match="already forgotten"):
             apply.forget(ws, ids=ids[:1])
+
+
+def test_an_idle_worker_shreds_what_falls_due(flow, monkeypatch):
+    import threading
+    import time
+
+    import unbake.service.deletion as deletion
+
+    svc, _, (queued, _) = flow
+    assert not svc.request(queued)["erased"]["sample_ids"]
+    svc.workspace.set_retention(id_days=0)  # due now, with no request left to apply
+    monkeypatch.setattr(deletion, "SHRED_EVERY", 0.0)
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=drain,
+        args=(svc,),
+        kwargs={"once": False, "certify": True, "stop": stop, "poll": 0.01},
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120  # a bound on waiting, not a speed claim
+        while not svc.request(queued)["erased"]["sample_ids"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join()
+    assert svc.request(queued)["erased"]["sample_ids"]
+
+
+def test_a_request_that_failed_for_good_is_shredded_too(flow, monkeypatch):
+    from unbake.methods.retrain import Retrain
+
+    svc, _, _ = flow
+    ws = svc.workspace
+    target = next(r["sample_id"] for r in ws.samples() if r["split"] == "train")
+
+    def boom(self, task, **kw):
+        raise RuntimeError("disk on fire")
+
+    import unbake.service.deletion as deletion
+    from unbake.service.policy import Retry
+
+    monkeypatch.setattr(Retrain, "unlearn", boom)
+    monkeypatch.setattr(deletion, "_retry_of", lambda policy: Retry(max_attempts=1))
+    sub = svc.submit(sample_ids=[target], reason=REASON, method="retrain")
+    drain(svc, once=True, certify=True)
+    assert svc.request(sub.request_id)["state"] == "failed"
+    assert ws.catalog.secrets(sub.request_id)  # the reason's key went, the IDs' is kept
+    ws.set_retention(id_days=0)
+    done = svc.shred_due()
+    assert {(d["request_id"], d["field"]) for d in done["shredded"]} >= {
+        (sub.request_id, "sample_ids")
+    }
+    assert not ws.catalog.secrets(sub.request_id)

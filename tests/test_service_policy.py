@@ -114,7 +114,8 @@ def test_a_failing_fallback_fails_the_requests_with_every_attempt(root, train_id
 
     monkeypatch.setattr(METHODS.get("retrain"), "unlearn", boom)
     before = _checkpoint_files(root)
-    req = _apply(root, _policy(STRICT), train_ids[:3])
+    once = "[retry]\nmax_attempts = 1\n"  # no retry (test_worker_recovery.py tests those)
+    req = _apply(root, once + _policy(STRICT), train_ids[:3])
     assert req["state"] == "failed"
     failed = req["entries"][-1]["payload"]
     assert "PolicyFailedError" in failed["reason"] and "disk on fire" in failed["reason"]

@@ -15,6 +15,7 @@ import unbake._threads as _threads  # noqa: F401
 from unbake import families as _families  # noqa: F401  (registers sisa and certified)
 from unbake import methods as _methods  # noqa: F401  (registers the built-in methods)
 from unbake._threads import ThreadPolicyWarning, configure_threads
+from unbake._version import __version__
 from unbake.data import DATASETS, Dataset, Samples, load_dataset
 from unbake.evaluation import Evaluation, avg_gap, evaluate
 from unbake.exceptions import (
@@ -33,8 +34,6 @@ from unbake.models import MODELS, ModelSpec, build_model
 from unbake.service import DeletionService
 from unbake.training import STRATEGIES, TrainConfig, TrainedModel, fit
 from unbake.workspace import Workspace
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DATASETS",

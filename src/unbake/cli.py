@@ -70,6 +70,27 @@ _PLAIN = {"markup": False, "emoji": False, "highlight": False}
 console = Console(width=None if sys.stdout.isatty() else 200, **_PLAIN)
 err_console = Console(stderr=True, **_PLAIN)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from unbake._version import __version__
+
+        console.print(f"unbake {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version, exit."
+        ),
+    ] = False,
+) -> None:
+    """Remove training data from trained models, verify it is gone, and record it."""
+
+
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
 DEFAULT_WS = Path("unbake-workspace")
@@ -988,6 +1009,15 @@ def status(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> No
             f"OVERDUE: request {r['request_id']} ({r['state']}) was received "
             f"{r['received_at'][:19]} and was due {r['deadline'][:19]}."
         )
+    for r in st["stuck_requests"]:
+        console.print(
+            f"STUCK: request {r['request_id']} has been applying since {r['since'][:19]} "
+            f"({r['seconds']:.0f} s); is `unbake worker` (or `unbake serve`) running?"
+        )
+    for r in st["failed_requests"]:
+        console.print(
+            f"FAILED: request {r['request_id']} at {r['at'][:19]}: {r['reason']}", markup=False
+        )
 
 
 @app.command()
@@ -1427,19 +1457,24 @@ def certificate_verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check a certificate's signature offline (no workspace needed); exit 2 if it fails."""
-    from unbake.workspace.certificates import verify_certificate
+    from unbake.workspace.certificates import LEGACY_FORMAT, fingerprint, verify_certificate
 
-    body = verify_certificate(
-        _read_input(file, "certificate"), _read_input(public_key, "public key")
-    )
+    key = _read_input(public_key, "public key")
+    body = verify_certificate(_read_input(file, "certificate"), key)
     if as_json:
-        _emit_json({"valid": True, "certificate": body})
+        _emit_json({"valid": True, "key_fingerprint": fingerprint(key), "certificate": body})
         return
     console.print(
         f"Valid: request {body['request_id']}, {len(body['sample_hmacs'])} samples, "
         f"{body['method']} ({body['guarantee']}), model {body['model_before']['id']} → "
         f"{body['model_after']['id']}, issued {body['issued_at'][:19]}."
     )
+    console.print(f"Signed by the key with SHA-256 fingerprint {fingerprint(key)}.", soft_wrap=True)
+    if body["format"] == LEGACY_FORMAT:
+        console.print(
+            f"Format {LEGACY_FORMAT} (before RFC 8785: signed over Python's sorted-key JSON); "
+            "certificates issued now are signed over RFC 8785 canonical JSON."
+        )
 
 
 @certificate_app.command("check-subject")
@@ -1644,11 +1679,24 @@ def serve(
             "window) and for new requests' deadlines."
         ),
     ] = None,
+    stuck_after: Annotated[
+        float,
+        typer.Option(help="Seconds after which a request still applying makes /healthz degraded."),
+    ] = 900.0,
+    restart_window: Annotated[
+        float,
+        typer.Option(
+            help="The worker is left stopped after 5 exits within this many seconds "
+            "(/healthz then says degraded); each restart waits 0.5 s, doubled for each "
+            "exit within it."
+        ),
+    ] = 60.0,
     workspace: WorkspaceOpt = DEFAULT_WS,
 ) -> None:
     """Serve the REST API (file requests, read the ledger and certificates, predict), and
     by default run the worker that applies queued requests in its own process, restarted
-    with backoff when it exits (not after 5 exits in 60 s: /healthz then says degraded)."""
+    with backoff when it exits (not after 5 exits in 60 s: /healthz then says degraded).
+    A restarted worker resumes at once what the killed one was applying."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -1666,24 +1714,36 @@ def serve(
         return
     from unbake.service import DeletionService
     from unbake.service.api import create_app
-    from unbake.service.policy import load_policy
+    from unbake.service.policy import Limits, load_policy
     from unbake.service.supervisor import WorkerSupervisor
 
+    if stuck_after <= 0 or restart_window <= 0:
+        raise InvalidParameterError(
+            f"--stuck-after and --restart-window must be > 0 seconds; got {stuck_after:g} "
+            f"and {restart_window:g}."
+        )
     rules = load_policy(policy) if policy is not None else None  # refused before serving
     command = None if no_worker else _worker_command(workspace, policy)
     _log_to_stderr("unbake.serve")
     # Leaving the block stops the worker first (SIGTERM: it finishes its batch), then the
     # service.
-    with DeletionService(workspace, policy=rules) as svc, WorkerSupervisor(command) as worker:
+    with (
+        DeletionService(workspace, policy=rules) as svc,
+        WorkerSupervisor(command, window=restart_window) as worker,
+    ):
         who = f"; worker pid {worker.pid}" if worker.pid is not None else "; no worker"
         console.print(f"Serving workspace {workspace} on http://{host}:{port}{who} (Ctrl-C stops).")
         with _stop_on_signals():
             uvicorn.run(
-                create_app(svc, worker=worker),
+                create_app(svc, worker=worker, stuck_after=stuck_after),
                 host=host,
                 port=port,
                 log_level="warning",
                 access_log=False,
+                # h11 (when httptools is absent) refuses large headers itself, without JSON:
+                # leave that to the app's [limits] max_header_bytes (431).
+                h11_max_incomplete_event_size=2
+                * (rules.limits if rules else Limits()).max_header_bytes,
             )
 
 

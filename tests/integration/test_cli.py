@@ -410,3 +410,10 @@ def test_held_out_subject_forgotten_then_deleted_from_csv(tmp_path):
     res = run("train", "--model", "logreg", "--epochs", "2", "--workspace", ws, "--json")
     assert res.exit_code == 0, res.output
     assert_one_line_error(run("forget", "--subject", held, "--workspace", ws), "already forgotten")
+
+
+def test_version_is_the_distributions():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"unbake {version('unbake')}"

@@ -15,7 +15,9 @@ times and a fuzz run against the committed OpenAPI schema.
    as much as the server, on the same 2 cores; the same sweep from a lean asyncio client
    (:class:`_RawClient`) is reported beside it (``*_lean_client``), to show what the
    server sustains when the cores are its own.
-2. **kill -9.** ``kill9_runs`` times: a server is killed with SIGKILL in the middle of a
+2. **kill -9.** Of the worker: :func:`worker_kill9_runs`, ``worker_kill9_runs`` times
+   (100 in the full run) through ``unbake serve``'s supervisor, with nothing filed after
+   each kill (``stuck_after_restart`` must be 0). Of the server: ``kill9_runs`` times, a server is killed with SIGKILL in the middle of a
    load (after 10 %, 20 %, ... 90 % of the answers, by run), restarted, and every request sent (each with its own idempotency key) is sent
    again. A request acknowledged before the kill must come back as a duplicate (not
    lost), and the ledger must hold exactly one request per key (nothing duplicated)
@@ -36,6 +38,7 @@ rate is a lower bound of what the server alone sustains.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -61,6 +64,7 @@ __all__ = [
     "best_level",
     "fuzz_api",
     "service_benchmark",
+    "worker_kill9_runs",
 ]
 
 SPEC = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
@@ -78,12 +82,13 @@ def _free_port() -> int:
 
 
 class _Server:
-    """``unbake serve --no-worker`` in a child process on a free loopback port."""
+    """``unbake serve --no-worker`` in a child process on a free loopback port; with
+    ``serve_options``, those options instead of ``--no-worker`` (its own worker, say)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, serve_options: list[str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "unbake.cli", "serve", "--no-worker"]
+        cmd = [sys.executable, "-m", "unbake.cli", "serve", *(serve_options or ["--no-worker"])]
         cmd += ["--workspace", str(root), "--port", str(self.port)]
         self._log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by kill)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
@@ -339,6 +344,132 @@ def _kill9_run(root: Path, train: list[str], token: str, run: int, n: int, conc:
     }
 
 
+#: The policy of the supervised kill -9 runs: small batches, applied at once.
+_KILL_POLICY = """version = 1
+[batch]
+max_requests = 4
+max_seconds = 0.2
+[models.default]
+fallback = "retrain"
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux: read from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def worker_kill9_runs(
+    root: Path,
+    train: list[str],
+    token: str,
+    *,
+    runs: int,
+    seed: int = 0,
+    per_run: int = 2,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Kill ``unbake serve``'s own worker with SIGKILL ``runs`` times; after each kill,
+    file nothing more and wait until every request filed so far is certified.
+
+    ``root`` is a workspace with a model; ``token`` an operator's. One server runs
+    throughout, its supervisor restarting the worker (restart window 1 s, so the kills
+    never exhaust its crash-loop limit). Each run files ``per_run`` one-sample requests,
+    then kills the worker: on even runs while a request is ``applying`` (the moment that
+    left requests stuck before), on odd runs at a seeded random moment of its life
+    (starting, idle, applying or certifying). Then only the restarted worker's own
+    recovery can finish them. Returns what the service benchmark reports:
+    ``stuck_after_restart`` (requests not certified within ``timeout`` seconds of a kill,
+    summed over runs; must be 0), ``applied_more_than_once`` and ``never_applied`` (must
+    be 0), the most and the median seconds from a kill to the last certificate, and
+    whether the ledger verifies at the end.
+    """
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    picks = iter(rng.permutation(train).tolist())
+    policy = root.parent / f"{root.name}-kill-policy.toml"
+    policy.write_text(_KILL_POLICY)
+    server = _Server(root, ["--policy", str(policy), "--restart-window", "1"])
+    headers = {"Authorization": f"Bearer {token}"}
+    rids: list[str] = []
+    kills: list[dict[str, Any]] = []
+    certified: set[str] = set()
+    try:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+
+            def applying() -> bool:
+                got = client.get("/v1/requests", params={"state": "applying"})
+                return got.status_code == 200 and bool(got.json())
+
+            def worker_pid() -> int:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    pids = _children(server.proc.pid)
+                    if pids:
+                        return pids[0]
+                    time.sleep(0.02)
+                raise RuntimeError("unbake serve did not restart its worker within 60 s")
+
+            for run in range(runs):
+                for _ in range(per_run):
+                    answer = client.post("/v1/requests", json={"sample_ids": [next(picks)]})
+                    answer.raise_for_status()
+                    rids.append(answer.json()["request_id"])
+                pid = worker_pid()
+                if run % 2 == 0:  # while applying (or, if it never shows, after 30 s)
+                    deadline = time.monotonic() + 30
+                    while not applying() and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    time.sleep(float(rng.uniform(0, 0.05)))
+                else:
+                    time.sleep(float(rng.uniform(0, 3.0)))
+                hit = applying()
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed = time.monotonic()
+                while time.monotonic() - killed < timeout:
+                    for rid in rids:
+                        if rid not in certified:
+                            got = client.get(f"/v1/requests/{rid}").json()
+                            if got.get("state") == "certified":
+                                certified.add(rid)
+                    if len(certified) == len(rids):
+                        break
+                    time.sleep(0.05)
+                kills.append(
+                    {
+                        "while_applying": hit,
+                        "seconds": time.monotonic() - killed,
+                        "stuck": len(rids) - len(certified),
+                    }
+                )
+            verified = client.get("/v1/ledger/verify")
+            rows = client.get("/v1/ledger", params={"limit": 10_000}).json()["entries"]
+    finally:
+        server.kill()
+        policy.unlink(missing_ok=True)
+    applied = collections.Counter(e["request_id"] for e in rows if e["state"] == "applied")
+    seconds = [k["seconds"] for k in kills]
+    return {
+        "kill9_runs": runs,
+        "requests": len(rids),
+        "kills_while_applying": sum(k["while_applying"] for k in kills),
+        "stuck_after_restart": sum(k["stuck"] for k in kills),
+        "applied_more_than_once": sum(1 for r in rids if applied[r] > 1),
+        "never_applied": sum(1 for r in rids if applied[r] == 0),
+        "max_seconds_to_certified_after_kill": round(max(seconds), 3),
+        "median_seconds_to_certified_after_kill": round(float(np.median(seconds)), 3),
+        "ledger_verified": verified.status_code == 200 and verified.json()["valid"] is True,
+    }
+
+
 def _end_to_end(strategy: str, sizes: tuple[int, ...], tmp: Path) -> list[dict[str, Any]]:
     """Seconds from the first accept to the last certificate, batched and one by one."""
     import httpx
@@ -466,7 +597,8 @@ def _fuzz(tmp: Path, examples: int) -> dict[str, Any]:
 def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
     del data_dir  # digits ships with scikit-learn
     n, concurrency = (300, 32) if quick else (20_000, 64)  # per sweep level; kill -9 load
-    kill_runs, kill_n = (2, 200) if quick else (10, 2_000)
+    kill_runs, kill_n = (2, 200) if quick else (100, 500)
+    worker_runs = 2 if quick else 100
     sizes = (1, 10) if quick else (1, 10, 100)
     examples = 5 if quick else 100
     with tempfile.TemporaryDirectory(prefix="unbake-bench-service-") as tmp_name:
@@ -488,6 +620,10 @@ def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
                 _kill9_run(kill_root, train, tokens["submitter"], run, kill_n, concurrency)
             )
             shutil.rmtree(kill_root, ignore_errors=True)
+        worker_root = tmp / "worker-kill9"
+        shutil.copytree(root, worker_root)
+        worker = worker_kill9_runs(worker_root, train, tokens["operator"], runs=worker_runs)
+        shutil.rmtree(worker_root, ignore_errors=True)
         e2e = [row for s in ("sisa", "monolithic") for row in _end_to_end(s, sizes, tmp)]
         fuzz = _fuzz(tmp, examples)
     return {
@@ -501,6 +637,7 @@ def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
             "p99_target_ms": P99_TARGET_MS,
             "kill9_runs": kill_runs,
             "kill9_requests": kill_n,
+            "worker_kill9_runs": worker_runs,
             "end_to_end_sizes": list(sizes),
             "sisa": {"shards": 5, "slices": 2},
             "fuzz_examples_per_operation_and_mode": examples,
@@ -508,6 +645,7 @@ def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
         },
         "rows": [{"part": "accept", **r} for c in ("httpx", "raw") for r in sweeps[c]]
         + [{"part": "kill9", **k} for k in kills]
+        + [{"part": "worker_kill9", **worker}]
         + [{"part": "end_to_end", **r} for r in e2e],
         "summary": {
             # The sweep level with the highest rate whose p99 meets the target (else the
@@ -524,6 +662,13 @@ def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
             "target_met_lean_client": raw_met,
             "kill9_runs": kill_runs,
             "kill9_lost_or_duplicated": sum(k["lost"] + k["duplicated"] for k in kills),
+            # The worker killed under `unbake serve`'s supervisor, nothing filed after each
+            # kill: every request must still be certified, exactly once.
+            "worker_kill9_runs": worker["kill9_runs"],
+            "stuck_after_restart": worker["stuck_after_restart"],
+            "worker_kill9_applied_twice_or_never": worker["applied_more_than_once"]
+            + worker["never_applied"],
+            "max_seconds_to_certified_after_kill": worker["max_seconds_to_certified_after_kill"],
             "fuzz_cases": fuzz["cases"],
             "fuzz_failures": len(fuzz["failures"]),
             "fuzz_failure_details": fuzz["failures"][:5],

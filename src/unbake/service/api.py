@@ -9,12 +9,22 @@ with ``unbake token create --role R``):
 - ``GET /v1/requests/{id}/certificate``: the signed certificate file; as above.
 - ``GET /v1/ledger``, ``GET /v1/ledger/verify``: the ledger, its chain checked; operator,
   auditor.
-- ``GET /v1/public-key``: the workspace's Ed25519 public key; every role.
+- ``GET /v1/public-key``: the workspace's Ed25519 public key (PEM), its SHA-256
+  fingerprint in the ``Unbake-Key-Fingerprint`` header; every role.
 - ``POST /v1/predict``: predictions of the current model; operator, auditor.
 - ``GET /v1/models/current``: the current model; every role.
 - ``GET /metrics``: Prometheus text; operator, auditor.
 - ``GET /healthz``: liveness, and the state of the worker that ``unbake serve`` runs
   (``degraded`` once it failed, see :mod:`unbake.service.supervisor`); no token.
+
+- ``GET /docs``: Swagger UI, served from the ``swagger-ui-bundle`` package's files (no
+  CDN; without the package, a plain list of the endpoints saying what to install).
+
+The policy's ``[limits]`` (:class:`~unbake.service.policy.Limits`) caps the request
+headers (431), what a submitter may erase (a whole class, or more than
+``max_ids_per_request`` IDs, needs an operator: 403), and each token's request rate (429
+with ``Retry-After``). A body that names a JSON key twice in one object is refused (400),
+and so is a prediction input that is not finite in the model's dtype (422).
 
 ``POST /v1/requests`` answers ``202`` once the request is durable (committed with
 ``synchronous = FULL`` by the service's group commit). Every error is a JSON body
@@ -49,6 +59,9 @@ FILE`` writes it (the committed copy is ``docs/openapi.json``).
 import contextlib
 import functools
 import json
+import math
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -56,17 +69,19 @@ from typing import Annotated, Any, Literal
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unbake.exceptions import IntegrityError, NotFoundError, UnbakeError, WorkspaceError
-from unbake.service.deletion import DeletionService
+from unbake.service.deletion import STUCK_AFTER, DeletionService
+from unbake.service.policy import Limits
 from unbake.service.serving import ServedModel
 from unbake.service.supervisor import WORKER_STATES, WorkerSupervisor
 from unbake.workspace import ledger
-from unbake.workspace.certificates import stored_certificate, workspace_public_key
+from unbake.workspace.certificates import fingerprint, stored_certificate, workspace_public_key
 from unbake.workspace.tokens import Principal, TokenCache
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "openapi_spec"]
@@ -85,6 +100,8 @@ TOKEN_CACHE = 10_000
 #: Threads that run blocking endpoints (each accepted request waits for its group commit).
 THREADS = 256
 VERSION = "1"
+#: The response header of ``/v1/public-key`` that holds the key's SHA-256 fingerprint.
+FINGERPRINT_HEADER = "Unbake-Key-Fingerprint"
 
 
 # --- request and response bodies ----------------------------------------------------
@@ -233,13 +250,30 @@ class WorkerHealth(BaseModel):
     last_exit_code: int | None = Field(description="Its last exit code (-9: SIGKILL).")
 
 
+class RequestHealth(BaseModel):
+    stuck_applying: int = Field(
+        description="Requests applying for longer than stuck_after_seconds (a worker that "
+        "hangs, or none that runs)."
+    )
+    oldest_applying_seconds: float = Field(description="How long the oldest of those has been.")
+    stuck_after_seconds: float = Field(description="The threshold (`unbake serve --stuck-after`).")
+    overdue: int = Field(description="Requests not yet applied whose deadline has passed.")
+    most_overdue_seconds: float = Field(description="How far past its deadline the worst is.")
+    failed: int = Field(
+        description="Requests that failed (retries spent); their reason is on the request."
+    )
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"] = Field(
-        description="'degraded' when the worker failed: requests are accepted and queued, "
-        "but none is applied until the server is restarted."
+        description="'degraded' when the worker failed (requests are accepted and queued, "
+        "but none is applied until the server is restarted), or a request is stuck applying "
+        "or past its deadline; `problems` says which."
     )
+    problems: list[str] = Field(description="One line per reason for 'degraded'.")
     schema_version: str | None
     worker: WorkerHealth
+    requests: RequestHealth
 
 
 class ErrorInfo(BaseModel):
@@ -297,6 +331,8 @@ _DESCRIPTIONS = {
     409: "The workspace is read-only or busy.",
     413: "The request body is too large.",
     422: "Invalid input (unknown IDs, an empty request, a bad field).",
+    429: "This token made too many requests; retry after the Retry-After seconds.",
+    431: "The request's headers are too large.",
 }
 
 
@@ -312,8 +348,48 @@ def _responses(*codes: int, text: bool = False) -> dict[int | str, dict[str, Any
     return {c: {"model": ErrorBody, "description": _DESCRIPTIONS[c]} for c in codes}
 
 
+class _HeaderLimit:
+    """Refuse a request whose headers exceed ``limit`` bytes in all with 431."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(k) + len(v) + 4 for k, v in scope.get("headers") or ())  # ": ", CRLF
+            if size > self.limit:
+                await _error(
+                    431,
+                    "HeadersTooLarge",
+                    f"The request's headers are {size} bytes, over the limit of {self.limit}; "
+                    "send fewer or shorter headers.",
+                )(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _duplicate_key(body: bytes) -> str | None:
+    """A key that one object of the JSON ``body`` names twice (``None``: none, or not JSON:
+    FastAPI then answers as for any malformed body)."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        if not found and len(set(keys)) != len(keys):
+            found.append(next(k for i, k in enumerate(keys) if k in keys[:i]))
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    return found[0] if found else None
+
+
 class _BodyLimit:
-    """Refuse a body over ``limit`` bytes with 413 before the application reads it."""
+    """Refuse a body over ``limit`` bytes with 413, and one naming a JSON key twice in an
+    object with 400 (which value counts would be the parser's choice), before the
+    application reads it."""
 
     def __init__(self, app, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -344,6 +420,15 @@ class _BodyLimit:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body, sent = b"".join(chunks), False
+        twice = _duplicate_key(body) if body else None
+        if twice is not None:
+            await _error(
+                400,
+                "MalformedJSON",
+                f"The request body names the key {twice[:100]!r} twice in one object; send "
+                "each key once.",
+            )(scope, receive, send)
+            return
 
         async def replay():
             nonlocal sent
@@ -353,6 +438,62 @@ class _BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class RateLimit:
+    """A token bucket per API token: ``burst`` requests at once, refilled at ``per_minute``.
+
+    >>> now = [0.0]
+    >>> limit = RateLimit(per_minute=60, burst=2, clock=lambda: now[0])
+    >>> [limit.wait("t") for _ in range(3)], limit.wait("other")
+    ([0.0, 0.0, 1.0], 0.0)
+    >>> now[0] = 1.0
+    >>> limit.wait("t")
+    0.0
+    """
+
+    def __init__(
+        self,
+        *,
+        per_minute: float,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_minute, self.rate = per_minute, per_minute / 60.0
+        self.burst = float(burst if burst is not None else max(1, math.ceil(per_minute)))
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, key: str) -> float:
+        """0 when ``key`` may make a request now (which is counted), else the seconds until
+        it may."""
+        now = self._clock()
+        with self._lock:
+            tokens, then = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
+def _needs_operator(body: DeletionRequestBody, limits: Limits) -> str | None:
+    """Why a submitter may not file ``body`` itself (``None``: it may)."""
+    if body.class_label is not None and not limits.submitter_may_erase_class:
+        return (
+            "Erasing a whole class needs an operator token (or submitter_may_erase_class = "
+            "true in the policy's [limits]); ask an operator to file this request."
+        )
+    n = len(body.sample_ids or ())
+    if n > limits.max_ids_per_request:
+        return (
+            f"A submitter may name at most {limits.max_ids_per_request} sample IDs in one "
+            f"request (max_ids_per_request in the policy's [limits]), not {n}; split the "
+            "request, or ask an operator to file it."
+        )
+    return None
 
 
 # --- metrics --------------------------------------------------------------------------
@@ -393,8 +534,33 @@ def _summary(name: str, help_text: str, values: list[float]) -> list[str]:
     return lines
 
 
-def render_metrics(service: DeletionService, served: ServedModel) -> str:
-    """The Prometheus text exposition of queue depth, requests per state, latencies."""
+def health_problems(worker: dict[str, Any], requests: dict[str, Any]) -> list[str]:
+    """Why the service is degraded (none: it is not): the worker's state and
+    :meth:`DeletionService.health`'s figures, as one line each."""
+    problems = []
+    if worker["state"] == "failed":
+        problems.append(
+            "the worker exited too often and is left stopped; see the server's log, fix the "
+            "cause and restart `unbake serve`"
+        )
+    if requests["stuck_applying"]:
+        problems.append(
+            f"{requests['stuck_applying']} requests have been applying for more than "
+            f"{requests['stuck_after_seconds']:g} s (the oldest {requests['oldest_applying_seconds']:.0f} s)"
+        )
+    if requests["overdue"]:
+        problems.append(
+            f"{requests['overdue']} requests are past their deadline (the worst by "
+            f"{requests['most_overdue_seconds']:.0f} s); see `unbake status`"
+        )
+    return problems
+
+
+def render_metrics(
+    service: DeletionService, served: ServedModel, *, stuck_after: float = STUCK_AFTER
+) -> str:
+    """The Prometheus text exposition of queue depth, requests per state, latencies, and
+    requests stuck applying or past their deadline."""
     counts = service.state_counts()
     lines = [
         "# HELP unbake_queue_depth Deletion requests waiting for the worker.",
@@ -415,12 +581,96 @@ def render_metrics(service: DeletionService, served: ServedModel) -> str:
         f"Seconds from received to applied (last {LATENCY_WINDOW} applied requests).",
         lat["request"],
     )
+    health = service.health(stuck_after=stuck_after)
+    gauges = (
+        (
+            "requests_stuck_applying",
+            "stuck_applying",
+            f"Requests applying for longer than {stuck_after:g} s.",
+        ),
+        (
+            "requests_stuck_applying_oldest_seconds",
+            "oldest_applying_seconds",
+            "Seconds the oldest stuck request has been applying (0: none).",
+        ),
+        ("requests_overdue", "overdue", "Requests not yet applied whose deadline has passed."),
+        (
+            "requests_overdue_max_seconds",
+            "most_overdue_seconds",
+            "Seconds the most overdue request is past its deadline (0: none).",
+        ),
+    )
+    for name, key, help_text in gauges:
+        lines += [
+            f"# HELP unbake_{name} {help_text}",
+            f"# TYPE unbake_{name} gauge",
+            f"unbake_{name} {health[key]:.6g}",
+        ]
     lines += [
         "# HELP unbake_model_swaps_total Times this server swapped its served model.",
         "# TYPE unbake_model_swaps_total counter",
         f"unbake_model_swaps_total {served.swaps}",
     ]
     return "\n".join(lines) + "\n"
+
+
+# --- /docs, served offline -------------------------------------------------------------
+
+#: Where ``/docs`` serves the Swagger UI files of the ``swagger-ui-bundle`` package.
+DOCS_ASSETS = "/docs/assets"
+#: The package (and the pin) whose files ``/docs`` serves; without it, a plain page.
+SWAGGER_UI_PACKAGE = "swagger-ui-bundle==1.1.0"
+
+
+def _swagger_ui_path() -> Any:
+    """The folder of Swagger UI's files from the ``swagger-ui-bundle`` package, or ``None``."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return swagger_ui_path
+
+
+def _plain_docs(spec: dict[str, Any]) -> str:
+    """An HTML list of the endpoints, for when Swagger UI's files are not installed."""
+    from html import escape
+
+    items = [
+        f"<li><code>{escape(method.upper())} {escape(path)}</code>: "
+        f"{escape(op.get('summary', ''))}</li>"
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+    ]
+    return (
+        f"<!DOCTYPE html><html><head><title>{escape(spec['info']['title'])}</title></head>"
+        f"<body><h1>{escape(spec['info']['title'])}</h1><p>The interactive page needs the "
+        f"Swagger UI files of the <code>{SWAGGER_UI_PACKAGE}</code> package, which is not "
+        f"installed: <code>pip install '{SWAGGER_UI_PACKAGE}'</code>. The schema is at "
+        f'<a href="/openapi.json">/openapi.json</a> (and <code>docs/openapi.json</code>).</p>'
+        f"<ul>{''.join(items)}</ul></body></html>"
+    )
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from files the server holds (never a CDN), else a plain page."""
+    from starlette.staticfiles import StaticFiles
+
+    folder = _swagger_ui_path()
+    if folder is not None:
+        app.mount(DOCS_ASSETS, StaticFiles(directory=str(folder)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if folder is None:
+            return HTMLResponse(_plain_docs(app.openapi()))
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} (API)",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
 
 # --- the application ------------------------------------------------------------------
@@ -431,10 +681,22 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     worker: WorkerSupervisor | None = None,
+    stuck_after: float = STUCK_AFTER,
+    limits: Limits | None = None,
+    rate_limit: RateLimit | None = None,
 ) -> FastAPI:
     """The ASGI application over ``service`` (``None`` only to build the OpenAPI schema);
-    ``/healthz`` reports ``worker``'s state (none: ``disabled``)."""
+    ``/healthz`` reports ``worker``'s state (none: ``disabled``), and is ``degraded`` while
+    a request has been applying for more than ``stuck_after`` seconds or is overdue.
+    ``limits`` (default: the ``[limits]`` of the service's policy) caps headers, what a
+    submitter may erase, and each token's request rate (``rate_limit``, if given, stands
+    in for that rate)."""
     worker = worker if worker is not None else WorkerSupervisor(None)
+    if limits is None:
+        policy = service.policy if service is not None else None
+        limits = policy.limits if policy is not None else Limits()
+    if rate_limit is None and limits.rate_per_minute is not None:
+        rate_limit = RateLimit(per_minute=limits.rate_per_minute, burst=limits.burst)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -447,7 +709,10 @@ def create_app(
         description="File deletion requests, follow them through the ledger, fetch their "
         "signed certificates, and query the current (unlearned) model.",
         lifespan=lifespan,
+        docs_url=None,  # /docs: served from the package's files (see _add_docs), no CDN
+        redoc_url=None,
     )
+    _add_docs(app)
     served = ServedModel(service) if service is not None else None
     tokens = (
         TokenCache(service.workspace, seconds=TOKEN_CACHE_SECONDS, size=TOKEN_CACHE)
@@ -480,6 +745,15 @@ def create_app(
                 "Unknown, malformed or revoked bearer token; use a token printed by "
                 "`unbake token create` for this workspace.",
                 challenge,
+            )
+        wait = rate_limit.wait(who.token_id) if rate_limit is not None else 0.0
+        if wait > 0:
+            raise ApiError(
+                429,
+                "TooManyRequests",
+                f"This token made more than its {rate_limit.per_minute:g} requests a minute "
+                f"(rate_per_minute in the policy's [limits]); retry in {math.ceil(wait)} s.",
+                {"Retry-After": str(math.ceil(wait))},
             )
         return who
 
@@ -529,7 +803,7 @@ def create_app(
         text = message.get(exc.status_code, str(exc.detail))
         return _error(exc.status_code, "HTTPError", text, getattr(exc, "headers", None))
 
-    auth_errors = (401, 403)
+    auth_errors = (401, 403, 429, 431)  # and the token's rate limit, the header cap
 
     @app.post(
         "/v1/requests",
@@ -542,6 +816,9 @@ def create_app(
         # ``async`` with one explicit hop to a thread, where the caller waits for its
         # group commit: a plain ``def`` endpoint costs several hops (FastAPI also
         # validates and encodes the response in the thread pool then).
+        refused = _needs_operator(body, limits) if who.role != "operator" else None
+        if refused is not None:
+            raise ApiError(403, "Forbidden", refused)
         key = None if body.idempotency_key is None else f"{who.token_id}:{body.idempotency_key}"
         sub = await anyio.to_thread.run_sync(
             functools.partial(
@@ -635,22 +912,33 @@ def create_app(
             return LedgerCheck(valid=False, head=None, error=str(exc))
         return LedgerCheck(valid=True, head=LedgerHead(seq=seq, hash=digest), error=None)
 
-    def text_route(path: str, summary: str):
+    def text_route(path: str, summary: str, headers: dict[str, Any] | None = None):
         """A GET route answering text/plain (its errors are JSON, as everywhere)."""
+        ok = {200: {"description": "Successful Response", "headers": headers}} if headers else {}
         return app.get(
             path,
             response_class=PlainTextResponse,
-            responses=_responses(*auth_errors, text=True),
+            responses={**ok, **_responses(*auth_errors, text=True)},
             summary=summary,
         )
 
     @text_route(
         "/v1/public-key",
         "The workspace's Ed25519 public key (PEM), to verify certificates offline",
+        {
+            FINGERPRINT_HEADER: {
+                "description": "The key's fingerprint: the SHA-256 (hex) of this PEM body, as "
+                "`sha256sum` prints it and as certificates name it (public_key_sha256).",
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            }
+        },
     )
     def public_key(who: Anyone) -> PlainTextResponse:
         del who
-        return PlainTextResponse(workspace_public_key(service.workspace).decode("ascii"))
+        pem = workspace_public_key(service.workspace)
+        return PlainTextResponse(
+            pem.decode("ascii"), headers={FINGERPRINT_HEADER: fingerprint(pem)}
+        )
 
     @app.post(
         "/v1/predict",
@@ -683,7 +971,8 @@ def create_app(
     def metrics(who: Readers) -> PlainTextResponse:
         del who
         return PlainTextResponse(
-            render_metrics(service, served), media_type="text/plain; version=0.0.4"
+            render_metrics(service, served, stuck_after=stuck_after),
+            media_type="text/plain; version=0.0.4",
         )
 
     @app.get(
@@ -691,13 +980,18 @@ def create_app(
     )
     def healthz() -> Health:
         state = worker.health()
+        requests = service.health(stuck_after=stuck_after)
+        problems = health_problems(state, requests)
         return Health(
-            status="degraded" if state["state"] == "failed" else "ok",
+            status="degraded" if problems else "ok",
+            problems=problems,
             schema_version=service.workspace.catalog.meta("schema_version"),
             worker=WorkerHealth(**state),
+            requests=RequestHealth(**requests),
         )
 
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.add_middleware(_HeaderLimit, limit=limits.max_header_bytes)  # outermost: first
     return app
 
 

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from unbake._validation import validate_params
@@ -55,6 +56,7 @@ from unbake.service.policy import (
     Outcome,
     Policy,
     PolicyFailedError,
+    Retry,
     load_policy,
     run_policy,
 )
@@ -62,17 +64,22 @@ from unbake.training import TrainedModel, resolve_device
 from unbake.workspace import ledger, personal
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.workspace import (
+    STUCK_AFTER,
     ForgetSelector,
     RequestPart,
     RequestRecord,
     Ticket,
     Workspace,
+    failure_reason,
     new_id,
 )
 
 #: The worker's batch window when neither the caller nor a policy gives one.
 DEFAULT_BATCH = 32
 DEFAULT_WINDOW = 5.0
+#: How often an idle worker (``drain`` with ``certify``) erases personal data whose
+#: retention has ended (seconds); a busy one does it after each batch.
+SHRED_EVERY = 60.0
 
 
 def as_policy(policy: Policy | str | os.PathLike | None) -> Policy | None:
@@ -83,6 +90,18 @@ def as_policy(policy: Policy | str | os.PathLike | None) -> Policy | None:
 
 
 __all__ = ["DeletionService", "Submitted", "as_policy", "drain"]
+
+
+def _retry_of(policy: Policy | None) -> Retry:
+    """The retry rules of ``policy`` (its ``[retry]`` table), else the defaults."""
+    return policy.retry if policy is not None else Retry()
+
+
+def _not_before(row: Any) -> str:
+    """When a queued request may run: after its retry's backoff ('' : now)."""
+    payload = json.loads(row["last_payload"]) if row["last_payload"] else {}
+    return str(payload.get("not_before", "")) if isinstance(payload, dict) else ""
+
 
 #: The most requests one group commit writes in one transaction.
 GROUP_LIMIT = 1024
@@ -610,8 +629,37 @@ class DeletionService:
         return {r["state"]: r["n"] for r in rows}
 
     def queue_depth(self) -> int:
-        """Requests waiting for the worker."""
+        """Requests waiting for the worker (also those waiting out a retry's backoff)."""
         return self.state_counts().get("queued", 0)
+
+    def worker_backlog(self) -> tuple[int, bool]:
+        """What the worker has to do now: the queued requests that are due (not waiting
+        out a retry's backoff), and whether any request is left ``applying`` in the queue
+        (by a worker that died; the live worker never sees its own, being single-threaded)."""
+        rows = self._queue_rows()
+        now = utcnow()
+        due = sum(1 for r in rows if r["state"] == "queued" and _not_before(r) <= now)
+        return due, any(r["state"] == "applying" for r in rows)
+
+    def health(self, *, stuck_after: float = STUCK_AFTER) -> dict[str, Any]:
+        """What an operator must see, as counts and the age of the worst (seconds):
+        requests ``applying`` for more than ``stuck_after`` seconds (a worker that hangs
+        or no longer runs), requests past their deadline, and ``failed`` ones."""
+        now = datetime.now(timezone.utc)
+        attention = self.workspace.attention(stuck_after=stuck_after, now=now)
+        stuck = [r["seconds"] for r in attention["stuck"]]
+        overdue = [
+            (now - datetime.fromisoformat(r["deadline"])).total_seconds()
+            for r in attention["overdue"]
+        ]
+        return {
+            "stuck_applying": len(stuck),
+            "oldest_applying_seconds": round(max(stuck, default=0.0), 3),
+            "stuck_after_seconds": stuck_after,
+            "overdue": len(overdue),
+            "most_overdue_seconds": round(max(overdue, default=0.0), 3),
+            "failed": len(attention["failed"]),
+        }
 
     # --- applying ------------------------------------------------------------------
 
@@ -634,32 +682,44 @@ class DeletionService:
                 f"max_batch must be a whole number >= 1; got {max_batch!r}."
             )
         ws = self.workspace
+        retry = _retry_of(policy)
         with ws.lock():
-            self.recover()
+            self.recover(retry)
             rows = self._queued(max_batch)
             if not rows:
                 return []
             done: list[str] = []
             for group in self._groups(rows, policy):
-                done += self._apply_group(group, policy)
+                done += self._apply_group(group, policy, retry)
             return done
 
-    def recover(self) -> list[str]:
+    def recover(self, retry: Retry | None = None) -> list[str]:
         """Put every request a dead worker left ``applying`` back in the queue (in one
         transaction), drop queue rows of finished requests, and sweep stray checkpoint
-        files. Call under the workspace lock; returns the requests put back."""
+        files. Call under the workspace lock; returns the requests put back.
+
+        A request that has outlived ``retry.max_recoveries`` workers (default: the
+        policy's, else :class:`Retry`'s) is ``failed`` instead, with that reason: whatever
+        it does kills the worker, and it must not hold the queue forever."""
         ws = self.workspace
-        stuck = [
-            r["request_id"]
-            for r in self._catalog.query(
-                "SELECT q.request_id, (SELECT state FROM ledger l WHERE l.request_id = q.request_id "
-                "ORDER BY seq DESC LIMIT 1) AS state FROM queue q ORDER BY q.rowid"
-            )
-            if r["state"] == "applying"
-        ]
+        retry = retry or _retry_of(self.policy)
+        stuck = [r["request_id"] for r in self._queue_rows() if r["state"] == "applying"]
         with self._catalog.transaction() as cur:
             for rid in stuck:
-                payload = {"recovered": True, "reason": "the worker stopped while applying it"}
+                recoveries = 1 + self._count_entries(rid, "queued", "recovered")
+                if recoveries > retry.max_recoveries:
+                    reason = (
+                        f"the worker stopped while applying it {recoveries} times (at most "
+                        f"{retry.max_recoveries}: [retry] max_recoveries); see the worker's log "
+                        "for what killed it, then file the request again"
+                    )
+                    ledger.append_entry(cur, rid, "failed", {"reason": reason}, utcnow())
+                    continue
+                payload = {
+                    "recovered": True,
+                    "recoveries": recoveries,
+                    "reason": "the worker stopped while applying it",
+                }
                 ledger.append_entry(cur, rid, "queued", payload, utcnow())
             cur.execute(
                 "DELETE FROM queue WHERE request_id IN (SELECT request_id FROM requests) OR "
@@ -670,16 +730,32 @@ class DeletionService:
         ws.sweep()
         return stuck
 
-    def _queued(self, limit: int | None) -> list[dict[str, Any]]:
-        rows = self._catalog.query(
-            "SELECT q.*, (SELECT state FROM ledger l WHERE l.request_id = q.request_id "
-            "ORDER BY seq DESC LIMIT 1) AS state FROM queue q ORDER BY q.received_at, q.rowid"
+    def _queue_rows(self) -> list[Any]:
+        """Every queue row with its request's latest ledger state and that entry's payload,
+        in order of arrival."""
+        return self._catalog.query(
+            "SELECT q.*, l.state AS state, l.payload AS last_payload FROM queue q "
+            "JOIN ledger l ON l.seq = (SELECT MAX(seq) FROM ledger WHERE request_id = q.request_id) "
+            "ORDER BY q.received_at, q.rowid"
         )
+
+    def _count_entries(self, request_id: str, state: str, flag: str) -> int:
+        """How many of ``request_id``'s ``state`` entries carry ``flag`` in their payload."""
+        return sum(
+            1
+            for e in self._catalog.request_entries(request_id)
+            if e["state"] == state and e["payload"].get(flag)
+        )
+
+    def _queued(self, limit: int | None, now: str | None = None) -> list[dict[str, Any]]:
+        """Queued requests that are due (not waiting out a retry's backoff), oldest first."""
+        now = now or utcnow()
         out = []
-        for r in rows:
-            if r["state"] != "queued":
+        for r in self._queue_rows():
+            if r["state"] != "queued" or _not_before(r) > now:
                 continue
             row = self._catalog.open_personal(dict(r))
+            del row["last_payload"]
             for key in ("selector", "params"):
                 row[key] = self._catalog.parse_json(row[key], f"queued request's {key}")
             out.append(row)
@@ -723,9 +799,12 @@ class DeletionService:
             groups.setdefault(r["plan"], []).append(r)
         return list(groups.values())
 
-    def _apply_group(self, rows: list[dict[str, Any]], policy: Policy | None = None) -> list[str]:
+    def _apply_group(
+        self, rows: list[dict[str, Any]], policy: Policy | None, retry: Retry
+    ) -> list[str]:
         """Apply requests that share a plan in one unlearning run (under the lock);
-        returns the IDs of those it finished (rejected, applied or failed)."""
+        returns the IDs of those it finished (rejected, applied or failed): not those put
+        back in the queue to be retried (``retry``)."""
         ws = self.workspace
         method, params_json, seed, device, model_id, tuned_json = rows[0]["plan"]
         active, _ = ws.active_and_forgotten()
@@ -795,20 +874,54 @@ class DeletionService:
                     on_commit=dequeue,
                 )
         except Exception as exc:
-            states = {i: ws.catalog.request_state(i) for i in request_ids}
-            details = (
-                {"policy": exc.result.to_dict()} if isinstance(exc, PolicyFailedError) else None
-            )
-            ws.record_failure(
-                [p.ticket for p in parts if states[p.ticket.request_id] == "applying"],
-                model_before,
-                method or "policy",
-                exc,
-                details,
-            )
-            with self._catalog.transaction() as cur:
-                dequeue(cur)
+            retried = self._failed_run(parts, exc, model_before, method or "policy", retry)
+            request_ids = [i for i in request_ids if i not in retried]
         return [rid for rid, _ in rejected] + request_ids
+
+    def _failed_run(
+        self,
+        parts: list[RequestPart],
+        exc: Exception,
+        model_before: str,
+        method: str,
+        retry: Retry,
+    ) -> set[str]:
+        """A run of ``parts`` raised ``exc``: each request still ``applying`` goes back to
+        the queue to be retried after a backoff, if the error was unexpected (a rerun may
+        succeed) and it has runs left under ``retry``; the others are ``failed`` with the
+        reason and leave the queue. Returns the IDs put back."""
+        ws = self.workspace
+        applying = [
+            p.ticket for p in parts if ws.catalog.request_state(p.ticket.request_id) == "applying"
+        ]
+        again: dict[str, int] = {}
+        cause = exc.__cause__ if isinstance(exc, PolicyFailedError) else exc  # the fallback's
+        if not isinstance(cause, UnbakeError):  # a refusal would only be refused again
+            for ticket in applying:
+                runs = 1 + self._count_entries(ticket.request_id, "queued", "retry")
+                if runs < retry.max_attempts:
+                    again[ticket.request_id] = runs
+        give_up = [t for t in applying if t.request_id not in again]
+        details = {"policy": exc.result.to_dict()} if isinstance(exc, PolicyFailedError) else {}
+        if give_up:
+            ws.record_failure(give_up, model_before, method, exc, details or None)
+        now = datetime.now(timezone.utc)
+        with self._catalog.transaction() as cur:
+            for rid, runs in again.items():
+                wait = retry.delay(runs)
+                payload = {
+                    "retry": runs,
+                    "error": failure_reason(exc),
+                    "not_before": (now + timedelta(seconds=wait)).isoformat(
+                        timespec="microseconds"
+                    ),
+                }
+                ledger.append_entry(cur, rid, "queued", payload, utcnow())
+            cur.executemany(
+                "DELETE FROM queue WHERE request_id = ?",
+                [(p.ticket.request_id,) for p in parts if p.ticket.request_id not in again],
+            )
+        return set(again)
 
     def _apply_policy(
         self, parts: list[RequestPart], active, policy: Policy, row, seed, device, on_commit
@@ -885,11 +998,15 @@ def drain(
     stop: threading.Event | None = None,
 ) -> int:
     """Run the worker loop: apply a batch when ``batch`` requests wait or the oldest has
-    waited ``window`` seconds. ``once``: apply everything queued now, then return.
+    waited ``window`` seconds, and at once whenever a request is left ``applying`` by a
+    worker that died (also at start: nothing a killed worker left waits for a new request).
+    A failed run is retried under the policy's ``[retry]`` rules (:class:`Retry`).
+    ``once``: apply everything queued now (waiting out retries' backoff), then return.
     ``policy`` (default: the service's) decides the methods, and its ``[batch]`` window
     stands in for a ``batch`` or ``window`` not given (else 32 requests, 5 seconds).
     ``certify``: sign a certificate for every applied request after each batch (and, first,
-    for any a killed worker applied but did not certify).
+    for any a killed worker applied but did not certify), then erase the personal data
+    whose retention has ended (also every ``SHRED_EVERY`` seconds while idle).
     Returns the number of requests finished."""
     policy = as_policy(policy) if policy is not None else service.policy
     if batch is None:
@@ -907,15 +1024,26 @@ def drain(
         service.certify_pending()
     finished = 0
     first_seen: float | None = None
+    shredded = time.monotonic()
     while stop is None or not stop.is_set():
-        depth = service.queue_depth()
+        depth, orphaned = service.worker_backlog()
+        if orphaned:  # a worker died applying these: resume them now, whatever else waits
+            finished += step()
+            first_seen = None
+            continue
         if once:
-            if depth == 0 and not service.state_counts().get("applying"):
-                return finished
+            if depth == 0:
+                if not service.queue_depth():
+                    return finished
+                time.sleep(poll)  # only retries waiting out their backoff
+                continue
             finished += step()
             continue
         if depth == 0:
             first_seen = None
+            if certify and time.monotonic() - shredded >= SHRED_EVERY:
+                service.shred_due()  # a retention that ends while the queue is empty
+                shredded = time.monotonic()
             time.sleep(poll)
             continue
         first_seen = first_seen or time.monotonic()

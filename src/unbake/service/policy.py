@@ -11,6 +11,15 @@ one line naming the key and the fix)::
     max_requests = 16
     max_seconds = 60
 
+    [retry]                          # optional: a failing run is retried with backoff
+    max_attempts = 3                 # then the request is failed, with its reason
+
+    [limits]                         # what the REST service accepts (all optional)
+    max_ids_per_request = 10000      # more IDs in one request need an operator token
+    submitter_may_erase_class = false
+    rate_per_minute = 600            # per token (leave out: no limit); 429 + Retry-After
+    max_header_bytes = 16384         # larger headers: 431
+
     [models.sisa]                    # section names are yours; `match` picks the models
     match = { strategy = "sisa" }
     fallback = "sisa"                # exact: retrains only the shards that saw the data
@@ -90,12 +99,14 @@ else:  # pragma: no cover
 __all__ = [
     "Attempt",
     "BatchWindow",
+    "Limits",
     "ModelInfo",
     "ModelPolicy",
     "Outcome",
     "Policy",
     "PolicyFailedError",
     "PolicyResult",
+    "Retry",
     "Step",
     "Threshold",
     "check_policy",
@@ -366,8 +377,75 @@ class BatchWindow(_Strict):
         return queued >= self.max_requests or oldest_wait_seconds >= self.max_seconds
 
 
+class Retry(_Strict):
+    """How the worker retries a request whose run failed, or whose worker died under it.
+
+    A run that raised an unexpected error (a full disk, memory, a bug: anything but an
+    :class:`UnbakeError`, which a rerun would only repeat) goes back to the queue, to be
+    tried again after ``backoff_seconds``, twice that, ... at most ``max_backoff_seconds``,
+    until it has run ``max_attempts`` times; then it is ``failed`` with its reason. A
+    request left ``applying`` by a worker that died (kill -9, out of memory) is resumed at
+    once, up to ``max_recoveries`` times, so a request that kills every worker that takes
+    it cannot hold the queue forever.
+
+    >>> r = Retry()
+    >>> r.max_attempts, [r.delay(n) for n in (1, 2, 3)]
+    (3, [2.0, 4.0, 8.0])
+    """
+
+    max_attempts: int = Field(3, ge=1, le=100, description="runs of a failing request, like 3")
+    backoff_seconds: float = Field(
+        2.0, ge=0, le=86_400, description="wait before the first retry, in seconds, like 2"
+    )
+    max_backoff_seconds: float = Field(
+        300.0, ge=0, le=86_400, description="the longest wait between retries, like 300"
+    )
+    max_recoveries: int = Field(
+        10, ge=1, le=1000, description="times a request may outlive its worker, like 10"
+    )
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed run."""
+        return min(self.max_backoff_seconds, self.backoff_seconds * 2.0 ** (attempts - 1))
+
+
+class Limits(_Strict):
+    """What the REST service accepts (``[limits]``; every key optional, defaults below)."""
+
+    max_ids_per_request: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="sample IDs a submitter's request may name; more need an operator token",
+    )
+    submitter_may_erase_class: bool = Field(
+        False,
+        description="whether a submitter token may erase a whole class (else only an operator)",
+    )
+    rate_per_minute: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="requests per minute one token may make (leave out: no limit)",
+    )
+    burst: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="requests one token may make at once before the rate applies "
+        "(default: one minute's worth)",
+    )
+    max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1 << 20,
+        description="the largest total size of a request's headers, in bytes",
+    )
+
+
 class Policy(_Strict):
-    """A deletion policy: its sections per model, the batch window and the deadline."""
+    """A deletion policy: its sections per model, the batch window and the deadline,
+    and the REST service's limits."""
 
     version: Literal[1] = Field(1, description="the policy format, version = 1")
     deadline_days: int | None = Field(
@@ -378,8 +456,16 @@ class Policy(_Strict):
         "extendable by two)",
     )
     batch: BatchWindow = Field(description="a [batch] table with max_requests and max_seconds")
+    retry: Retry = Field(
+        default_factory=Retry,
+        description="a [retry] table with max_attempts, backoff_seconds, max_backoff_seconds "
+        "and max_recoveries",
+    )
     models: dict[str, ModelPolicy] = Field(
         min_length=1, description="one section per kind of model, like [models.default]"
+    )
+    limits: Limits = Field(
+        default_factory=Limits, description="a [limits] table: what the REST service accepts"
     )
 
     @field_validator("models")
@@ -527,6 +613,8 @@ def check_policy(policy: Policy, info: ModelInfo) -> dict[str, Any]:
         "version": policy.version,
         "deadline_days": policy.deadline_days,
         "batch": policy.batch.model_dump(),
+        "retry": policy.retry.model_dump(),
+        "limits": policy.limits.model_dump(),
         "steps": [s.to_dict() for s in plan],
         "sections": list(policy.models),
         "notes": notes,
@@ -580,6 +668,8 @@ class Attempt:
     reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
     audit_seconds: float = 0.0
+    #: What the method raised (``failed``); not recorded, but chained to a failed fallback.
+    error: Exception | None = field(default=None, repr=False, compare=False)
 
     @property
     def method(self) -> str:
@@ -654,7 +744,8 @@ def _attempt(step: Step, try_method, audit) -> tuple[Attempt, Outcome | None]:
         outcome = try_method(step)
     except Exception as exc:
         seconds = time.perf_counter() - start
-        return Attempt(step, "failed", reasons=[_reason(exc)], seconds=seconds), None
+        attempt = Attempt(step, "failed", reasons=[_reason(exc)], seconds=seconds, error=exc)
+        return attempt, None
     if not isinstance(outcome, Outcome):
         outcome = Outcome(outcome)
     attempt = Attempt(step, "accepted", seconds=time.perf_counter() - start)
@@ -713,5 +804,5 @@ def run_policy(
             f"The policy's exact fallback {fallback.method!r} failed ({attempt.reasons[0]}) "
             f"after {tried}; fix that cause and retry the request.",
             result,
-        )
+        ) from attempt.error
     return result

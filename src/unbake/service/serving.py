@@ -62,6 +62,30 @@ class Prediction:
     log_proba: torch.Tensor
 
 
+def _input_dtype(model: TrainedModel) -> torch.dtype:
+    """The floating dtype the model computes in (its first floating parameter's)."""
+    for p in model.module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _finite_inputs(rows: Sequence[Sequence[float]], dtype: torch.dtype) -> torch.Tensor:
+    """``rows`` as a ``dtype`` tensor, refused when a value is not finite in ``dtype``
+    (``1e39`` is a finite JSON number, but infinite as float32)."""
+    X = torch.tensor(rows, dtype=dtype)
+    bad = ~torch.isfinite(X)
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        name = str(dtype).removeprefix("torch.")
+        raise InvalidParameterError(
+            f"Input row {row}, value {col} is {rows[row][col]!r}, which is not finite as "
+            f"{name} (the model's dtype, largest {torch.finfo(dtype).max:g}); send finite "
+            "numbers in that range."
+        )
+    return X
+
+
 class ServedModel:
     """The model a server answers with: always the catalog's current one (thread-safe)."""
 
@@ -124,8 +148,14 @@ class ServedModel:
                     f"(input shape {list(shape)}); got rows of "
                     f"{sorted({len(r) for r in rows})} numbers."
                 )
-            X = torch.tensor(rows, dtype=torch.float32).reshape(len(rows), *shape)
+            X = _finite_inputs(rows, _input_dtype(loaded.model)).reshape(len(rows), *shape)
             out = loaded.model.log_proba(X)
+            if not torch.isfinite(out).all():
+                row = int((~torch.isfinite(out)).any(dim=1).nonzero()[0])
+                raise InvalidParameterError(
+                    f"Model {loaded.model_id} gives no finite prediction for input row {row} "
+                    "(its values overflow the model); send values of the scale it was trained on."
+                )
             if self._current_row()[0] == loaded.model_id:
                 return Prediction(loaded.model_id, loaded.sha256, out)
         raise NotFoundError("The current model kept changing while answering; retry the request.")

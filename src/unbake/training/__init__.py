@@ -6,12 +6,9 @@ import torch
 
 from unbake.data import Samples
 from unbake.models import ModelSpec
-from unbake.training.config import TrainConfig
-from unbake.training.loop import batches, make_optimizer, optimize, resolve_device
-from unbake.training.strategy import (
+from unbake.training.base import (
     OUTPUT_KINDS,
     STRATEGIES,
-    Monolithic,
     TrainedModel,
     TrainingStrategy,
     differing_tensors,
@@ -20,6 +17,9 @@ from unbake.training.strategy import (
     set_params,
     to_log_proba,
 )
+from unbake.training.config import TrainConfig
+from unbake.training.loop import batches, make_optimizer, optimize, resolve_device
+from unbake.training.strategy import Monolithic
 
 __all__ = [
     "OUTPUT_KINDS",

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # the strategy module imports this one
-    from unbake.training.strategy import TrainedModel
+from unbake.training.base import TrainedModel
 
 __all__ = ["TRAJECTORY", "TrajectoryHook", "checkpoint_steps", "trajectory", "without_trajectory"]
 

@@ -1,12 +1,19 @@
 """Signed deletion certificates: what a request forgot, how, how well, and where in the ledger.
 
-A certificate file is the JSON object ``{"certificate": BODY, "signature": {"algorithm":
-"Ed25519", "value": HEX}}`` (BODY names the signing key by its PEM's SHA-256), written in one canonical layout
-(sorted keys, two-space indent, ASCII, a final newline). The signature covers the
-canonical compact encoding of BODY. :func:`verify_certificate` refuses a file that is not
-byte-for-byte in that layout, so any changed byte is refused, even one that would parse
-to the same values. Public keys travel as PEM (SubjectPublicKeyInfo), also checked to be
-in canonical form.
+A certificate file is the strict JSON object ``{"certificate": BODY, "signature":
+{"algorithm": "Ed25519", "value": HEX}}`` (BODY names the signing key by its
+fingerprint, the SHA-256 of its PEM, in ``public_key_sha256``), written in one layout
+(sorted keys, two-space indent, ASCII, a final newline). A metric that is undefined is
+``null``: the file never holds ``NaN`` or ``Infinity``. The signature covers the RFC 8785
+(JCS) canonical bytes of BODY (:func:`unbake._jcs.canonicalize`), so anyone can check it
+with a JSON parser, a JCS encoder and Ed25519 (``docs/certificates.md`` shows how).
+:func:`verify_certificate` also refuses a file that is not byte-for-byte in that layout,
+so any changed byte is refused, even one that would parse to the same values. Public
+keys travel as PEM (SubjectPublicKeyInfo), also checked to be in canonical form.
+
+Format ``unbake-certificate/2`` is the one issued. Format 1 (before RFC 8785: signed over
+Python's sorted-key compact JSON, which could hold a bare ``NaN``) still verifies, and
+:func:`verify_certificate` says which format it met (``body["format"]``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from unbake import _json as strict_json
+from unbake._jcs import canonicalize
 from unbake.exceptions import CertificateError, IntegrityError, WorkspaceError
 from unbake.workspace import ledger
 from unbake.workspace.atomic import atomic_write_bytes, sha256_bytes
@@ -33,6 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT",
+    "LEGACY_FORMAT",
+    "fingerprint",
     "issue_certificate",
     "load_or_create_signing_key",
     "public_key_pem",
@@ -44,7 +55,10 @@ __all__ = [
     "workspace_public_key",
 ]
 
-FORMAT = "unbake-certificate/1"
+FORMAT = "unbake-certificate/2"
+#: Format 1: signed over :func:`unbake.workspace.ledger.canonical_json` (not RFC 8785).
+LEGACY_FORMAT = "unbake-certificate/1"
+_READ = (FORMAT, LEGACY_FORMAT)
 #: The workspace folder that keeps each issued certificate, as ``REQUEST_ID.json``.
 CERTIFICATES = "certificates"
 _HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
@@ -80,14 +94,42 @@ def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     )
 
 
-def _layout(document: dict[str, Any]) -> bytes:
-    return (json.dumps(document, sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode()
+def fingerprint(public_key: bytes) -> str:
+    """The key's fingerprint: the SHA-256 (hex) of its PEM, what ``sha256sum KEY.pem``
+    prints and what a certificate's ``public_key_sha256`` holds."""
+    return hashlib.sha256(public_key).hexdigest()
+
+
+def _layout(document: dict[str, Any], *, strict: bool = True) -> bytes:
+    text = json.dumps(document, sort_keys=True, indent=2, ensure_ascii=True, allow_nan=not strict)
+    return (text + "\n").encode()
+
+
+def _signed_bytes(body: dict[str, Any]) -> bytes:
+    """What the signature of ``body`` covers, by its format."""
+    if body.get("format") == LEGACY_FORMAT:
+        return canonical_json(body).encode("ascii")
+    return canonicalize(body)
+
+
+def _exact_numbers(value: Any) -> Any:
+    """``value`` with each integer that no double holds exactly (which RFC 8785 cannot
+    encode, such as a 64-bit seed) written as its decimal string."""
+    if isinstance(value, dict):
+        return {k: _exact_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_exact_numbers(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and float(value) != value:
+        return str(value)
+    return value
 
 
 def sign_certificate(body: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
-    """The certificate file's bytes: ``body`` and its Ed25519 signature."""
-    body = {**body, "public_key_sha256": hashlib.sha256(public_key_pem(key)).hexdigest()}
-    signature = {"algorithm": "Ed25519", "value": key.sign(canonical_json(body).encode()).hex()}
+    """The certificate file's bytes: ``body`` (made strict JSON: non-finite numbers become
+    ``null``) and its Ed25519 signature over the body's RFC 8785 bytes."""
+    body = _exact_numbers(json.loads(strict_json.dumps({**body, "format": FORMAT})))
+    body["public_key_sha256"] = fingerprint(public_key_pem(key))
+    signature = {"algorithm": "Ed25519", "value": key.sign(_signed_bytes(body)).hex()}
     return _layout({"certificate": body, "signature": signature})
 
 
@@ -107,27 +149,44 @@ def _load_public_key(data: bytes) -> Ed25519PublicKey:
 
 def _parse(data: bytes) -> tuple[dict[str, Any], str]:
     """(body, signature hex) of an intact certificate file (not yet checked)."""
+    constants: list[str] = []  # NaN, Infinity: not JSON, but format 1 could hold them
+
+    def constant(name: str) -> float:
+        constants.append(name)
+        return float(name)
+
     try:
-        document = json.loads(data.decode("ascii"))
+        document = json.loads(data.decode("ascii"), parse_constant=constant)
     except (UnicodeDecodeError, ValueError):
         raise CertificateError(
             "The certificate is not valid JSON (it was altered or truncated); ask the "
             "operator for the original file."
         ) from None
     body = document.get("certificate") if isinstance(document, dict) else None
+    found = body.get("format") if isinstance(body, dict) else None
+    if isinstance(found, str) and found.startswith("unbake-certificate/") and found not in _READ:
+        raise CertificateError(
+            f"The certificate has format {found!r}, which this unbake does not read (it "
+            f"reads {FORMAT} and {LEGACY_FORMAT}); verify it with a newer unbake."
+        )
+    if found == FORMAT and constants:
+        raise CertificateError(
+            f"The certificate holds {constants[0]}, which is not JSON and which no {FORMAT} "
+            "certificate holds: it was altered; ask the operator for the original file."
+        )
     signature = document.get("signature") if isinstance(document, dict) else None
     value = signature.get("value") if isinstance(signature, dict) else None
     if (
         not isinstance(document, dict)
         or set(document) != {"certificate", "signature"}
         or not isinstance(body, dict)
-        or body.get("format") != FORMAT
+        or found not in _READ
         or not isinstance(signature, dict)
         or set(signature) != {"algorithm", "value"}
         or signature["algorithm"] != "Ed25519"
         or not isinstance(value, str)
         or not _HEX_SIGNATURE.fullmatch(value)
-        or _layout(document) != data
+        or _layout(document, strict=False) != data
     ):
         raise CertificateError(
             f"The file is not an intact {FORMAT} certificate (fields missing or altered); ask "
@@ -148,13 +207,13 @@ def verify_certificate(data: bytes, public_key: bytes) -> dict[str, Any]:
     """
     key = _load_public_key(public_key)
     body, value = _parse(data)
-    if body.get("public_key_sha256") != hashlib.sha256(public_key).hexdigest():
+    if body.get("public_key_sha256") != fingerprint(public_key):
         raise CertificateError(
             f"Certificate {body.get('request_id')!r} was signed with another key than this "
             "public key; get the public key of the workspace that issued it."
         )
     try:
-        key.verify(bytes.fromhex(value), canonical_json(body).encode("ascii"))
+        key.verify(bytes.fromhex(value), _signed_bytes(body))
     except InvalidSignature:
         raise CertificateError(
             f"The signature of certificate {body.get('request_id')!r} does not verify with this "
@@ -214,7 +273,7 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
             "ledger_head": {"seq": seq, "hash": head_hash},
             "issued_at": utcnow(),
         }
-        data = sign_certificate(json.loads(json.dumps(body, default=str)), key)
+        data = sign_certificate(body, key)
         (ws.root / CERTIFICATES).mkdir(exist_ok=True)
         atomic_write_bytes(ws.root / CERTIFICATES / f"{request_id}.json", data)
         with ws.catalog.transaction() as cur:

@@ -24,12 +24,13 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unbake._version import __version__
 from unbake.data import DATASETS, SPLITS, Dataset, Samples, content_hashes, load_dataset
 from unbake.evaluation import Evaluation
 from unbake.exceptions import (
@@ -53,6 +54,7 @@ from unbake.workspace.ledger import canonical_json
 
 __all__ = [
     "DEFAULT_WORKSPACE",
+    "STUCK_AFTER",
     "ApplyOutcome",
     "ForgetSelector",
     "RequestPart",
@@ -61,6 +63,7 @@ __all__ = [
     "Ticket",
     "Workspace",
     "check_workspace_path",
+    "failure_reason",
     "new_id",
 ]
 
@@ -71,6 +74,11 @@ TOMBSTONE_PREFIX = "hmac:"
 #: request is done): the reason goes at once, the IDs after the deletion's proof window,
 #: in which an audit of the request (which needs its IDs) can still be run.
 RETENTION = {"reason": ("reason_retention_days", 0), "sample_ids": ("id_retention_days", 30)}
+#: The ledger states that end a request, and start its retention clock.
+SHRED_AFTER = ("certified", "rejected", "failed")
+#: Seconds after which a request still ``applying`` counts as stuck (``unbake status``,
+#: ``/healthz``): no deletion run of unbake's own takes that long on the data it serves.
+STUCK_AFTER = 900.0
 CATALOG = "catalog.sqlite"
 CHECKPOINTS = "checkpoints"
 
@@ -118,6 +126,11 @@ class RequestRecord:
     @property
     def changed_model(self) -> bool:
         return self.model_after != self.model_before
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``exc`` as one line of at most 500 characters, for a ``failed`` ledger entry."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
 
 
 @dataclass
@@ -212,8 +225,6 @@ def _purge_references(
 
 
 def unbake_version() -> str:
-    from unbake import __version__  # the package imports this module: read it late
-
     return __version__
 
 
@@ -555,19 +566,25 @@ class Workspace:
 
     def due_for_shredding(self, now: str | None = None) -> list[tuple[str, str]]:
         """(request ID, field) of each key whose retention has ended: its request is done
-        (``certified``, or ``rejected``) since longer than the field's retention."""
+        (``certified``, ``rejected``, or ``failed`` for good) since longer than the field's
+        retention. The clock starts at the first such entry after the request was last in
+        flight (a request queued again restarts it; ``verified`` leaves it alone)."""
         now_at = datetime.fromisoformat(now or utcnow())
         days = self.retention()
-        rows = self.catalog.query(
-            "SELECT s.request_id, s.field, MIN(l.timestamp) AS done_at FROM request_secrets s "
-            "JOIN ledger l ON l.request_id = s.request_id AND l.state IN ('certified', 'rejected') "
-            "GROUP BY s.request_id, s.field ORDER BY done_at, s.request_id, s.field"
-        )
+        done_at: dict[tuple[str, str], str] = {}
+        for r in self.catalog.query(
+            "SELECT s.request_id, s.field, l.state, l.timestamp FROM request_secrets s "
+            "JOIN ledger l ON l.request_id = s.request_id ORDER BY l.seq"
+        ):
+            key = (r["request_id"], r["field"])
+            if r["state"] in SHRED_AFTER:
+                done_at.setdefault(key, r["timestamp"])
+            elif r["state"] != "verified":
+                done_at.pop(key, None)
         return [
-            (r["request_id"], r["field"])
-            for r in rows
-            if datetime.fromisoformat(r["done_at"]) + timedelta(days=days.get(r["field"], 0))
-            <= now_at
+            key
+            for key, at in sorted(done_at.items(), key=lambda kv: (kv[1], kv[0]))
+            if datetime.fromisoformat(at) + timedelta(days=days.get(key[1], 0)) <= now_at
         ]
 
     def shred_due(self, now: str | None = None) -> dict[str, Any]:
@@ -1010,7 +1027,7 @@ class Workspace:
         reported, and the request is simply not in the ledger (or still ``applying``,
         which the worker's recovery puts back in the queue).
         """
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        reason = failure_reason(exc)
         with contextlib.suppress(UnbakeError, OSError), self.catalog.transaction() as cur:
             for ticket in tickets:
                 self._ledger_start(cur, ticket, method, model_before)
@@ -1042,6 +1059,43 @@ class Workspace:
                     }
                 )
         return out
+
+    def attention(
+        self, *, stuck_after: float = STUCK_AFTER, now: datetime | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The requests an operator must look at, oldest first: ``stuck`` (applying for
+        more than ``stuck_after`` seconds: its worker hangs or is gone), ``failed`` (its
+        retries spent, with the reason) and ``overdue`` (:meth:`overdue`)."""
+        now = now or datetime.now(timezone.utc)
+        stuck, failed = [], []
+        for r in self.catalog.query(
+            "SELECT request_id, state, timestamp, payload FROM ledger WHERE seq IN "
+            "(SELECT MAX(seq) FROM ledger GROUP BY request_id) "
+            "AND state IN ('applying', 'failed') ORDER BY seq"
+        ):
+            if r["state"] == "failed":
+                payload = self.catalog.parse_json(
+                    r["payload"], f"ledger entry of {r['request_id']}"
+                )
+                failed.append(
+                    {
+                        "request_id": r["request_id"],
+                        "at": r["timestamp"],
+                        "reason": payload.get("reason"),
+                    }
+                )
+                continue
+            seconds = (now - datetime.fromisoformat(r["timestamp"])).total_seconds()
+            if seconds > stuck_after:
+                stuck.append(
+                    {
+                        "request_id": r["request_id"],
+                        "since": r["timestamp"],
+                        "seconds": round(seconds, 3),
+                    }
+                )
+        overdue = self.overdue(now.isoformat(timespec="microseconds"))
+        return {"stuck": stuck, "failed": failed, "overdue": overdue}
 
     def deadline_for(self, received_at: str, days: int | None = None) -> str:
         """When a request received at ``received_at`` must be done (GDPR art. 12(3)).
@@ -1227,13 +1281,14 @@ class Workspace:
 
     def status(self) -> dict[str, Any]:
         """Counts (active training samples, forgotten rows of every split, active rows per split),
-        subjects, models."""
+        subjects, models, and the requests to look at (:meth:`attention`)."""
         counts = {
             (r["split"], r["status"]): r["n"]
             for r in self.catalog.query(
                 "SELECT split, status, COUNT(*) AS n FROM samples GROUP BY split, status"
             )
         }
+        attention = self.attention()
         return {
             "workspace": str(self.root),
             "dataset": self.dataset_spec,
@@ -1246,7 +1301,9 @@ class Workspace:
                 "SELECT COUNT(DISTINCT subject) AS n FROM samples WHERE status='active' AND subject IS NOT NULL"
             )[0]["n"],
             "models": self.catalog.models(),
-            "overdue_requests": self.overdue(),
+            "overdue_requests": attention["overdue"],
+            "stuck_requests": attention["stuck"],
+            "failed_requests": attention["failed"],
         }
 
     def samples(self, *, subject: str | None = None, forgotten: bool = False) -> list[dict]:

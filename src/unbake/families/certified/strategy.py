@@ -27,9 +27,9 @@ from unbake.families.certified.estimator import (
     CertifiedParams,
 )
 from unbake.models import ModelSpec, _import_factory
+from unbake.training.base import STRATEGIES, TrainedModel, TrainingStrategy
 from unbake.training.config import TrainConfig
 from unbake.training.loop import resolve_device
-from unbake.training.strategy import STRATEGIES, TrainedModel, TrainingStrategy
 
 __all__ = ["CertifiedStrategy", "convex_spec_or_raise", "to_trained_model"]
 

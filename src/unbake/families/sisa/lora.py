@@ -36,8 +36,8 @@ from unbake.data import Samples
 from unbake.exceptions import InvalidParameterError, UnsupportedModelError
 from unbake.families.sisa.strategy import SISA, ShardRecipe
 from unbake.models import ModelSpec
+from unbake.training.base import STRATEGIES
 from unbake.training.lm import context_length, leading_rows, lm_loss, tokenise
-from unbake.training.strategy import STRATEGIES
 
 __all__ = ["LoRAEnsemble", "LoRARecipe", "SISALoRA", "adapter_name"]
 

@@ -52,9 +52,9 @@ from unbake.data import Samples
 from unbake.exceptions import IntegrityError, InvalidParameterError
 from unbake.families.sisa.layout import ShardLayout, sample_keys, shard_seed, step_seed
 from unbake.models import ModelSpec, build_model
+from unbake.training.base import STRATEGIES, TrainedModel, TrainingStrategy
 from unbake.training.config import TrainConfig
 from unbake.training.loop import cross_entropy, optimize, resolve_device
-from unbake.training.strategy import STRATEGIES, TrainedModel, TrainingStrategy
 
 __all__ = [
     "SISA",
