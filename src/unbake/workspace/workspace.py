@@ -1311,7 +1311,9 @@ class Workspace:
 
         By default the samples not forgotten (every split); ``forgotten=True`` lists the
         forgotten ones instead, with their request (their subject is cleared when they
-        are forgotten, so ``subject`` then finds them through the requests that named it).
+        are forgotten, so ``subject`` then finds them through the requests that named it;
+        once a request's IDs are shredded, its samples are listed by their tombstone,
+        ``hmac:`` + keyed hash).
         Label names are read from the source; a forgotten row deleted from it has none.
         """
         self.active_and_forgotten()  # checks the source against the catalog first
