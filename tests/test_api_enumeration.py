@@ -202,3 +202,19 @@ def test_error_bodies_carry_no_path(template, tmp_path):
         assert damaged.status_code == 500 and "damaged" in damaged.json()["error"]["message"]
         for body in (r.content, damaged.content):
             assert str(copy).encode() not in body and str(tmp_path).encode() not in body
+
+
+def test_a_failed_requests_reason_carries_no_path(env):
+    """A failure's message (here a missing checkpoint, named by its path for a local
+    operator) is recorded where its submitter reads it, without the path."""
+    client, svc, tokens, selections, _ = env
+    row = svc.workspace.catalog.latest_active_model()
+    (svc.root / row["checkpoint"]).unlink()
+    rid = client.post(
+        "/v1/requests", json=selections["present IDs"], headers=auth(tokens["a"])
+    ).json()["request_id"]
+    svc.apply_pending()
+    r = client.get(f"/v1/requests/{rid}", headers=auth(tokens["a"]))
+    reasons = [e["payload"]["reason"] for e in r.json()["entries"] if "reason" in e["payload"]]
+    assert any("Checkpoint" in x and "<workspace>" in x for x in reasons), r.text
+    assert str(svc.root).encode() not in r.content  # (and the fixture greps every body)

@@ -66,8 +66,6 @@ import contextlib
 import functools
 import json
 import math
-import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -83,7 +81,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from unbake.exceptions import IntegrityError, NotFoundError, UnbakeError, WorkspaceError
+from unbake.exceptions import (
+    IntegrityError,
+    NotFoundError,
+    UnbakeError,
+    WorkspaceError,
+    without_paths,
+)
 from unbake.service.deletion import STUCK_AFTER, DeletionService
 from unbake.service.policy import Limits
 from unbake.service.serving import ServedModel
@@ -302,27 +306,6 @@ class ApiError(Exception):
 def _error(status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
     body = {"error": {"type": kind, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-#: An absolute filesystem path of two parts or more, as a message written for a local
-#: operator may hold (``Catalog /srv/ws/catalog.sqlite is busy``); not a URL, not an API
-#: route. Error bodies show ``<path>`` instead: a path tells a caller how the server is
-#: laid out, and nothing it could act on.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w./~>:-])/(?!v1/)(?:[^\s'\"`/]+/)+[^\s'\"`/,;:)]*(?<!\.)")
-
-
-def without_paths(text: str, roots: tuple[str, ...] = ()) -> str:
-    """``text`` with each of ``roots`` (the workspace folder, as given and resolved)
-    shown as ``<workspace>`` and any other absolute path as ``<path>``.
-
-    >>> without_paths("Workspace /srv/ws is read-only (chmod -R u+w /srv/ws).", ("/srv/ws",))
-    'Workspace <workspace> is read-only (chmod -R u+w <workspace>).'
-    >>> without_paths("Checkpoint /a/b/m.safetensors is missing; see GET /v1/requests.")
-    'Checkpoint <path> is missing; see GET /v1/requests.'
-    """
-    for root in sorted(roots, key=len, reverse=True):
-        text = text.replace(root, "<workspace>")
-    return _ABSOLUTE_PATH.sub("<path>", text)
 
 
 def _status_of(exc: UnbakeError) -> int:
@@ -818,9 +801,7 @@ def create_app(
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.kind, exc.message, exc.headers)
 
-    roots = (
-        tuple({str(service.root), os.path.realpath(service.root)}) if service is not None else ()
-    )
+    roots = (service.root,) if service is not None else ()
 
     @app.exception_handler(UnbakeError)
     async def _unbake_error(_request: Request, exc: UnbakeError) -> JSONResponse:

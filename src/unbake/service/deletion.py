@@ -50,6 +50,7 @@ from unbake.exceptions import (
     InvalidParameterError,
     NotFoundError,
     UnbakeError,
+    without_paths,
 )
 from unbake.methods import METHODS
 from unbake.methods.tuned import resolve_params, scenario_of
@@ -834,7 +835,7 @@ class DeletionService:
                     rejected.append((r["request_id"], why))
                     continue
                 except UnbakeError as exc:
-                    rejected.append((r["request_id"], str(exc)))
+                    rejected.append((r["request_id"], without_paths(str(exc), (ws.root,))))
                     continue
             else:
                 ids = [i for i in r["sample_ids"] if status.get(i) == "active"]

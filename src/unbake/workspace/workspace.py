@@ -42,6 +42,7 @@ from unbake.exceptions import (
     UnknownNameError,
     UnknownSampleError,
     WorkspaceError,
+    without_paths,
 )
 from unbake.methods import UnlearnResult
 from unbake.training import TrainedModel, resolve_device
@@ -119,9 +120,12 @@ class RequestRecord:
         return self.model_after != self.model_before
 
 
-def failure_reason(exc: BaseException) -> str:
-    """``exc`` as one line of at most 500 characters, for a ``failed`` ledger entry."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+def failure_reason(exc: BaseException, root: str | os.PathLike | None = None) -> str:
+    """``exc`` as one line of at most 500 characters, for a ``failed`` ledger entry. Its
+    submitter reads it (``GET /v1/requests/{id}``), so it holds no filesystem path: the
+    workspace folder ``root`` reads ``<workspace>``, any other absolute path ``<path>``."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return without_paths(text, () if root is None else (root,))[:500]
 
 
 @dataclass
@@ -858,7 +862,7 @@ class Workspace:
         reported, and the request is simply not in the ledger (or still ``applying``,
         which the worker's recovery puts back in the queue).
         """
-        reason = failure_reason(exc)
+        reason = failure_reason(exc, self.root)
         with contextlib.suppress(UnbakeError, OSError), self.catalog.transaction() as cur:
             for ticket in tickets:
                 self._ledger_start(cur, ticket, method, model_before)
