@@ -53,7 +53,7 @@ FILE`` writes it (the committed copy is ``docs/openapi.json``).
 >>> r = client.post("/v1/requests", json={"sample_ids": ["digits-0000"]})
 >>> r.status_code, r.json()["state"]
 (202, 'queued')
->>> client.post("/v1/requests", json={"sample_ids": ["nobody"]}).status_code  # the worker rejects it
+>>> client.post("/v1/requests", json={"sample_ids": ["nobody"]}).status_code  # rejected later
 202
 >>> client.post("/v1/requests", json={}).json()["error"]["type"]
 'EmptyRequestError'
