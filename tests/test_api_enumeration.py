@@ -168,7 +168,7 @@ def test_a_submitter_sees_only_its_own_requests(env):
 @pytest.mark.parametrize("suffix", ["", "/certificate"])
 def test_another_tokens_request_answers_as_a_missing_one(env, suffix):
     client, _, tokens, _, earlier = env
-    theirs = sorted(earlier)[0]  # filed by submitter a, and certified-less: applied
+    theirs = sorted(earlier)[0]  # filed by submitter a; applied, not certified
     missing = "req-" + "0" * 12
     assert missing not in earlier
     got = client.get(f"/v1/requests/{theirs}{suffix}", headers=auth(tokens["b"]))
