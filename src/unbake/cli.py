@@ -70,6 +70,7 @@ _PLAIN = {"markup": False, "emoji": False, "highlight": False}
 console = Console(width=None if sys.stdout.isatty() else 200, **_PLAIN)
 err_console = Console(stderr=True, **_PLAIN)
 
+
 def _print_version(value: bool) -> None:
     if value:
         from unbake._version import __version__
