@@ -11,7 +11,6 @@ from unbake.exceptions import (
     InvalidParameterError,
     NotFoundError,
     UnknownNameError,
-    UnknownSampleError,
     WorkspaceError,
 )
 from unbake.service import DeletionService, apply
@@ -59,8 +58,6 @@ def test_submit_is_durable_and_queued(svc, train_ids):
     [
         ({}, EmptyRequestError),
         ({"sample_ids": []}, EmptyRequestError),
-        ({"sample_ids": ["nope"]}, UnknownSampleError),
-        ({"subject": "nobody"}, UnknownSampleError),
         ({"class_label": "eleven"}, InvalidParameterError),
         ({"sample_ids": ["digits-0000"], "subject": "x"}, InvalidParameterError),
         ({"sample_ids": ["digits-0000"], "method": "nope"}, UnknownNameError),
@@ -76,6 +73,35 @@ def test_malformed_requests_write_nothing(svc, kwargs, error):
         svc.submit(**kwargs)
     assert workspace_snapshot(svc.root) == before
     assert svc.state_counts() == {}
+
+
+def test_absent_and_forgotten_samples_are_accepted_then_rejected_by_the_worker(svc, train_ids):
+    """Whether the samples exist is the worker's to find, so that submitting tells no one
+    who is or was in the data; the reason, on that request only, names no other request
+    and says the same for an unknown ID and a forgotten one."""
+    first = svc.submit(sample_ids=train_ids[:2], submitted_by="alice")
+    svc.apply_pending()
+    subs = {
+        "unknown": svc.submit(sample_ids=["nope"], submitted_by="mallory"),
+        "forgotten": svc.submit(sample_ids=train_ids[:1], submitted_by="mallory"),
+        "mixed": svc.submit(sample_ids=[train_ids[5], "nope"], submitted_by="mallory"),
+        "nobody": svc.submit(subject="nobody", submitted_by="mallory"),
+    }
+    assert {s.state for s in subs.values()} == {"queued"}
+    assert sorted(svc.apply_pending()) == sorted(s.request_id for s in subs.values())
+    reasons = {}
+    for what, sub in subs.items():
+        req = svc.request(sub.request_id)
+        assert req["state"] == "rejected", what
+        reasons[what] = req["entries"][-1]["payload"]["reason"]
+        assert "\n" not in reasons[what] and reasons[what].endswith(".")
+        assert first.request_id not in reasons[what] and "req-" not in reasons[what]
+        assert "alice" not in reasons[what] and "nope" not in reasons[what]
+    assert reasons["unknown"] == reasons["forgotten"]  # the same words for both
+    assert "1 of the 2 sample IDs" in reasons["mixed"]
+    assert svc.workspace.catalog.sample_status()[train_ids[5]] == "active"  # all or nothing
+    assert "subject" in reasons["nobody"]
+    svc.workspace.catalog.verify_ledger()
 
 
 def test_idempotency_key_dedupes(svc, train_ids):

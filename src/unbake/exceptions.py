@@ -7,6 +7,9 @@ exits with status 2; the Python API lets it propagate.
 
 from __future__ import annotations
 
+import os
+import re
+
 __all__ = [
     "CertificateError",
     "DatasetError",
@@ -83,3 +86,26 @@ class UnsupportedModelError(UnbakeError, TypeError):
 
 class NotFittedError(UnbakeError, AttributeError):
     """An estimator was used before ``fit``."""
+
+
+#: An absolute filesystem path of two parts or more, as a message written for a local
+#: operator may hold (``Catalog /srv/ws/catalog.sqlite is busy``); not a URL, not an API
+#: route. Error bodies show ``<path>`` instead: a path tells a caller how the server is
+#: laid out, and nothing it could act on.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w./~>:-])/(?!v1/)(?:[^\s'\"`/]+/)+[^\s'\"`/,;:)]*(?<!\.)")
+
+
+def without_paths(text: str, roots: tuple[str | os.PathLike, ...] = ()) -> str:
+    """``text`` with each of ``roots`` (a workspace folder) shown as ``<workspace>`` and
+    any other absolute path as ``<path>``: an error message as shown to a remote caller
+    (the REST API's bodies, a reason recorded where a submitter reads it).
+
+    >>> without_paths("Workspace /srv/ws is read-only (chmod -R u+w /srv/ws).", ("/srv/ws",))
+    'Workspace <workspace> is read-only (chmod -R u+w <workspace>).'
+    >>> without_paths("Checkpoint /a/b/m.safetensors is missing; see GET /v1/requests.")
+    'Checkpoint <path> is missing; see GET /v1/requests.'
+    """
+    folders = {str(r) for r in roots} | {os.path.realpath(r) for r in roots}
+    for root in sorted((f for f in folders if len(f) > 1), key=len, reverse=True):
+        text = text.replace(root, "<workspace>")
+    return _ABSOLUTE_PATH.sub("<path>", text)

@@ -27,11 +27,15 @@ with ``Retry-After``). A body that names a JSON key twice in one object is refus
 and so is a prediction input that is not finite in the model's dtype (422).
 
 ``POST /v1/requests`` answers ``202`` once the request is durable (committed with
-``synchronous = FULL`` by the service's group commit). Every error is a JSON body
-``{"error": {"type", "message"}}`` whose message names the cause and the fix; bad input
-(malformed JSON, unknown IDs, an empty request, a body over ``max_body_bytes``) is
-refused before anything is written. Predictions always come from the catalog's
-current model (see :mod:`unbake.service.serving`).
+``synchronous = FULL`` by the service's group commit), the same way whether the IDs or the
+subject it names are in the data, were never there or were already forgotten: the worker
+rejects the last two, and says so on that request only. Every error is a JSON body
+``{"error": {"type", "message"}}`` whose message names the cause and the fix, and never a
+filesystem path; malformed input (bad JSON, an empty request, two selectors, a body over
+``max_body_bytes``) is refused before anything is written. A submitter sees only its own
+requests: another token's request answers ``404`` exactly as a missing one does.
+Predictions always come from the catalog's current model (see
+:mod:`unbake.service.serving`).
 
 :func:`openapi_spec` builds the schema without a workspace; ``unbake serve --openapi
 FILE`` writes it (the committed copy is ``docs/openapi.json``).
@@ -49,8 +53,10 @@ FILE`` writes it (the committed copy is ``docs/openapi.json``).
 >>> r = client.post("/v1/requests", json={"sample_ids": ["digits-0000"]})
 >>> r.status_code, r.json()["state"]
 (202, 'queued')
->>> client.post("/v1/requests", json={"sample_ids": ["nobody"]}).json()["error"]["type"]
-'UnknownSampleError'
+>>> client.post("/v1/requests", json={"sample_ids": ["nobody"]}).status_code  # rejected later
+202
+>>> client.post("/v1/requests", json={}).json()["error"]["type"]
+'EmptyRequestError'
 >>> svc.close()
 """
 
@@ -75,7 +81,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from unbake.exceptions import IntegrityError, NotFoundError, UnbakeError, WorkspaceError
+from unbake.exceptions import (
+    IntegrityError,
+    NotFoundError,
+    UnbakeError,
+    WorkspaceError,
+    without_paths,
+)
 from unbake.service.deletion import STUCK_AFTER, DeletionService
 from unbake.service.policy import Limits
 from unbake.service.serving import ServedModel
@@ -327,10 +339,10 @@ _DESCRIPTIONS = {
     400: "Malformed JSON.",
     401: "Missing, malformed or unknown bearer token.",
     403: "The token's role may not do this.",
-    404: "No such request, certificate or model.",
+    404: "No such request (or another token's), certificate or model.",
     409: "The workspace is read-only or busy.",
     413: "The request body is too large.",
-    422: "Invalid input (unknown IDs, an empty request, a bad field).",
+    422: "Malformed input (an empty request, two selectors, a bad field).",
     429: "This token made too many requests; retry after the Retry-After seconds.",
     431: "The request's headers are too large.",
 }
@@ -774,13 +786,19 @@ def create_app(
     Submitters = Annotated[Principal, Depends(role("submitter", "operator"))]
 
     def own(who: Principal, request_id: str) -> dict[str, Any]:
-        found = service.request(request_id)
-        if who.role == "submitter" and found["submitted_by"] != who.name:
+        """``request_id``'s summary, if ``who`` may read it. A missing request and, for a
+        submitter, another token's answer the same 404, byte for byte but the echoed ID,
+        so that a request ID reveals nothing about whether it exists."""
+        try:
+            found = service.request(request_id)
+        except NotFoundError:
+            found = None
+        if found is None or (who.role == "submitter" and found["submitted_by"] != who.name):
             raise ApiError(
-                403,
-                "Forbidden",
-                f"Request {request_id} was filed by another token; a submitter reads only "
-                "its own requests.",
+                404,
+                "NotFoundError",
+                f"No request {request_id!r} that this token may read; list those it may "
+                "read with GET /v1/requests.",
             )
         return found
 
@@ -788,9 +806,11 @@ def create_app(
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.kind, exc.message, exc.headers)
 
+    roots = (service.root,) if service is not None else ()
+
     @app.exception_handler(UnbakeError)
     async def _unbake_error(_request: Request, exc: UnbakeError) -> JSONResponse:
-        return _error(_status_of(exc), type(exc).__name__, str(exc))
+        return _error(_status_of(exc), type(exc).__name__, without_paths(str(exc), roots))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -909,7 +929,7 @@ def create_app(
         try:
             seq, digest = service.workspace.catalog.verify_ledger()
         except IntegrityError as exc:
-            return LedgerCheck(valid=False, head=None, error=str(exc))
+            return LedgerCheck(valid=False, head=None, error=without_paths(str(exc), roots))
         return LedgerCheck(valid=True, head=LedgerHead(seq=seq, hash=digest), error=None)
 
     def text_route(path: str, summary: str, headers: dict[str, Any] | None = None):

@@ -1,11 +1,12 @@
 """The deletion service: file requests durably, read their state, and apply them in batches.
 
 One :class:`DeletionService` is shared by every thread of a process (the CLI, the
-REST server, the worker). ``submit`` validates a request against the catalog, then hands
-it to a writer thread that commits every request waiting at that moment in one
-transaction (group commit) and wakes each caller once its request is durable: the
-ledger holds ``received`` and ``queued`` for it and the ``queue`` table what the worker
-needs. :meth:`DeletionService.apply_pending` is the worker's step: under the workspace's
+REST server, the worker). ``submit`` checks a request's form (whether its samples exist
+is the worker's to find: it rejects a request whose samples are unknown or already
+forgotten), then hands it to a writer thread that commits every request waiting at that
+moment in one transaction (group commit) and wakes each caller once its request is
+durable: the ledger holds ``received`` and ``queued`` for it and the ``queue`` table what
+the worker needs. :meth:`DeletionService.apply_pending` is the worker's step: under the workspace's
 lock it first recovers (a request left ``applying`` by a worker that died goes back to
 ``queued``; stray checkpoint files are swept), then takes one batch of queued requests,
 and unlearns the union of the IDs of the requests that share a plan in one run, so a
@@ -24,6 +25,9 @@ one transaction, so a crash at any point applies each request exactly once.
 ('queued', 1)
 >>> svc.apply_pending() == [sub.request_id], svc.request(sub.request_id)["state"]
 (True, 'applied')
+>>> again = svc.submit(sample_ids=["digits-0000"])  # forgotten now: accepted all the same
+>>> svc.apply_pending() == [again.request_id], svc.request(again.request_id)["state"]
+(True, 'rejected')
 >>> svc.close()
 """
 
@@ -46,7 +50,7 @@ from unbake.exceptions import (
     InvalidParameterError,
     NotFoundError,
     UnbakeError,
-    UnknownSampleError,
+    without_paths,
 )
 from unbake.methods import METHODS
 from unbake.methods.tuned import resolve_params, scenario_of
@@ -250,10 +254,15 @@ class DeletionService:
     ) -> Submitted:
         """File a request; returns once it is durable (``received`` and ``queued``).
 
-        Exactly one of ``sample_ids``, ``subject`` and ``class_label``. Unknown or
-        already forgotten IDs, an unknown subject or class, an empty request and bad
-        method parameters are refused with a typed :class:`UnbakeError` and write
-        nothing. ``method``/``params``/``seed``/``device``/``model_id`` are optional (by
+        Exactly one of ``sample_ids``, ``subject`` and ``class_label``. Input that is
+        wrong whatever the data holds (no selector or two, an empty ID list, bad types,
+        an unknown class or method, bad method parameters, a reused idempotency key) is
+        refused with a typed :class:`UnbakeError` and writes nothing. Whether the IDs or
+        the subject are in the data is not checked here: a request naming IDs that are
+        unknown or already forgotten, or a subject with no active sample, is accepted
+        the same way as any other and rejected by the worker, with its reason on that
+        request only (so a submitter cannot learn who is, or was, in the data).
+        ``method``/``params``/``seed``/``device``/``model_id`` are optional (by
         default the worker picks the method: the policy's, else ``sisa`` for a SISA
         model and ``retrain`` otherwise). With an ``idempotency_key`` seen before for
         the same request, that request is returned (``duplicate=True``).
@@ -348,13 +357,16 @@ class DeletionService:
                 raise EmptyRequestError(
                     "The deletion request selects no samples; name at least one sample ID."
                 )
-            self._check_ids(ids)
+            # Whether they exist is the worker's to find (see _unavailable): a refusal
+            # here would tell any submitter who is, or was, in the data.
         elif subject is not None:
             if not isinstance(subject, str) or not subject:
                 raise InvalidParameterError(
                     f"The subject must be a non-empty string; got {subject!r}."
                 )
-            ids = self.workspace.subject_ids(subject)
+            # None for a stranger and for a subject already forgotten alike; the worker
+            # rejects the request then.
+            ids = self.workspace.subject_sample_ids(subject)
         else:
             label = self.workspace.class_name(class_label)
         selector = ForgetSelector(
@@ -373,29 +385,48 @@ class DeletionService:
             request["submitted_by"],
         )
 
-    def _check_ids(self, ids: list[str]) -> None:
-        status: dict[str, str] = {}
+    def _forgotten_since(self, ids: list[str], received_at: str) -> set[str]:
+        """Those of ``ids`` forgotten at or after ``received_at`` (by another request,
+        or by ``unbake forget``): active when the request arrived, so not its error."""
+        since: set[str] = set()
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             marks = ",".join("?" for _ in chunk)
-            for r in self._catalog.query(
-                f"SELECT sample_id, status FROM samples WHERE sample_id IN ({marks})", tuple(chunk)
-            ):
-                status[r["sample_id"]] = r["status"]
-        shredded = self.workspace.tombstoned([i for i in ids if i not in status])
-        status.update({i: r["status"] for i, r in shredded.items()})
-        unknown = [i for i in ids if i not in status]
-        if unknown:
-            raise UnknownSampleError(
-                f"Unknown sample IDs {unknown[:5]}{' …' if len(unknown) > 5 else ''} "
-                f"({len(unknown)} in all); list valid IDs with `unbake samples`."
+            since.update(
+                r["sample_id"]
+                for r in self._catalog.query(
+                    "SELECT sample_id FROM samples WHERE status = 'forgotten' AND "
+                    f"forgotten_at >= ? AND sample_id IN ({marks})",
+                    (received_at, *chunk),
+                )
             )
-        gone = [i for i in ids if status[i] == "forgotten"]
-        if gone:
-            raise UnknownSampleError(
-                f"Sample IDs {gone[:5]} were already forgotten; drop them from the request "
-                "(see `unbake log`)."
+        shredded = self.workspace.tombstoned([i for i in ids if i not in since])
+        since.update(i for i, r in shredded.items() if (r["forgotten_at"] or "") >= received_at)
+        return since
+
+    def _unavailable(self, row: dict[str, Any], status: dict[str, str]) -> str | None:
+        """Why the worker rejects the queued request ``row`` before any unlearning
+        (``None``: it goes ahead). The reason is recorded on that request only, and says
+        the same for samples never in the workspace and samples forgotten before the
+        request arrived, naming neither them nor any other request nor its submitter."""
+        if row["class_label"] is not None:
+            return None
+        names = row["sample_ids"]
+        if not names:  # a subject with no active sample when the request arrived
+            return (
+                "No active sample belongs to the subject it names (it has none in this "
+                "workspace, or they were forgotten before the request was received); "
+                "there is nothing to forget."
             )
+        inactive = [i for i in names if status.get(i) != "active"]
+        missing = len(inactive) - len(self._forgotten_since(inactive, row["received_at"]))
+        if missing:
+            return (
+                f"{missing} of the {len(names)} sample IDs it names are not active samples "
+                "(unknown to this workspace, or forgotten before the request was received); "
+                "file a new request without them."
+            )
+        return None
 
     def _write_jobs(self, jobs: list[_Job]) -> None:
         """The writer thread's transaction: each job in a savepoint of its own, so one
@@ -479,7 +510,7 @@ class DeletionService:
         entries = self._catalog.request_entries(request_id)
         if not entries:
             raise NotFoundError(
-                f"No request {request_id!r} in {self.root}; list them with `unbake ledger show`."
+                f"No request {request_id!r} in this workspace; list them with `unbake ledger show`."
             )
         return self._summary(request_id, entries)
 
@@ -601,7 +632,7 @@ class DeletionService:
         """The newest active model: ID, sha256, architecture, strategy, size, creation time."""
         row = self._catalog.latest_active_model()
         if row is None:
-            raise NotFoundError(f"No model in {self.root} yet; train one with `unbake train`.")
+            raise NotFoundError("No model in this workspace yet; train one with `unbake train`.")
         spec = self._catalog.parse_json(row["spec"], f"model {row['model_id']}'s spec")
         return {
             "model_id": row["model_id"],
@@ -617,7 +648,7 @@ class DeletionService:
     def load_model(self, model_id: str) -> TrainedModel:
         """Load a model, checked against its recorded sha256."""
         if self._catalog.model(model_id) is None:
-            raise NotFoundError(f"No model {model_id!r} in {self.root}; see `unbake status`.")
+            raise NotFoundError(f"No model {model_id!r} in this workspace; see `unbake status`.")
         return self.workspace.load_model(model_id)
 
     def state_counts(self) -> dict[str, int]:
@@ -817,19 +848,26 @@ class DeletionService:
         claimed: set[str] = set()
         rejected: list[tuple[str, str]] = []
         for r in rows:
+            why = self._unavailable(r, status)
+            if why is not None:
+                rejected.append((r["request_id"], why))
+                continue
             if r["class_label"] is not None:
                 try:
                     ids = ws.select(ForgetSelector(label=r["class_label"]), active=active)
+                except EmptyRequestError:
+                    why = f"No active sample of class {r['class_label']!r} is left to forget."
+                    rejected.append((r["request_id"], why))
+                    continue
                 except UnbakeError as exc:
-                    rejected.append((r["request_id"], str(exc)))
+                    rejected.append((r["request_id"], without_paths(str(exc), (ws.root,))))
                     continue
             else:
                 ids = [i for i in r["sample_ids"] if status.get(i) == "active"]
             ids = [i for i in ids if i not in claimed]
             if not ids and not any(i in claimed for i in r["sample_ids"]):
-                rejected.append(
-                    (r["request_id"], "every sample it names was forgotten since it was received")
-                )
+                why = "Every sample it names was forgotten since it was received (nothing left)."
+                rejected.append((r["request_id"], why))
                 continue
             claimed.update(ids)
             ticket = Ticket(r["request_id"], r["received_at"], r["selector"])

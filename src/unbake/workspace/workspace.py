@@ -42,6 +42,7 @@ from unbake.exceptions import (
     UnknownNameError,
     UnknownSampleError,
     WorkspaceError,
+    without_paths,
 )
 from unbake.methods import UnlearnResult
 from unbake.training import TrainedModel, resolve_device
@@ -128,9 +129,12 @@ class RequestRecord:
         return self.model_after != self.model_before
 
 
-def failure_reason(exc: BaseException) -> str:
-    """``exc`` as one line of at most 500 characters, for a ``failed`` ledger entry."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+def failure_reason(exc: BaseException, root: str | os.PathLike | None = None) -> str:
+    """``exc`` as one line of at most 500 characters, for a ``failed`` ledger entry. Its
+    submitter reads it (``GET /v1/requests/{id}``), so it holds no filesystem path: the
+    workspace folder ``root`` reads ``<workspace>``, any other absolute path ``<path>``."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return without_paths(text, () if root is None else (root,))[:500]
 
 
 @dataclass
@@ -523,7 +527,8 @@ class Workspace:
         hashed = {
             r["sample_id"]: dict(r)
             for r in self.catalog.query(
-                "SELECT sample_id, split, status, content_hash, request_id FROM samples "
+                "SELECT sample_id, split, status, content_hash, request_id, forgotten_at "
+                "FROM samples "
                 "WHERE sample_id LIKE ?",
                 (TOMBSTONE_PREFIX + "%",),
             )
@@ -774,12 +779,19 @@ class Workspace:
             )
         return chosen
 
-    def subject_ids(self, subject: str) -> list[str]:
-        """The active IDs of ``subject``, in every split (forgotten rows keep no subject)."""
+    def subject_sample_ids(self, subject: str) -> list[str]:
+        """The active IDs of ``subject``, in every split; none when it has no samples or
+        all were forgotten (forgotten rows keep no subject, so the two look the same)."""
         rows = self.catalog.query(
-            "SELECT sample_id, split FROM samples WHERE subject = ? ORDER BY row", (subject,)
+            "SELECT sample_id FROM samples WHERE subject = ? ORDER BY row", (subject,)
         )
-        if not rows:
+        return [r["sample_id"] for r in rows]
+
+    def subject_ids(self, subject: str) -> list[str]:
+        """:meth:`subject_sample_ids`, refusing a subject with none (for the operator's
+        synchronous ``unbake forget``, which says which of the two it is)."""
+        ids = self.subject_sample_ids(subject)
+        if not ids:
             done = self._requests_naming(subject)
             if done:
                 raise UnknownSampleError(
@@ -790,7 +802,7 @@ class Workspace:
                 f"No samples belong to subject {subject!r}; check the subject ID "
                 "(`unbake samples` lists them)."
             )
-        return [r["sample_id"] for r in rows]
+        return ids
 
     def _requests_naming(self, subject: str) -> list[dict[str, Any]]:
         digest = self.subject_hmac(subject)
@@ -805,9 +817,9 @@ class Workspace:
         if row is None:
             if model_id:
                 raise WorkspaceError(
-                    f"No model {model_id!r} in {self.root}; list models with `unbake status`."
+                    f"No model {model_id!r} in this workspace; list models with `unbake status`."
                 )
-            raise WorkspaceError(f"No model in {self.root} yet; train one with `unbake train`.")
+            raise WorkspaceError("No model in this workspace yet; train one with `unbake train`.")
         if row["status"] != "active":
             raise WorkspaceError(
                 f"Model {row['model_id']} was purged after a deletion request; use the newest "
@@ -963,7 +975,7 @@ class Workspace:
         rows = [r for r in self.catalog.requests() if r["request_id"] == request_id]
         if not rows:
             raise UnknownNameError(
-                f"No applied deletion request {request_id!r} in {self.root}; list them with "
+                f"No applied deletion request {request_id!r} in this workspace; list them with "
                 "`unbake log`."
             )
         r = rows[0]
@@ -1027,7 +1039,7 @@ class Workspace:
         reported, and the request is simply not in the ledger (or still ``applying``,
         which the worker's recovery puts back in the queue).
         """
-        reason = failure_reason(exc)
+        reason = failure_reason(exc, self.root)
         with contextlib.suppress(UnbakeError, OSError), self.catalog.transaction() as cur:
             for ticket in tickets:
                 self._ledger_start(cur, ticket, method, model_before)
@@ -1366,7 +1378,7 @@ class Workspace:
         entries = self.catalog.request_entries(request_id)
         if request_id is not None and not entries:
             raise UnknownNameError(
-                f"No request {request_id!r} in the ledger of {self.root}; list them with "
+                f"No request {request_id!r} in this workspace's ledger; list them with "
                 "`unbake ledger show`."
             )
         return entries
