@@ -592,7 +592,7 @@ def _check_split_unchanged(ws, options: dict[str, Any]) -> None:
 def _check_strategy(strategy: str, params: dict[str, Any]) -> None:
     from unbake.training import STRATEGIES
 
-    STRATEGIES.create(strategy, **params).validate()
+    STRATEGIES.create_checked(strategy, params)
 
 
 def _remove_workspace(root: Path, *, keep_folder: bool) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from unbake.exceptions import InvalidParameterError, UnbakeError, UnknownNameError
@@ -94,6 +94,28 @@ class Registry(Generic[T]):
                     f"its parameters are: {', '.join(sorted(accepted)) or '(none)'}."
                 )
         return factory(**params)
+
+    def create_checked(self, name: str, params: Mapping[str, object] | None = None) -> T:
+        """:meth:`create` with ``params`` checked before any work is done: a mapping of
+        parameter names, each declared by ``name``, each within its declared constraints
+        (the item's ``validate()``).
+
+        The one door for a name and parameters from anywhere: the command line, a REST
+        request, a policy file, a queued row or a stored model of a workspace's catalog
+        (a tampered one gets the same one-line error as the user's own input).
+        """
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
+            raise InvalidParameterError(
+                f"The parameters of {self.kind} {name!r} must be a mapping of names to "
+                f"values; got {params!r:.80}."
+            )
+        item = self.create(name, **params)
+        validate = getattr(item, "validate", None)
+        if callable(validate):
+            validate()
+        return item
 
     def available(self) -> list[str]:
         self._load_plugins()

@@ -150,8 +150,8 @@ def load_causal_lm(
         torch.manual_seed(int(seed))
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                _path(name), local_files_only=True, dtype=torch.float32
-            )
+                _path(name), local_files_only=True, use_safetensors=True, dtype=torch.float32
+            )  # safetensors only: never unpickle weights
         except OSError as exc:
             raise InvalidParameterError(
                 f"Cannot load the weights of {name!r} offline ({str(exc).splitlines()[0]}); "

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from unbake._validation import validate_params
 from unbake.exceptions import (
     EmptyRequestError,
     InvalidParameterError,
@@ -321,10 +320,7 @@ class DeletionService:
         if params is not None and not isinstance(params, dict):
             raise InvalidParameterError(f"Method parameters must be a mapping; got {params!r}.")
         if method is not None:  # an unknown method or bad parameters: refused now
-            unlearner = METHODS.create(method, **(params or {}))
-            validate_params(
-                unlearner.get_params(), unlearner._parameter_constraints, unlearner.name
-            )
+            METHODS.create_checked(method, params)
         elif params:
             raise InvalidParameterError("Method parameters need a method; name the method too.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -840,7 +836,7 @@ class DeletionService:
                 apply_parts(
                     ws,
                     parts,
-                    METHODS.create(method, **json.loads(params_json)),
+                    METHODS.create_checked(method, json.loads(params_json)),
                     active,
                     model_id=model_id,
                     seed=seed,
