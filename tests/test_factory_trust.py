@@ -38,8 +38,9 @@ def test_cli_refuses_os_system_and_leaves_the_workspace_unchanged(tmp_path, no_s
 
 
 def _rewrite_spec(root, name: str) -> None:
-    """What an attacker with write access does: a checkpoint naming ``name``, its sha256
-    put in the catalog so that the hash check passes."""
+    """What an attacker with write access and the workspace secret does: a checkpoint
+    naming ``name``, its sha256 and keyed digest put in the catalog so that the hash
+    checks pass (the factory check still stands)."""
     with Workspace.open(root) as ws:
         row = ws.catalog.latest_active_model()
         path = root / row["checkpoint"]
@@ -48,10 +49,11 @@ def _rewrite_spec(root, name: str) -> None:
         meta["spec"] = json.dumps({"name": name, "params": {}})
         forged = st_save(st_load(data), metadata=meta)
         path.write_bytes(forged)
+        digest = hashlib.sha256(forged).hexdigest()
         with ws.catalog.transaction() as cur:
             cur.execute(
-                "UPDATE models SET sha256 = ? WHERE model_id = ?",
-                (hashlib.sha256(forged).hexdigest(), row["model_id"]),
+                "UPDATE models SET sha256 = ?, mac = ? WHERE model_id = ?",
+                (digest, ws.checkpoint_mac(row["model_id"], digest), row["model_id"]),
             )
 
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from unbake.exceptions import CertificateError, IntegrityError, WorkspaceError
 from unbake.workspace import ledger
-from unbake.workspace.atomic import atomic_write_bytes, sha256_bytes
+from unbake.workspace.atomic import PRIVATE, atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.keys import SIGNING_KEY
 from unbake.workspace.ledger import canonical_json
@@ -221,8 +221,7 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
             "issued_at": utcnow(),
         }
         data = sign_certificate(json.loads(json.dumps(body, default=str)), key)
-        (ws.root / CERTIFICATES).mkdir(exist_ok=True)
-        atomic_write_bytes(ws.root / CERTIFICATES / f"{request_id}.json", data)
+        atomic_write_bytes(ws.root / CERTIFICATES / f"{request_id}.json", data, mode=PRIVATE)
         with ws.catalog.transaction() as cur:
             payload = {"certificate_sha256": sha256_bytes(data), "ledger_head": seq}
             ledger.append_entry(cur, request_id, "certified", payload, body["issued_at"])
