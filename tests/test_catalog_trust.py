@@ -215,3 +215,26 @@ def _workspace(root, **train):
     with Workspace.create(root, dataset="digits", dataset_options=small) as ws:
         apply.train(ws, model="logreg", config=CFG, **train)
     return root
+
+
+@pytest.mark.parametrize(
+    ("spec", "cause"),
+    [
+        ({"name": "csv"}, "needs the parameter 'path'"),
+        ({"name": "digits", "colour": "red"}, "has no parameter 'colour'"),
+        ({"name": "nosuchdata"}, "Unknown dataset 'nosuchdata'"),
+    ],
+)
+def test_a_hand_edited_dataset_spec_is_a_damaged_catalog(tmp_path, spec, cause):
+    from tests.integration.test_cli import assert_one_line_error, run
+
+    root = _workspace(tmp_path / "ws")
+    db = sqlite3.connect(root / "catalog.sqlite")
+    with db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'dataset'", (json.dumps(spec),))
+    db.close()
+    before = workspace_snapshot(root)
+    for command in (("evaluate",), ("forget", "--ids", "digits-0001")):
+        result = run(*command, "--workspace", root)
+        assert_one_line_error(result, "is damaged: the dataset spec does not load", cause)
+    assert workspace_snapshot(root) == before

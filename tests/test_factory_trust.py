@@ -77,3 +77,36 @@ def test_a_catalog_spec_naming_an_untrusted_factory_is_refused_on_load(
             apply.forget(ws, ids=ids, method="retrain")
         assert ws.log() == []
     assert no_system_calls == []
+
+
+def test_a_hub_model_is_refused_from_the_command_line_and_from_a_catalog(tmp_path, monkeypatch):
+    import unbake.models.hf as hf
+
+    loads = []
+
+    class Loading(Exception):
+        pass
+
+    def load(*args, **kwargs):
+        loads.append(args)
+        raise Loading
+
+    monkeypatch.setattr(hf, "load_causal_lm", load)
+    fresh = tmp_path / "fresh"
+    result = run(*TRAIN[:3], "--model", "hf:someone/remote-code", "--workspace", fresh)
+    assert_one_line_error(result, "'hf:someone/remote-code' is not a local folder")
+    assert not fresh.exists()
+    root = tmp_path / "ws"
+    with Workspace.create(root, dataset="digits") as ws:
+        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1))
+    _rewrite_spec(root, "hf:someone/remote-code")
+    with Workspace.open(root) as ws:
+        with pytest.raises(InvalidParameterError, match="not a local folder") as info:
+            ws.load_model()
+        assert "\n" not in str(info.value)
+    assert loads == []
+    # A folder on disk, or a name the operator allow-listed, is what unbake loads.
+    monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", "hf:someone/remote-code")
+    with Workspace.open(root) as ws, pytest.raises(Loading):
+        ws.load_model()
+    assert loads == [("hf:someone/remote-code",)]

@@ -393,10 +393,7 @@ class Catalog:
             found = [r["name"] for r in self.query(f"PRAGMA table_info({table})")]
             if found != columns:
                 what = "is missing" if not found else "has other columns than this unbake writes"
-                raise IntegrityError(
-                    f"Catalog {self.path} is damaged: table {table!r} {what}; restore it "
-                    "from a backup or start a new workspace."
-                )
+                raise self.damaged(f"table {table!r} {what}")
 
     def check_integrity(self) -> None:
         """SQLite's own page-level check; a damaged page is refused before it is read."""
@@ -469,15 +466,19 @@ class Catalog:
     def models(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.query("SELECT * FROM models ORDER BY created_at, rowid")]
 
+    def damaged(self, what: str) -> IntegrityError:
+        """The one-line error for a catalog whose contents are not what unbake wrote."""
+        return IntegrityError(
+            f"Catalog {self.path} is damaged: {what}; restore it from a backup or start a new "
+            "workspace."
+        )
+
     def parse_json(self, text: str, what: str) -> Any:
         """A JSON value stored in the catalog; junk there is a damaged catalog."""
         try:
             return json.loads(text)
         except (TypeError, ValueError) as exc:
-            raise IntegrityError(
-                f"Catalog {self.path} is damaged: {what} is not valid JSON ({exc}); restore it "
-                "from a backup or start a new workspace."
-            ) from None
+            raise self.damaged(f"{what} is not valid JSON ({exc})") from None
 
     def ledger_rows(self) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM ledger ORDER BY seq")

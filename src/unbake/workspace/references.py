@@ -32,15 +32,24 @@ __all__ = ["applied_request", "load_references", "record_audit", "store_referenc
 
 
 def applied_request(ws: Workspace, request_id: str | None) -> dict[str, Any]:
-    """The applied request ``request_id`` (default: the latest), as the catalog lists it."""
+    """The applied request ``request_id`` (default: the latest that changed a model), as
+    the catalog lists it; one that touched only held-out rows changed no model to audit."""
     reqs = [r for r in ws.catalog.requests() if r["status"] == "applied"]
+    changed = [r for r in reqs if r["model_after"] != r["model_before"]]
     if request_id is None:
-        if not reqs:
+        if not changed:
+            held = f" ({len(reqs)} touched only held-out rows, which no model trained on)"
             raise WorkspaceError(
-                f"No deletion request in {ws.root} to audit; file one with `unbake forget`."
+                f"No deletion request in {ws.root} changed a model{held if reqs else ''}, so "
+                "there is nothing to audit; file one with `unbake forget`."
             )
-        return reqs[-1]
+        return changed[-1]
     for r in reqs:
+        if r["request_id"] == request_id and r not in changed:
+            raise WorkspaceError(
+                f"Request {request_id} touched only held-out rows and changed no model, so "
+                "there is nothing to audit; audit a request that forgot training samples."
+            )
         if r["request_id"] == request_id:
             return r
     raise UnknownNameError(

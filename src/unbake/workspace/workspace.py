@@ -498,9 +498,8 @@ class Workspace:
     def dataset_spec(self) -> dict[str, Any]:
         spec = self.catalog.parse_json(self.catalog.meta("dataset") or "{}", "the dataset spec")
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise IntegrityError(
-                f"Catalog {self.catalog.path} is damaged: the dataset spec {spec!r:.60} is not "
-                "an object with a dataset name; restore it from a backup or start a new workspace."
+            raise self.catalog.damaged(
+                f"the dataset spec {spec!r:.60} is not an object with a dataset name"
             )
         return spec
 
@@ -514,7 +513,10 @@ class Workspace:
                     "This workspace was created from in-memory data that is no longer loaded; "
                     "reopen it with Workspace.create(..., dataset=<Dataset>) in the same process."
                 )
-            self._dataset = load_dataset(name, **spec)
+            try:
+                self._dataset = load_dataset(name, **spec)
+            except (InvalidParameterError, UnknownNameError) as exc:  # what it names is wrong
+                raise self.catalog.damaged(f"the dataset spec does not load ({exc})") from None
         return self._dataset
 
     def active_and_forgotten(self) -> tuple[Samples, Samples]:
