@@ -2,7 +2,9 @@
 
 Everything here imports ``transformers`` (and ``peft``) lazily, so ``import unbake``
 neither needs nor pays for the ``llm`` extra. Models load offline only
-(``local_files_only``): a name must already be in the local cache, or be a directory.
+(``local_files_only``) and from safetensors only: ``hf:PATH`` names a directory, or a
+model in the local cache that the operator allow-listed (see
+:func:`unbake.models.check_factory`).
 
 With ``lora_rank`` > 0 the base model is frozen and ``peft`` LoRA adapters are trained
 instead; the adapters' random initialisation is seeded, as every other draw in unbake.
