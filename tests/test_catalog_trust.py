@@ -238,3 +238,22 @@ def test_a_hand_edited_dataset_spec_is_a_damaged_catalog(tmp_path, spec, cause):
         result = run(*command, "--workspace", root)
         assert_one_line_error(result, "is damaged: the dataset spec does not load", cause)
     assert workspace_snapshot(root) == before
+
+
+def test_a_queued_row_with_junk_parameters_is_rejected_and_the_batch_goes_on(tmp_path):
+    root = _workspace(tmp_path / "ws")
+    with DeletionService(root) as svc:
+        ids = [r["sample_id"] for r in svc.workspace.samples() if r["split"] == "train"]
+        bad = svc.submit(sample_ids=ids[:1], method="finetune", params={"epochs": 1})
+        good = svc.submit(sample_ids=ids[1:2], method="finetune", params={"epochs": 1})
+    db = sqlite3.connect(root / "catalog.sqlite")
+    with db:
+        db.execute("UPDATE queue SET params = '[1]' WHERE request_id = ?", (bad.request_id,))
+    db.close()
+    with DeletionService(root) as svc:
+        assert svc.apply_pending() == [good.request_id]
+        refused = svc.request(bad.request_id)
+        assert refused["state"] == "rejected" and svc.request(good.request_id)["state"] == "applied"
+        reason = refused["entries"][-1]["payload"]["reason"]
+        assert "must be a mapping" in reason and "\n" not in reason
+        assert svc.queue_depth() == 0

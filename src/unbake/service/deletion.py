@@ -766,7 +766,11 @@ class DeletionService:
         strategy = latest["strategy"] if latest is not None else ""
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for r in rows:
-            r["plan"] = self._plan(r, strategy, policy)
+            try:
+                r["plan"] = self._plan(r, strategy, policy)
+            except UnbakeError as exc:  # a queued row no submitter could have filed
+                self._finish([(r["request_id"], str(exc))], "rejected")
+                continue
             groups.setdefault(r["plan"], []).append(r)
         return list(groups.values())
 
