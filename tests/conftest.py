@@ -7,8 +7,15 @@ from unbake.service import apply
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-#: Statements that take a current catalog back to version 6 (before token revocation).
+#: Statements that take a current catalog back to version 7 (before keyed checkpoint digests).
+UNDO_V8 = [
+    "ALTER TABLE models DROP COLUMN mac",
+    "ALTER TABLE reference_models DROP COLUMN mac",
+    "UPDATE meta SET value = '7' WHERE key = 'schema_version'",
+]
+#: ... and back to version 6 (before token revocation).
 UNDO_V7 = [
+    *UNDO_V8,
     "ALTER TABLE tokens DROP COLUMN revoked_at",
     "DELETE FROM meta WHERE key = 'token_generation'",
     "UPDATE meta SET value = '6' WHERE key = 'schema_version'",

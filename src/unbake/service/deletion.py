@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from unbake._validation import validate_params
 from unbake.exceptions import (
     EmptyRequestError,
     InvalidParameterError,
@@ -330,10 +329,7 @@ class DeletionService:
         if params is not None and not isinstance(params, dict):
             raise InvalidParameterError(f"Method parameters must be a mapping; got {params!r}.")
         if method is not None:  # an unknown method or bad parameters: refused now
-            unlearner = METHODS.create(method, **(params or {}))
-            validate_params(
-                unlearner.get_params(), unlearner._parameter_constraints, unlearner.name
-            )
+            METHODS.create_checked(method, params)
         elif params:
             raise InvalidParameterError("Method parameters need a method; name the method too.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -801,7 +797,11 @@ class DeletionService:
         strategy = latest["strategy"] if latest is not None else ""
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for r in rows:
-            r["plan"] = self._plan(r, strategy, policy)
+            try:
+                r["plan"] = self._plan(r, strategy, policy)
+            except UnbakeError as exc:  # a queued row no submitter could have filed
+                self._finish([(r["request_id"], str(exc))], "rejected")
+                continue
             groups.setdefault(r["plan"], []).append(r)
         return list(groups.values())
 
@@ -878,7 +878,7 @@ class DeletionService:
                 apply_parts(
                     ws,
                     parts,
-                    METHODS.create(method, **json.loads(params_json)),
+                    METHODS.create_checked(method, json.loads(params_json)),
                     active,
                     model_id=model_id,
                     seed=seed,
