@@ -47,6 +47,34 @@ def test_token_create_prints_the_token_once(ws_root):
     assert json.loads(js.stdout)["role"] == "operator"
 
 
+def test_a_token_file_is_private_whichever_way_it_is_written(ws_root, tmp_path):
+    import stat
+
+    out = tmp_path / "operator.token"
+    made = runner.invoke(
+        app, ["token", "create", "--role", "operator", "--out", str(out), "-w", str(ws_root)]
+    )
+    assert made.exit_code == 0 and made.stdout == "", made.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    with Workspace.open(ws_root, read_only=True) as ws:
+        assert authenticate(ws, out.read_text().strip()).role == "operator"
+    # The README's quick start: the shell makes the file (0644 under umask 022) first.
+    shell = tmp_path / "shell.token"
+    cli = f"{sys.executable} -c 'from unbake.cli import main; main()'"
+    done = subprocess.run(
+        f"umask 022; {cli} token create --role operator -w {ws_root} > {shell}",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(shell.stat().st_mode) == 0o600 and "now 0600" in done.stderr
+    with Workspace.open(ws_root, read_only=True) as ws:
+        assert authenticate(ws, shell.read_text().strip()).role == "operator"
+
+
 def test_token_revoke_and_list(ws_root):
     made = runner.invoke(
         app, ["token", "create", "--role", "auditor", "--json", "-w", str(ws_root)]

@@ -31,3 +31,20 @@ def test_the_accept_sweep_reports_every_level_and_the_summary_picks_one(tmp_path
     assert pick in rows and met == (
         pick["p99_accept_ms"] <= 50 and pick["accepted_per_second"] >= 1000
     )
+
+
+def test_enumeration_band_sees_one_answer_for_every_kind(tmp_path):
+    from unbake.bench.service import enumeration_band
+
+    band = enumeration_band(tmp_path / "ws", rounds=2)
+    assert band["same_answers"] is True
+    kinds = {r["kind"] for r in band["rows"]}
+    assert kinds == {
+        f"{state} {what}"
+        for state in ("present", "absent", "forgotten")
+        for what in ("subject", "IDs")
+    }
+    assert all(
+        r["submissions"] == 4 and r["answers"] == [[202, ["duplicate", "request_id", "state"]]]
+        for r in band["rows"]
+    )

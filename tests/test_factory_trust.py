@@ -38,8 +38,9 @@ def test_cli_refuses_os_system_and_leaves_the_workspace_unchanged(tmp_path, no_s
 
 
 def _rewrite_spec(root, name: str) -> None:
-    """What an attacker with write access does: a checkpoint naming ``name``, its sha256
-    put in the catalog so that the hash check passes."""
+    """What an attacker with write access and the workspace secret does: a checkpoint
+    naming ``name``, its sha256 and keyed digest put in the catalog so that the hash
+    checks pass (the factory check still stands)."""
     with Workspace.open(root) as ws:
         row = ws.catalog.latest_active_model()
         path = root / row["checkpoint"]
@@ -48,10 +49,11 @@ def _rewrite_spec(root, name: str) -> None:
         meta["spec"] = json.dumps({"name": name, "params": {}})
         forged = st_save(st_load(data), metadata=meta)
         path.write_bytes(forged)
+        digest = hashlib.sha256(forged).hexdigest()
         with ws.catalog.transaction() as cur:
             cur.execute(
-                "UPDATE models SET sha256 = ? WHERE model_id = ?",
-                (hashlib.sha256(forged).hexdigest(), row["model_id"]),
+                "UPDATE models SET sha256 = ?, mac = ? WHERE model_id = ?",
+                (digest, ws.checkpoint_mac(row["model_id"], digest), row["model_id"]),
             )
 
 
@@ -75,3 +77,36 @@ def test_a_catalog_spec_naming_an_untrusted_factory_is_refused_on_load(
             apply.forget(ws, ids=ids, method="retrain")
         assert ws.log() == []
     assert no_system_calls == []
+
+
+def test_a_hub_model_is_refused_from_the_command_line_and_from_a_catalog(tmp_path, monkeypatch):
+    import unbake.models.hf as hf
+
+    loads = []
+
+    class Loading(Exception):
+        pass
+
+    def load(*args, **kwargs):
+        loads.append(args)
+        raise Loading
+
+    monkeypatch.setattr(hf, "load_causal_lm", load)
+    fresh = tmp_path / "fresh"
+    result = run(*TRAIN[:3], "--model", "hf:someone/remote-code", "--workspace", fresh)
+    assert_one_line_error(result, "'hf:someone/remote-code' is not a local folder")
+    assert not fresh.exists()
+    root = tmp_path / "ws"
+    with Workspace.create(root, dataset="digits") as ws:
+        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1))
+    _rewrite_spec(root, "hf:someone/remote-code")
+    with Workspace.open(root) as ws:
+        with pytest.raises(InvalidParameterError, match="not a local folder") as info:
+            ws.load_model()
+        assert "\n" not in str(info.value)
+    assert loads == []
+    # A folder on disk, or a name the operator allow-listed, is what unbake loads.
+    monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", "hf:someone/remote-code")
+    with Workspace.open(root) as ws, pytest.raises(Loading):
+        ws.load_model()
+    assert loads == [("hf:someone/remote-code",)]

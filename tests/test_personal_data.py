@@ -244,17 +244,17 @@ def test_a_shred_killed_at_any_step_leaves_a_consistent_workspace(flow, monkeypa
 
 
 def test_an_old_catalog_is_sealed_on_open_and_its_chain_kept(tmp_path, service_template):
-    """A v7 catalog stored reasons and IDs in the clear: on open its request and queue
+    """A v8 catalog stored reasons and IDs in the clear: on open its request and queue
     rows are sealed; its ledger entries keep theirs (rewriting them would break the chain)."""
     import shutil
 
-    from tests.conftest import UNDO_V8
+    from tests.conftest import UNDO_V9
 
     root = tmp_path / "ws"
     shutil.copytree(service_template[0], root)
     sid = service_template[1][0]
     db = sqlite3.connect(root / "catalog.sqlite", isolation_level=None)
-    db.executescript(";".join(UNDO_V8))
+    db.executescript(";".join(UNDO_V9))
     now = datetime.now().astimezone().isoformat()
     db.execute("BEGIN")
     received = {"selector": {"ids": 1}, "deadline": now, "reason": REASON}

@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import os
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -613,7 +614,7 @@ def _check_split_unchanged(ws, options: dict[str, Any]) -> None:
 def _check_strategy(strategy: str, params: dict[str, Any]) -> None:
     from unbake.training import STRATEGIES
 
-    STRATEGIES.create(strategy, **params).validate()
+    STRATEGIES.create_checked(strategy, params)
 
 
 def _remove_workspace(root: Path, *, keep_folder: bool) -> None:
@@ -1244,7 +1245,8 @@ def tune(
 @_handle_errors
 def audit(
     request: Annotated[
-        str | None, typer.Option(help="Request ID (default: the latest deletion).")
+        str | None,
+        typer.Option(help="Request ID (default: the latest deletion that changed a model)."),
     ] = None,
     references: Annotated[
         int, typer.Option(help="Reference models K (trained once, reused by later audits).")
@@ -1276,6 +1278,11 @@ def audit(
     if as_json:
         _emit_json(out)
         return
+    if request is None:
+        console.print(
+            f"No --request given: auditing {report.stats['request_id']}, the latest deletion "
+            "that changed a model."
+        )
     console.print(f"{report.verdict}: {report.statement}")
     console.print(
         _table(
@@ -1563,19 +1570,42 @@ app.add_typer(token_app, name="token")
 def token_create(
     role: Annotated[str, typer.Option(help="submitter, operator or auditor.")],
     name: Annotated[str | None, typer.Option(help="A label to recognise the token by.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the token to this file, mode 0600 (default: print it)."),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     as_json: JsonOpt = False,
 ) -> None:
     """Make a bearer token and print it once (only its keyed hash is stored)."""
     from unbake.workspace import Workspace
+    from unbake.workspace.atomic import PRIVATE, atomic_write_bytes
     from unbake.workspace.tokens import create_token
 
     with Workspace.open(workspace) as ws:
         token, token_id = create_token(ws, role, name=name)
+    if out is not None:
+        atomic_write_bytes(out, (token + "\n").encode("ascii"), mode=PRIVATE)
+        err_console.print(f"Token {token_id} ({role}) written to {out} (mode 0600).")
+        return
+    _keep_stdout_private()
     if as_json:
         _emit_json({"token": token, "token_id": token_id, "role": role})
     else:
         sys.stdout.write(token + "\n")
+
+
+def _keep_stdout_private() -> None:
+    """A secret printed into a file of ours (``> operator.token``) that others could read:
+    make the file 0600 before a byte of the secret is in it, and say so."""
+    try:
+        fd = sys.stdout.fileno()
+        st = os.fstat(fd)
+    except (AttributeError, OSError, ValueError):  # not a real file (a pipe, a test)
+        return
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077 and st.st_uid == os.getuid():
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)
+        err_console.print("note: the file the token goes to was readable by others; now 0600.")
 
 
 @token_app.command("list")

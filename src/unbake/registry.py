@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from unbake.exceptions import InvalidParameterError, UnbakeError, UnknownNameError
@@ -83,7 +83,8 @@ class Registry(Generic[T]):
             ) from None
 
     def create(self, name: str, /, **params: object) -> T:
-        """Build the item registered as ``name`` with ``params``; unknown names raise clearly."""
+        """Build the item registered as ``name`` with ``params``; an unknown name, an unknown
+        parameter or a missing required one raises clearly."""
         factory = self.get(name)
         accepted = _keyword_names(factory)
         if accepted is not None:
@@ -93,7 +94,34 @@ class Registry(Generic[T]):
                     f"The {self.kind} {name!r} has no parameter {unknown[0]!r}; "
                     f"its parameters are: {', '.join(sorted(accepted)) or '(none)'}."
                 )
+        missing = sorted(_required_names(factory) - set(params))
+        if missing:
+            raise InvalidParameterError(
+                f"The {self.kind} {name!r} needs the parameter {missing[0]!r}; give it."
+            )
         return factory(**params)
+
+    def create_checked(self, name: str, params: Mapping[str, object] | None = None) -> T:
+        """:meth:`create` with ``params`` checked before any work is done: a mapping of
+        parameter names, each declared by ``name``, each within its declared constraints
+        (the item's ``validate()``).
+
+        The one door for a name and parameters from anywhere: the command line, a REST
+        request, a policy file, a queued row or a stored model of a workspace's catalog
+        (a tampered one gets the same one-line error as the user's own input).
+        """
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
+            raise InvalidParameterError(
+                f"The parameters of {self.kind} {name!r} must be a mapping of names to "
+                f"values; got {params!r:.80}."
+            )
+        item = self.create(name, **params)
+        validate = getattr(item, "validate", None)
+        if callable(validate):
+            validate()
+        return item
 
     def available(self) -> list[str]:
         self._load_plugins()
@@ -108,6 +136,20 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.available())
+
+
+def _required_names(factory: Callable[..., object]) -> set[str]:
+    """The keyword names ``factory`` cannot do without (no default)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return set()
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {
+        p.name
+        for p in sig.parameters.values()
+        if p.kind in kinds and p.default is inspect.Parameter.empty and p.name != "self"
+    }
 
 
 def _keyword_names(factory: Callable[..., object]) -> set[str] | None:

@@ -56,3 +56,30 @@ def test_audit_records_reuses_and_is_purged_by_deletions(tmp_path):
     assert purged and set(purged) <= set(out["references"])
     left = {p.name for p in (ws / "checkpoints").iterdir()}
     assert not {f"{r}.safetensors" for r in purged} & left
+
+
+def test_audit_defaults_to_the_latest_deletion_that_changed_a_model(tmp_path):
+    ws = tmp_path / "ws"
+    assert run(*TRAIN, "--workspace", ws).exit_code == 0
+    held_out = load_dataset("digits").test.ids[0]
+    res = run("forget", "--ids", held_out, "-w", ws, "--json")  # only a test row: no model
+    assert res.exit_code == 0 and json.loads(res.stdout)["method"] == "none", res.output
+    before = snapshot(ws)
+    assert_one_line_error(
+        run("audit", "--references", 8, "-w", ws), "changed a model", "held-out rows"
+    )
+    held_request = json.loads(res.stdout)["request_id"]
+    assert_one_line_error(
+        run("audit", "--request", held_request, "--references", 8, "-w", ws),
+        "changed no model",
+    )
+    assert snapshot(ws) == before
+    finetune = ("--method", "finetune", "--param", "epochs=1")
+    res = run("forget", "--ids", "digits-0001", *finetune, "-w", ws, "--json")
+    request = json.loads(res.stdout)["request_id"]
+    run("forget", "--ids", load_dataset("digits").test.ids[1], "-w", ws)  # the latest: held-out
+    res = run("audit", "--references", 8, "-w", ws)
+    assert res.exit_code == 0, res.output
+    assert f"auditing {request}, the latest deletion that changed a model" in res.stdout
+    logged = json.loads(run("log", "-w", ws, "--json").stdout)["requests"]
+    assert [r["request_id"] for r in logged if r.get("audit")] == [request]

@@ -22,12 +22,16 @@ times and a fuzz run against the committed OpenAPI schema.
    again. A request acknowledged before the kill must come back as a duplicate (not
    lost), and the ledger must hold exactly one request per key (nothing duplicated)
    and verify. ``kill9_lost_or_duplicated`` counts the violations (must be 0).
-3. **End to end.** For a SISA model and a monolithic one (whose default is the exact
+3. **Nothing to enumerate.** :func:`enumeration_band`: submissions naming present,
+   absent and already-forgotten subjects and sample IDs, over HTTP, interleaved: their
+   answers (status and body keys) and median accept times, and the ratio of the slowest
+   median to the fastest.
+4. **End to end.** For a SISA model and a monolithic one (whose default is the exact
    retrain), 1, 10 and 100 requests are filed over HTTP and then applied by the
    worker's step (:meth:`DeletionService.apply_pending`, what ``unbake worker`` runs)
    and certified; reported: seconds from the first accept to the last certificate,
    in one batch and one request per batch, so the table shows what batching saves.
-4. **Fuzzing.** schemathesis generates valid and invalid requests for every operation
+5. **Fuzzing.** schemathesis generates valid and invalid requests for every operation
    of ``docs/openapi.json`` against the application (in process, an operator token);
    none may answer 5xx or a response outside the schema.
 
@@ -62,6 +66,7 @@ __all__ = [
     "P99_TARGET_MS",
     "RATE_TARGET",
     "best_level",
+    "enumeration_band",
     "fuzz_api",
     "service_benchmark",
     "worker_kill9_runs",
@@ -470,6 +475,95 @@ def worker_kill9_runs(
     }
 
 
+def _people_workspace(root: Path, people: int = 40, rows_each: int = 5) -> dict[str, Any]:
+    """A CSV workspace of ``people`` subjects (``rows_each`` rows each) with a logreg
+    model, one person and two other rows forgotten through the worker; returns its
+    tokens and the six selections the enumeration band compares."""
+    from unbake.service import DeletionService
+    from unbake.training import TrainConfig
+    from unbake.workspace import Workspace
+    from unbake.workspace.tokens import create_token
+
+    rng = np.random.default_rng(0)
+    source = root.parent / f"{root.name}-people.csv"
+    lines = ["uid,person,f1,f2,target"]
+    for i in range(people * rows_each):
+        f1, f2 = rng.normal(size=2)
+        lines.append(f"u{i},p{i % people},{f1:.4f},{f2:.4f},{'AB'[int(f1 > 0)]}")
+    source.write_text("\n".join(lines) + "\n")
+    options = {"path": str(source), "label": "target", "id_column": "uid"}
+    options["subject_column"] = "person"
+    with Workspace.create(root, dataset="csv", dataset_options=options) as ws:
+        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1), seed=0)
+        tokens = [create_token(ws, "submitter")[0] for _ in range(2)]
+        rows = [r for r in ws.samples() if r["split"] == "train"]
+    names = sorted({r["subject"] for r in rows})
+    gone, present = names[0], names[1]
+    ids = [r["sample_id"] for r in rows if r["subject"] not in (gone, present)]
+    with DeletionService(root) as svc:
+        svc.submit(subject=gone)
+        svc.submit(sample_ids=ids[:2])
+        svc.apply_pending()
+    return {
+        "tokens": tokens,
+        "selections": {
+            "present subject": {"subject": present},
+            "absent subject": {"subject": "nobody-at-all"},
+            "forgotten subject": {"subject": gone},
+            "present IDs": {"sample_ids": ids[2:4]},
+            "absent IDs": {"sample_ids": ["u-none-1", "u-none-2"]},
+            "forgotten IDs": {"sample_ids": ids[:2]},
+        },
+    }
+
+
+def enumeration_band(root: Path, rounds: int) -> dict[str, Any]:
+    """Over HTTP against ``unbake serve``: ``rounds`` submissions of each kind (present,
+    absent and already-forgotten subjects and sample IDs, from two submitters,
+    interleaved so the machine's load falls on every kind alike). Reports each kind's
+    status codes, answer shapes, and median and p90 accept time, and the ratio of the
+    slowest median to the fastest (``max_median_ratio``): an attacker timing the
+    answers should see one population."""
+    import httpx
+
+    setup = _people_workspace(root)
+    server = _Server(root)
+    times: dict[str, list[float]] = {k: [] for k in setup["selections"]}
+    shapes: dict[str, set[tuple[int, tuple[str, ...]]]] = {k: set() for k in times}
+    try:
+        clients = [
+            httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {t}"})
+            for t in setup["tokens"]
+        ]
+        for _ in range(rounds):
+            for kind, selection in setup["selections"].items():
+                for client in clients:
+                    start = time.perf_counter()
+                    r = client.post("/v1/requests", json=selection)
+                    times[kind].append(time.perf_counter() - start)
+                    shapes[kind].add((r.status_code, tuple(sorted(r.json()))))
+        for client in clients:
+            client.close()
+    finally:
+        server.kill()
+    rows = [
+        {
+            "kind": kind,
+            "submissions": len(t),
+            "answers": sorted([code, list(keys)] for code, keys in shapes[kind]),
+            "median_ms": round(float(np.median(t)) * 1000, 3),
+            "p90_ms": round(float(np.percentile(t, 90)) * 1000, 3),
+        }
+        for kind, t in times.items()
+    ]
+    medians = [r["median_ms"] for r in rows]
+    return {
+        "rows": rows,
+        "same_answers": len({json.dumps(r["answers"]) for r in rows}) == 1,
+        "max_median_ratio": round(max(medians) / min(medians), 3),
+    }
+
+
 def _end_to_end(strategy: str, sizes: tuple[int, ...], tmp: Path) -> list[dict[str, Any]]:
     """Seconds from the first accept to the last certificate, batched and one by one."""
     import httpx
@@ -624,6 +718,7 @@ def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
         shutil.copytree(root, worker_root)
         worker = worker_kill9_runs(worker_root, train, tokens["operator"], runs=worker_runs)
         shutil.rmtree(worker_root, ignore_errors=True)
+        band = enumeration_band(tmp / "enumeration", 10 if quick else 200)
         e2e = [row for s in ("sisa", "monolithic") for row in _end_to_end(s, sizes, tmp)]
         fuzz = _fuzz(tmp, examples)
     return {
@@ -646,6 +741,7 @@ def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
         "rows": [{"part": "accept", **r} for c in ("httpx", "raw") for r in sweeps[c]]
         + [{"part": "kill9", **k} for k in kills]
         + [{"part": "worker_kill9", **worker}]
+        + [{"part": "enumeration", **r} for r in band["rows"]]
         + [{"part": "end_to_end", **r} for r in e2e],
         "summary": {
             # The sweep level with the highest rate whose p99 meets the target (else the
@@ -669,6 +765,9 @@ def service_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
             "worker_kill9_applied_twice_or_never": worker["applied_more_than_once"]
             + worker["never_applied"],
             "max_seconds_to_certified_after_kill": worker["max_seconds_to_certified_after_kill"],
+            # Present, absent and forgotten subjects and IDs: one answer, one time band.
+            "enumeration_same_answers": band["same_answers"],
+            "enumeration_max_median_ratio": band["max_median_ratio"],
             "fuzz_cases": fuzz["cases"],
             "fuzz_failures": len(fuzz["failures"]),
             "fuzz_failure_details": fuzz["failures"][:5],

@@ -253,9 +253,13 @@ class Unlearner:
             )
         return None
 
+    def validate(self) -> None:
+        """Check the hyperparameters against their declared constraints."""
+        validate_params(self.get_params(), self._parameter_constraints, self.name)
+
     def unlearn(self, task: UnlearnTask, *, seed: int | None = None) -> UnlearnResult:
         """Remove ``task.forget`` from ``task.original``; the original is not modified."""
-        validate_params(self.get_params(), self._parameter_constraints, self.name)
+        self.validate()
         reason = self.supports(task.original)
         if reason:
             raise UnsupportedModelError(f"Cannot unlearn: {reason}.")

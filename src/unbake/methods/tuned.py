@@ -163,6 +163,8 @@ def resolve_params(
     otherwise the entry, with ``applied`` (the tuned values used) and ``overridden``
     (the tuned keys the user set).
     """
+    if params is not None and not isinstance(params, dict):
+        raise InvalidParameterError(f"Method parameters must be a mapping; got {params!r:.80}.")
     params = dict(params or {})
     tuned = tuned_defaults(method, scenario, path=path) if use_tuned else None
     if tuned is None:

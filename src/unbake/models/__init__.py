@@ -7,7 +7,9 @@ that installed packages register through the ``unbake.models`` entry-point group
 ``"package.module:function"`` paths allow-listed with :func:`allow_factory` or the
 ``UNBAKE_ALLOWED_FACTORIES`` environment variable (comma-separated). Any other path is
 refused before its module is imported, whether it comes from the command line or from a
-workspace's catalog (a tampered spec cannot make a retrain call ``os:system``).
+workspace's catalog (a tampered spec cannot make a retrain call ``os:system``). A
+language model ``hf:PATH`` is loaded only from a folder on disk (never from the Hub), or
+by a name allow-listed the same way (``hf:NAME``, for a model in the local cache).
 
 >>> from unbake.models import ModelSpec, build_model
 >>> net = build_model(ModelSpec("mlp", {"hidden": [32]}), input_shape=(1, 8, 8), n_classes=10, seed=0)
@@ -90,8 +92,15 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         """The spec saved by :meth:`to_dict`; a factory that is not trusted is refused."""
-        check_factory(data["name"])
-        return cls(data["name"], dict(data.get("params", {})))
+        name = data.get("name") if isinstance(data, dict) else None
+        params = data.get("params", {}) if isinstance(data, dict) else None
+        if not isinstance(name, str) or not isinstance(params, dict):
+            raise InvalidParameterError(
+                f"A model spec is {{'name': ..., 'params': {{...}}}}; got {data!r:.80}. "
+                "Restore the checkpoint or catalog that holds it, or retrain."
+            )
+        check_factory(name)
+        return cls(name, dict(params))
 
 
 def build_model(
@@ -108,6 +117,13 @@ def build_model(
     if spec.name.startswith("hf:"):
         from unbake.models.hf import load_causal_lm
 
+        check_factory(spec.name)
+        unknown = sorted(set(spec.params) - {"lora_rank"})
+        if unknown:
+            raise InvalidParameterError(
+                f"Model {spec.name!r} has no parameter {unknown[0]!r}; a language model "
+                "takes only lora_rank."
+            )
         return load_causal_lm(spec.name, seed=seed, **spec.params)
     factory = _import_factory(spec.name) if ":" in spec.name else MODELS.get(spec.name)
     with torch.random.fork_rng(devices=[]):
@@ -152,11 +168,18 @@ def _allowed_paths() -> set[str]:
 
 
 def check_factory(name: str, *, kind: str = "model factory") -> None:
-    """Refuse ``name`` unless it is built in, registered, allow-listed, or an ``hf:`` model.
+    """Refuse ``name`` unless it is built in, registered, allow-listed, or an ``hf:`` model
+    in a local folder.
 
     Nothing is imported for a refused path.
     """
     if name.startswith("hf:"):
+        if name not in _allowed_paths() and not os.path.isdir(name.removeprefix("hf:")):
+            raise InvalidParameterError(
+                f"The language model {name!r} is not a local folder: unbake loads language "
+                "models only from disk, never from the Hugging Face Hub; give hf:/path/to/"
+                f"model, or for a model in the local cache allow-list it ({ALLOW_ENV}={name})."
+            )
         return
     if ":" not in name:
         MODELS.get(name)  # unknown names: one line listing the registered models

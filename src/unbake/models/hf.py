@@ -2,7 +2,9 @@
 
 Everything here imports ``transformers`` (and ``peft``) lazily, so ``import unbake``
 neither needs nor pays for the ``llm`` extra. Models load offline only
-(``local_files_only``): a name must already be in the local cache, or be a directory.
+(``local_files_only``) and from safetensors only: ``hf:PATH`` names a directory, or a
+model in the local cache that the operator allow-listed (see
+:func:`unbake.models.check_factory`).
 
 With ``lora_rank`` > 0 the base model is frozen and ``peft`` LoRA adapters are trained
 instead; the adapters' random initialisation is seeded, as every other draw in unbake.
@@ -150,8 +152,8 @@ def load_causal_lm(
         torch.manual_seed(int(seed))
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                _path(name), local_files_only=True, dtype=torch.float32
-            )
+                _path(name), local_files_only=True, use_safetensors=True, dtype=torch.float32
+            )  # safetensors only: never unpickle weights
         except OSError as exc:
             raise InvalidParameterError(
                 f"Cannot load the weights of {name!r} offline ({str(exc).splitlines()[0]}); "

@@ -129,7 +129,7 @@ def forget(
     run_params, tuned_from = resolve_params(
         method, params, scenario_of(forget_class=label), use_tuned=tuned
     )
-    unlearner = METHODS.create(method, **run_params)
+    unlearner = METHODS.create_checked(method, run_params)
     if label is not None:
         label = ws.class_name(label)
     if device is not None:

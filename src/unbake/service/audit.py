@@ -128,4 +128,5 @@ def _unlearner(req: dict[str, Any]):
         for k, v in (req.get("params") or {}).items()
         if k in defaults and (not isinstance(v, str) or isinstance(defaults[k], str))
     }
-    return unlearner.set_params(**params)
+    unlearner.set_params(**params).validate()  # the catalog's record, checked as user input
+    return unlearner

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from unbake._validation import validate_params
 from unbake.exceptions import (
     EmptyRequestError,
     InvalidParameterError,
@@ -333,10 +332,7 @@ class DeletionService:
         if params is not None and not isinstance(params, dict):
             raise InvalidParameterError(f"Method parameters must be a mapping; got {params!r}.")
         if method is not None:  # an unknown method or bad parameters: refused now
-            unlearner = METHODS.create(method, **(params or {}))
-            validate_params(
-                unlearner.get_params(), unlearner._parameter_constraints, unlearner.name
-            )
+            METHODS.create_checked(method, params)
         elif params:
             raise InvalidParameterError("Method parameters need a method; name the method too.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -521,7 +517,7 @@ class DeletionService:
             "state": entries[-1]["state"],
             "received_at": entries[0]["timestamp"],
             "deadline": first.get("deadline"),
-            "reason": first.get("reason"),  # only a request filed before v8 has it here
+            "reason": first.get("reason"),  # only a request filed before v9 has it here
             "erased": {"reason": False, "sample_ids": False},
             "submitted_by": first.get("submitted_by"),
             "selector": first.get("selector"),
@@ -826,7 +822,11 @@ class DeletionService:
         strategy = latest["strategy"] if latest is not None else ""
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for r in rows:
-            r["plan"] = self._plan(r, strategy, policy)
+            try:
+                r["plan"] = self._plan(r, strategy, policy)
+            except UnbakeError as exc:  # a queued row no submitter could have filed
+                self._finish([(r["request_id"], str(exc))], "rejected")
+                continue
             groups.setdefault(r["plan"], []).append(r)
         return list(groups.values())
 
@@ -903,7 +903,7 @@ class DeletionService:
                 apply_parts(
                     ws,
                     parts,
-                    METHODS.create(method, **json.loads(params_json)),
+                    METHODS.create_checked(method, json.loads(params_json)),
                     active,
                     model_id=model_id,
                     seed=seed,

@@ -65,7 +65,7 @@ def fit(
     else:
         spec = ModelSpec(model) if isinstance(model, str) else model
     config = config or TrainConfig()
-    strat = STRATEGIES.create(strategy, **(strategy_params or {}))
+    strat = STRATEGIES.create_checked(strategy, strategy_params)
     strat.validate(samples=samples)
     return strat.fit(
         samples, spec=spec, config=config, seed=seed, n_classes=n_classes, device=device

@@ -78,7 +78,7 @@ class TrainedModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def make_strategy(self) -> TrainingStrategy:
-        return STRATEGIES.create(self.strategy, **self.strategy_params)
+        return STRATEGIES.create_checked(self.strategy, self.strategy_params)
 
     def describe(self) -> str:
         name = self.spec.params["class"] if self.spec.module is not None else self.spec.name
@@ -162,6 +162,10 @@ class TrainingStrategy:
 
     def get_params(self) -> dict[str, Any]:
         return get_params(self)
+
+    def model_params(self) -> dict[str, Any]:
+        """The parameters that define the model, as stored with it (default: all)."""
+        return self.get_params()
 
     def validate(self, samples: Samples | None = None) -> None:
         """Check the declared constraints (and, in subclasses, fit against ``samples``)."""

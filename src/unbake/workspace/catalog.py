@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -37,12 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from unbake.exceptions import IntegrityError, WorkspaceError
+from unbake.workspace.atomic import PRIVATE
 from unbake.workspace.ledger import head, last_state, verify_chain
 from unbake.workspace.personal import FIELDS, is_sealed, unseal
 
 __all__ = ["SCHEMA_VERSION", "Catalog", "utcnow"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 #: How long a writer waits for another writer before giving up (milliseconds).
 BUSY_TIMEOUT_MS = 60_000
@@ -191,9 +193,20 @@ _TOKEN_REVOCATION = """
 ALTER TABLE tokens ADD COLUMN revoked_at TEXT;
 """
 
+#: Each checkpoint's keyed digest, HMAC-SHA256 under the workspace secret of its ID and
+#: sha256 (:meth:`unbake.workspace.Workspace.checkpoint_mac`): whoever can rewrite the
+#: catalog can recompute a sha256, not this. Added in v8; the plain ``sha256`` stays, as
+#: the model hash that certificates and tables show and anyone can recompute. A workspace
+#: upgraded from v7 gets the digests on its first writable open, each only after its file
+#: matched the sha256 recorded before (:meth:`~unbake.workspace.Workspace._upgrade_records`).
+_CHECKPOINT_MACS = """
+ALTER TABLE models ADD COLUMN mac TEXT;
+ALTER TABLE reference_models ADD COLUMN mac TEXT;
+"""
+
 #: The keys that seal each request's personal data (its reason, its sample IDs), one per
 #: request and field, kept out of the ledger so that deleting one erases what it sealed
-#: (see :mod:`unbake.workspace.personal`). Added in v8.
+#: (see :mod:`unbake.workspace.personal`). Added in v9.
 _SECRETS = """
 CREATE TABLE IF NOT EXISTS request_secrets (
     request_id TEXT NOT NULL,
@@ -210,11 +223,14 @@ _MIGRATIONS = {
     4: _REQUEST_PROVENANCE + _QUEUE,
     5: _TOKENS,
     6: _TOKEN_REVOCATION,
-    7: _SECRETS,
+    7: _CHECKPOINT_MACS,
+    8: _SECRETS,
 }
 
 #: Every table of the current schema.
-_ALL = _SCHEMA + _REFERENCES + _LEDGER + _QUEUE + _TOKENS + _TOKEN_REVOCATION + _SECRETS
+_ALL = (
+    _SCHEMA + _REFERENCES + _LEDGER + _QUEUE + _TOKENS + _TOKEN_REVOCATION + _CHECKPOINT_MACS
+) + _SECRETS
 
 
 def _statements(script: str) -> list[str]:
@@ -273,6 +289,9 @@ class Catalog:
             if self.readonly:
                 conn = self._connect_readonly()
             else:
+                # A new catalog is private; SQLite gives its -wal and -shm files its mode.
+                with contextlib.suppress(OSError):  # SQLite names what is wrong with it
+                    os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, PRIVATE))
                 conn = sqlite3.connect(
                     self.path, isolation_level=None, timeout=30, check_same_thread=False
                 )
@@ -395,10 +414,7 @@ class Catalog:
             found = [r["name"] for r in self.query(f"PRAGMA table_info({table})")]
             if found != columns:
                 what = "is missing" if not found else "has other columns than this unbake writes"
-                raise IntegrityError(
-                    f"Catalog {self.path} is damaged: table {table!r} {what}; restore it "
-                    "from a backup or start a new workspace."
-                )
+                raise self.damaged(f"table {table!r} {what}")
 
     def check_integrity(self) -> None:
         """SQLite's own page-level check; a damaged page is refused before it is read."""
@@ -471,15 +487,19 @@ class Catalog:
     def models(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.query("SELECT * FROM models ORDER BY created_at, rowid")]
 
+    def damaged(self, what: str) -> IntegrityError:
+        """The one-line error for a catalog whose contents are not what unbake wrote."""
+        return IntegrityError(
+            f"Catalog {self.path} is damaged: {what}; restore it from a backup or start a new "
+            "workspace."
+        )
+
     def parse_json(self, text: str, what: str) -> Any:
         """A JSON value stored in the catalog; junk there is a damaged catalog."""
         try:
             return json.loads(text)
         except (TypeError, ValueError) as exc:
-            raise IntegrityError(
-                f"Catalog {self.path} is damaged: {what} is not valid JSON ({exc}); restore it "
-                "from a backup or start a new workspace."
-            ) from None
+            raise self.damaged(f"{what} is not valid JSON ({exc})") from None
 
     def ledger_rows(self) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM ledger ORDER BY seq")
@@ -525,7 +545,7 @@ class Catalog:
     ) -> dict[str, Any]:
         """``row`` (of ``requests`` or ``queue``) with its sealed reason and sample IDs
         opened in place, and ``erased``: which of them were erased (their key destroyed;
-        they then read ``None``). Clear values of a catalog from before v8 pass as they are."""
+        they then read ``None``). Clear values of a catalog from before v9 pass as they are."""
         rid = row["request_id"]
         keys = self.secrets(rid) if keys is None else keys
         erased = {}

@@ -32,7 +32,7 @@ from unbake import _json as strict_json
 from unbake._jcs import canonicalize
 from unbake.exceptions import CertificateError, IntegrityError, WorkspaceError
 from unbake.workspace import ledger
-from unbake.workspace.atomic import atomic_write_bytes, sha256_bytes
+from unbake.workspace.atomic import PRIVATE, atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.keys import SIGNING_KEY
 from unbake.workspace.ledger import canonical_json
@@ -274,8 +274,7 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
             "issued_at": utcnow(),
         }
         data = sign_certificate(body, key)
-        (ws.root / CERTIFICATES).mkdir(exist_ok=True)
-        atomic_write_bytes(ws.root / CERTIFICATES / f"{request_id}.json", data)
+        atomic_write_bytes(ws.root / CERTIFICATES / f"{request_id}.json", data, mode=PRIVATE)
         with ws.catalog.transaction() as cur:
             payload = {"certificate_sha256": sha256_bytes(data), "ledger_head": seq}
             ledger.append_entry(cur, request_id, "certified", payload, body["issued_at"])

@@ -107,11 +107,23 @@ def decode_checkpoint(
             f"{source} has format {meta.get('format')!r}, expected {FORMAT!r}; "
             "it was not written by this version of unbake."
         )
-    spec = ModelSpec.from_dict(json.loads(meta["spec"]))
-    strategy_params = json.loads(meta["strategy_params"])
-    input_shape = tuple(json.loads(meta["input_shape"]))
-    n_classes = int(meta["n_classes"])
-    strategy = STRATEGIES.create(meta["strategy"], **strategy_params)
+    try:
+        raw_spec, strategy_params = json.loads(meta["spec"]), json.loads(meta["strategy_params"])
+        input_shape = tuple(int(d) for d in json.loads(meta["input_shape"]))
+        n_classes, strategy_name = int(meta["n_classes"]), str(meta["strategy"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(
+            f"{source} has damaged metadata ({type(exc).__name__}: {exc}); restore it or retrain."
+        ) from None
+    # What the catalog or a checkpoint names passes the same doors as the user's own input.
+    spec = ModelSpec.from_dict(raw_spec)
+    strategy = STRATEGIES.create_checked(strategy_name, strategy_params)
+    unstored = sorted(set(strategy_params) - set(strategy.model_params()))
+    if unstored:
+        raise IntegrityError(
+            f"{source} names the {strategy_name} parameter {unstored[0]!r}, which is never "
+            "stored with a model (tampered); restore it from a backup or retrain."
+        )
     module = strategy.skeleton(spec, input_shape, n_classes)
     state = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
     try:
@@ -130,7 +142,7 @@ def decode_checkpoint(
         seed=int(meta["seed"]),
         input_shape=input_shape,
         n_classes=n_classes,
-        strategy=meta["strategy"],
+        strategy=strategy_name,
         strategy_params=strategy_params,
         artifacts=artifacts,
         meta=json.loads(meta["meta"]),

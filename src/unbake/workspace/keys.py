@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from unbake.exceptions import IntegrityError, WorkspaceError
-from unbake.workspace.atomic import atomic_write_bytes
+from unbake.workspace.atomic import PRIVATE, atomic_write_bytes
 
 __all__ = ["SECRET", "SIGNING_KEY", "create_secret", "keyed_hash", "load_secret"]
 
@@ -26,7 +26,7 @@ _SECRET_BYTES = 32
 def create_secret(root: Path) -> bytes:
     """Write a new random 32-byte secret (mode 0600); returns it."""
     secret = os.urandom(_SECRET_BYTES)
-    atomic_write_bytes(root / SECRET, secret, mode=0o600)
+    atomic_write_bytes(root / SECRET, secret, mode=PRIVATE)
     return secret
 
 

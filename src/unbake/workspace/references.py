@@ -21,7 +21,7 @@ from unbake.data import Samples
 from unbake.evaluation.bank import ReferenceBank
 from unbake.exceptions import UnknownNameError, WorkspaceError
 from unbake.workspace import ledger
-from unbake.workspace.atomic import atomic_write_bytes, sha256_bytes
+from unbake.workspace.atomic import PRIVATE, atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
 
@@ -32,15 +32,24 @@ __all__ = ["applied_request", "load_references", "record_audit", "store_referenc
 
 
 def applied_request(ws: Workspace, request_id: str | None) -> dict[str, Any]:
-    """The applied request ``request_id`` (default: the latest), as the catalog lists it."""
+    """The applied request ``request_id`` (default: the latest that changed a model), as
+    the catalog lists it; one that touched only held-out rows changed no model to audit."""
     reqs = [r for r in ws.catalog.requests() if r["status"] == "applied"]
+    changed = [r for r in reqs if r["model_after"] != r["model_before"]]
     if request_id is None:
-        if not reqs:
+        if not changed:
+            held = f" ({len(reqs)} touched only held-out rows, which no model trained on)"
             raise WorkspaceError(
-                f"No deletion request in {ws.root} to audit; file one with `unbake forget`."
+                f"No deletion request in {ws.root} changed a model{held if reqs else ''}, so "
+                "there is nothing to audit; file one with `unbake forget`."
             )
-        return reqs[-1]
+        return changed[-1]
     for r in reqs:
+        if r["request_id"] == request_id and r not in changed:
+            raise WorkspaceError(
+                f"Request {request_id} touched only held-out rows and changed no model, so "
+                "there is nothing to audit; audit a request that forgot training samples."
+            )
         if r["request_id"] == request_id:
             return r
     raise UnknownNameError(
@@ -61,10 +70,9 @@ def load_references(
     pos = {sid: i for i, sid in enumerate(pool.ids.astype(str))}
     membership = np.zeros((len(rows), len(pool)), dtype=bool)
     for k, row in enumerate(rows):
-        data = (ws.root / row["checkpoint"]).read_bytes()
-        model, _ = decode_checkpoint(
-            data, expected_sha256=row["sha256"], source=f"Reference {row['ref_id']}"
-        )
+        source = f"Reference {row['ref_id']}"
+        data = ws.read_checkpoint(row["ref_id"], row, source)
+        model, _ = decode_checkpoint(data, expected_sha256=None, source=source)
         members = ws.catalog.query(
             "SELECT sample_id FROM reference_members WHERE ref_id = ?", (row["ref_id"],)
         )
@@ -89,7 +97,7 @@ def store_references(ws: Workspace, bank: ReferenceBank, key: str) -> None:
             ref_id = f"ref-{uuid.uuid4().hex[:12]}"
             data = encode_checkpoint(model, model_id=ref_id, parent_id=None)
             rel = f"checkpoints/{ref_id}.safetensors"
-            atomic_write_bytes(ws.root / rel, data)
+            atomic_write_bytes(ws.root / rel, data, mode=PRIVATE)
             written.append((ref_id, rel, sha256_bytes(data)))
         with ws.catalog.transaction() as cur:
             for (ref_id, rel, digest), seed, member in zip(
@@ -97,8 +105,11 @@ def store_references(ws: Workspace, bank: ReferenceBank, key: str) -> None:
             ):
                 cur.execute(
                     "INSERT INTO reference_models(ref_id, recipe, seed, created_at, n_train, "
-                    "checkpoint, sha256, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'active')",
-                    (ref_id, key, seed, utcnow(), int(member.sum()), rel, digest),
+                    "checkpoint, sha256, status, mac) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?)",
+                    (
+                        *(ref_id, key, seed, utcnow(), int(member.sum()), rel, digest),
+                        ws.checkpoint_mac(ref_id, digest),
+                    ),
                 )
                 cur.executemany(
                     "INSERT INTO reference_members(ref_id, sample_id) VALUES (?, ?)",

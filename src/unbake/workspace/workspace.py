@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hmac
 import json
 import os
 import uuid
@@ -47,7 +48,14 @@ from unbake.exceptions import (
 from unbake.methods import UnlearnResult
 from unbake.training import TrainedModel, resolve_device
 from unbake.workspace import ledger, personal
-from unbake.workspace.atomic import TMP_SUFFIX, atomic_write_bytes, sha256_bytes
+from unbake.workspace.atomic import (
+    PRIVATE,
+    PRIVATE_DIR,
+    TMP_SUFFIX,
+    atomic_write_bytes,
+    sha256_bytes,
+    sha256_file,
+)
 from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
 from unbake.workspace.keys import SECRET, create_secret, keyed_hash, load_secret
@@ -304,9 +312,9 @@ class Workspace:
         else:
             ds = load_dataset(dataset, **(dataset_options or {}))
         ds.check()
-        root.mkdir(parents=True, exist_ok=True)
-        (root / CHECKPOINTS).mkdir(exist_ok=True)
-        (root / ".lock").touch()
+        root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        (root / CHECKPOINTS).mkdir(exist_ok=True, mode=PRIVATE_DIR)
+        (root / ".lock").touch(mode=PRIVATE)
         catalog = Catalog(root / CATALOG)
         try:
             create_secret(root)
@@ -374,6 +382,7 @@ class Workspace:
                     if held:
                         ws.sweep()
                         ws._upgrade_records()
+                        ws._key_checkpoints()
         except BaseException:
             catalog.close()
             raise
@@ -438,7 +447,7 @@ class Workspace:
         It gets its secret; requests recorded with a subject in the clear get its keyed
         hash instead (``secure_delete`` overwrites the old bytes); and each request the
         ledger lacks is entered as received, applying and applied at its recorded time,
-        marked ``backfilled``. Reasons and sample IDs stored in the clear (before v8) are
+        marked ``backfilled``. Reasons and sample IDs stored in the clear (before v9) are
         sealed (:mod:`~unbake.workspace.personal`); the ledger entries of those requests keep
         theirs, since rewriting them would break the chain.
         """
@@ -471,9 +480,28 @@ class Workspace:
                     applied = {"model_after": r["model_after"], "backfilled": True}
                     ledger.append_entry(cur, rid, "applied", applied, at)
 
+    def _key_checkpoints(self) -> None:
+        """Give each active checkpoint of a workspace from before keyed digests (v7) its
+        keyed digest, once its file matches the sha256 recorded then (idempotent). One
+        that does not match stays without, and is refused when loaded."""
+        keyed = []
+        for table, ident in (("models", "model_id"), ("reference_models", "ref_id")):
+            for r in self.catalog.query(
+                f"SELECT {ident} AS id, checkpoint, sha256 FROM {table} "
+                "WHERE mac IS NULL AND status = 'active'"
+            ):
+                path = self.root / r["checkpoint"]
+                if path.is_file() and sha256_file(path) == r["sha256"]:
+                    mac = self.checkpoint_mac(r["id"], r["sha256"])
+                    keyed.append((f"UPDATE {table} SET mac = ? WHERE {ident} = ?", (mac, r["id"])))
+        if keyed:
+            with self.catalog.transaction() as cur:
+                for sql, args in keyed:
+                    cur.execute(sql, args)
+
     def _seal_clear_records(self) -> None:
         """Seal each reason and sample-ID list of ``requests`` and ``queue`` stored in the
-        clear by an unbake before v8 (idempotent; ``secure_delete`` overwrites the old bytes)."""
+        clear by an unbake before v9 (idempotent; ``secure_delete`` overwrites the old bytes)."""
         clear = [
             (table, r["request_id"], f, r[f])
             for table in ("requests", "queue")
@@ -642,9 +670,8 @@ class Workspace:
     def dataset_spec(self) -> dict[str, Any]:
         spec = self.catalog.parse_json(self.catalog.meta("dataset") or "{}", "the dataset spec")
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise IntegrityError(
-                f"Catalog {self.catalog.path} is damaged: the dataset spec {spec!r:.60} is not "
-                "an object with a dataset name; restore it from a backup or start a new workspace."
+            raise self.catalog.damaged(
+                f"the dataset spec {spec!r:.60} is not an object with a dataset name"
             )
         return spec
 
@@ -658,7 +685,10 @@ class Workspace:
                     "This workspace was created from in-memory data that is no longer loaded; "
                     "reopen it with Workspace.create(..., dataset=<Dataset>) in the same process."
                 )
-            self._dataset = load_dataset(name, **spec)
+            try:
+                self._dataset = load_dataset(name, **spec)
+            except (InvalidParameterError, UnknownNameError) as exc:  # what it names is wrong
+                raise self.catalog.damaged(f"the dataset spec does not load ({exc})") from None
         return self._dataset
 
     def active_and_forgotten(self) -> tuple[Samples, Samples]:
@@ -830,26 +860,46 @@ class Workspace:
     def load_model(self, model_id: str | None = None, *, device=None) -> TrainedModel:
         """Load and hash-check a model (default: the newest active one)."""
         row = self.model_row(model_id)
-        path = self.root / row["checkpoint"]
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise IntegrityError(
-                f"Checkpoint {path} of model {row['model_id']} is missing; restore it or retrain."
-            ) from None
-        model, _ = decode_checkpoint(
-            data, expected_sha256=row["sha256"], source=f"Checkpoint {path}"
-        )
+        source = f"Checkpoint {self.root / row['checkpoint']} of model {row['model_id']}"
+        data = self.read_checkpoint(row["model_id"], row, source)
+        model, _ = decode_checkpoint(data, expected_sha256=None, source=source)
         if device is not None:
             model.module.to(resolve_device(device))
         return model
+
+    def checkpoint_mac(self, ident: str, sha256: str) -> str:
+        """The keyed digest of checkpoint ``ident`` (a model or reference ID) whose bytes
+        have ``sha256``: HMAC-SHA256 under the workspace secret, so that whoever can
+        rewrite the catalog cannot forge it for another file (or move it to another ID)."""
+        return self.keyed_hash("checkpoint", f"{ident}:{sha256}")
+
+    def read_checkpoint(self, ident: str, row, source: str) -> bytes:
+        """The bytes of ``row``'s checkpoint, once they match its sha256 and keyed digest."""
+        try:
+            data = (self.root / row["checkpoint"]).read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"{source} is missing; restore it or retrain.") from None
+        digest = sha256_bytes(data)
+        if row["mac"] is None:
+            raise IntegrityError(
+                f"{source} has no keyed digest (its file did not match its recorded sha256 "
+                "when the workspace was upgraded); restore it from a backup or retrain."
+            )
+        if digest != row["sha256"] or not hmac.compare_digest(
+            self.checkpoint_mac(ident, digest), row["mac"]
+        ):
+            raise IntegrityError(
+                f"{source} does not match the sha256 and keyed digest recorded in the catalog "
+                "(corrupt or tampered); restore it from a backup or retrain the model."
+            )
+        return data
 
     def _write_model(
         self, model: TrainedModel, model_id: str, parent: str | None
     ) -> tuple[str, str]:
         data = encode_checkpoint(model, model_id=model_id, parent_id=parent)
         rel = f"{CHECKPOINTS}/{model_id}.safetensors"
-        atomic_write_bytes(self.root / rel, data)
+        atomic_write_bytes(self.root / rel, data, mode=PRIVATE)
         return rel, sha256_bytes(data)
 
     def _insert_model(
@@ -857,8 +907,8 @@ class Workspace:
     ):
         cur.execute(
             "INSERT INTO models(model_id, parent_id, created_at, origin, description, strategy, "
-            "spec, config, seed, n_train, checkpoint, sha256, status) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active')",
+            "spec, config, seed, n_train, checkpoint, sha256, status, mac) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?)",
             (
                 model_id,
                 parent,
@@ -872,6 +922,7 @@ class Workspace:
                 n_train,
                 rel,
                 digest,
+                self.checkpoint_mac(model_id, digest),
             ),
         )
 
