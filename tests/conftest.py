@@ -71,3 +71,19 @@ def service_template(tmp_path_factory):
         apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
         train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
     return root, train
+
+
+@pytest.fixture
+def root(service_template, tmp_path):
+    """A fresh copy of :func:`service_template`'s workspace (a test's own ``root`` wins)."""
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(service_template[0], root)
+    return root
+
+
+@pytest.fixture
+def train_ids(service_template):
+    """The training IDs of :func:`service_template`."""
+    return service_template[1]

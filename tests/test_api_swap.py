@@ -44,6 +44,13 @@ def server(tmp_path):
     svc.close()
 
 
+def _wait_for(predicate, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.02)
+
+
 def test_no_prediction_after_applied_comes_from_the_old_model(server):
     url, token, svc, train = server
     old = svc.current_model()["model_id"]
@@ -62,7 +69,8 @@ def test_no_prediction_after_applied_comes_from_the_old_model(server):
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    _wait_for(lambda: len(results) >= 8, "predictions from the old model")  # not a fixed
+    # sleep: on a loaded machine the first answers can take longer than any guess
     # The worker: another process, as `unbake worker` is.
     began = time.monotonic()
     out = subprocess.run(
@@ -70,7 +78,7 @@ def test_no_prediction_after_applied_comes_from_the_old_model(server):
     )
     applied = time.monotonic()  # the request's `applied` entry committed before this
     assert out.returncode == 0 and rid in out.stdout, out.stderr
-    time.sleep(0.5)
+    _wait_for(lambda: sum(s > applied for s, _, _ in list(results)) >= 4, "predictions after it")
     stop.set()
     for t in threads:
         t.join()

@@ -1,6 +1,5 @@
 """The worker applies queued requests under the deletion policy (issue 9 items 3 and 6)."""
 
-import shutil
 from datetime import datetime, timedelta
 from unittest import mock
 
@@ -28,18 +27,6 @@ def _policy(*steps: str, fallback: str = "retrain", batch: int = 4, deadline: st
 FINETUNE = 'method = "finetune"\nparams = { epochs = 1 }\n'
 LOOSE = FINETUNE + "thresholds = { ra = { min = 0 } }"
 STRICT = FINETUNE + "thresholds = { ra = { min = 0 }, fa = { max = -1 } }"  # fa >= 0 always
-
-
-@pytest.fixture
-def root(service_template, tmp_path):
-    root = tmp_path / "ws"
-    shutil.copytree(service_template[0], root)
-    return root
-
-
-@pytest.fixture
-def train_ids(service_template):
-    return service_template[1]
 
 
 def _apply(root, policy_text, ids, **submit):

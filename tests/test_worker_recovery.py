@@ -3,7 +3,6 @@ a failing run is retried with backoff and then failed with its reason, and an op
 sees what is stuck, overdue or failed (``/healthz``, ``/metrics``, ``unbake status``)."""
 
 import json
-import shutil
 import threading
 import time
 
@@ -33,18 +32,6 @@ fallback = "retrain"
 
 def _policy(attempts: int = 3, backoff: float = 0.0):
     return parse_policy(POLICY.format(attempts=attempts, backoff=backoff))
-
-
-@pytest.fixture
-def root(service_template, tmp_path):
-    root = tmp_path / "ws"
-    shutil.copytree(service_template[0], root)
-    return root
-
-
-@pytest.fixture
-def train_ids(service_template):
-    return service_template[1]
 
 
 def _states(svc, rid):
