@@ -11,8 +11,8 @@ samples each reference trained on, so a deletion can purge every one that saw th
 ``queue`` (requests filed but not yet applied, with what the worker needs to apply
 them) and ``tokens`` (the REST API's bearer tokens, each only as its keyed hash, and
 when it was revoked), and ``request_secrets`` (the per-request keys that seal a request's
-reason and sample IDs, see :mod:`unbake.workspace.personal`). Older catalogs are migrated forward on open, one numbered step at
-a time.
+reason and sample IDs, see :mod:`unbake.workspace.personal`). Older catalogs are migrated
+forward on open, one numbered step at a time.
 
 The file is in WAL mode: readers never wait for a writer, and a writer that finds
 another writing waits (``busy_timeout``) instead of failing. Each thread gets its own
@@ -228,9 +228,9 @@ _MIGRATIONS = {
 }
 
 #: Every table of the current schema.
-_ALL = (
-    _SCHEMA + _REFERENCES + _LEDGER + _QUEUE + _TOKENS + _TOKEN_REVOCATION + _CHECKPOINT_MACS
-) + _SECRETS
+_ALL = "".join(
+    (_SCHEMA, _REFERENCES, _LEDGER, _QUEUE, _TOKENS, _TOKEN_REVOCATION, _CHECKPOINT_MACS, _SECRETS)
+)
 
 
 def _statements(script: str) -> list[str]:
