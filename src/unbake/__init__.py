@@ -9,15 +9,14 @@ The public API in one place::
     record = svc.forget(subject="alice", method="retrain")
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 # First, before anything imports torch: OpenMP reads its wait policy once, when torch
 # loads it, and importing unbake._threads puts the passive policy in the environment.
 import unbake._threads as _threads  # noqa: F401
-from unbake import families as _families  # noqa: F401  (registers sisa and certified)
-from unbake import methods as _methods  # noqa: F401  (registers the built-in methods)
 from unbake._threads import ThreadPolicyWarning, configure_threads
 from unbake._version import __version__
-from unbake.data import DATASETS, Dataset, Samples, load_dataset
-from unbake.evaluation import Evaluation, avg_gap, evaluate
 from unbake.exceptions import (
     DatasetError,
     EmptyRequestError,
@@ -29,11 +28,15 @@ from unbake.exceptions import (
     UnsupportedModelError,
     WorkspaceError,
 )
-from unbake.methods import METHODS, Unlearner, UnlearnResult, UnlearnTask, create
-from unbake.models import MODELS, ModelSpec, build_model
-from unbake.service import DeletionService
-from unbake.training import STRATEGIES, TrainConfig, TrainedModel, fit
-from unbake.workspace import Workspace
+
+if TYPE_CHECKING:
+    from unbake.data import DATASETS, Dataset, Samples, load_dataset
+    from unbake.evaluation import Evaluation, avg_gap, evaluate
+    from unbake.methods import METHODS, Unlearner, UnlearnResult, UnlearnTask, create
+    from unbake.models import MODELS, ModelSpec, build_model
+    from unbake.service import DeletionService
+    from unbake.training import STRATEGIES, TrainConfig, TrainedModel, fit
+    from unbake.workspace import Workspace
 
 __all__ = [
     "DATASETS",
@@ -70,3 +73,41 @@ __all__ = [
     "fit",
     "load_dataset",
 ]
+
+
+_SUBMODULES = ("data", "evaluation", "families", "methods", "models", "service", "training")
+_SUBMODULES += ("workspace",)
+_loaded = False
+
+
+def _load() -> None:
+    """Import the rest of the API (torch with it), as ``import unbake`` once did eagerly.
+
+    The first attribute of the package that is not yet loaded triggers it, so importing
+    :mod:`unbake` or one of its light modules (the CLI's ``--help``) does not load torch;
+    the thread policy above is in the environment before it does.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for name in _SUBMODULES:
+        module = importlib.import_module(f"unbake.{name}")
+        for attr in getattr(module, "__all__", ()):
+            if attr in __all__:
+                globals()[attr] = getattr(module, attr)
+
+
+def __getattr__(name: str) -> object:
+    # Only the API and the modules `import unbake` used to load trigger it: any other name
+    # (``from unbake import _json``) is left for the import system to find.
+    if not _loaded and (name in __all__ or name in _SUBMODULES):
+        _load()
+    try:
+        return globals()[name]
+    except KeyError:
+        raise AttributeError(f"module 'unbake' has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

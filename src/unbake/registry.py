@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import inspect
 from collections.abc import Callable, Iterator, Mapping
@@ -32,16 +33,25 @@ class Registry(Generic[T]):
     ``"unbake.methods"``): other installed packages add items by declaring an entry point
     in that group whose module registers them on import, or that names the factory itself
     (``name = "package.module:function"``), registered under the entry point's name. The
-    group is loaded once, on the first lookup.
+    group is loaded once, on the first lookup. ``builtins`` names a module of unbake's own
+    that registers more items on import, in a layer above the registry's (the families
+    register their strategies and methods): it too is imported on the first lookup, so
+    they are there whichever module was imported first.
     """
 
-    def __init__(self, kind: str, *, entry_points: str | None = None) -> None:
+    def __init__(
+        self, kind: str, *, entry_points: str | None = None, builtins: str | None = None
+    ) -> None:
         self.kind = kind
         self._items: dict[str, Callable[..., T]] = {}
         self._group = entry_points
+        self._builtins = builtins
         self._plugins_loaded = entry_points is None
 
     def _load_plugins(self) -> None:
+        if self._builtins is not None:
+            module, self._builtins = self._builtins, None
+            importlib.import_module(module)
         if self._plugins_loaded:
             return
         self._plugins_loaded = True

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from unbake import _json as strict_json
-from unbake.bench import BENCHMARKS
 from unbake.cli._common import (
     DataDirOpt,
     JsonOpt,
@@ -24,9 +24,22 @@ from unbake.cli._common import (
 # --- bench ---------------------------------------------------------------------------
 
 
+class _BenchCommand(TyperCommand):
+    """Names the registered benchmarks in ``--help`` only: listing them imports them all
+    (and torch), which the rest of the CLI must not pay for."""
+
+    def format_help(self, ctx, formatter):
+        from unbake.bench import BENCHMARKS
+
+        for param in self.params:
+            if param.name == "name":
+                param.help = f"Benchmark: {', '.join(BENCHMARKS.available())}."
+        return super().format_help(ctx, formatter)
+
+
 @_handle_errors
 def bench(
-    name: Annotated[str, typer.Argument(help=f"Benchmark: {', '.join(BENCHMARKS.available())}.")],
+    name: Annotated[str, typer.Argument(help="Benchmark: see `unbake bench --help`.")],
     quick: Annotated[bool, typer.Option(help="Small, fast configuration (< 2 minutes).")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON result here.")] = None,
     data_dir: DataDirOpt = None,
@@ -94,3 +107,6 @@ def report(
     else:
         for path in written:
             console.print(f"Wrote {path}.")
+
+
+bench.command_class = _BenchCommand  # type: ignore[attr-defined]

@@ -302,7 +302,9 @@ class Unlearner:
 
 #: Every unlearning method; packages add their own through the ``unbake.methods``
 #: entry-point group (an entry point whose module applies :func:`register_method`).
-METHODS: Registry[Unlearner] = Registry("unlearning method", entry_points="unbake.methods")
+METHODS: Registry[Unlearner] = Registry(
+    "unlearning method", entry_points="unbake.methods", builtins="unbake.families"
+)
 
 
 def register_method(cls: type[Unlearner]) -> type[Unlearner]:

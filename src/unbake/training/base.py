@@ -188,4 +188,4 @@ class TrainingStrategy:
         return build_model(spec, input_shape=input_shape, n_classes=n_classes, seed=0)
 
 
-STRATEGIES: Registry[TrainingStrategy] = Registry("training strategy")
+STRATEGIES: Registry[TrainingStrategy] = Registry("training strategy", builtins="unbake.families")
