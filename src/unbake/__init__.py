@@ -90,12 +90,16 @@ def _load() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for name in _SUBMODULES:
-        module = importlib.import_module(f"unbake.{name}")
-        for attr in getattr(module, "__all__", ()):
-            if attr in __all__:
-                globals()[attr] = getattr(module, attr)
+    _loaded = True  # before the imports: a module they import may ask for a name again
+    try:
+        for name in _SUBMODULES:
+            module = importlib.import_module(f"unbake.{name}")
+            for attr in getattr(module, "__all__", ()):
+                if attr in __all__:
+                    globals()[attr] = getattr(module, attr)
+    except BaseException:
+        _loaded = False  # the next access raises the same error, not a missing name
+        raise
 
 
 def __getattr__(name: str) -> object:

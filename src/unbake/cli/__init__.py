@@ -83,7 +83,7 @@ for _command in (
     bench.bench,
     bench.report,
 ):
-    app.command(cls=getattr(_command, "command_class", None))(_command)
+    app.command(cls=bench.BenchCommand if _command is bench.bench else None)(_command)
 app.add_typer(records.ledger_app, name="ledger")
 app.add_typer(records.certificate_app, name="certificate")
 app.add_typer(service.policy_app, name="policy")

@@ -24,7 +24,7 @@ from unbake.cli._common import (
 # --- bench ---------------------------------------------------------------------------
 
 
-class _BenchCommand(TyperCommand):
+class BenchCommand(TyperCommand):
     """Names the registered benchmarks in ``--help`` only: listing them imports them all
     (and torch), which the rest of the CLI must not pay for."""
 
@@ -107,6 +107,3 @@ def report(
     else:
         for path in written:
             console.print(f"Wrote {path}.")
-
-
-bench.command_class = _BenchCommand  # type: ignore[attr-defined]
