@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -293,8 +294,6 @@ def train(
     _apply_threads(threads)
     from unbake.service.apply import train as train_model
     from unbake.training import TrainConfig
-    from unbake.workspace import Workspace
-    from unbake.workspace.workspace import CATALOG
 
     config = TrainConfig.parse(
         epochs=epochs,
@@ -329,7 +328,58 @@ def train(
         "poison": poison,
     }
     options = {k: v for k, v in options.items() if v is not None}
-    created = False
+    with _workspace_for_training(
+        workspace,
+        dataset=dataset,
+        options=options,
+        strategy=strategy,
+        strategy_params=strategy_params,
+    ) as ws:
+        model_id = train_model(
+            ws,
+            model=model,
+            config=config,
+            seed=seed,
+            strategy=strategy,
+            strategy_params=strategy_params,
+            device=device,
+        )
+        row = ws.catalog.model(model_id)
+    out = {
+        "model_id": model_id,
+        "description": row["description"],
+        "sha256": row["sha256"],
+        "n_train": row["n_train"],
+        "workspace": str(workspace),
+    }
+    if as_json:
+        _emit_json(out)
+    else:
+        console.print(
+            f"Trained {row['description']} on {row['n_train']} samples → model {model_id} "
+            f"(sha256 {row['sha256'][:12]}…) in {workspace}."
+        )
+
+
+@contextlib.contextmanager
+def _workspace_for_training(
+    workspace: Path,
+    *,
+    dataset: str | None,
+    options: dict[str, Any],
+    strategy: str,
+    strategy_params: dict[str, Any],
+) -> Iterator[Any]:
+    """The workspace ``train`` trains in: opened (when it holds the same dataset and split
+    options) or created, and closed after the block; one this created is removed again
+    when the block fails, so a failed first ``train`` leaves the folder as it was.
+
+    Note: create-or-open-and-roll-back belongs in the workspace's store (issue 23 item 2).
+    """
+    from unbake.workspace import Workspace
+    from unbake.workspace.workspace import CATALOG
+
+    created = existed = False
     if (workspace / CATALOG).exists():
         ws = Workspace.open(workspace)
         try:
@@ -349,36 +399,13 @@ def train(
         ws = Workspace.create(workspace, dataset=dataset or "digits", dataset_options=options)
         created = True
     try:
-        model_id = train_model(
-            ws,
-            model=model,
-            config=config,
-            seed=seed,
-            strategy=strategy,
-            strategy_params=strategy_params,
-            device=device,
-        )
-        row = ws.catalog.model(model_id)
+        yield ws
     except BaseException:
         ws.close()
         if created:
             _remove_workspace(workspace, keep_folder=existed)
         raise
     ws.close()
-    out = {
-        "model_id": model_id,
-        "description": row["description"],
-        "sha256": row["sha256"],
-        "n_train": row["n_train"],
-        "workspace": str(workspace),
-    }
-    if as_json:
-        _emit_json(out)
-    else:
-        console.print(
-            f"Trained {row['description']} on {row['n_train']} samples → model {model_id} "
-            f"(sha256 {row['sha256'][:12]}…) in {workspace}."
-        )
 
 
 def _check_split_unchanged(ws, options: dict[str, Any]) -> None:
