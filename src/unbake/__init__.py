@@ -75,8 +75,17 @@ __all__ = [
 ]
 
 
-_SUBMODULES = ("data", "evaluation", "families", "methods", "models", "service", "training")
-_SUBMODULES += ("workspace",)
+#: What ``import unbake`` imported eagerly before, in the same order.
+_SUBMODULES = (
+    "families",
+    "methods",
+    "data",
+    "evaluation",
+    "models",
+    "service",
+    "training",
+    "workspace",
+)
 _loaded = False
 
 
