@@ -53,22 +53,23 @@ def test_readme_python_quickstart_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)
-    ws = namespace["ws"]
-    assert ws.root.parent == tmp_path
     assert (tmp_path / "ws" / "catalog.sqlite").exists()
+    assert namespace["record"].method == "retrain"
+    assert namespace["record"].evaluation is not None
 
 
-def test_readme_cli_quickstart_runs(tmp_path):
+def test_readme_cli_quickstart_runs(tmp_path, monkeypatch):
     (block,) = _fenced(README.read_text(encoding="utf-8"), "bash")
     lines = [line.split("#")[0].strip() for line in block.splitlines()]
     commands = [shlex.split(line) for line in lines if line]
     assert 5 <= len(commands) <= 12 and all(c[0] == "unbake" for c in commands)
+    monkeypatch.chdir(tmp_path)  # the default workspace, ./unbake-workspace, as printed
     runner = CliRunner()
     for command in commands:
-        out = runner.invoke(app, [*command[1:], "--workspace", str(tmp_path / "ws")])
+        out = runner.invoke(app, command[1:])
         assert out.exit_code == 0, (command, out.output)
-    log = runner.invoke(app, ["log", "--json", "--workspace", str(tmp_path / "ws")])
-    assert log.exit_code == 0 and "retrain" in log.stdout
+    log = runner.invoke(app, ["log", "--json"])
+    assert log.exit_code == 0 and log.stdout.count('"request_id"') >= 2, log.stdout
 
 
 # --- the site -----------------------------------------------------------------------------
@@ -249,3 +250,32 @@ def test_tested_python_snippets_on_guide_pages_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for block in _fenced(page.read_text(encoding="utf-8"), "python"):
         exec(compile(block, str(page), "exec"), {})
+
+
+def _unbake_lines():
+    """Every ``unbake …`` command line of a bash block in the README and the docs."""
+    pages = [README, *DOCS.rglob("*.md")]
+    for page in pages:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.sub(r"^(?:[A-Z_]+=\S+ )+", "", line.split(" #")[0].strip())
+                if line.startswith("unbake "):
+                    yield page.name, line
+
+
+def test_every_command_and_option_on_the_pages_exists():
+    import typer
+
+    root = typer.main.get_command(app)
+    seen = 0
+    for page, line in _unbake_lines():
+        tokens = [t.strip("[]") for t in shlex.split(line.replace("&", ""))][1:]
+        command = root
+        while tokens and tokens[0] in getattr(command, "commands", {}):
+            command = command.commands[tokens.pop(0)]
+        assert not hasattr(command, "commands"), (page, line)
+        options = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+        used = {t.split("=")[0] for t in tokens if t.startswith("-") and t != "-"}
+        assert used <= options | {"--help"}, (page, line, used - options)
+        seen += 1
+    assert seen > 40
