@@ -7,8 +7,15 @@ from unbake.service import apply
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-#: Statements that take a current catalog back to version 7 (before keyed checkpoint digests).
+#: Statements that take a current catalog back to version 8 (before sealed personal data:
+#: its keys go, so what they sealed reads as erased).
+UNDO_V9 = [
+    "DROP TABLE request_secrets",
+    "UPDATE meta SET value = '8' WHERE key = 'schema_version'",
+]
+#: ... and back to version 7 (before keyed checkpoint digests).
 UNDO_V8 = [
+    *UNDO_V9,
     "ALTER TABLE models DROP COLUMN mac",
     "ALTER TABLE reference_models DROP COLUMN mac",
     "UPDATE meta SET value = '7' WHERE key = 'schema_version'",

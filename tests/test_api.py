@@ -277,7 +277,7 @@ def test_a_v5_catalog_gains_the_tokens_table(template, tmp_path):
     from unbake.workspace.catalog import SCHEMA_VERSION
 
     with Workspace.open(_downgrade(template, tmp_path, UNDO_V6)) as ws:
-        assert ws.catalog.meta("schema_version") == str(SCHEMA_VERSION) == "8"
+        assert ws.catalog.meta("schema_version") == str(SCHEMA_VERSION) == "9"
         token, _ = create_token(ws, "operator")
         assert authenticate(ws, token).role == "operator"
 
@@ -287,7 +287,7 @@ def test_a_v6_catalog_keeps_its_tokens_and_can_revoke_them(template, tmp_path):
 
     root = _downgrade(template, tmp_path, UNDO_V7)
     with Workspace.open(root) as ws:
-        assert ws.catalog.meta("schema_version") == "8"
+        assert ws.catalog.meta("schema_version") == "9"
         listed = list_tokens(ws)
         assert len(listed) == 4 and all(t["revoked_at"] is None for t in listed)
         assert authenticate(ws, template[2]["auditor"]).role == "auditor"

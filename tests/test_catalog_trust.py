@@ -166,7 +166,7 @@ def test_a_workspace_from_before_keyed_digests_is_upgraded_after_its_hashes_matc
     db.close()
     bad_file.write_bytes(bad_file.read_bytes()[:-1] + b" ")  # damaged while on v7
     with Workspace.open(root) as ws:
-        assert ws.catalog.meta("schema_version") == "8"
+        assert ws.catalog.meta("schema_version") == "9"
         assert ws.load_model(good).seed == 0  # keyed after its plain sha256 matched
         with pytest.raises(IntegrityError, match="no keyed digest") as info:
             ws.load_model(bad)

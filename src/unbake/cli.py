@@ -1366,6 +1366,56 @@ def ledger_show(
     )
 
 
+@ledger_app.command("retention")
+@_handle_errors
+def ledger_retention(
+    reason_days: Annotated[
+        int | None,
+        typer.Option(help="Days a done request keeps its reason before it is erased (default 0)."),
+    ] = None,
+    id_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days a done request keeps its sample IDs (the proof window; default 30)."
+        ),
+    ] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show, or set, how long a done request keeps its personal data (see docs/personal-data.md)."""
+    from unbake.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        if reason_days is not None or id_days is not None:
+            ws.set_retention(reason_days=reason_days, id_days=id_days)
+        days = ws.retention()
+    if as_json:
+        _emit_json({"retention_days": days})
+        return
+    console.print(
+        f"A done request keeps its reason {days['reason']} days and its sample IDs "
+        f"{days['sample_ids']} days, then `unbake ledger shred` (or the worker) erases them."
+    )
+
+
+@ledger_app.command("shred")
+@_handle_errors
+def ledger_shred(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> None:
+    """Erase the reasons and sample IDs of done requests whose retention has ended
+    (their keys are destroyed; the ledger still verifies). The worker runs it too."""
+    from unbake.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        done = ws.shred_due()
+    if as_json:
+        _emit_json(done)
+        return
+    console.print(
+        f"Erased {len(done['shredded'])} personal fields of done requests"
+        + ("." if done["wal_truncated"] else "; a reader kept the WAL: run it again.")
+    )
+
+
 @certificate_app.command("issue")
 @_handle_errors
 def certificate_issue(

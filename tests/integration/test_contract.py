@@ -228,8 +228,11 @@ def readonly_copy(template):
 
 
 def _make_readonly(ws: Path) -> None:
+    """What an operator does to share a workspace read-only: readable by anyone (a
+    workspace is private, 0600/0700, by default), and writable by none."""
     for path in [*ws.rglob("*"), ws]:
-        path.chmod(path.stat().st_mode & ~0o222)
+        readable = 0o555 if path.is_dir() else 0o444
+        path.chmod((path.stat().st_mode | readable) & ~0o222)
 
 
 def test_read_only_workspace_can_be_read(readonly_copy):

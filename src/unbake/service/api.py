@@ -183,6 +183,11 @@ class RequestStatus(BaseModel):
     received_at: str
     deadline: str | None
     reason: str | None
+    erased: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Which personal fields (reason, sample_ids) were erased when their "
+        "retention ended; an erased reason reads null.",
+    )
     submitted_by: str | None
     selector: dict[str, Any] | None
     model_before: str | None

@@ -98,6 +98,7 @@ def forget(
     device=None,
     idempotency_key: str | None = None,
     reason: str | None = None,
+    purpose: str | None = None,
     tuned: bool = True,
 ) -> RequestRecord:
     """File and apply a deletion request; every model that saw the data is purged.
@@ -107,8 +108,10 @@ def forget(
     its own) and changes nothing else. A request refused as invalid leaves no trace.
     With an ``idempotency_key`` already used for the same request, the first
     request's record is returned and nothing is unlearned again (a failed one is
-    retried under its request ID). ``reason`` (for example ``"cleaning"``) is
-    recorded in the request's info.
+    retried under its request ID). ``reason`` (free text, personal data) is stored
+    sealed and shredded after its retention (:mod:`unbake.workspace.personal`); the
+    ledger holds its keyed hash. ``purpose`` (a word such as ``"cleaning"``, never
+    personal) is recorded in the clear in the request's info, as ``reason``.
 
     ``label`` is a class name or index (an ``int`` is always an index); the request
     records the class by name. Selected validation and test rows are marked forgotten
@@ -143,11 +146,14 @@ def forget(
                 return done
         active, _ = ws.active_and_forgotten()
         chosen = ws.select(selector, active=active)
+        # As the queue does: the IDs named, or the subject's at receipt (not a class's).
+        ticket.personal = ws.personal_hashes(reason, chosen if label is None else ())
         in_train = set(active.ids[active.mask_of(chosen)].astype(str))
         part = RequestPart(
             ticket,
             [i for i in chosen if i in in_train],
             [i for i in chosen if i not in in_train],
+            reason=reason,
         )
         outcome = apply_parts(
             ws,
@@ -157,7 +163,7 @@ def forget(
             model_id=model_id,
             seed=seed,
             device=device,
-            reason=reason,
+            reason=purpose,
             info={"tuned_defaults": tuned_from} if tuned_from else None,
         )
     return outcome.record(part)

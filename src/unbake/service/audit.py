@@ -15,7 +15,7 @@ import numpy as np
 from unbake.data import Samples
 from unbake.evaluation.audit import AuditReport, audit, check_references
 from unbake.evaluation.bank import Recipe, ReferenceBank, train_bank
-from unbake.exceptions import DatasetError
+from unbake.exceptions import DatasetError, WorkspaceError
 from unbake.methods import METHODS
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.references import (
@@ -73,6 +73,12 @@ def audit_request(
     check_references(references)
     with ws.lock():
         req = applied_request(ws, request_id)
+        if req["erased"]["sample_ids"]:
+            raise WorkspaceError(
+                f"The sample IDs of request {req['request_id']} were erased when their "
+                "retention ended, and an audit needs them; audit a request before then "
+                "(`unbake ledger retention --id-days N` keeps them longer)."
+            )
         target = ws.load_model(model_id or req["model_after"])
         ds = ws.dataset()
         if tuple(target.input_shape) != tuple(ds.input_shape) or target.n_classes != ds.n_classes:

@@ -1,7 +1,7 @@
 """Machine cleaning: rank a workspace's training set with a detector, unlearn the top K.
 
 The suspects go through :func:`unbake.service.apply.forget` as one deletion request with the
-reason ``"cleaning"``, so the ledger, the purge and the records are those of any
+purpose ``"cleaning"``, so the ledger, the purge and the records are those of any
 deletion. Clean test accuracy, and the attack success rate where the workspace's
 dataset has a planted backdoor, are measured before and after.
 """
@@ -86,7 +86,7 @@ def clean(
     if plant is not None and 0 < np.isin(active.ids.astype(str), truth).sum() < len(active):
         detection = detection_scores(scores, active.ids, truth, [budget])
     rec = forget(
-        ws, ids=suspects, method=method, params=params, seed=seed, device=device, reason="cleaning"
+        ws, ids=suspects, method=method, params=params, seed=seed, device=device, purpose="cleaning"
     )
     after = ws.load_model(rec.model_after, device=device)
     harm = attack_harm(after, test, plant)

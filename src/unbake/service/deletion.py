@@ -64,7 +64,7 @@ from unbake.service.policy import (
     run_policy,
 )
 from unbake.training import TrainedModel, resolve_device
-from unbake.workspace import ledger
+from unbake.workspace import ledger, personal
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.workspace import (
     STUCK_AFTER,
@@ -80,6 +80,9 @@ from unbake.workspace.workspace import (
 #: The worker's batch window when neither the caller nor a policy gives one.
 DEFAULT_BATCH = 32
 DEFAULT_WINDOW = 5.0
+#: How often an idle worker (``drain`` with ``certify``) erases personal data whose
+#: retention has ended (seconds); a busy one does it after each batch.
+SHRED_EVERY = 60.0
 
 
 def as_policy(policy: Policy | str | os.PathLike | None) -> Policy | None:
@@ -393,6 +396,8 @@ class DeletionService:
                     (received_at, *chunk),
                 )
             )
+        shredded = self.workspace.tombstoned([i for i in ids if i not in since])
+        since.update(i for i, r in shredded.items() if (r["forgotten_at"] or "") >= received_at)
         return since
 
     def _unavailable(self, row: dict[str, Any], status: dict[str, str]) -> str | None:
@@ -459,7 +464,7 @@ class DeletionService:
         now = utcnow()
         days = self.policy.deadline_days if self.policy is not None else None
         received = {"selector": job.selector, "deadline": self.workspace.deadline_for(now, days)}
-        received["reason"] = job.reason
+        received.update(self.workspace.personal_hashes(job.reason, job.sample_ids))
         if job.submitted_by is not None:
             received["submitted_by"] = job.submitted_by
         ledger.append_entry(cur, request_id, "received", received, now)
@@ -473,14 +478,16 @@ class DeletionService:
                 request_id,
                 now,
                 json.dumps(job.selector),
-                json.dumps(job.sample_ids),
+                personal.seal(cur, request_id, "sample_ids", job.sample_ids),
                 job.class_label,
                 job.method,
                 json.dumps(job.params, sort_keys=True),
                 job.seed,
                 job.device,
                 job.model_id,
-                job.reason,
+                None
+                if job.reason is None
+                else personal.seal(cur, request_id, "reason", job.reason),
                 job.submitted_by,
             ),
         )
@@ -510,7 +517,8 @@ class DeletionService:
             "state": entries[-1]["state"],
             "received_at": entries[0]["timestamp"],
             "deadline": first.get("deadline"),
-            "reason": first.get("reason"),
+            "reason": first.get("reason"),  # only a request filed before v9 has it here
+            "erased": {"reason": False, "sample_ids": False},
             "submitted_by": first.get("submitted_by"),
             "selector": first.get("selector"),
             "model_before": None,
@@ -529,13 +537,23 @@ class DeletionService:
                     out["policy"] = payload["policy"]
             elif e["state"] == "queued" and payload.get("method"):
                 out["method"] = payload["method"]
-        if out["reason"] is None or out["submitted_by"] is None:
-            rows = self._catalog.query(
-                "SELECT reason, submitted_by FROM requests WHERE request_id = ?", (request_id,)
-            )
-            if rows:
-                out["reason"] = out["reason"] or rows[0]["reason"]
-                out["submitted_by"] = out["submitted_by"] or rows[0]["submitted_by"]
+        rows = [
+            *self._catalog.query(
+                "SELECT request_id, reason, sample_ids, submitted_by FROM requests "
+                "WHERE request_id = ?",
+                (request_id,),
+            ),
+            *self._catalog.query(
+                "SELECT request_id, reason, sample_ids, submitted_by FROM queue "
+                "WHERE request_id = ?",
+                (request_id,),
+            ),
+        ]
+        if rows:  # the request row once applied, the queue row before
+            row = self._catalog.open_personal(dict(rows[0]))
+            out["reason"] = row["reason"] if out["reason"] is None else out["reason"]
+            out["erased"] = row["erased"]
+            out["submitted_by"] = out["submitted_by"] or row["submitted_by"]
         out["entries"] = entries
         return out
 
@@ -597,7 +615,14 @@ class DeletionService:
         for r in rows:
             issue_certificate(self.workspace, r["request_id"])
             done.append(r["request_id"])
+        self.shred_due()
         return done
+
+    def shred_due(self, now: str | None = None) -> dict[str, Any]:
+        """Erase the reasons and sample IDs of done requests whose retention has ended
+        (:meth:`Workspace.shred_due <unbake.workspace.Workspace.shred_due>`); the worker
+        runs it after certifying."""
+        return self.workspace.shred_due(now)
 
     def current_model(self) -> dict[str, Any]:
         """The newest active model: ID, sha256, architecture, strategy, size, creation time."""
@@ -756,9 +781,9 @@ class DeletionService:
         for r in self._queue_rows():
             if r["state"] != "queued" or _not_before(r) > now:
                 continue
-            row = dict(r)
+            row = self._catalog.open_personal(dict(r))
             del row["last_payload"]
-            for key in ("selector", "sample_ids", "params"):
+            for key in ("selector", "params"):
                 row[key] = self._catalog.parse_json(row[key], f"queued request's {key}")
             out.append(row)
             if limit is not None and len(out) >= limit:
@@ -1018,7 +1043,8 @@ def drain(
     ``policy`` (default: the service's) decides the methods, and its ``[batch]`` window
     stands in for a ``batch`` or ``window`` not given (else 32 requests, 5 seconds).
     ``certify``: sign a certificate for every applied request after each batch (and, first,
-    for any a killed worker applied but did not certify).
+    for any a killed worker applied but did not certify), then erase the personal data
+    whose retention has ended (also every ``SHRED_EVERY`` seconds while idle).
     Returns the number of requests finished."""
     policy = as_policy(policy) if policy is not None else service.policy
     if batch is None:
@@ -1036,6 +1062,7 @@ def drain(
         service.certify_pending()
     finished = 0
     first_seen: float | None = None
+    shredded = time.monotonic()
     while stop is None or not stop.is_set():
         depth, orphaned = service.worker_backlog()
         if orphaned:  # a worker died applying these: resume them now, whatever else waits
@@ -1052,6 +1079,9 @@ def drain(
             continue
         if depth == 0:
             first_seen = None
+            if certify and time.monotonic() - shredded >= SHRED_EVERY:
+                service.shred_due()  # a retention that ends while the queue is empty
+                shredded = time.monotonic()
             time.sleep(poll)
             continue
         first_seen = first_seen or time.monotonic()

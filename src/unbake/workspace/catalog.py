@@ -10,8 +10,9 @@ samples each reference trained on, so a deletion can purge every one that saw th
 :mod:`unbake.workspace.ledger`), ``request_keys`` (client idempotency keys) and
 ``queue`` (requests filed but not yet applied, with what the worker needs to apply
 them) and ``tokens`` (the REST API's bearer tokens, each only as its keyed hash, and
-when it was revoked). Older catalogs are migrated forward on open, one numbered step at
-a time.
+when it was revoked), and ``request_secrets`` (the per-request keys that seal a request's
+reason and sample IDs, see :mod:`unbake.workspace.personal`). Older catalogs are migrated
+forward on open, one numbered step at a time.
 
 The file is in WAL mode: readers never wait for a writer, and a writer that finds
 another writing waits (``busy_timeout``) instead of failing. Each thread gets its own
@@ -39,10 +40,11 @@ from typing import Any
 from unbake.exceptions import IntegrityError, WorkspaceError
 from unbake.workspace.atomic import PRIVATE
 from unbake.workspace.ledger import head, last_state, verify_chain
+from unbake.workspace.personal import FIELDS, is_sealed, unseal
 
 __all__ = ["SCHEMA_VERSION", "Catalog", "utcnow"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 #: How long a writer waits for another writer before giving up (milliseconds).
 BUSY_TIMEOUT_MS = 60_000
@@ -202,6 +204,18 @@ ALTER TABLE models ADD COLUMN mac TEXT;
 ALTER TABLE reference_models ADD COLUMN mac TEXT;
 """
 
+#: The keys that seal each request's personal data (its reason, its sample IDs), one per
+#: request and field, kept out of the ledger so that deleting one erases what it sealed
+#: (see :mod:`unbake.workspace.personal`). Added in v9.
+_SECRETS = """
+CREATE TABLE IF NOT EXISTS request_secrets (
+    request_id TEXT NOT NULL,
+    field TEXT NOT NULL,
+    key BLOB NOT NULL,
+    PRIMARY KEY (request_id, field)
+) WITHOUT ROWID;
+"""
+
 #: Statements that bring a catalog of version N up to N + 1.
 _MIGRATIONS = {
     2: "ALTER TABLE requests ADD COLUMN audit TEXT;" + _REFERENCES,
@@ -210,10 +224,13 @@ _MIGRATIONS = {
     5: _TOKENS,
     6: _TOKEN_REVOCATION,
     7: _CHECKPOINT_MACS,
+    8: _SECRETS,
 }
 
 #: Every table of the current schema.
-_ALL = _SCHEMA + _REFERENCES + _LEDGER + _QUEUE + _TOKENS + _TOKEN_REVOCATION + _CHECKPOINT_MACS
+_ALL = "".join(
+    (_SCHEMA, _REFERENCES, _LEDGER, _QUEUE, _TOKENS, _TOKEN_REVOCATION, _CHECKPOINT_MACS, _SECRETS)
+)
 
 
 def _statements(script: str) -> list[str]:
@@ -359,12 +376,16 @@ class Catalog:
                 conn.close()
         self._local = threading.local()
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
         """Fold the WAL into the catalog file and truncate it (best effort: a reader
-        still on an old snapshot keeps it; the next checkpoint finishes the job)."""
-        if not self.readonly:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        still on an old snapshot keeps it; the next checkpoint finishes the job).
+        Returns whether it did all of it."""
+        if self.readonly:
+            return False
+        with contextlib.suppress(sqlite3.Error):
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            return busy == 0
+        return False
 
     def initialise(self, meta: dict[str, str]) -> None:
         with self.transaction() as cur:
@@ -510,11 +531,43 @@ class Catalog:
         with self._errors():
             return last_state(self._conn, request_id)
 
+    def secrets(self, request_id: str | None = None) -> dict[tuple[str, str], bytes]:
+        """The keys that seal requests' personal data, by (request ID, field)."""
+        rows = (
+            self.query("SELECT * FROM request_secrets")
+            if request_id is None
+            else self.query("SELECT * FROM request_secrets WHERE request_id = ?", (request_id,))
+        )
+        return {(r["request_id"], r["field"]): bytes(r["key"]) for r in rows}
+
+    def open_personal(
+        self, row: dict[str, Any], keys: dict[tuple[str, str], bytes] | None = None
+    ) -> dict[str, Any]:
+        """``row`` (of ``requests`` or ``queue``) with its sealed reason and sample IDs
+        opened in place, and ``erased``: which of them were erased (their key destroyed;
+        they then read ``None``). Clear values of a catalog from before v9 pass as they are."""
+        rid = row["request_id"]
+        keys = self.secrets(rid) if keys is None else keys
+        erased = {}
+        for field in FIELDS:
+            value = row.get(field)
+            if is_sealed(value):
+                row[field], erased[field] = unseal(value, keys.get((rid, field)), rid, field)
+            else:
+                if field == "sample_ids" and isinstance(value, str):
+                    row[field] = self.parse_json(value, f"request {rid}'s sample_ids")
+                erased[field] = False
+        row["erased"] = erased
+        return row
+
     def requests(self) -> list[dict[str, Any]]:
+        """Every applied request, oldest first, its JSON columns parsed and its personal
+        data opened (:meth:`open_personal`)."""
         out = []
+        keys = self.secrets()
         for r in self.query("SELECT * FROM requests ORDER BY created_at, rowid"):
-            row = dict(r)
-            for key in ("selector", "sample_ids", "params", "metrics", "info", "audit"):
+            row = self.open_personal(dict(r), keys)
+            for key in ("selector", "params", "metrics", "info", "audit"):
                 if row.get(key):
                     row[key] = self.parse_json(row[key], f"request {row['request_id']}'s {key}")
             out.append(row)

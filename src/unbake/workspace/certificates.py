@@ -252,13 +252,7 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
         key = load_or_create_signing_key(ws.root)
         seq, head_hash = ws.catalog.ledger_head()
         subject = row["selector"].get("subject_hmac")
-        held = [
-            r["sample_id"]
-            for r in ws.catalog.query(
-                "SELECT sample_id FROM samples WHERE request_id = ? AND split != 'train'",
-                (request_id,),
-            )
-        ]
+        sample_hmacs, held_hmacs = ws.forgotten_hmacs(request_id)
         body = {
             "format": FORMAT,
             "request_id": request_id,
@@ -267,8 +261,8 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
             "applied_at": row["created_at"],
             "subject_hmac": subject,
             "class": row["selector"].get("class"),
-            "sample_hmacs": sorted(ws.keyed_hash("sample", s) for s in row["sample_ids"]),
-            "held_out_hmacs": sorted(ws.keyed_hash("sample", s) for s in held),
+            "sample_hmacs": sample_hmacs,
+            "held_out_hmacs": held_hmacs,
             "hash_scheme": "HMAC-SHA256(workspace secret, 'subject:' + ID or 'sample:' + ID)",
             "model_before": {"id": req.model_before, "sha256": row["hash_before"]},
             "model_after": {"id": req.model_after, "sha256": row["hash_after"]},

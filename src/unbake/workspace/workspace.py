@@ -25,7 +25,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from unbake.exceptions import (
 )
 from unbake.methods import UnlearnResult
 from unbake.training import TrainedModel, resolve_device
-from unbake.workspace import ledger
+from unbake.workspace import ledger, personal
 from unbake.workspace.atomic import (
     PRIVATE,
     PRIVATE_DIR,
@@ -59,6 +59,7 @@ from unbake.workspace.atomic import (
 from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
 from unbake.workspace.keys import SECRET, create_secret, keyed_hash, load_secret
+from unbake.workspace.ledger import canonical_json
 
 __all__ = [
     "DEFAULT_WORKSPACE",
@@ -76,6 +77,14 @@ __all__ = [
 ]
 
 DEFAULT_WORKSPACE = "unbake-workspace"
+#: How a shredded tombstone's sample ID starts (then its keyed hash).
+TOMBSTONE_PREFIX = "hmac:"
+#: Each personal field's workspace-meta retention key and its default (days after the
+#: request is done): the reason goes at once, the IDs after the deletion's proof window,
+#: in which an audit of the request (which needs its IDs) can still be run.
+RETENTION = {"reason": ("reason_retention_days", 0), "sample_ids": ("id_retention_days", 30)}
+#: The ledger states that end a request, and start its retention clock.
+SHRED_AFTER = ("certified", "rejected", "failed")
 #: Seconds after which a request still ``applying`` counts as stuck (``unbake status``,
 #: ``/healthz``): no deletion run of unbake's own takes that long on the data it serves.
 STUCK_AFTER = 900.0
@@ -146,6 +155,8 @@ class Ticket:
     key_hash: str | None = None
     fingerprint: str = ""
     started_at: str = field(default_factory=utcnow)
+    #: Keyed hashes of the personal data (``reason_hmac``, ``ids_hmac``) for ``received``.
+    personal: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -438,10 +449,13 @@ class Workspace:
         It gets its secret; requests recorded with a subject in the clear get its keyed
         hash instead (``secure_delete`` overwrites the old bytes); and each request the
         ledger lacks is entered as received, applying and applied at its recorded time,
-        marked ``backfilled``.
+        marked ``backfilled``. Reasons and sample IDs stored in the clear (before v9) are
+        sealed (:mod:`~unbake.workspace.personal`); the ledger entries of those requests keep
+        theirs, since rewriting them would break the chain.
         """
         if not (self.root / SECRET).exists():
             create_secret(self.root)
+        self._seal_clear_records()
         entered = {r["request_id"] for r in self.catalog.query("SELECT request_id FROM ledger")}
         stale = [
             r
@@ -486,6 +500,161 @@ class Workspace:
             with self.catalog.transaction() as cur:
                 for sql, args in keyed:
                     cur.execute(sql, args)
+
+    def _seal_clear_records(self) -> None:
+        """Seal each reason and sample-ID list of ``requests`` and ``queue`` stored in the
+        clear by an unbake before v9 (idempotent; ``secure_delete`` overwrites the old bytes)."""
+        clear = [
+            (table, r["request_id"], f, r[f])
+            for table in ("requests", "queue")
+            for r in self.catalog.query(f"SELECT request_id, reason, sample_ids FROM {table}")
+            for f in personal.FIELDS
+            if r[f] is not None and not personal.is_sealed(r[f])
+        ]
+        if not clear:
+            return
+        with self.catalog.transaction() as cur:
+            for table, rid, f, value in clear:
+                if f == "sample_ids":
+                    value = self.catalog.parse_json(value, f"request {rid}'s sample_ids")
+                cur.execute(
+                    f"UPDATE {table} SET {f} = ? WHERE request_id = ?",  # names from this module
+                    (personal.seal(cur, rid, f, value), rid),
+                )
+        self.catalog.checkpoint()
+
+    def personal_hashes(self, reason: str | None, ids: Sequence[str]) -> dict[str, str]:
+        """What the ledger's ``received`` entry says of a request's personal data: the
+        keyed hashes of its reason and of its (sorted) sample IDs, never the values."""
+        out = {}
+        if reason is not None:
+            out["reason_hmac"] = self.keyed_hash("reason", reason)
+        if ids:
+            out["ids_hmac"] = self.keyed_hash("ids", canonical_json(sorted(map(str, ids))))
+        return out
+
+    def tombstone(self, sample_id: str) -> str:
+        """How a forgotten sample is kept once its request's IDs are shredded: its keyed
+        hash (the certificate's ``sample_hmacs`` entry), prefixed ``hmac:``."""
+        return TOMBSTONE_PREFIX + self.keyed_hash("sample", sample_id)
+
+    def forgotten_hmacs(self, request_id: str) -> tuple[list[str], list[str]]:
+        """(training, held-out) samples ``request_id`` forgot, each as its keyed hash, sorted:
+        what its certificate names, from the tombstones (clear or already shredded)."""
+        out: dict[bool, list[str]] = {True: [], False: []}
+        for r in self.catalog.query(
+            "SELECT sample_id, split FROM samples WHERE request_id = ? AND status = 'forgotten'",
+            (request_id,),
+        ):
+            sid = r["sample_id"]
+            hashed = sid if sid.startswith(TOMBSTONE_PREFIX) else self.tombstone(sid)
+            out[r["split"] == "train"].append(hashed.removeprefix(TOMBSTONE_PREFIX))
+        return sorted(out[True]), sorted(out[False])
+
+    def tombstoned(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Those of ``ids`` (absent from the catalog in the clear) that are shredded
+        tombstones, each with its row (split, status, request): they were forgotten."""
+        hashed = {
+            r["sample_id"]: dict(r)
+            for r in self.catalog.query(
+                "SELECT sample_id, split, status, content_hash, request_id, forgotten_at "
+                "FROM samples "
+                "WHERE sample_id LIKE ?",
+                (TOMBSTONE_PREFIX + "%",),
+            )
+        }
+        if not hashed:
+            return {}
+        found = ((str(i), hashed.get(self.tombstone(str(i)))) for i in ids)
+        return {i: row for i, row in found if row is not None}
+
+    # --- retention of personal data ------------------------------------------------
+
+    def retention(self) -> dict[str, int]:
+        """Days a done request keeps its reason and its sample IDs (the workspace meta
+        ``reason_retention_days`` and ``id_retention_days``; defaults 0 and 30)."""
+        out = {}
+        for f, (key, default) in RETENTION.items():
+            value = self.catalog.meta(key)
+            out[f] = int(value) if value is not None and value.isdigit() else default
+        return out
+
+    def set_retention(self, *, reason_days: int | None = None, id_days: int | None = None) -> None:
+        """Keep a done request's reason ``reason_days`` and its sample IDs ``id_days``
+        (whole days >= 0; ``None``: unchanged) before :meth:`shred_due` erases them."""
+        given = {"reason": reason_days, "sample_ids": id_days}
+        for f, days in given.items():
+            if days is not None and (
+                isinstance(days, bool) or not isinstance(days, int) or days < 0
+            ):
+                raise InvalidParameterError(
+                    f"The retention of a request's {f} must be a whole number of days >= 0; "
+                    f"got {days!r}."
+                )
+        with self.lock(), self.catalog.transaction() as cur:
+            for f, days in given.items():
+                if days is not None:
+                    cur.execute(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                        (RETENTION[f][0], str(days)),
+                    )
+
+    def due_for_shredding(self, now: str | None = None) -> list[tuple[str, str]]:
+        """(request ID, field) of each key whose retention has ended: its request is done
+        (``certified``, ``rejected``, or ``failed`` for good) since longer than the field's
+        retention. The clock starts at the first such entry after the request was last in
+        flight (a request queued again restarts it; ``verified`` leaves it alone)."""
+        now_at = datetime.fromisoformat(now or utcnow())
+        days = self.retention()
+        done_at: dict[tuple[str, str], str] = {}
+        for r in self.catalog.query(
+            "SELECT s.request_id, s.field, l.state, l.timestamp FROM request_secrets s "
+            "JOIN ledger l ON l.request_id = s.request_id ORDER BY l.seq"
+        ):
+            key = (r["request_id"], r["field"])
+            if r["state"] in SHRED_AFTER:
+                done_at.setdefault(key, r["timestamp"])
+            elif r["state"] != "verified":
+                done_at.pop(key, None)
+        return [
+            key
+            for key, at in sorted(done_at.items(), key=lambda kv: (kv[1], kv[0]))
+            if datetime.fromisoformat(at) + timedelta(days=days.get(key[1], 0)) <= now_at
+        ]
+
+    def shred_due(self, now: str | None = None) -> dict[str, Any]:
+        """Erase the personal data whose retention has ended (crypto-shredding).
+
+        In one transaction: each due key is deleted (what it sealed then reads as erased),
+        and when a request's sample IDs are due, its forgotten samples' tombstones become
+        their keyed hashes (:meth:`tombstone`), which still refuse them. Then the WAL is
+        folded into the file and truncated, so that no copy of a key survives in it
+        (``secure_delete`` has zeroed the cleared bytes in the file). A crash before the
+        commit changes nothing; one after it leaves the WAL to the next call (or the last
+        connection's close), which folds it in. Returns what it did.
+        """
+        with self.lock():
+            due = self.due_for_shredding(now)
+            with self.catalog.transaction() as cur:
+                for rid, f in due:
+                    if f == "sample_ids":
+                        rows = cur.execute(
+                            "SELECT sample_id FROM samples WHERE request_id = ? AND "
+                            "status = 'forgotten' AND sample_id NOT LIKE ?",
+                            (rid, TOMBSTONE_PREFIX + "%"),
+                        ).fetchall()
+                        cur.executemany(
+                            "UPDATE samples SET sample_id = ? WHERE sample_id = ?",
+                            [(self.tombstone(r["sample_id"]), r["sample_id"]) for r in rows],
+                        )
+                    cur.execute(
+                        "DELETE FROM request_secrets WHERE request_id = ? AND field = ?", (rid, f)
+                    )
+            complete = self.catalog.checkpoint()
+        return {
+            "shredded": [{"request_id": rid, "field": f} for rid, f in due],
+            "wal_truncated": complete,
+        }
 
     def keyed_hash(self, kind: str, value: str) -> str:
         """HMAC-SHA256 of ``kind:value`` under this workspace's secret (see :mod:`~.keys`)."""
@@ -541,6 +710,9 @@ class Workspace:
         }
         source = {str(sid): split for split, samples in ds.splits().items() for sid in samples.ids}
         unknown = [i for i in source if i not in known]
+        if unknown:  # forgotten rows still in the source whose tombstone is a keyed hash
+            known.update(self.tombstoned(unknown))
+            unknown = [i for i in unknown if i not in known]
         if unknown:
             raise DatasetError(
                 f"The dataset source has {len(unknown)} samples the catalog does not know "
@@ -590,6 +762,8 @@ class Workspace:
                 "SELECT sample_id FROM samples WHERE status = 'forgotten' AND split != 'train'"
             )
         ]
+        if any(g.startswith(TOMBSTONE_PREFIX) for g in gone):
+            gone += self.tombstoned([*map(str, ds.val.ids), *map(str, ds.test.ids)])
         gone += list(without)
         return ds.val.subset(~ds.val.mask_of(gone)), ds.test.subset(~ds.test.mask_of(gone))
 
@@ -606,6 +780,8 @@ class Workspace:
         }
         chosen: list[str] = []
         if selector.ids:
+            shredded = self.tombstoned([i for i in selector.ids if i not in known])
+            known.update({i: (r["split"], r["status"]) for i, r in shredded.items()})
             unknown = [i for i in selector.ids if i not in known]
             if unknown:
                 raise UnknownSampleError(
@@ -876,6 +1052,7 @@ class Workspace:
             payload = {
                 "selector": ticket.selector,
                 "deadline": self.deadline_for(ticket.received_at),
+                **ticket.personal,
             }
             ledger.append_entry(cur, ticket.request_id, "received", payload, ticket.received_at)
             if ticket.key_hash is not None:
@@ -1028,7 +1205,7 @@ class Workspace:
                     request_id=part.ticket.request_id,
                     selector=json.dumps(part.ticket.selector),
                     n_samples=0,
-                    sample_ids="[]",
+                    sample_ids=[],
                     method="none",
                     params="{}",
                     exact=1,
@@ -1073,8 +1250,13 @@ class Workspace:
     ) -> None:
         """Insert one applied request, append its ledger entries up to ``applied`` (its
         payload plus ``applied_extra``), and mark ``forgotten`` (train and held-out IDs)
-        as forgotten by it: their content hash and subject are cleared."""
+        as forgotten by it: their content hash and subject are cleared. The reason and the
+        sample IDs are stored sealed (:mod:`~unbake.workspace.personal`)."""
         now = utcnow()
+        rid = values["request_id"]
+        values["sample_ids"] = personal.seal(cur, rid, "sample_ids", values["sample_ids"])
+        if values.get("reason") is not None:
+            values["reason"] = personal.seal(cur, rid, "reason", values["reason"])
         self._ledger_start(cur, ticket, values["method"], values["model_before"])
         applied = {
             "model_after": values["model_after"],
@@ -1129,7 +1311,7 @@ class Workspace:
                     request_id=part.ticket.request_id,
                     selector=json.dumps(part.ticket.selector),
                     n_samples=len(part.sample_ids),
-                    sample_ids=json.dumps(list(part.sample_ids)),
+                    sample_ids=list(part.sample_ids),
                     method=unlearner.name,
                     params=json.dumps(result.params, sort_keys=True, default=str),
                     exact=int(unlearner.exact),
@@ -1194,7 +1376,9 @@ class Workspace:
 
         By default the samples not forgotten (every split); ``forgotten=True`` lists the
         forgotten ones instead, with their request (their subject is cleared when they
-        are forgotten, so ``subject`` then finds them through the requests that named it).
+        are forgotten, so ``subject`` then finds them through the requests that named it;
+        once a request's IDs are shredded, its samples are listed by their tombstone,
+        ``hmac:`` + keyed hash).
         Label names are read from the source; a forgotten row deleted from it has none.
         """
         self.active_and_forgotten()  # checks the source against the catalog first
