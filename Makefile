@@ -1,6 +1,7 @@
 # unbake: two commands do all the set-up on a fresh machine.
 #   make demo   create .venv, install unbake, run the demo on scikit-learn's digits
-#   make test   create .venv, install unbake[test,ray,llm,service], run ruff and pytest
+#   make test   create .venv, install unbake[test,ray,llm,service,docs], run ruff and pytest
+#   make docs   build the documentation site offline into site/
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ PIP    := $(BIN)/python -m pip
 # `torch` (which would pull a CUDA build of several GB).
 INSTALL := $(PIP) install --quiet --constraint constraints.txt
 
-.PHONY: demo test lint bench-quick bench-llm-model tune-fmnist clean venv
+.PHONY: demo test docs lint bench-quick bench-llm-model tune-fmnist clean venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +22,7 @@ $(VENV)/.installed-base: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-base
-	$(INSTALL) -e '.[test,ray,llm,service]'
+	$(INSTALL) -e '.[test,ray,llm,service,docs]'
 	touch $@
 
 venv: $(VENV)/.installed-base
@@ -35,6 +36,10 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The documentation site, offline (no fonts, CDNs or downloads), into site/.
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 test-all: lint
 	$(BIN)/python -m pytest -q
@@ -69,4 +74,4 @@ tune-fmnist: $(VENV)/.installed-base
 	done; done
 
 clean:
-	rm -rf $(VENV) unbake-workspace .pytest_cache .ruff_cache
+	rm -rf $(VENV) unbake-workspace .pytest_cache .ruff_cache site

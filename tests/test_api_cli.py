@@ -1,4 +1,5 @@
-"""`unbake token create` and `unbake serve` from the command line, as the README uses them."""
+"""`unbake token create` and `unbake serve` from the command line, as the service guide's
+quick start (docs/guides/service.md) uses them."""
 
 import contextlib
 import json
@@ -58,7 +59,7 @@ def test_a_token_file_is_private_whichever_way_it_is_written(ws_root, tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     with Workspace.open(ws_root, read_only=True) as ws:
         assert authenticate(ws, out.read_text().strip()).role == "operator"
-    # The README's quick start: the shell makes the file (0644 under umask 022) first.
+    # The service guide's quick start: the shell makes the file (0644 under umask 022) first.
     shell = tmp_path / "shell.token"
     cli = f"{sys.executable} -c 'from unbake.cli import main; main()'"
     done = subprocess.run(

@@ -216,10 +216,16 @@ def test_cli_report_bad_input_is_one_line_exit_2(tmp_path, content, message):
     assert not (tmp_path / "o.html").exists()
 
 
-def test_readme_quotes_the_committed_approximate_benchmark():
-    result = load_result(ROOT / "benchmarks" / "results" / "approximate.json")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"(?:^\|.*\|\n)+", render_markdown(result), flags=re.M)
-    assert len(blocks) == len(result["config"]["scenarios"]) >= 1
+def test_docs_results_pages_are_what_unbake_report_renders():
+    from unbake.report.docs import results_pages
+
+    results = ROOT / "benchmarks" / "results"
+    pages = results_pages(results)
+    approximate = load_result(results / "approximate.json")
+    blocks = re.findall(r"(?:^\|.*\|\n)+", render_markdown(approximate), flags=re.M)
+    assert len(blocks) == len(approximate["config"]["scenarios"]) >= 1
     for block in blocks:  # each table as `unbake report` renders it, row for row
-        assert block in readme
+        assert block in pages["results/approximate.md"]
+    for path in results.glob("*.json"):  # and every other committed result, table for table
+        rendered = re.findall(r"(?:^\|.*\|\n)+", render_markdown(load_result(path)), flags=re.M)
+        assert rendered and all(b in pages[f"results/{path.stem}.md"] for b in rendered)

@@ -250,9 +250,17 @@ def _approximate_tables(result: dict[str, Any]) -> list[Table]:
 
 
 def _generic_tables(result: dict[str, Any]) -> list[Table]:
+    """One table of every scalar column; rows that name their ``part`` get a table per
+    part, each with only the columns its rows have."""
     rows = result["rows"]
-    keys = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, dict)))
-    return [_table("Rows", rows, [(k, k, _cell) for k in keys])]
+    parts = list(dict.fromkeys(r.get("part") for r in rows))
+    tables = []
+    for part in parts:
+        group = [r for r in rows if r.get("part") == part]
+        keys = dict.fromkeys(k for r in group for k, v in r.items() if not isinstance(v, dict))
+        title = "Rows" if len(parts) == 1 else f"Rows: {part}"
+        tables.append(_table(title, group, [(k, k, _cell) for k in keys]))
+    return tables
 
 
 def report_tables(result: dict[str, Any]) -> list[Table]:

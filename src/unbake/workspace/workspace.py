@@ -272,6 +272,8 @@ class Workspace:
     It stores and records; the work on it (training, deletion requests, audits) is the
     service layer's (:class:`unbake.service.DeletionService`, :mod:`unbake.service.apply`).
 
+    Examples
+    --------
     >>> import tempfile
     >>> ws = Workspace.create(tempfile.mkdtemp() + "/ws", dataset="digits")
     >>> ws.status()["samples"]["active"] == len(ws.dataset().train), ws.status()["models"]
