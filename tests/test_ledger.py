@@ -20,6 +20,7 @@ from unbake.workspace.certificates import (
     verify_certificate,
     workspace_public_key,
 )
+from unbake.workspace.model_store import ModelStore
 
 CFG = TrainConfig.parse(epochs=1, batch_size=64)
 FAST = {"method": "finetune", "params": {"epochs": 1}}
@@ -130,7 +131,9 @@ def test_status_lists_overdue_requests(ws, monkeypatch):
     done = apply.forget(ws, ids=_ids(2, 3), **FAST)
     assert ws.status()["overdue_requests"] == []
     later = "2099-01-01T00:00:00+00:00"
-    (late,) = ws.overdue(now=later)  # the failed one is still open; the applied one is done
+    (late,) = ws.request_store.overdue(
+        now=later
+    )  # the failed one is still open; the applied one is done
     assert late["state"] == "failed" and late["request_id"] != done.request_id
 
 
@@ -248,7 +251,7 @@ def test_a_failed_checkpoint_write_is_recorded_too(ws, monkeypatch):
         raise OSError(28, "No space left on device")
 
     before = _status_and_failed(ws)
-    monkeypatch.setattr(Workspace, "_write_model", full)
+    monkeypatch.setattr(ModelStore, "write", full)
     with pytest.raises(OSError, match="No space"):
         apply.forget(ws, ids=_ids(2), **FAST)
     after, failed = _status_and_failed(ws)

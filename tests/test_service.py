@@ -16,6 +16,7 @@ from unbake.exceptions import (
 from unbake.service import DeletionService, apply
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace.certificates import issue_certificate
+from unbake.workspace.model_store import ModelStore
 
 CFG = TrainConfig.parse(epochs=1, batch_size=64)
 
@@ -256,13 +257,13 @@ def test_recovery_requeues_a_request_left_applying_and_sweeps_its_checkpoint(
     svc, train_ids, monkeypatch
 ):
     sub = svc.submit(sample_ids=train_ids[:2])
-    write = Workspace._write_model
+    write = ModelStore.write
 
     def dies_after_writing(self, *args, **kwargs):
         write(self, *args, **kwargs)
         raise KeyboardInterrupt  # the worker dies between the checkpoint and the commit
 
-    monkeypatch.setattr(Workspace, "_write_model", dies_after_writing)
+    monkeypatch.setattr(ModelStore, "write", dies_after_writing)
     with pytest.raises(KeyboardInterrupt):
         svc.apply_pending()
     monkeypatch.undo()

@@ -86,13 +86,13 @@ def test_check_subject_against_a_certificate(tmp_path):
 
 def test_status_shows_overdue_requests(tmp_path, monkeypatch):
     from unbake.methods.gradient import Finetune
-    from unbake.workspace import Workspace
+    from unbake.workspace.request_store import RequestStore
 
     ws = tmp_path / "ws"
     assert run(*TRAIN, "--workspace", ws).exit_code == 0
     assert "OVERDUE" not in run("status", "-w", ws).stdout
     monkeypatch.setattr(
-        Workspace, "deadline_for", lambda self, at, days=None: "2000-01-01T00:00:00+00:00"
+        RequestStore, "deadline_for", lambda self, at, days=None: "2000-01-01T00:00:00+00:00"
     )
     monkeypatch.setattr(Finetune, "unlearn", lambda *a, **k: 1 / 0)
     res = run("forget", "--ids", "digits-0001", *FINETUNE, "-w", ws)

@@ -518,11 +518,8 @@ def _seconds(start: str, end: str) -> float:
 def _latencies(service: DeletionService) -> dict[str, list[float]]:
     """Seconds from ``applying`` (and from ``received``) to ``applied``, of the most
     recently applied requests."""
-    rows = service.workspace.catalog.query(
-        "SELECT l.request_id, l.state, l.timestamp FROM ledger l WHERE l.request_id IN "
-        "(SELECT request_id FROM ledger WHERE state = 'applied' ORDER BY seq DESC LIMIT ?) "
-        "AND l.state IN ('received', 'applying', 'applied') ORDER BY l.seq",
-        (LATENCY_WINDOW,),
+    rows = service.workspace.request_store.timestamps(
+        ("received", "applying", "applied"), LATENCY_WINDOW
     )
     times: dict[str, dict[str, str]] = {}
     for r in rows:
@@ -909,13 +906,7 @@ def create_app(
         del who
         catalog = service.workspace.catalog
         seq, digest = catalog.ledger_head()
-        rows = catalog.query(
-            "SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        )
-        entries = [
-            {**dict(r), "payload": catalog.parse_json(r["payload"], f"ledger entry {r['seq']}")}
-            for r in rows
-        ]
+        entries = service.workspace.request_store.entries_after(after, limit)
         return {"head": {"seq": seq, "hash": digest}, "entries": entries}
 
     @app.get(

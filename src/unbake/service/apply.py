@@ -138,7 +138,7 @@ def forget(
     ticket = Ticket(new_id("req"), utcnow(), selector.to_dict(ws.subject_hmac))
     with ws.lock():
         if idempotency_key is not None:
-            ticket.key_hash, ticket.fingerprint = ws.request_fingerprint(
+            ticket.key_hash, ticket.fingerprint = ws.request_store.fingerprint(
                 idempotency_key, list(selector.ids), ticket.selector, method, params, model_id
             )
             done = ws.idempotent(ticket)
@@ -147,7 +147,7 @@ def forget(
         active, _ = ws.active_and_forgotten()
         chosen = ws.select(selector, active=active)
         # As the queue does: the IDs named, or the subject's at receipt (not a class's).
-        ticket.personal = ws.personal_hashes(reason, chosen if label is None else ())
+        ticket.personal = ws.request_store.personal_hashes(reason, chosen if label is None else ())
         in_train = set(active.ids[active.mask_of(chosen)].astype(str))
         part = RequestPart(
             ticket,
@@ -218,7 +218,9 @@ def stage_parts(
     for part in parts:
         part.reason = part.reason or reason
     if not sample_ids:
-        return StagedApply(list(parts), unlearner, model_id, None, None, None, 0, {})
+        return StagedApply(
+            list(parts), unlearner.name, unlearner.exact, model_id, None, None, None, 0, {}
+        )
     row = ws.model_row(model_id)
     original = ws.load_model(row["model_id"], device=device)
     forget, retain = active.split(sample_ids)
@@ -251,7 +253,15 @@ def stage_parts(
         "unbake_version": unbake_version(),
     }
     return StagedApply(
-        list(parts), unlearner, model_id, row, result, evaluation, len(retain), provenance
+        list(parts),
+        method,
+        unlearner.exact,
+        model_id,
+        row,
+        result,
+        evaluation,
+        len(retain),
+        provenance,
     )
 
 

@@ -64,8 +64,9 @@ from unbake.service.policy import (
     run_policy,
 )
 from unbake.training import TrainedModel, resolve_device
-from unbake.workspace import ledger, personal
-from unbake.workspace.catalog import utcnow
+from unbake.workspace import ledger
+from unbake.workspace.catalog import Catalog, utcnow
+from unbake.workspace.request_store import QueuedRequest, RequestStore
 from unbake.workspace.workspace import (
     STUCK_AFTER,
     ForgetSelector,
@@ -108,8 +109,6 @@ def _not_before(row: Any) -> str:
 
 #: The most requests one group commit writes in one transaction.
 GROUP_LIMIT = 1024
-#: How many IDs one ``IN (...)`` query checks.
-_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -231,8 +230,12 @@ class DeletionService:
         self.close()
 
     @property
-    def _catalog(self):
+    def _catalog(self) -> Catalog:
         return self.workspace.catalog
+
+    @property
+    def _requests(self) -> RequestStore:
+        return self.workspace.request_store
 
     # --- submitting ----------------------------------------------------------------
 
@@ -289,14 +292,12 @@ class DeletionService:
             selector = ForgetSelector(tuple(ids), subject, label).to_dict(
                 self.workspace.subject_hmac
             )
-            key = self.workspace.request_fingerprint(
+            key = self._requests.fingerprint(
                 idempotency_key, ids, selector, method, params, model_id
             )
-            known = self._known_key(
-                self._catalog.reader(), *key
-            )  # a retry: no need to validate again
+            known = self._requests.known_key(*key)  # a retry: no need to validate again
             if known is not None:
-                return known
+                return Submitted(known.request_id, known.state, True)
         job = self._validate(request)
         if key is not None:
             job.key_hash, job.fingerprint = key
@@ -362,7 +363,7 @@ class DeletionService:
                 )
             # None for a stranger and for a subject already forgotten alike; the worker
             # rejects the request then.
-            ids = self.workspace.subject_sample_ids(subject)
+            ids = self.workspace.sample_store.of_subject(subject)
         else:
             label = self.workspace.class_name(class_label)
         selector = ForgetSelector(
@@ -381,25 +382,6 @@ class DeletionService:
             request["submitted_by"],
         )
 
-    def _forgotten_since(self, ids: list[str], received_at: str) -> set[str]:
-        """Those of ``ids`` forgotten at or after ``received_at`` (by another request,
-        or by ``unbake forget``): active when the request arrived, so not its error."""
-        since: set[str] = set()
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            marks = ",".join("?" for _ in chunk)
-            since.update(
-                r["sample_id"]
-                for r in self._catalog.query(
-                    "SELECT sample_id FROM samples WHERE status = 'forgotten' AND "
-                    f"forgotten_at >= ? AND sample_id IN ({marks})",
-                    (received_at, *chunk),
-                )
-            )
-        shredded = self.workspace.tombstoned([i for i in ids if i not in since])
-        since.update(i for i, r in shredded.items() if (r["forgotten_at"] or "") >= received_at)
-        return since
-
     def _unavailable(self, row: dict[str, Any], status: dict[str, str]) -> str | None:
         """Why the worker rejects the queued request ``row`` before any unlearning
         (``None``: it goes ahead). The reason is recorded on that request only, and says
@@ -415,7 +397,8 @@ class DeletionService:
                 "there is nothing to forget."
             )
         inactive = [i for i in names if status.get(i) != "active"]
-        missing = len(inactive) - len(self._forgotten_since(inactive, row["received_at"]))
+        since = self.workspace.sample_store.forgotten_since(inactive, row["received_at"])
+        missing = len(inactive) - len(since)
         if missing:
             return (
                 f"{missing} of the {len(names)} sample IDs it names are not active samples "
@@ -429,75 +412,42 @@ class DeletionService:
         refused job (an idempotency key reused for another request) spares the rest."""
         with self._catalog.transaction() as cur:
             for job in jobs:
-                cur.execute("SAVEPOINT job")
                 try:
-                    job.result = self._write_job(cur, job)
+                    with self._catalog.savepoint(cur):
+                        job.result = self._write_job(cur, job)
                 except UnbakeError as exc:
-                    cur.execute("ROLLBACK TO job")
                     job.error = exc
-                cur.execute("RELEASE job")
-
-    @staticmethod
-    def _known_key(cur, key_hash: str, fingerprint: str) -> Submitted | None:
-        """The request filed before under this key (``None``: a new key); a key reused
-        for another request is refused."""
-        row = cur.execute(
-            "SELECT request_id, fingerprint FROM request_keys WHERE idempotency_key = ?",
-            (key_hash,),
-        ).fetchone()
-        if row is None:
-            return None
-        if row["fingerprint"] != fingerprint:
-            raise InvalidParameterError(
-                "This idempotency key was already used for another request "
-                f"({row['request_id']}); use a new key for a new request."
-            )
-        state = ledger.last_state(cur, row["request_id"]) or "received"
-        return Submitted(row["request_id"], state, True)
 
     def _write_job(self, cur, job: _Job) -> Submitted:
         if job.key_hash is not None:
-            known = self._known_key(cur, job.key_hash, job.fingerprint)
+            known = self._requests.known_key(job.key_hash, job.fingerprint, cur)
             if known is not None:
-                return known
-        request_id = new_id("req")
-        now = utcnow()
+                return Submitted(known.request_id, known.state, True)
+        request = QueuedRequest(
+            new_id("req"),
+            utcnow(),
+            job.selector,
+            job.sample_ids,
+            job.class_label,
+            job.method,
+            job.params,
+            job.seed,
+            job.device,
+            job.model_id,
+            job.reason,
+            job.submitted_by,
+        )
         days = self.policy.deadline_days if self.policy is not None else None
-        received = {"selector": job.selector, "deadline": self.workspace.deadline_for(now, days)}
-        received.update(self.workspace.personal_hashes(job.reason, job.sample_ids))
+        received = {
+            "selector": job.selector,
+            "deadline": self._requests.deadline_for(request.received_at, days),
+            **self._requests.personal_hashes(job.reason, job.sample_ids),
+        }
         if job.submitted_by is not None:
             received["submitted_by"] = job.submitted_by
-        ledger.append_entry(cur, request_id, "received", received, now)
-        queued = {"method": job.method} if job.method is not None else {}
-        ledger.append_entry(cur, request_id, "queued", queued, now)
-        cur.execute(
-            "INSERT INTO queue(request_id, received_at, selector, sample_ids, class_label, "
-            "method, params, seed, device, model_id, reason, submitted_by) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                request_id,
-                now,
-                json.dumps(job.selector),
-                personal.seal(cur, request_id, "sample_ids", job.sample_ids),
-                job.class_label,
-                job.method,
-                json.dumps(job.params, sort_keys=True),
-                job.seed,
-                job.device,
-                job.model_id,
-                None
-                if job.reason is None
-                else personal.seal(cur, request_id, "reason", job.reason),
-                job.submitted_by,
-            ),
-        )
-        if job.key_hash is not None:
-            cur.execute(
-                "INSERT INTO request_keys(idempotency_key, request_id, fingerprint) "
-                "VALUES (?, ?, ?)",
-                (job.key_hash, request_id, job.fingerprint),
-            )
-        return Submitted(request_id, "queued", False)
+        key = (job.key_hash, job.fingerprint) if job.key_hash is not None else None
+        self._requests.enqueue(cur, request, received, key)
+        return Submitted(request.request_id, "queued", False)
 
     # --- reading -------------------------------------------------------------------
 
@@ -537,20 +487,8 @@ class DeletionService:
                     out["policy"] = payload["policy"]
             elif e["state"] == "queued" and payload.get("method"):
                 out["method"] = payload["method"]
-        rows = [
-            *self._catalog.query(
-                "SELECT request_id, reason, sample_ids, submitted_by FROM requests "
-                "WHERE request_id = ?",
-                (request_id,),
-            ),
-            *self._catalog.query(
-                "SELECT request_id, reason, sample_ids, submitted_by FROM queue "
-                "WHERE request_id = ?",
-                (request_id,),
-            ),
-        ]
-        if rows:  # the request row once applied, the queue row before
-            row = self._catalog.open_personal(dict(rows[0]))
+        row = self._requests.personal_row(request_id)
+        if row is not None:  # the request row once applied, the queue row before
             out["reason"] = row["reason"] if out["reason"] is None else out["reason"]
             out["erased"] = row["erased"]
             out["submitted_by"] = out["submitted_by"] or row["submitted_by"]
@@ -568,14 +506,8 @@ class DeletionService:
             )
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidParameterError(f"limit must be a whole number >= 1; got {limit!r}.")
-        rows = self._catalog.query(
-            "SELECT r.request_id, r.payload, "
-            "(SELECT state FROM ledger l WHERE l.request_id = r.request_id "
-            " ORDER BY seq DESC LIMIT 1) AS state "
-            "FROM ledger r WHERE r.state = 'received' ORDER BY r.seq DESC"
-        )
         out = []
-        for r in rows:
+        for r in self._requests.received(newest_first=True):
             if state is not None and r["state"] != state:
                 continue
             if submitted_by is not None:
@@ -606,11 +538,7 @@ class DeletionService:
         killed after writing the file but before its ledger entry signs it again."""
         from unbake.workspace.certificates import issue_certificate
 
-        rows = self._catalog.query(
-            "SELECT r.request_id FROM ledger r WHERE r.state = 'received' AND "
-            "(SELECT state FROM ledger l WHERE l.request_id = r.request_id "
-            " ORDER BY seq DESC LIMIT 1) IN ('applied', 'verified') ORDER BY r.seq"
-        )
+        rows = [r for r in self._requests.received() if r["state"] in ("applied", "verified")]
         done = []
         for r in rows:
             issue_certificate(self.workspace, r["request_id"])
@@ -649,11 +577,7 @@ class DeletionService:
 
     def state_counts(self) -> dict[str, int]:
         """How many requests are in each state now (states with none are left out)."""
-        rows = self._catalog.query(
-            "SELECT state, COUNT(*) AS n FROM "
-            "(SELECT request_id, state, MAX(seq) FROM ledger GROUP BY request_id) GROUP BY state"
-        )
-        return {r["state"]: r["n"] for r in rows}
+        return self._requests.state_counts()
 
     def queue_depth(self) -> int:
         """Requests waiting for the worker (also those waiting out a retry's backoff)."""
@@ -673,7 +597,7 @@ class DeletionService:
         requests ``applying`` for more than ``stuck_after`` seconds (a worker that hangs
         or no longer runs), requests past their deadline, and ``failed`` ones."""
         now = datetime.now(timezone.utc)
-        attention = self.workspace.attention(stuck_after=stuck_after, now=now)
+        attention = self._requests.attention(stuck_after=stuck_after, now=now)
         stuck = [r["seconds"] for r in attention["stuck"]]
         overdue = [
             (now - datetime.fromisoformat(r["deadline"])).total_seconds()
@@ -740,31 +664,22 @@ class DeletionService:
                         f"{retry.max_recoveries}: [retry] max_recoveries); see the worker's log "
                         "for what killed it, then file the request again"
                     )
-                    ledger.append_entry(cur, rid, "failed", {"reason": reason}, utcnow())
+                    self._requests.append(cur, rid, "failed", {"reason": reason}, utcnow())
                     continue
                 payload = {
                     "recovered": True,
                     "recoveries": recoveries,
                     "reason": "the worker stopped while applying it",
                 }
-                ledger.append_entry(cur, rid, "queued", payload, utcnow())
-            cur.execute(
-                "DELETE FROM queue WHERE request_id IN (SELECT request_id FROM requests) OR "
-                "(SELECT state FROM ledger l WHERE l.request_id = queue.request_id "
-                " ORDER BY seq DESC LIMIT 1) IN ('rejected', 'failed', 'applied', 'verified', "
-                "'certified')"
-            )
+                self._requests.append(cur, rid, "queued", payload, utcnow())
+            self._requests.drop_finished(cur)
         ws.sweep()
         return stuck
 
     def _queue_rows(self) -> list[Any]:
         """Every queue row with its request's latest ledger state and that entry's payload,
         in order of arrival."""
-        return self._catalog.query(
-            "SELECT q.*, l.state AS state, l.payload AS last_payload FROM queue q "
-            "JOIN ledger l ON l.seq = (SELECT MAX(seq) FROM ledger WHERE request_id = q.request_id) "
-            "ORDER BY q.received_at, q.rowid"
-        )
+        return self._requests.queue_rows()
 
     def _count_entries(self, request_id: str, state: str, flag: str) -> int:
         """How many of ``request_id``'s ``state`` entries carry ``flag`` in their payload."""
@@ -840,10 +755,7 @@ class DeletionService:
         method, params_json, seed, device, model_id, tuned_json = rows[0]["plan"]
         active, _ = ws.active_and_forgotten()
         status = ws.catalog.sample_status()
-        split_of = {
-            r["sample_id"]: r["split"]
-            for r in ws.catalog.query("SELECT sample_id, split FROM samples")
-        }
+        split_of = ws.sample_store.split_of()
         parts: list[RequestPart] = []
         claimed: set[str] = set()
         rejected: list[tuple[str, str]] = []
@@ -888,10 +800,10 @@ class DeletionService:
                     "model_before": model_before,
                     "batch": len(parts),
                 }
-                ledger.append_entry(cur, part.ticket.request_id, "applying", payload, utcnow())
+                self._requests.append(cur, part.ticket.request_id, "applying", payload, utcnow())
 
         def dequeue(cur) -> None:
-            cur.executemany("DELETE FROM queue WHERE request_id = ?", [(i,) for i in request_ids])
+            self._requests.dequeue(cur, request_ids)
 
         try:
             if method is None:
@@ -930,7 +842,7 @@ class DeletionService:
         reason and leave the queue. Returns the IDs put back."""
         ws = self.workspace
         applying = [
-            p.ticket for p in parts if ws.catalog.request_state(p.ticket.request_id) == "applying"
+            p.ticket for p in parts if self._requests.state(p.ticket.request_id) == "applying"
         ]
         again: dict[str, int] = {}
         cause = exc.__cause__ if isinstance(exc, PolicyFailedError) else exc  # the fallback's
@@ -954,10 +866,9 @@ class DeletionService:
                         timespec="microseconds"
                     ),
                 }
-                ledger.append_entry(cur, rid, "queued", payload, utcnow())
-            cur.executemany(
-                "DELETE FROM queue WHERE request_id = ?",
-                [(p.ticket.request_id,) for p in parts if p.ticket.request_id not in again],
+                self._requests.append(cur, rid, "queued", payload, utcnow())
+            self._requests.dequeue(
+                cur, [p.ticket.request_id for p in parts if p.ticket.request_id not in again]
             )
         return set(again)
 
@@ -1005,8 +916,8 @@ class DeletionService:
         """Record ``state`` (rejected) with each request's reason and dequeue them."""
         with self._catalog.transaction() as cur:
             for rid, reason in outcomes:
-                ledger.append_entry(cur, rid, state, {"reason": reason}, utcnow())
-                cur.execute("DELETE FROM queue WHERE request_id = ?", (rid,))
+                self._requests.append(cur, rid, state, {"reason": reason}, utcnow())
+                self._requests.dequeue(cur, [rid])
 
     # --- the CLI's synchronous path -------------------------------------------------
 
