@@ -212,7 +212,7 @@ def test_forget_through_the_service_is_all_or_nothing(svc, train_ids):
     again = svc.forget(ids=train_ids[:3], method="retrain", idempotency_key="x")
     assert again.request_id == rec.request_id and again.model_after == rec.model_after
     states = [e["state"] for e in svc.request(rec.request_id)["entries"]]
-    assert states == ["received", "applying", "applied"]
+    assert states == ["received", "queued", "applying", "applied"]
     before = workspace_snapshot(svc.root)
     with pytest.raises(InvalidParameterError, match="every remaining training sample"):
         svc.forget(ids=train_ids[3:], method="retrain")

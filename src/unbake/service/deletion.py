@@ -45,15 +45,21 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from unbake.exceptions import (
-    EmptyRequestError,
     InvalidParameterError,
     NotFoundError,
     UnbakeError,
-    without_paths,
 )
 from unbake.methods import METHODS
-from unbake.methods.tuned import resolve_params, scenario_of
 from unbake.service.apply import apply_parts, forget, stage_parts, train
+from unbake.service.planner import (
+    GONE_SINCE,
+    DeletionRequest,
+    Plan,
+    deadline_days,
+    part_of,
+    plan,
+    select,
+)
 from unbake.service.policy import (
     ModelInfo,
     Outcome,
@@ -63,7 +69,7 @@ from unbake.service.policy import (
     load_policy,
     run_policy,
 )
-from unbake.training import TrainedModel, resolve_device
+from unbake.training import TrainedModel
 from unbake.workspace import ledger
 from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.request_store import QueuedRequest, RequestStore
@@ -122,20 +128,15 @@ class Submitted:
 
 @dataclass
 class _Job:
-    """A validated request waiting for the writer thread."""
+    """A validated request waiting for the writer thread: the request, what the ledger
+    records of its selector, the IDs it names (a subject's: those it has now) and its
+    class by name."""
 
+    request: DeletionRequest
     selector: dict[str, Any]
     sample_ids: list[str]
     class_label: str | None
-    method: str | None
-    params: dict[str, Any]
-    seed: int | None
-    device: str | None
-    model_id: str | None
-    reason: str
-    submitted_by: str | None
-    key_hash: str | None = None
-    fingerprint: str = ""
+    key: tuple[str, str] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: Submitted | None = None
     error: BaseException | None = None
@@ -269,143 +270,49 @@ class DeletionService:
         model and ``retrain`` otherwise). With an ``idempotency_key`` seen before for
         the same request, that request is returned (``duplicate=True``).
         """
-        request = {
-            "sample_ids": sample_ids,
-            "subject": subject,
-            "class_label": class_label,
-            "reason": reason,
-            "submitted_by": submitted_by,
-            "method": method,
-            "params": params,
-            "seed": seed,
-            "device": device,
-            "model_id": model_id,
-        }
-        key = None
-        if idempotency_key is not None:
-            if not isinstance(idempotency_key, str) or not idempotency_key:
-                raise InvalidParameterError(
-                    f"The idempotency key must be a non-empty string; got {idempotency_key!r}."
-                )
-            ids = [str(i) for i in sample_ids] if sample_ids is not None else []
-            label = None if class_label is None else self.workspace.class_name(class_label)
-            selector = ForgetSelector(tuple(ids), subject, label).to_dict(
-                self.workspace.subject_hmac
-            )
-            key = self._requests.fingerprint(
-                idempotency_key, ids, selector, method, params, model_id
-            )
+        request = DeletionRequest.of(
+            check=False,
+            sample_ids=sample_ids,
+            subject=subject,
+            class_label=class_label,
+            reason=reason,
+            idempotency_key=idempotency_key,
+            submitted_by=submitted_by,
+            method=method,
+            params=params,
+            seed=seed,
+            device=device,
+            model_id=model_id,
+        )
+        key = request.key(self.workspace)
+        if key is not None:
             known = self._requests.known_key(*key)  # a retry: no need to validate again
             if known is not None:
                 return Submitted(known.request_id, known.state, True)
         job = self._validate(request)
-        if key is not None:
-            job.key_hash, job.fingerprint = key
+        job.key = key
         return self._writer.submit(job)
 
-    def _validate(self, request: dict[str, Any]) -> _Job:
-        """``request`` (:meth:`submit`'s keywords but the idempotency key) checked against
-        the catalog, as the writer's job; a refused one raises a typed :class:`UnbakeError`."""
-        self.workspace.check_writable()
-        sample_ids, subject, class_label = (
-            request["sample_ids"],
-            request["subject"],
-            request["class_label"],
-        )
-        method, params, seed = request["method"], request["params"], request["seed"]
-        named = [x is not None for x in (sample_ids, subject, class_label)]
-        if not any(named):
-            raise EmptyRequestError(
-                "The deletion request selects no samples; name sample IDs, a subject or a "
-                "class (--ids, --ids-file, --subject or --class)."
-            )
-        if sum(named) > 1:
-            raise InvalidParameterError(
-                "A deletion request names exactly one of sample IDs, a subject or a class; "
-                "file one request for each."
-            )
-        for name in ("reason", "submitted_by"):
-            value = request[name]
-            if value is not None and not isinstance(value, str):
-                raise InvalidParameterError(
-                    f"The request's {name} must be a string; got {value!r}."
-                )
-        if params is not None and not isinstance(params, dict):
-            raise InvalidParameterError(f"Method parameters must be a mapping; got {params!r}.")
-        if method is not None:  # an unknown method or bad parameters: refused now
-            METHODS.create_checked(method, params)
-        elif params:
-            raise InvalidParameterError("Method parameters need a method; name the method too.")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise InvalidParameterError(f"The seed must be a whole number; got {seed!r}.")
-        if request["device"] is not None:
-            resolve_device(request["device"])
-        if request["model_id"] is not None:
-            self.workspace.model_row(request["model_id"])
-        ids: list[str] = []
-        label = None
-        if sample_ids is not None:
-            if isinstance(sample_ids, str):
-                raise InvalidParameterError(
-                    f"sample_ids must be a list of IDs, not the string {sample_ids!r}."
-                )
-            ids = list(dict.fromkeys(str(i) for i in sample_ids))
-            if not ids:
-                raise EmptyRequestError(
-                    "The deletion request selects no samples; name at least one sample ID."
-                )
-            # Whether they exist is the worker's to find (see _unavailable): a refusal
-            # here would tell any submitter who is, or was, in the data.
-        elif subject is not None:
-            if not isinstance(subject, str) or not subject:
-                raise InvalidParameterError(
-                    f"The subject must be a non-empty string; got {subject!r}."
-                )
+    def _validate(self, request: DeletionRequest) -> _Job:
+        """``request`` checked (:meth:`DeletionRequest.check`), as the writer's job; a
+        refused one raises a typed :class:`UnbakeError`. Whether its IDs exist is the
+        worker's to find (:func:`~unbake.service.planner.select`): a refusal here would
+        tell any submitter who is, or was, in the data."""
+        ws = self.workspace
+        ws.check_writable()
+        request.check()
+        if request.model_id is not None:
+            ws.model_row(request.model_id)
+        if request.sample_ids is not None:
+            ids = list(request.sample_ids)
+        elif request.subject is not None:
             # None for a stranger and for a subject already forgotten alike; the worker
             # rejects the request then.
-            ids = self.workspace.sample_store.of_subject(subject)
+            ids = ws.sample_store.of_subject(request.subject)
         else:
-            label = self.workspace.class_name(class_label)
-        selector = ForgetSelector(
-            tuple(ids) if sample_ids is not None else (), subject, label
-        ).to_dict(self.workspace.subject_hmac)
-        return _Job(
-            selector,
-            ids,
-            label,
-            method,
-            dict(params or {}),
-            seed,
-            request["device"],
-            request["model_id"],
-            request["reason"],
-            request["submitted_by"],
-        )
-
-    def _unavailable(self, row: dict[str, Any], status: dict[str, str]) -> str | None:
-        """Why the worker rejects the queued request ``row`` before any unlearning
-        (``None``: it goes ahead). The reason is recorded on that request only, and says
-        the same for samples never in the workspace and samples forgotten before the
-        request arrived, naming neither them nor any other request nor its submitter."""
-        if row["class_label"] is not None:
-            return None
-        names = row["sample_ids"]
-        if not names:  # a subject with no active sample when the request arrived
-            return (
-                "No active sample belongs to the subject it names (it has none in this "
-                "workspace, or they were forgotten before the request was received); "
-                "there is nothing to forget."
-            )
-        inactive = [i for i in names if status.get(i) != "active"]
-        since = self.workspace.sample_store.forgotten_since(inactive, row["received_at"])
-        missing = len(inactive) - len(since)
-        if missing:
-            return (
-                f"{missing} of the {len(names)} sample IDs it names are not active samples "
-                "(unknown to this workspace, or forgotten before the request was received); "
-                "file a new request without them."
-            )
-        return None
+            ids = []
+        selector = request.selector(ws)
+        return _Job(request, selector.to_dict(ws.subject_hmac), ids, selector.label)
 
     def _write_jobs(self, jobs: list[_Job]) -> None:
         """The writer thread's transaction: each job in a savepoint of its own, so one
@@ -419,34 +326,35 @@ class DeletionService:
                     job.error = exc
 
     def _write_job(self, cur, job: _Job) -> Submitted:
-        if job.key_hash is not None:
-            known = self._requests.known_key(job.key_hash, job.fingerprint, cur)
+        if job.key is not None:
+            known = self._requests.known_key(*job.key, cur)
             if known is not None:
                 return Submitted(known.request_id, known.state, True)
+        r = job.request
         request = QueuedRequest(
             new_id("req"),
             utcnow(),
             job.selector,
             job.sample_ids,
             job.class_label,
-            job.method,
-            job.params,
-            job.seed,
-            job.device,
-            job.model_id,
-            job.reason,
-            job.submitted_by,
+            r.method,
+            dict(r.params),
+            r.seed,
+            r.device,
+            r.model_id,
+            r.reason,
+            r.submitted_by,
         )
-        days = self.policy.deadline_days if self.policy is not None else None
         received = {
             "selector": job.selector,
-            "deadline": self._requests.deadline_for(request.received_at, days),
-            **self._requests.personal_hashes(job.reason, job.sample_ids),
+            "deadline": self._requests.deadline_for(
+                request.received_at, deadline_days(self.policy)
+            ),
+            **self._requests.personal_hashes(r.reason, job.sample_ids),
         }
-        if job.submitted_by is not None:
-            received["submitted_by"] = job.submitted_by
-        key = (job.key_hash, job.fingerprint) if job.key_hash is not None else None
-        self._requests.enqueue(cur, request, received, key)
+        if r.submitted_by is not None:
+            received["submitted_by"] = r.submitted_by
+        self._requests.enqueue(cur, request, received, job.key)
         return Submitted(request.request_id, "queued", False)
 
     # --- reading -------------------------------------------------------------------
@@ -705,40 +613,30 @@ class DeletionService:
                 break
         return out
 
-    def _plan(self, row: dict[str, Any], model_strategy: str, policy: Any) -> tuple:
-        """(method, params, seed, device, model_id, tuned origin) for a queued request.
-
-        The request's own method wins; else the ``policy`` decides when there is one
-        (method ``None``: :meth:`_apply_policy`); else the workspace default (``sisa`` for
-        a SISA model, ``retrain`` otherwise). The method starts from its tuned defaults
-        for the request's scenario (:mod:`unbake.methods.tuned`), under the request's own
-        parameters, as ``unbake forget`` does.
-        """
-        if row["method"] is None and policy is not None:
-            return (None, "{}", row["seed"], row["device"], row["model_id"], None)
-        method = row["method"] or ("sisa" if model_strategy == "sisa" else "retrain")
-        params, tuned_from = resolve_params(
-            method,
-            row["params"] if row["method"] else {},
-            scenario_of(forget_class=row["class_label"]),
-        )
-        return (
-            method,
-            json.dumps(params, sort_keys=True),
-            row["seed"],
-            row["device"],
-            row["model_id"],
-            json.dumps(tuned_from, sort_keys=True) if tuned_from else None,
+    @staticmethod
+    def _request_of(row: dict[str, Any]) -> DeletionRequest:
+        """A queued row as the request it was filed as (what the planner reads of it)."""
+        return DeletionRequest(
+            sample_ids=tuple(row["sample_ids"] or ()) if row["class_label"] is None else None,
+            class_label=row["class_label"],
+            method=row["method"],
+            params=row["params"] if row["method"] else {},
+            seed=row["seed"],
+            device=row["device"],
+            model_id=row["model_id"],
         )
 
-    def _groups(self, rows: list[dict[str, Any]], policy: Any) -> list[list[dict[str, Any]]]:
-        """The batch split into runs that share a plan, in order of first arrival."""
-        latest = self._catalog.latest_active_model()
+    def _groups(
+        self, rows: list[dict[str, Any]], policy: Policy | None
+    ) -> list[list[dict[str, Any]]]:
+        """The batch split into runs that share a plan (:func:`~unbake.service.planner.plan`),
+        in order of first arrival."""
+        latest = self.workspace.model_store.current()
         strategy = latest["strategy"] if latest is not None else ""
-        groups: dict[tuple, list[dict[str, Any]]] = {}
+        groups: dict[Plan, list[dict[str, Any]]] = {}
         for r in rows:
             try:
-                r["plan"] = self._plan(r, strategy, policy)
+                r["plan"] = plan(self._request_of(r), strategy=strategy, policy=policy)
             except UnbakeError as exc:  # a queued row no submitter could have filed
                 self._finish([(r["request_id"], str(exc))], "rejected")
                 continue
@@ -752,40 +650,41 @@ class DeletionService:
         returns the IDs of those it finished (rejected, applied or failed): not those put
         back in the queue to be retried (``retry``)."""
         ws = self.workspace
-        method, params_json, seed, device, model_id, tuned_json = rows[0]["plan"]
+        the_plan: Plan = rows[0]["plan"]
+        method, seed, device, model_id = (
+            the_plan.method,
+            the_plan.seed,
+            the_plan.device,
+            the_plan.model_id,
+        )
         active, _ = ws.active_and_forgotten()
-        status = ws.catalog.sample_status()
+        status = ws.sample_store.status()
         split_of = ws.sample_store.split_of()
         parts: list[RequestPart] = []
         claimed: set[str] = set()
         rejected: list[tuple[str, str]] = []
         for r in rows:
-            why = self._unavailable(r, status)
-            if why is not None:
-                rejected.append((r["request_id"], why))
+            chosen = select(
+                ws,
+                ForgetSelector(label=r["class_label"]),
+                active,
+                reveal=False,
+                named=r["sample_ids"],
+                received_at=r["received_at"],
+                status=status,
+            )
+            if isinstance(chosen, str):
+                rejected.append((r["request_id"], chosen))
                 continue
-            if r["class_label"] is not None:
-                try:
-                    ids = ws.select(ForgetSelector(label=r["class_label"]), active=active)
-                except EmptyRequestError:
-                    why = f"No active sample of class {r['class_label']!r} is left to forget."
-                    rejected.append((r["request_id"], why))
-                    continue
-                except UnbakeError as exc:
-                    rejected.append((r["request_id"], without_paths(str(exc), (ws.root,))))
-                    continue
-            else:
-                ids = [i for i in r["sample_ids"] if status.get(i) == "active"]
-            ids = [i for i in ids if i not in claimed]
+            ids = [i for i in chosen if i not in claimed]
             if not ids and not any(i in claimed for i in r["sample_ids"]):
-                why = "Every sample it names was forgotten since it was received (nothing left)."
-                rejected.append((r["request_id"], why))
+                rejected.append((r["request_id"], GONE_SINCE))
                 continue
             claimed.update(ids)
-            ticket = Ticket(r["request_id"], r["received_at"], r["selector"])
-            train = [i for i in ids if split_of[i] == "train"]
-            held = [i for i in ids if split_of[i] != "train"]
-            parts.append(RequestPart(ticket, train, held, r["submitted_by"], r["reason"]))
+            ticket = Ticket(r["request_id"], r["received_at"], r["selector"], state="applying")
+            parts.append(
+                part_of(ticket, ids, split_of, reason=r["reason"], submitted_by=r["submitted_by"])
+            )
         if rejected:
             self._finish(rejected, "rejected")
         if not parts:
@@ -809,13 +708,13 @@ class DeletionService:
             if method is None:
                 self._apply_policy(parts, active, policy, row, seed, device, dequeue)
             else:
-                info = {"tuned_defaults": json.loads(tuned_json)} if tuned_json else {}
+                info = the_plan.info()
                 if policy is not None:
                     info["policy"] = {"bypassed": "the request names its own method"}
                 apply_parts(
                     ws,
                     parts,
-                    METHODS.create_checked(method, json.loads(params_json)),
+                    the_plan.unlearner(),
                     active,
                     model_id=model_id,
                     seed=seed,
@@ -928,7 +827,8 @@ class DeletionService:
 
     def forget(self, **request: Any) -> RequestRecord:
         """File a request and apply it at once, all or nothing (what ``unbake forget``
-        does): the ledger records ``received → applying → applied``, and a request that
+        does): the ledger records ``received → queued → applying → applied``, as for a
+        queued request, and the same planner decides; a request that
         turns out to be invalid at any point leaves no trace. Takes the keyword arguments
         of :func:`unbake.service.apply.forget`; it waits for a running worker's batch.
         """

@@ -65,7 +65,11 @@ def failure_reason(exc: BaseException, root: str | os.PathLike | None = None) ->
 
 @dataclass
 class Ticket:
-    """A request in flight: what its first ledger entries (received, applying) will say."""
+    """A request in flight: its ID, when it arrived, what it selects (as recorded), and
+    ``state``, the latest ledger entry already written for it (``None``: none yet, for a
+    request filed and applied at once; ``"applying"`` for one the worker took from the
+    queue; ``"failed"`` for a retry). :meth:`RequestStore.start` writes what it lacks,
+    so no path has to guess what another one wrote."""
 
     request_id: str
     received_at: str
@@ -75,6 +79,11 @@ class Ticket:
     started_at: str = field(default_factory=utcnow)
     #: Keyed hashes of the personal data (``reason_hmac``, ``ids_hmac``) for ``received``.
     personal: dict[str, str] = field(default_factory=dict)
+    state: str | None = None
+    #: When it must be done (``received``'s ``deadline``; ``None``: the workspace's).
+    deadline: str | None = None
+    #: The ``queued`` entry's payload (the method the request names, if any).
+    queued: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -226,19 +235,22 @@ class RequestStore:
         ledger.append_entry(cur, request_id, state, payload, at)
 
     def start(self, cur: sqlite3.Cursor, ticket: Ticket, method: str, model_before: str) -> None:
-        """Append ``received`` (unless a retry or already queued) and ``applying`` (unless
-        the worker already did) for ``ticket``."""
-        state = ledger.last_state(cur, ticket.request_id)
-        if state is None:
+        """Append the entries ``ticket`` lacks up to ``applying``, by ``ticket.state``:
+        ``received`` (and its idempotency key) and ``queued`` for a new request,
+        ``queued`` for a retry of a failed one, then ``applying`` unless written."""
+        if ticket.state is None:
             payload = {
                 "selector": ticket.selector,
-                "deadline": self.deadline_for(ticket.received_at),
+                "deadline": ticket.deadline or self.deadline_for(ticket.received_at),
                 **ticket.personal,
             }
             self.append(cur, ticket.request_id, "received", payload, ticket.received_at)
             if ticket.key_hash is not None:
                 self.insert_key(cur, ticket.key_hash, ticket.request_id, ticket.fingerprint)
-        if state != "applying":
+        if ticket.state in (None, "failed"):
+            at = ticket.received_at if ticket.state is None else utcnow()
+            self.append(cur, ticket.request_id, "queued", ticket.queued, at)
+        if ticket.state != "applying":
             payload = {"method": method, "model_before": model_before}
             self.append(cur, ticket.request_id, "applying", payload, ticket.started_at)
 

@@ -637,8 +637,8 @@ class Workspace:
         known = self.request_store.known_key(ticket.key_hash, ticket.fingerprint)
         if known is None:
             return None
-        ticket.request_id = known.request_id
-        if self.request_store.state(known.request_id) in ("applied", "verified", "certified"):
+        ticket.request_id, ticket.state = known.request_id, known.state
+        if known.state in ("applied", "verified", "certified"):
             return self.request_store.record(known.request_id)
         return None
 
