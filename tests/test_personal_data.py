@@ -327,12 +327,12 @@ def test_an_idle_worker_shreds_what_falls_due(flow, monkeypatch):
     import threading
     import time
 
-    import unbake.service.deletion as deletion
+    import unbake.service.worker as worker
 
     svc, _, (queued, _) = flow
     assert not svc.request(queued)["erased"]["sample_ids"]
     svc.workspace.set_retention(id_days=0)  # due now, with no request left to apply
-    monkeypatch.setattr(deletion, "SHRED_EVERY", 0.0)
+    monkeypatch.setattr(worker, "SHRED_EVERY", 0.0)
     stop = threading.Event()
     worker = threading.Thread(
         target=drain,
@@ -360,11 +360,11 @@ def test_a_request_that_failed_for_good_is_shredded_too(flow, monkeypatch):
     def boom(self, task, **kw):
         raise RuntimeError("disk on fire")
 
-    import unbake.service.deletion as deletion
+    import unbake.service.worker as worker
     from unbake.service.policy import Retry
 
     monkeypatch.setattr(Retrain, "unlearn", boom)
-    monkeypatch.setattr(deletion, "_retry_of", lambda policy: Retry(max_attempts=1))
+    monkeypatch.setattr(worker, "_retry_of", lambda policy: Retry(max_attempts=1))
     sub = svc.submit(sample_ids=[target], reason=REASON, method="retrain")
     drain(svc, once=True, certify=True)
     assert svc.request(sub.request_id)["state"] == "failed"
