@@ -21,9 +21,9 @@ from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace.tokens import create_token
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from unbake.service.api import create_app  # noqa: E402
+from unbake.service.api import create_app
 
 runner = CliRunner()
 SISA = {"shards": 2, "slices": 1}

@@ -60,15 +60,8 @@ from unbake.service.planner import (
     plan,
     select,
 )
-from unbake.service.policy import (
-    ModelInfo,
-    Outcome,
-    Policy,
-    PolicyFailedError,
-    Retry,
-    load_policy,
-    run_policy,
-)
+from unbake.service.policy import ModelInfo, Policy, Retry, load_policy
+from unbake.service.policy_executor import Outcome, PolicyFailedError, run_policy
 from unbake.training import TrainedModel
 from unbake.workspace import ledger
 from unbake.workspace.catalog import Catalog, utcnow
