@@ -24,15 +24,8 @@ from unbake.exceptions import InvalidParameterError, UnbakeError
 from unbake.methods import METHODS
 from unbake.service.apply import apply_parts, stage_parts
 from unbake.service.planner import GONE_SINCE, DeletionRequest, Plan, part_of, plan, select
-from unbake.service.policy import (
-    ModelInfo,
-    Outcome,
-    Policy,
-    PolicyFailedError,
-    Retry,
-    load_policy,
-    run_policy,
-)
+from unbake.service.policy import ModelInfo, Policy, Retry, load_policy
+from unbake.service.policy_executor import Outcome, PolicyFailedError, run_policy
 from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.request_store import RequestStore
 from unbake.workspace.workspace import (
