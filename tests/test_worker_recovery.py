@@ -9,6 +9,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
+from tests.waiting import HUNG_AFTER
 from unbake.cli import app as cli_app
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS
@@ -46,7 +47,8 @@ def _orphan(svc, *rids):
             ledger.append_entry(cur, rid, "applying", payload, utcnow())
 
 
-def _wait(predicate, timeout: float = 120.0) -> bool:
+def _wait(predicate, timeout: float = HUNG_AFTER) -> bool:
+    """Whether ``predicate()`` came true before ``timeout`` (only a hang takes that long)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
