@@ -260,8 +260,10 @@ def _check(out: dict, runs: int) -> None:
 
 
 def test_serve_finishes_every_request_after_kill9_of_its_worker(root):
-    """The real path: `unbake serve` and its supervisor; 10 kills at random moments."""
-    _check(_kill9(root, 10), 10)
+    """The real path: `unbake serve` and its supervisor; 4 kills, 2 of them while a request
+    is applying and 2 at random moments (each restart imports torch anew: the 100-kill
+    run below is the full count)."""
+    _check(_kill9(root, 4), 4)
 
 
 @pytest.mark.slow
