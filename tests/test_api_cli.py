@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ pytest.importorskip("uvicorn")
 import httpx
 from typer.testing import CliRunner
 
+from tests.waiting import wait_until
 from unbake import TrainConfig, Workspace
 from unbake.cli import app
 from unbake.service import apply
@@ -114,21 +114,24 @@ def _serve(ws_root, *args):
         [*cmd, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ
     )
     url = f"http://127.0.0.1:{port}"
-    _wait(lambda: httpx.get(url + "/healthz").status_code == 200, proc, "serve to start")
+    _wait(lambda: httpx.get(url + "/healthz").status_code == 200, proc, "serve's start")
     return proc, url
 
 
-def _wait(ready, proc, what, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, proc.stderr.read().decode()
+def _wait(ready, proc, what):
+    """Wait for ``ready()`` (an HTTP error counts as not yet), failing at once with the
+    server's stderr if it exits meanwhile."""
+
+    def answered():
         try:
-            if ready():
-                return
+            return ready()
         except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        time.sleep(0.1)
+            return False
+
+    def alive():
+        assert proc.poll() is None, proc.stderr.read().decode()
+
+    wait_until(answered, what, poll=0.1, check=alive)
 
 
 def test_serve_answers_over_http_and_stops_on_sigterm(ws_root):
@@ -220,7 +223,7 @@ def test_serve_restarts_a_killed_worker_which_then_drains_the_queue(ws_root, tmp
             got = httpx.get(f"{url}/v1/requests/{rid}", headers=headers).json()
             return got["state"] in ("applied", "certified")
 
-        _wait(applied, proc, "the restarted worker to apply the request", timeout=120)
+        _wait(applied, proc, "the restarted worker's applying the request")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)

@@ -1,8 +1,6 @@
 """The served model is swapped atomically: once a request is applied (by a worker in
 another process), no prediction is answered by a model that saw its data."""
 
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,42 +11,32 @@ pytest.importorskip("uvicorn")
 import httpx
 import uvicorn
 
-from unbake import TrainConfig, Workspace
-from unbake.service import DeletionService, apply
+from tests.waiting import wait_until
+from unbake import Workspace
+from unbake.service import DeletionService
 from unbake.service.api import create_app
+from unbake.testing.crash import kill9_trial
 from unbake.workspace.tokens import create_token
-
-APPLY = "from unbake.service import DeletionService; import sys; print(DeletionService(sys.argv[1]).apply_pending())"
 
 
 @pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "ws"
-    with Workspace.create(root, dataset="digits") as ws:
-        apply.train(ws, model="logreg", config=TrainConfig.parse(epochs=1, batch_size=64), seed=0)
+def server(root, train_ids):
+    with Workspace.open(root) as ws:
         token, _ = create_token(ws, "operator")
-        train = [r["sample_id"] for r in ws.samples() if r["split"] == "train"]
+    # A worker over the empty queue: it starts the fork server the test's worker comes
+    # from (which imports unbake) before the predictions load the machine.
+    assert kill9_trial(root, seed=0, kills=0) == 0
     svc = DeletionService(root)
     config = uvicorn.Config(create_app(svc), host="127.0.0.1", port=0, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
+    wait_until(lambda: srv.started, "the server's start", poll=0.02)
     port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", token, svc, train
+    yield f"http://127.0.0.1:{port}", token, svc, train_ids
     srv.should_exit = True
     thread.join(10)
     svc.close()
-
-
-def _wait_for(predicate, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        time.sleep(0.02)
 
 
 def test_no_prediction_after_applied_comes_from_the_old_model(server):
@@ -69,16 +57,18 @@ def test_no_prediction_after_applied_comes_from_the_old_model(server):
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
-    _wait_for(lambda: len(results) >= 8, "predictions from the old model")  # not a fixed
-    # sleep: on a loaded machine the first answers can take longer than any guess
-    # The worker: another process, as `unbake worker` is.
+    # Not a fixed sleep: on a loaded machine the first answers can take longer than any guess.
+    wait_until(lambda: len(results) >= 8, "predictions from the old model", poll=0.02)
+    # The worker: another process, as `unbake worker` is (forked from a server that has
+    # imported unbake once, so it costs a fork, not an import of torch).
     began = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-c", APPLY, str(svc.root)], capture_output=True, text=True
-    )
+    assert kill9_trial(svc.root, seed=0, kills=0) == 0  # no kill: one worker drains the queue
     applied = time.monotonic()  # the request's `applied` entry committed before this
-    assert out.returncode == 0 and rid in out.stdout, out.stderr
-    _wait_for(lambda: sum(s > applied for s, _, _ in list(results)) >= 4, "predictions after it")
+    wait_until(
+        lambda: sum(s > applied for s, _, _ in list(results)) >= 4,
+        "predictions after the request was applied",
+        poll=0.02,
+    )
     stop.set()
     for t in threads:
         t.join()

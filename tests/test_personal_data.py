@@ -325,14 +325,14 @@ def test_a_subject_request_leaves_neither_the_subject_nor_its_ids(tmp_path):
 
 def test_an_idle_worker_shreds_what_falls_due(flow, monkeypatch):
     import threading
-    import time
 
-    import unbake.service.worker as worker
+    import unbake.service.worker as worker_module
+    from tests.waiting import wait_until
 
     svc, _, (queued, _) = flow
     assert not svc.request(queued)["erased"]["sample_ids"]
     svc.workspace.set_retention(id_days=0)  # due now, with no request left to apply
-    monkeypatch.setattr(worker, "SHRED_EVERY", 0.0)
+    monkeypatch.setattr(worker_module, "SHRED_EVERY", 0.0)
     stop = threading.Event()
     worker = threading.Thread(
         target=drain,
@@ -341,9 +341,7 @@ def test_an_idle_worker_shreds_what_falls_due(flow, monkeypatch):
     )
     worker.start()
     try:
-        deadline = time.monotonic() + 120  # a bound on waiting, not a speed claim
-        while not svc.request(queued)["erased"]["sample_ids"] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: svc.request(queued)["erased"]["sample_ids"], "the worker's erasure")
     finally:
         stop.set()
         worker.join()

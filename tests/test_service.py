@@ -280,8 +280,7 @@ def test_recovery_requeues_a_request_left_applying_and_sweeps_its_checkpoint(
 
 
 def test_the_worker_loop_applies_a_short_batch_once_its_window_passes(svc, train_ids):
-    import time
-
+    from tests.waiting import wait_until
     from unbake.service.deletion import drain
 
     stop = threading.Event()
@@ -291,9 +290,7 @@ def test_the_worker_loop_applies_a_short_batch_once_its_window_passes(svc, train
     loop.start()
     try:
         subs = [svc.submit(sample_ids=[i]) for i in train_ids[:2]]
-        deadline = time.monotonic() + 60
-        while svc.state_counts().get("applied", 0) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: svc.state_counts().get("applied", 0) == 2, "the loop's applying both")
     finally:
         stop.set()
         loop.join(timeout=60)

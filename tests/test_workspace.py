@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.waiting import HUNG_AFTER
 from unbake import TrainConfig, Workspace, fit
 from unbake.evaluation import accuracy
 from unbake.exceptions import (
@@ -133,10 +134,11 @@ def test_concurrent_writer_waits_its_turn(ws):
     )
     with ws.lock():
         writer.start()
-        writer.join(timeout=1.0)
+        writer.join(timeout=1.0)  # a lower bound: a loaded machine only makes it wait longer
         assert writer.is_alive() and not done  # waiting for the lock
         assert ws.status()["samples"]["forgotten"] == 0  # a reader does not wait
-    writer.join(timeout=60)
+    writer.join(timeout=HUNG_AFTER)
+    assert not writer.is_alive(), "hung: the writer never got the lock once it was free"
     assert len(done) == 1 and ws.status()["samples"]["forgotten"] == 1
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_until
+
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="reads the process table from /proc"
 )
@@ -66,31 +68,35 @@ def test_killed_parent_leaves_no_pool_worker_or_resource_tracker(tmp_path):
     ]
     parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     everyone: set[int] = set()
+
+    def pool_workers() -> set[int]:
+        return {
+            p
+            for p in _descendants(parent.pid)
+            if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()
+            if _alive(p)
+        }
+
+    def running():
+        assert parent.poll() is None, "the run ended before it started its two pool workers"
+
     try:
-        deadline = time.monotonic() + 60
-        workers: set[int] = set()
-        while time.monotonic() < deadline and parent.poll() is None:
-            kids = _descendants(parent.pid)
-            workers = {
-                p
-                for p in kids
-                if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()
-                if _alive(p)
-            }
-            if len(workers) >= 2:
-                break
-            time.sleep(0.1)
-        assert len(workers) >= 2, "the parallel run never started its two pool workers"
+        wait_until(
+            lambda: len(pool_workers()) >= 2,
+            "the start of two pool workers",
+            poll=0.1,
+            check=running,
+        )
         time.sleep(1.0)  # let the workers get going
         everyone = _descendants(parent.pid)  # workers and the resource tracker
         assert parent.poll() is None, "the run finished before it could be killed"
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(_alive(p) for p in everyone):
-            time.sleep(0.1)
-        survivors = sorted(p for p in everyone if _alive(p))
-        assert not survivors, f"processes outlived their killed parent: {survivors}"
+        wait_until(
+            lambda: not any(_alive(p) for p in everyone),
+            lambda: f"the end of {sorted(p for p in everyone if _alive(p))} (its children)",
+            poll=0.1,
+        )
     finally:
         if parent.poll() is None:
             parent.kill()

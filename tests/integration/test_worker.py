@@ -164,7 +164,7 @@ def _trials(template, tmp_path, seeds):
 
 
 def test_kill9_at_random_points_applies_each_request_exactly_once(template, tmp_path):
-    _trials(template, tmp_path, range(10))
+    _trials(template, tmp_path, range(5))  # 10 kills; the full count is the slow test's
 
 
 @pytest.mark.slow
@@ -191,6 +191,8 @@ def test_readers_never_wait_for_a_writer(template, tmp_path):
     import sys
     import time
 
+    from unbake.workspace.catalog import BUSY_TIMEOUT_MS
+
     root = tmp_path / "ws"
     _filed(template, root, n=1)
     writer = subprocess.Popen(
@@ -201,7 +203,6 @@ def test_readers_never_wait_for_a_writer(template, tmp_path):
     )
     try:
         assert writer.stdout.readline().strip() == "holding"
-        start = time.monotonic()
         for cmd in (
             ["status", "--json"],
             ["log"],
@@ -210,10 +211,15 @@ def test_readers_never_wait_for_a_writer(template, tmp_path):
             ["ledger", "verify"],
             ["samples", "--json"],
         ):
+            start = time.monotonic()
             res = run(*cmd, "--workspace", root)
+            waited = time.monotonic() - start
             assert res.exit_code == 0, (cmd, res.output)
             assert "half-written" not in res.stdout
-        assert time.monotonic() - start < 30  # no busy_timeout was waited out
+            # Not a speed claim: a command that waited for the writer's lock would have
+            # waited out SQLite's whole busy_timeout, however idle the machine.
+            assert waited < BUSY_TIMEOUT_MS / 1000, f"{cmd} waited {waited:.0f} s for the writer"
+        assert writer.poll() is None  # the writer held its transaction throughout
     finally:
         writer.stdin.close()
         writer.wait(timeout=30)
