@@ -38,7 +38,7 @@ __all__ = [
     "validate_params",
 ]
 
-C = TypeVar("C", bound=type)
+C = TypeVar("C", bound="type[Any]")
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def declared(cls: C) -> C:
     >>> Knobs(lr=0.5).lr, list(Knobs._parameter_constraints)
     (0.5, ['lr'])
     """
-    cls = dataclass(kw_only=True, eq=False)(cls)
+    dataclass(kw_only=True, eq=False)(cls)  # decorates cls in place (no slots)
     cls._parameter_constraints = {
         f.name: list(f.metadata["constraints"]) for f in fields(cls) if "constraints" in f.metadata
     }

@@ -21,6 +21,7 @@ ranking against the planted IDs (precision and recall at ``k``, AUROC).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,7 +117,8 @@ def squared_grad_norms(
         norms = []
         for xi, yi in zip(x, y, strict=True):
             gs = torch.autograd.grad(loss(p, xi, yi), list(p.values()))
-            norms.append(sum(t.double().pow(2).sum() for t in gs))
+            zero = torch.zeros((), dtype=torch.float64, device=device)
+            norms.append(sum((t.double().pow(2).sum() for t in gs), zero))
         return torch.stack(norms)
 
     layers = _layerwise_layers(module, params)  # found once, not per batch
@@ -235,7 +237,7 @@ def _layerwise_norms(module, layers, params, buffers, kind, x, y) -> torch.Tenso
     return total
 
 
-_PER_SAMPLE = {
+_PER_SAMPLE: dict[str, list[Any]] = {
     "batch_size": [_POSITIVE],
     "per_sample": [Options({"auto", "layers", "vmap", "loop"})],
 }

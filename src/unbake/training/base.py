@@ -20,7 +20,7 @@ from unbake._validation import validate_params
 from unbake.data import Samples
 from unbake.exceptions import InvalidParameterError
 from unbake.models import ModelSpec, build_model
-from unbake.registry import Registry
+from unbake.registry import ClassRegistry
 from unbake.training.config import TrainConfig
 
 __all__ = [
@@ -188,4 +188,6 @@ class TrainingStrategy:
         return build_model(spec, input_shape=input_shape, n_classes=n_classes, seed=0)
 
 
-STRATEGIES: Registry[TrainingStrategy] = Registry("training strategy", builtins="unbake.families")
+STRATEGIES: ClassRegistry[TrainingStrategy] = ClassRegistry(
+    "training strategy", TrainingStrategy, builtins="unbake.families"
+)
