@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -39,6 +40,13 @@ __all__ = [
 ]
 
 C = TypeVar("C", bound="type[Any]")
+
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # Python 3.10: the marker only tells type checkers what declared() makes
+
+    def dataclass_transform(**_kwargs: Any) -> Callable[[Any], Any]:
+        return lambda decorator: decorator
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,9 @@ def hyperparameter(default: Any, *, help: str, constraints: list[Any]) -> Any:
     return field(default=default, metadata={"help": help, "constraints": list(constraints)})
 
 
+@dataclass_transform(
+    kw_only_default=True, eq_default=False, field_specifiers=(hyperparameter, field)
+)
 def declared(cls: C) -> C:
     """Give ``cls`` a keyword-only constructor from its :func:`hyperparameter` fields.
 

@@ -354,7 +354,10 @@ class ActivationClustering(Detector):
 
 
 def detection_scores(
-    scores: np.ndarray, ids: Sequence[str], planted: Sequence[str], ks: Sequence[int]
+    scores: np.ndarray,
+    ids: Sequence[str] | np.ndarray,
+    planted: Sequence[str],
+    ks: Sequence[int],
 ) -> dict[str, float]:
     """Precision and recall of the top ``k`` (for each ``k``) and AUROC against ``planted``.
 
@@ -380,7 +383,7 @@ def detection_scores(
     return out
 
 
-def top_k(scores: np.ndarray, ids: Sequence[str], k: int) -> list[str]:
+def top_k(scores: np.ndarray, ids: Sequence[str] | np.ndarray, k: int) -> list[str]:
     """The ``k`` IDs with the highest scores (ties broken by order)."""
     order = np.argsort(-np.asarray(scores, float), kind="stable")
     return [str(ids[i]) for i in order[:k]]
