@@ -1,6 +1,6 @@
 # unbake: two commands do all the set-up on a fresh machine.
 #   make demo   create .venv, install unbake, run the demo on scikit-learn's digits
-#   make test   create .venv, install unbake[test,ray,llm,service,docs], run ruff and pytest
+#   make test   create .venv, install unbake[test,ray,llm,service,docs], run ruff, mypy and pytest
 #   make docs   build the documentation site offline into site/
 PYTHON ?= python3
 VENV   := .venv
@@ -33,6 +33,7 @@ demo: $(VENV)/.installed-base
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -102,6 +102,22 @@ def test_attack_success_rate_counts_triggered_other_class_predictions(clean_digi
         attack_success_rate(always(0), clean_digits.test, flip)
 
 
+def test_a_flip_built_without_a_source_class_is_refused_in_one_line(clean_digits):
+    spec = PoisonSpec("flip", 0.1, target=3)  # built directly: parse() needs source=
+    with pytest.raises(InvalidParameterError, match="names no source class") as info:
+        apply_poison(clean_digits, spec)
+    assert "\n" not in str(info.value)
+
+
+def test_the_cleaning_benchmark_refuses_data_without_a_planted_attack(clean_digits):
+    from unbake.bench.cleaning import _planted
+    from unbake.exceptions import UnbakeError
+
+    with pytest.raises(UnbakeError, match="no planted attack"):
+        _planted(clean_digits)
+    assert _planted(load_dataset("digits", poison=FLIP)).spec.kind == "flip"
+
+
 def test_poison_spec_round_trips():
     spec = PoisonSpec.parse(FLIP)
     assert PoisonSpec.parse(str(spec)) == spec

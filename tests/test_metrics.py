@@ -45,3 +45,21 @@ def test_gap_metrics_compute_the_whole_avg_gap_and_skip_the_rest():
     assert {"fa", "ra", "ta", "mia"} <= set(lean) < set(full)  # the costlier attacks skipped
     assert "mia_efficacy" in full and "mia_efficacy" not in lean
     assert avg_gap(lean, full) == 0.0 and {k: lean[k] for k in lean} == {k: full[k] for k in lean}
+
+
+def test_a_text_metric_on_a_split_of_arrays_is_refused_in_one_line():
+    from unbake.data import load_dataset
+    from unbake.data.text import TextSamples
+    from unbake.evaluation.base import EvalContext
+    from unbake.exceptions import InvalidParameterError
+    from unbake.training import TrainConfig, fit
+
+    ds = load_dataset("digits")
+    model = fit(ds.train, n_classes=10, model="logreg", config=TrainConfig.parse(epochs=0))
+    forget, retain = ds.train.split(ds.train.ids[:5])
+    ctx = EvalContext(model, forget, retain, ds.test)
+    with pytest.raises(InvalidParameterError, match="holds arrays, not text") as info:
+        ctx.text_samples("forget")
+    assert "\n" not in str(info.value)
+    text = TextSamples.build(["Q?"], ["A."], ids=["t0"])
+    assert EvalContext(model, text, text, text).text_samples("forget") is text

@@ -3,7 +3,7 @@ import pytest
 from unbake import METHODS, create
 from unbake._validation import Interval, Options, validate_params
 from unbake.exceptions import InvalidParameterError, UnknownNameError
-from unbake.registry import Registry
+from unbake.registry import ClassRegistry, Registry
 
 
 def test_registry_duplicate_and_unknown():
@@ -22,6 +22,29 @@ def test_registry_duplicate_and_unknown():
     ):
         reg.create("a", colour=2)
     assert reg.create("a", size=3) == 3
+
+
+def test_a_class_registry_holds_only_subclasses_and_returns_the_class():
+    class Base:
+        sides = 0
+
+    reg = ClassRegistry("shape", Base)
+
+    @reg.register("square")
+    class Square(Base):
+        sides = 4
+
+        def __init__(self, *, size=1):
+            self.size = size
+
+    assert reg.get("square") is Square and reg.get("square").sides == 4
+    assert reg.create("square", size=2).size == 2
+    with pytest.raises(InvalidParameterError, match="not a subclass of Base") as info:
+        reg.register("circle")(lambda: Base())
+    assert "\n" not in str(info.value) and "circle" not in reg
+    with pytest.raises(InvalidParameterError, match="not a subclass of Base"):
+        reg.register("int")(int)
+    assert isinstance(METHODS, ClassRegistry) and METHODS.get("retrain").name == "retrain"
 
 
 def test_unknown_method_lists_the_registered_ones():

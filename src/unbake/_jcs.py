@@ -36,7 +36,9 @@ def number(value: float) -> str:
     if value < 0:
         return "-" + number(-value)
     # repr() gives the shortest digits that round-trip, as ECMAScript requires.
+    # A finite value's exponent is an int ('n', 'N' and 'F' mark NaN and infinity).
     _sign, digits, exponent = Decimal(repr(value)).as_tuple()
+    exponent = int(exponent)
     text = "".join(map(str, digits)).rstrip("0")
     exponent += len(digits) - len(text)
     k = len(text)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -38,7 +39,14 @@ __all__ = [
     "validate_params",
 ]
 
-C = TypeVar("C", bound=type)
+C = TypeVar("C", bound="type[Any]")
+
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # Python 3.10: the marker only tells type checkers what declared() makes
+
+    def dataclass_transform(**_kwargs: Any) -> Callable[[Any], Any]:
+        return lambda decorator: decorator
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,9 @@ def hyperparameter(default: Any, *, help: str, constraints: list[Any]) -> Any:
     return field(default=default, metadata={"help": help, "constraints": list(constraints)})
 
 
+@dataclass_transform(
+    kw_only_default=True, eq_default=False, field_specifiers=(hyperparameter, field)
+)
 def declared(cls: C) -> C:
     """Give ``cls`` a keyword-only constructor from its :func:`hyperparameter` fields.
 
@@ -158,7 +169,7 @@ def declared(cls: C) -> C:
     >>> Knobs(lr=0.5).lr, list(Knobs._parameter_constraints)
     (0.5, ['lr'])
     """
-    cls = dataclass(kw_only=True, eq=False)(cls)
+    dataclass(kw_only=True, eq=False)(cls)  # decorates cls in place (no slots)
     cls._parameter_constraints = {
         f.name: list(f.metadata["constraints"]) for f in fields(cls) if "constraints" in f.metadata
     }

@@ -17,13 +17,13 @@ import importlib
 import importlib.metadata
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from unbake.exceptions import InvalidParameterError, UnbakeError, UnknownNameError
 
 T = TypeVar("T")
 
-__all__ = ["Registry"]
+__all__ = ["ClassRegistry", "Registry"]
 
 
 class Registry(Generic[T]):
@@ -52,7 +52,7 @@ class Registry(Generic[T]):
         if self._builtins is not None:
             module, self._builtins = self._builtins, None
             importlib.import_module(module)
-        if self._plugins_loaded:
+        if self._plugins_loaded or self._group is None:
             return
         self._plugins_loaded = True
         for ep in importlib.metadata.entry_points(group=self._group):
@@ -67,6 +67,7 @@ class Registry(Generic[T]):
             # it under the entry point's name.
             known = ep.name in self._items or any(item is f for f in self._items.values())
             if getattr(ep, "attr", None) and callable(item) and not known:
+                self._check(ep.name, item)
                 self._items[ep.name] = item
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -77,6 +78,7 @@ class Registry(Generic[T]):
                 raise InvalidParameterError(
                     f"A {self.kind} named {name!r} is already registered; pick another name."
                 )
+            self._check(name, factory)
             self._items[name] = factory
             return factory
 
@@ -146,6 +148,49 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.available())
+
+    def _check(self, name: str, factory: Callable[..., T]) -> None:
+        """Refuse a factory this registry cannot hold (every callable suits this one)."""
+
+
+class ClassRegistry(Registry[T]):
+    """A :class:`Registry` whose items are subclasses of ``base``.
+
+    :meth:`get` returns the class itself, so callers read its class attributes (a
+    method's tags, a strategy's declared output) without building one; registering
+    anything else (a function, say) raises.
+
+    >>> class Shape:
+    ...     sides = 0
+    >>> shapes = ClassRegistry("shape", Shape)
+    >>> @shapes.register("square")
+    ... class Square(Shape):
+    ...     sides = 4
+    >>> shapes.get("square").sides
+    4
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        base: type[T],
+        *,
+        entry_points: str | None = None,
+        builtins: str | None = None,
+    ) -> None:
+        super().__init__(kind, entry_points=entry_points, builtins=builtins)
+        self.base = base
+
+    def _check(self, name: str, factory: Callable[..., T]) -> None:
+        if not (isinstance(factory, type) and issubclass(factory, self.base)):
+            raise InvalidParameterError(
+                f"The {self.kind} {name!r} is {factory!r}, not a subclass of "
+                f"{self.base.__name__}; register a class derived from it."
+            )
+
+    def get(self, name: str) -> type[T]:
+        # Every item passed _check, so it is a subclass of base.
+        return cast("type[T]", super().get(name))
 
 
 def _required_names(factory: Callable[..., object]) -> set[str]:

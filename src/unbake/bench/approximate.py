@@ -35,7 +35,10 @@ from unbake.training import TrainConfig
 #: Columns averaged over seeds (each also gets ``<name>_std``).
 COLUMNS = ("fa", "ra", "ta", "mia", "mia_efficacy", "avg_gap", "seconds", "time_fraction")
 #: The two forget requests, by scenario.
-REQUESTS = {"random": {"forget_fraction": 0.1}, "class": {"forget_class": 0}}
+REQUESTS: dict[str, dict[str, Any]] = {
+    "random": {"forget_fraction": 0.1},
+    "class": {"forget_class": 0},
+}
 #: Rows that frame the methods rather than compete.
 FRAMING = ("retrain", "original", "retrain_seed")
 #: The issue's targets: (summary key, bound, "max" = at most the bound).
@@ -58,7 +61,7 @@ def approximate_methods() -> list[str]:
     ]
 
 
-def _stat(values: list[float]) -> tuple[float | None, float | None]:
+def _stat(values: list[float | None]) -> tuple[float | None, float | None]:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return None, None
@@ -98,7 +101,7 @@ def _summary(rows: list[dict[str, Any]], strength: dict[str, Any]) -> dict[str, 
         for r in table.values()
         if r["method"] not in FRAMING and r["ta"] is not None and "retrain" in table
     ]
-    summary = {
+    summary: dict[str, Any] = {
         "best_method": best and best["method"],
         "best_avg_gap": best and best["avg_gap"],
         "best_time_fraction": best and best["time_fraction"],

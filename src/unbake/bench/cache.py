@@ -78,7 +78,7 @@ COMPUTING = (
 def fingerprinted_files() -> list[str]:
     """The package-relative paths of the Python files :func:`code_fingerprint` reads."""
     root = Path(__file__).resolve().parents[1]
-    files = set()
+    files: set[Path] = set()
     for part in COMPUTING:
         path = root / part
         files.update(path.rglob("*.py") if path.is_dir() else [path])
@@ -108,7 +108,7 @@ def data_fingerprint(samples: Samples) -> str:
     digest = hashlib.sha256()
     for array in (samples.X, samples.y, samples.ids.astype(str)):
         digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array))
+        digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()
 
 

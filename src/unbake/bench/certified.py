@@ -69,7 +69,7 @@ def certified_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
         ds = load_dataset("fashion-mnist", data_dir=data_dir, val_fraction=0)
         lam, sigma, extra_cap = 1e-3, 4.0, 3000
         mlp_config = TrainConfig.parse(epochs=10, batch_size=128)
-    params = {"lam": lam, "sigma": sigma, "epsilon": EPSILON, "delta": DELTA}
+    params: dict[str, Any] = {"lam": lam, "sigma": sigma, "epsilon": EPSILON, "delta": DELTA}
     train, test = ds.train, ds.test
 
     def fresh(samples):

@@ -26,8 +26,9 @@ from typing import Any
 from unbake.bench import BENCHMARKS
 from unbake.bench.memory import peak_rss
 from unbake.data import Dataset, load_dataset
-from unbake.data.poison import planted
+from unbake.data.poison import Planted, planted
 from unbake.evaluation.detectors import DETECTORS, attack_harm, detection_scores, top_k
+from unbake.exceptions import UnbakeError
 from unbake.methods import METHODS, UnlearnTask
 from unbake.training import TrainConfig, TrainedModel, fit
 
@@ -62,13 +63,21 @@ def approximate_methods() -> list[str]:
     ]
 
 
+def _planted(ds: Dataset) -> Planted:
+    """What was planted in ``ds``; clean data raises (the benchmark poisons it first)."""
+    plant = planted(ds)
+    if plant is None:
+        raise UnbakeError(f"{ds.name} has no planted attack; load it with poison=.")
+    return plant
+
+
 def _harm(model: TrainedModel, ds: Dataset) -> dict[str, float]:
     return {k: round(v, 2) for k, v in attack_harm(model, ds.test, planted(ds)).items()}
 
 
 def _detect(ds: Dataset, model: TrainedModel, attack: str) -> tuple[list[dict], dict]:
     """One row per detector; and each detector's scores."""
-    ids = planted(ds).ids
+    ids = _planted(ds).ids
     n = len(ids)
     rows, scores = [], {}
     for name in DETECTORS:
@@ -113,7 +122,7 @@ def _attack(
     best = max(det_rows, key=lambda r: (r["recall_2x"], r["auroc"]))
     suspects = top_k(scores[best["detector"]], ds.train.ids, 2 * best["poison_count"])
     task = UnlearnTask(original, *ds.train.split(suspects))
-    oracle_task = UnlearnTask(original, *ds.train.split(planted(ds).ids))
+    oracle_task = UnlearnTask(original, *ds.train.split(_planted(ds).ids))
 
     runs = [
         ("retrain (detected)", "retrain", task, seed),
@@ -121,7 +130,9 @@ def _attack(
         (NOISE_FLOOR, "retrain", oracle_task, seed + 1),
         *((m, m, task, seed) for m in approximate_methods()),
     ]
-    removal = [{"method": "original", "seconds": 0.0, "peak_rss_mib": None, **_harm(original, ds)}]
+    removal: list[dict[str, Any]] = [
+        {"method": "original", "seconds": 0.0, "peak_rss_mib": None, **_harm(original, ds)}
+    ]
     for label, method, run_task, run_seed in runs:
         with peak_rss() as peak:
             result = METHODS.create(method).unlearn(run_task, seed=run_seed)

@@ -36,7 +36,7 @@ import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -44,6 +44,7 @@ from unbake.bench import BENCHMARKS
 from unbake.bench.approximate import FRAMING
 from unbake.data.tofu import generate_tofu
 from unbake.evaluation import evaluate
+from unbake.exceptions import UnbakeError
 from unbake.methods import METHODS
 from unbake.methods.base import UnlearnResult, UnlearnTask
 from unbake.models import ModelSpec
@@ -170,7 +171,7 @@ def _params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k in accepted}
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
@@ -219,6 +220,8 @@ def sisa_lora_original(train, model: str, config: LLMBenchConfig) -> TrainedMode
     """The ``sisa_lora`` ensemble on ``train``, built as the method's ``suggested_original``
     says (strategy, strategy and model parameters), with the config's S, R and rank."""
     suggested = METHODS.get("sisa_lora").suggested_original
+    if suggested is None:
+        raise UnbakeError("sisa_lora declares no suggested_original; the benchmark needs one.")
     spec = ModelSpec(model, {**suggested["model_params"], "lora_rank": config.sisa_lora_rank})
     sizes = {"shards": config.sisa_shards, "slices": config.sisa_slices}
     return fit(

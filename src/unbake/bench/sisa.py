@@ -37,6 +37,7 @@ from unbake.bench import BENCHMARKS
 from unbake.data import Dataset, load_dataset
 from unbake.evaluation.utility import accuracy
 from unbake.exceptions import UnbakeError
+from unbake.families.sisa import SISAEnsemble
 from unbake.methods import METHODS, UnlearnTask
 from unbake.training import TrainConfig, TrainedModel, fit
 
@@ -68,6 +69,8 @@ def _sisa(ds: Dataset, config: TrainConfig, shards: int, slices: int, **executio
 
 def _accuracy(model: TrainedModel, ds: Dataset, aggregation: str | None = None) -> float:
     if aggregation is not None:
+        if not isinstance(model.module, SISAEnsemble):
+            raise UnbakeError(f"{model.describe()} is not a SISA ensemble; it has no aggregation.")
         model.module.aggregation = aggregation
     return round(accuracy(model, ds.test), 3)
 
@@ -148,8 +151,8 @@ def run_sisa_benchmark(
         for pick in chosen:
             forget, retain = ds.train.split(pick)
             results.append(unlearner.unlearn(UnlearnTask(sisa_model, forget, retain)))
-        seconds = [r.seconds for r in results]
-        mean_s = float(np.mean(seconds))
+        times = [r.seconds for r in results]
+        mean_s = float(np.mean(times))
         speedup = full_retrain_s / mean_s
         if n == 1:
             single_speedup = speedup
@@ -159,8 +162,8 @@ def run_sisa_benchmark(
                 "requests": n,
                 "draws": draws,
                 "sisa_s": mean_s,
-                "sisa_s_min": float(np.min(seconds)),
-                "sisa_s_max": float(np.max(seconds)),
+                "sisa_s_min": float(np.min(times)),
+                "sisa_s_max": float(np.max(times)),
                 "full_retrain_s": full_retrain_s,
                 "speedup": speedup,
                 "shards_retrained": float(
@@ -232,7 +235,7 @@ def run_sisa_benchmark(
 
     drop = mono_acc - accuracy_of[S, R]["vote"] if (S, R) in accuracy_of else None
     summary = {
-        "single_deletion_speedup": round(single_speedup, 2),
+        "single_deletion_speedup": None if single_speedup is None else round(single_speedup, 2),
         "theoretical_speedup": round(S * 2 * R / (R + 1), 2),
         "expected_speedup_for_schedule": round(S * 3 * R / (2 * R + 1), 2),
         "accuracy_drop_points": None if drop is None else round(drop, 2),

@@ -236,7 +236,7 @@ def _audit_rows(
     """One audit per method and for the original; IN shadows shared per recipe."""
     banks: dict[str, ReferenceBank] = {main.key(): main_bank}
     shadows: dict[str, tuple[list, float]] = {}
-    fits = {"backend": "local", "workers": setup.fit_workers}
+    fits: dict[str, Any] = {"backend": "local", "workers": setup.fit_workers}
     audits: dict[str, dict[str, Any]] = {}
     for name in ("original", *methods):
         method = None if name == "original" else name
@@ -272,7 +272,7 @@ def _class_auc(ds: Dataset, main: Recipe, setup: TradeoffSetup) -> float | None:
     if setup.forget_class is None:
         return None
     forget, pool = ds.train.split(class_forget_ids(ds, setup.forget_class))
-    fits = {"backend": "local", "workers": setup.fit_workers}
+    fits: dict[str, Any] = {"backend": "local", "workers": setup.fit_workers}
     bank = train_bank(pool, main, seeds=list(range(setup.family_references)), **fits)
     report = audit(recipe=main, forget=forget, pool=pool, bank=bank, seed=setup.seed, **fits)
     return report.stats["ulira_auc"]

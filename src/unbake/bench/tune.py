@@ -108,9 +108,12 @@ class Study:
 def _suggest(trial, name: str, knob: Knob) -> Any:
     if knob.kind == "choice":
         return trial.suggest_categorical(name, list(knob.choices))
+    low, high = knob.low, knob.high
+    if low is None or high is None:  # Knob itself refuses this: a range has both bounds
+        raise InvalidParameterError(f"The knob {name!r} has no range; give it low and high.")
     if knob.kind == "int":
-        return trial.suggest_int(name, int(knob.low), int(knob.high), log=knob.log)
-    return trial.suggest_float(name, float(knob.low), float(knob.high), log=knob.log)
+        return trial.suggest_int(name, int(low), int(high), log=knob.log)
+    return trial.suggest_float(name, float(low), float(high), log=knob.log)
 
 
 def tune(
@@ -195,6 +198,7 @@ def tune(
     task = UnlearnTask(original, forget, retain, device=device)
     reference = evaluate(ref_model, forget, retain, dataset.val)
     budget_s = time_fraction * timing["median_s"]
+    startup_trials = min(10, max(2, int(trials) // 3))
     study = Study(
         method=method,
         dataset=dataset.name,
@@ -216,7 +220,7 @@ def tune(
             "cache": cached,
         },
         original_score=_finite(avg_gap(evaluate(original, forget, retain, dataset.val), reference)),
-        startup_trials=min(10, max(2, int(trials) // 3)),
+        startup_trials=startup_trials,
     )
 
     def record(trial, params, seconds: float, score: float | None, reason: str) -> None:
@@ -252,7 +256,7 @@ def tune(
         return score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=study.startup_trials)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
     opt = optuna.create_study(direction="minimize", sampler=sampler)
     with progress(int(trials), f"tune {method}") as bar:
         for _ in range(int(trials)):
@@ -284,7 +288,8 @@ def _original_and_reference(
     when an earlier study of the same data, request, model, training, seed and device
     left them there, else trained (and left there). The last value says where they came
     from (``None``: no cache)."""
-    path = key = None
+    path: Path | None = None
+    key: dict[str, Any] = {}
     if cache_dir is not None:
         key = {
             "kind": "tune-reference",
@@ -301,12 +306,12 @@ def _original_and_reference(
         entry = cache.read_cell(path, key)
         files = {r: path.with_name(f"{path.stem}-{r}.safetensors") for r in ("original", "ref")}
         if entry is not None:
-            models = [cache.load_model(files[r], entry["sha256"][r]) for r in files]
-            if all(m is not None for m in models):
-                for m in models:
+            kept, ref = (cache.load_model(files[r], entry["sha256"][r]) for r in files)
+            if kept is not None and ref is not None:
+                for m in (kept, ref):
                     m.module.to(resolve_device(device))
                 note = {"path": str(path), "reused": True, "written": entry["written"]}
-                return models[0], models[1], entry["timing"], note
+                return kept, ref, entry["timing"], note
     original = fit(
         dataset.train, n_classes=dataset.n_classes, model=model, config=config, seed=seed,
         device=device,

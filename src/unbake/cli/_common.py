@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,16 +26,34 @@ from unbake.exceptions import InvalidParameterError, UnbakeError
 class _OneLineErrors(TyperGroup):
     """Usage errors (a bad option value, a missing argument) get the one-line contract too."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        run = functools.partial(
+            super().main,
+            args,
+            prog_name,
+            complete_var,
+            standalone_mode=False,
+            windows_expand_args=windows_expand_args,
+            **extra,
+        )
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            return run()
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = run()
         except click.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
-            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "unbake"
+            ctx = getattr(exc, "ctx", None)  # a UsageError knows its command; others do not
+            where = ctx.command_path if ctx else "unbake"
             print_error(f"{exc.format_message().rstrip('.')}; see `{where} --help`.")
             sys.exit(2)
         except typer.Abort:
@@ -45,7 +64,7 @@ class _OneLineErrors(TyperGroup):
 
 # Nothing printed is read as rich markup or emoji codes: messages and tables quote user
 # text (IDs, subjects, paths), which must appear exactly as given.
-_PLAIN = {"markup": False, "emoji": False, "highlight": False}
+_PLAIN: dict[str, Any] = {"markup": False, "emoji": False, "highlight": False}
 # A pipe gets a wide console, so the comparison table is never truncated in logs.
 console = Console(width=None if sys.stdout.isatty() else 200, **_PLAIN)
 err_console = Console(stderr=True, **_PLAIN)

@@ -203,7 +203,7 @@ def tune(
     if out is not None:
         study.save(out)
     recorded = refused = None
-    if write_defaults:
+    if write_defaults and out is not None:  # --write-defaults without --out raised above
         try:
             recorded = record_defaults(study, out)
         except InvalidParameterError as exc:  # reported after the study's own output

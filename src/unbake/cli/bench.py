@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperArgument, TyperCommand
 
 from unbake import _json as strict_json
 from unbake.cli._common import (
@@ -32,7 +32,7 @@ class BenchCommand(TyperCommand):
         from unbake.bench import BENCHMARKS
 
         for param in self.params:
-            if param.name == "name":
+            if param.name == "name" and isinstance(param, TyperArgument):
                 param.help = f"Benchmark: {', '.join(BENCHMARKS.available())}."
         return super().format_help(ctx, formatter)
 

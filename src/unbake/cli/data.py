@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,6 +26,9 @@ from unbake.cli._common import (
     parse_params,
 )
 from unbake.exceptions import InvalidParameterError
+
+if TYPE_CHECKING:  # the CLI imports torch (through unbake.models) only when it runs
+    from unbake.models import ModelSpec
 
 # --- demo ----------------------------------------------------------------------------
 
@@ -76,7 +79,7 @@ def demo(
         METHODS.get(name)
     ds = load_dataset(dataset)
     config = TrainConfig.parse(epochs=epochs)
-    runs = {
+    runs: dict[str, dict[str, Any]] = {
         "random": {"forget_fraction": forget_fraction},
         "class": {"forget_class": forget_class},
     }
@@ -163,7 +166,7 @@ def methods(as_json: JsonOpt = False) -> None:
     from unbake.methods import METHODS
     from unbake.methods.tuned import SCENARIOS, tuned_defaults
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in METHODS.available():
         m = METHODS.create(name)
         tags = m.tags
@@ -304,10 +307,11 @@ def train(
         weight_decay=weight_decay,
     )
     strategy_params = parse_params(param)
+    architecture: str | ModelSpec = model
     if model.startswith("hf:") and "lora_rank" in strategy_params:  # a model parameter
         from unbake.models import ModelSpec
 
-        model = ModelSpec(model, {"lora_rank": strategy_params.pop("lora_rank")})
+        architecture = ModelSpec(model, {"lora_rank": strategy_params.pop("lora_rank")})
     if shards is not None:
         strategy_params["shards"] = shards
     if slices is not None:
@@ -337,7 +341,7 @@ def train(
     ) as ws:
         model_id = train_model(
             ws,
-            model=model,
+            model=architecture,
             config=config,
             seed=seed,
             strategy=strategy,

@@ -12,19 +12,24 @@ import tempfile
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from unbake.data.poison import poison_dataset
 from unbake.data.samples import Dataset, Samples
 from unbake.data.splits import SPLITS, SplitSpec, assign_splits
-from unbake.data.text import read_jsonl, text_dataset
+from unbake.data.text import TextSamples, read_jsonl, text_dataset
 from unbake.exceptions import DatasetError
 from unbake.registry import Registry
 
 __all__ = ["DATASETS", "load_dataset", "read_idx"]
 
 DATASETS: Registry[Dataset] = Registry("dataset")
+
+#: What :func:`_split` splits: rows with IDs, subjects and ``subset``.
+S = TypeVar("S", Samples, TextSamples)
 
 
 def load_dataset(name: str, **options: object) -> Dataset:
@@ -49,11 +54,11 @@ def load_dataset(name: str, **options: object) -> Dataset:
     spec = {"name": name, **{k: str(v) for k, v in options.items()}, **dataset.spec}
     dataset = replace(dataset, spec=spec)
     if poison is not None:
-        dataset = poison_dataset(dataset, str(poison), recorded)
+        dataset = poison_dataset(dataset, str(poison), None if recorded is None else str(recorded))
     return dataset
 
 
-def _split(full: Samples, split: SplitSpec) -> tuple[Samples, Samples, Samples]:
+def _split(full: S, split: SplitSpec) -> tuple[S, S, S]:
     """(train, val, test) of ``full`` by the keyed hash of each row's subject or ID."""
     where = assign_splits(
         full.ids,
@@ -117,7 +122,14 @@ FETCH_HINT = (
     "(--download) on an online machine"
 )
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, DTypeLike] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(raw: bytes) -> np.ndarray:
@@ -288,8 +300,8 @@ def _encode_labels(
     from the source never renumbers the others.
     """
     if classes is None:
-        names, y = np.unique(np.asarray(labels), return_inverse=True)
-        return tuple(str(c) for c in names), y
+        unique, y = np.unique(np.asarray(labels), return_inverse=True)
+        return tuple(str(c) for c in unique), y
     try:
         names = tuple(str(c) for c in json.loads(classes))
     except (TypeError, ValueError):
@@ -417,5 +429,5 @@ def jsonl_text(
     file = Path(path)
     if not file.exists():
         raise DatasetError(f"JSONL file {file} does not exist; check the --path option.")
-    train, val, test = _split(read_jsonl(file), split)  # type: ignore[arg-type]
+    train, val, test = _split(read_jsonl(file), split)
     return text_dataset(file.stem, train, val, test, {**split.to_options(), "path": str(file)})

@@ -145,7 +145,12 @@ class Planted:
         return self.spec.target
 
 
-def _check_class(ds: Dataset, label: int, what: str) -> None:
+def _check_class(ds: Dataset, label: int | None, what: str) -> None:
+    if label is None:
+        raise InvalidParameterError(
+            f"The poison names no {what} class; set {what}= to a class index of "
+            f"{ds.name!r} (0–{ds.n_classes - 1})."
+        )
     if not 0 <= label < ds.n_classes:
         raise InvalidParameterError(
             f"The poison {what} class {label} is not a class index of {ds.name!r} "

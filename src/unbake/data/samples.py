@@ -121,7 +121,9 @@ class Dataset:
     test: Samples
     n_classes: int
     spec: dict = field(default_factory=dict)
-    val: Samples | None = None
+    # None (the default) means no validation split: __post_init__ sets an empty one, so
+    # the attribute is a Samples on every built Dataset.
+    val: Samples = None  # type: ignore[assignment]
     classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ set()
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,7 +282,7 @@ def _rows(persons: list[str], facts: dict[str, list]) -> list[tuple[str, ...]]:
     return [(f"{_slug(p)}-{k}", p, q, a) for p in persons for k, (q, a, _) in enumerate(facts[p])]
 
 
-def _samples(rows: list[tuple[str, ...]]) -> TextSamples:
+def _samples(rows: Sequence[tuple[str, ...]]) -> TextSamples:
     ids, subjects, prompts, answers = ([r[k] for r in rows] for k in range(4))
     return TextSamples.build(prompts, answers, ids=ids, subjects=subjects)
 

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from unbake.data import Samples
+from unbake.data.text import TextSamples
 from unbake.evaluation.metrics import nll
 from unbake.exceptions import InvalidParameterError
-from unbake.registry import Registry
+from unbake.registry import ClassRegistry
 from unbake.training import TrainedModel
 
 __all__ = [
@@ -73,7 +74,7 @@ class Metric:
         raise NotImplementedError
 
 
-METRICS: Registry[Metric] = Registry("metric")
+METRICS: ClassRegistry[Metric] = ClassRegistry("metric", Metric)
 
 
 def register_metric(cls: type[Metric]) -> type[Metric]:
@@ -84,12 +85,12 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
 
 def _ordered() -> list[type[Metric]]:
     classes = [METRICS.get(name) for name in METRICS.available()]
-    return sorted(classes, key=lambda c: (c.order, c.name))  # type: ignore[attr-defined]
+    return sorted(classes, key=lambda c: (c.order, c.name))
 
 
 def result_specs(*, column_only: bool = False) -> list[Result]:
     """Every declared result, in table order."""
-    return [r for cls in _ordered() for r in cls.results if r.column or not column_only]  # type: ignore[attr-defined]
+    return [r for cls in _ordered() for r in cls.results if r.column or not column_only]
 
 
 @dataclass
@@ -114,6 +115,17 @@ class EvalContext:
         value = getattr(self, split)
         if value is None:
             raise InvalidParameterError(f"No {split} split in this evaluation; pass one.")
+        return value
+
+    def text_samples(self, split: str) -> TextSamples:
+        """``split`` as prompt–answer text; a split of arrays raises (a text metric on a
+        classifier)."""
+        value = self.samples(split)
+        if not isinstance(value, TextSamples):
+            raise InvalidParameterError(
+                f"The {split} split holds arrays, not text; drop the text metrics or "
+                "evaluate a language model on a text dataset."
+            )
         return value
 
     def has(self, need: str) -> bool:
@@ -146,7 +158,7 @@ class EvalContext:
         def compute():
             from unbake.training.lm import answer_token_nll
 
-            s = self.samples(split)
+            s = self.text_samples(split)
             return answer_token_nll(self.model, s) if len(s) else ([], np.empty(0, bool))
 
         return self.memo(f"tokens:{split}", compute)
@@ -252,7 +264,7 @@ def evaluate(
 def gap_metrics() -> list[str]:
     """The metrics whose results enter the avg gap: all :func:`avg_gap` reads, and no more
     (a search scoring many candidates by the gap skips the costlier attacks)."""
-    return [c.name for c in _ordered() if any(r.gap for r in c.results)]  # type: ignore[attr-defined]
+    return [c.name for c in _ordered() if any(r.gap for r in c.results)]
 
 
 def avg_gap(result: Mapping[str, float], reference: Mapping[str, float]) -> float:

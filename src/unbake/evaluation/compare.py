@@ -312,9 +312,10 @@ def compare_methods(
     config = config or TrainConfig()
     params = params or {}
     scenario = "class" if forget_class is not None and forget_ids is None else "random"
+    class_index: int | None = None  # the forgotten class, in the class scenario
     if forget_ids is None and forget_class is not None:
-        forget_class = dataset.class_index(forget_class)
-        forget_ids = class_forget_ids(dataset, forget_class)
+        class_index = dataset.class_index(forget_class)
+        forget_ids = class_forget_ids(dataset, class_index)
     if forget_ids is None:
         forget_ids = random_forget_ids(dataset, forget_fraction, seed)
     forget, retain = dataset.train.split(forget_ids)
@@ -377,5 +378,5 @@ def compare_methods(
         reference_timing=main.timing,
         load_average={"start": load_start, "end": load_average(), "cores": os.cpu_count() or 1},
         scenario=scenario,
-        forget_class=int(forget_class) if scenario == "class" else None,
+        forget_class=class_index,
     )

@@ -21,6 +21,7 @@ ranking against the planted IDs (precision and recall at ``k``, AUROC).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,7 +117,8 @@ def squared_grad_norms(
         norms = []
         for xi, yi in zip(x, y, strict=True):
             gs = torch.autograd.grad(loss(p, xi, yi), list(p.values()))
-            norms.append(sum(t.double().pow(2).sum() for t in gs))
+            zero = torch.zeros((), dtype=torch.float64, device=device)
+            norms.append(sum((t.double().pow(2).sum() for t in gs), zero))
         return torch.stack(norms)
 
     layers = _layerwise_layers(module, params)  # found once, not per batch
@@ -235,7 +237,7 @@ def _layerwise_norms(module, layers, params, buffers, kind, x, y) -> torch.Tenso
     return total
 
 
-_PER_SAMPLE = {
+_PER_SAMPLE: dict[str, list[Any]] = {
     "batch_size": [_POSITIVE],
     "per_sample": [Options({"auto", "layers", "vmap", "loop"})],
 }
@@ -352,7 +354,10 @@ class ActivationClustering(Detector):
 
 
 def detection_scores(
-    scores: np.ndarray, ids: Sequence[str], planted: Sequence[str], ks: Sequence[int]
+    scores: np.ndarray,
+    ids: Sequence[str] | np.ndarray,
+    planted: Sequence[str],
+    ks: Sequence[int],
 ) -> dict[str, float]:
     """Precision and recall of the top ``k`` (for each ``k``) and AUROC against ``planted``.
 
@@ -378,7 +383,7 @@ def detection_scores(
     return out
 
 
-def top_k(scores: np.ndarray, ids: Sequence[str], k: int) -> list[str]:
+def top_k(scores: np.ndarray, ids: Sequence[str] | np.ndarray, k: int) -> list[str]:
     """The ``k`` IDs with the highest scores (ties broken by order)."""
     order = np.argsort(-np.asarray(scores, float), kind="stable")
     return [str(ids[i]) for i in order[:k]]

@@ -44,6 +44,7 @@ from scipy import stats
 
 from unbake.evaluation.base import EvalContext, Metric, Result, register_metric
 from unbake.evaluation.metrics import roc_auc
+from unbake.exceptions import InvalidParameterError
 
 __all__ = [
     "exposure",
@@ -141,7 +142,7 @@ def _variant_nll(ctx: EvalContext, split: str) -> tuple[np.ndarray, np.ndarray, 
     rows of ``split`` that have variants, and the mask of those rows."""
 
     def compute():
-        samples = ctx.samples(split)
+        samples = ctx.text_samples(split)
         alts = ctx.tofu.alternatives
         mask = np.array([str(i) in alts for i in samples.ids], dtype=bool)
         rows = samples.subset(mask)
@@ -193,7 +194,7 @@ def _rouge(ctx: EvalContext, split: str) -> float:
     def compute():
         from unbake.training.lm import greedy_answers
 
-        samples = ctx.samples(split)
+        samples = ctx.text_samples(split)
         if len(samples) == 0:
             return float("nan")
         answers = greedy_answers(ctx.model, samples)
@@ -283,6 +284,8 @@ class ForgetQuality(Metric):
     results = (Result("forget_quality", "forget quality", "KS p-value of truth ratios vs retrain"),)
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
+        if ctx.reference is None:  # needs "reference": evaluate() passes one
+            raise InvalidParameterError("forget_quality needs reference=; pass the retrain.")
         ref = EvalContext(ctx.reference, ctx.forget, ctx.retain, ctx.test, tofu=ctx.tofu)
         return {
             "forget_quality": forget_quality(
@@ -332,7 +335,7 @@ class _TextAttack(Metric):
         raise NotImplementedError
 
     def _scores(self, ctx: EvalContext, split: str) -> np.ndarray:
-        tokens, answers = ctx.token_nll(split)[0], ctx.samples(split).answers
+        tokens, answers = ctx.token_nll(split)[0], ctx.text_samples(split).answers
         return np.array([self.per_sample(t, a) for t, a in zip(tokens, answers, strict=True)])
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:

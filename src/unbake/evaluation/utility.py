@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from unbake.data import Samples
+from unbake.data.text import TextSamples
 from unbake.evaluation.base import EvalContext, Metric, Result, register_metric
 from unbake.evaluation.metrics import nll
 from unbake.training import TrainedModel
@@ -13,7 +14,9 @@ from unbake.training import TrainedModel
 __all__ = ["Utility", "accuracy", "per_sample_loss"]
 
 
-def per_sample_loss(model: TrainedModel, samples: Samples) -> tuple[np.ndarray, np.ndarray]:
+def per_sample_loss(
+    model: TrainedModel, samples: Samples | TextSamples
+) -> tuple[np.ndarray, np.ndarray]:
     """(cross-entropy loss, correct?) for every sample, from the model's log-probabilities.
 
     For text: the mean loss over the answer tokens, and whether every answer token is
@@ -21,7 +24,7 @@ def per_sample_loss(model: TrainedModel, samples: Samples) -> tuple[np.ndarray, 
     """
     if len(samples) == 0:
         return np.empty(0), np.empty(0, dtype=bool)
-    if not hasattr(samples, "X"):
+    if isinstance(samples, TextSamples):
         from unbake.training.lm import answer_loss_and_match
 
         return answer_loss_and_match(model, samples)

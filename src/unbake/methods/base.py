@@ -20,7 +20,7 @@ import torch
 from unbake._validation import Interval, validate_params
 from unbake.data import Samples
 from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnsupportedModelError
-from unbake.registry import Registry
+from unbake.registry import ClassRegistry
 from unbake.training import TrainConfig, TrainedModel, get_params, set_params
 from unbake.training.trajectory import without_trajectory
 
@@ -302,8 +302,8 @@ class Unlearner:
 
 #: Every unlearning method; packages add their own through the ``unbake.methods``
 #: entry-point group (an entry point whose module applies :func:`register_method`).
-METHODS: Registry[Unlearner] = Registry(
-    "unlearning method", entry_points="unbake.methods", builtins="unbake.families"
+METHODS: ClassRegistry[Unlearner] = ClassRegistry(
+    "unlearning method", Unlearner, entry_points="unbake.methods", builtins="unbake.families"
 )
 
 

@@ -171,7 +171,9 @@ class DeletionService:
         #: batch window, and the deadline of requests filed here; ``None``: the defaults.
         self.policy = as_policy(policy)
         self._owns_workspace = not isinstance(root, Workspace)
-        self.workspace = Workspace.open(root, read_only=read_only) if self._owns_workspace else root
+        self.workspace = (
+            root if isinstance(root, Workspace) else Workspace.open(root, read_only=read_only)
+        )
         self.root = self.workspace.root
         self._writer = _GroupCommit(self._write_jobs)
         #: The worker's half: it applies the queued requests (:mod:`unbake.service.worker`).

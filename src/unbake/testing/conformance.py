@@ -131,7 +131,8 @@ def _skip_reason(check: Check, unlearner: Unlearner) -> str | None:
     when = getattr(check, "applies", None)
     if when is None or when(unlearner.tags):
         return None
-    return f"{check.__name__} does not apply to {unlearner.name}: {check.skip_reason}"
+    reason = getattr(check, "skip_reason", "")
+    return f"{check.__name__} does not apply to {unlearner.name}: {reason}"
 
 
 @functools.lru_cache(maxsize=1)

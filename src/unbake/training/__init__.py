@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from unbake.data import Samples
+from unbake.data.text import TextSamples
 from unbake.models import ModelSpec
 from unbake.training.base import (
     OUTPUT_KINDS,
@@ -42,7 +43,7 @@ __all__ = [
 
 
 def fit(
-    samples: Samples,
+    samples: Samples | TextSamples,
     *,
     n_classes: int,
     model: ModelSpec | str | torch.nn.Module = "mlp",

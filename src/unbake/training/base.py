@@ -18,9 +18,10 @@ from torch import nn
 
 from unbake._validation import validate_params
 from unbake.data import Samples
+from unbake.data.text import TextSamples
 from unbake.exceptions import InvalidParameterError
 from unbake.models import ModelSpec, build_model
-from unbake.registry import Registry
+from unbake.registry import ClassRegistry
 from unbake.training.config import TrainConfig
 
 __all__ = [
@@ -167,13 +168,13 @@ class TrainingStrategy:
         """The parameters that define the model, as stored with it (default: all)."""
         return self.get_params()
 
-    def validate(self, samples: Samples | None = None) -> None:
+    def validate(self, samples: Samples | TextSamples | None = None) -> None:
         """Check the declared constraints (and, in subclasses, fit against ``samples``)."""
         validate_params(self.get_params(), self._parameter_constraints, self.name)
 
     def fit(
         self,
-        samples: Samples,
+        samples: Samples | TextSamples,
         *,
         spec: ModelSpec,
         config: TrainConfig,
@@ -188,4 +189,6 @@ class TrainingStrategy:
         return build_model(spec, input_shape=input_shape, n_classes=n_classes, seed=0)
 
 
-STRATEGIES: Registry[TrainingStrategy] = Registry("training strategy", builtins="unbake.families")
+STRATEGIES: ClassRegistry[TrainingStrategy] = ClassRegistry(
+    "training strategy", TrainingStrategy, builtins="unbake.families"
+)

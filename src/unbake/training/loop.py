@@ -92,7 +92,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         raise InvalidParameterError(
             f"Unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto."
         ) from None
-    available = {
+    available: dict[str, Callable[[], bool]] = {
         "cpu": lambda: True,
         "cuda": torch.cuda.is_available,
         "mps": torch.backends.mps.is_available,
