@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from unbake._validation import Interval
+from unbake._validation import Interval, hyperparameter
 from unbake.methods._blocks import LoopUnlearner, ce
-from unbake.methods.base import Knob, MethodTags, register_method
+from unbake.methods.base import (
+    BATCH_SIZE,
+    EPOCHS,
+    LR,
+    RETAIN_SAMPLES,
+    Knob,
+    MethodTags,
+    register_method,
+)
 from unbake.training.loop import Phase
 
 
@@ -29,18 +37,10 @@ class Finetune(LoopUnlearner):
         limits="does not target the forget set; forgets only what further training overwrites",
     )
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 3,
-        lr: float = 5e-3,
-        batch_size: int = 64,
-        retain_samples: int | None = None,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.retain_samples = retain_samples
+    epochs: int = EPOCHS(3)
+    lr: float = LR(5e-3)
+    batch_size: int = BATCH_SIZE(64)
+    retain_samples: int | None = RETAIN_SAMPLES(None)
 
     def _phases(self, task, model, seed):
         return [Phase("retain", lambda m, got, _: ce(m, got["retain"]), epochs=self.epochs)], []
@@ -74,28 +74,20 @@ class NegGrad(LoopUnlearner):
         limits="overshoots on random forgetting: with defaults set for class-wise "
         "forgetting it drags retain and test accuracy down",
     )
-    _parameter_constraints = {
-        **{k: v for k, v in LoopUnlearner._parameter_constraints.items() if k != "retain_samples"},
-        "max_steps": [Interval(int, 1, None, closed="left"), None],
-    }
     search_space = {
         "epochs": Knob(1, 5),
         "lr": Knob(3e-6, 3e-4, log=True),
         "max_steps": Knob(1, 64, log=True),
     }
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 4,
-        lr: float = 3e-4,
-        batch_size: int = 64,
-        max_steps: int | None = None,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.max_steps = max_steps
+    epochs: int = EPOCHS(4)
+    lr: float = LR(3e-4)
+    batch_size: int = BATCH_SIZE(64)
+    max_steps: int | None = hyperparameter(
+        None,
+        help="Forget batches per pass, from a seeded shuffle (None: all of them).",
+        constraints=[Interval(int, 1, None, closed="left"), None],
+    )
 
     def _phases(self, task, model, seed):
         ascent = Phase(

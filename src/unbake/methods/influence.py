@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from unbake._budget import check_time_budget
-from unbake._validation import Interval, Options
+from unbake._validation import Interval, Options, hyperparameter
 from unbake.exceptions import (
     InvalidParameterError,
     NotPositiveDefiniteError,
@@ -110,35 +110,43 @@ class InfluenceNewton(Unlearner):
         "default damping, within its spread of it tuned); partial on class-wise, at "
         "5 points of test accuracy",
     )
-    _parameter_constraints = {
-        "solver": [Options({"cg", "lissa"})],
-        "params": [Options({"all", "head"})],
-        "damping": [Interval(float, 0, None, closed="left")],
-        "hessian_samples": [Interval(int, 1, None, closed="left"), None],
-        "iterations": [Interval(int, 1, None, closed="left")],
-        "batch_size": [Interval(int, 1, None, closed="left")],
-        "scale": [Interval(float, 0, None, closed="neither"), None],
-    }
     search_space = {"damping": Knob(1e-4, 1.0, log=True), "solver": Knob(choices=("cg", "lissa"))}
 
-    def __init__(
-        self,
-        *,
-        solver: str = "cg",
-        params: str = "head",
-        damping: float = 0.01,
-        hessian_samples: int | None = 2048,
-        iterations: int = 100,
-        batch_size: int = 256,
-        scale: float | None = None,
-    ) -> None:
-        self.solver = solver
-        self.params = params
-        self.damping = damping
-        self.hessian_samples = hessian_samples
-        self.iterations = iterations
-        self.batch_size = batch_size
-        self.scale = scale
+    solver: str = hyperparameter(
+        "cg",
+        help="How (H_r + λI)⁻¹g is solved: conjugate gradient or LiSSA.",
+        constraints=[Options({"cg", "lissa"})],
+    )
+    params: str = hyperparameter(
+        "head",
+        help="The parameters the step moves: all trainable ones, or the last layer's.",
+        constraints=[Options({"all", "head"})],
+    )
+    damping: float = hyperparameter(
+        0.01,
+        help="Damping added to the Hessian's diagonal (besides the original's weight decay).",
+        constraints=[Interval(float, 0, None, closed="left")],
+    )
+    hessian_samples: int | None = hyperparameter(
+        2048,
+        help="Seeded retain rows the Hessian is taken on (None: all of them).",
+        constraints=[Interval(int, 1, None, closed="left"), None],
+    )
+    iterations: int = hyperparameter(
+        100,
+        help="The CG iteration cap, or LiSSA's recursion depth.",
+        constraints=[Interval(int, 1, None, closed="left")],
+    )
+    batch_size: int = hyperparameter(
+        256,
+        help="Rows per LiSSA minibatch.",
+        constraints=[Interval(int, 1, None, closed="left")],
+    )
+    scale: float | None = hyperparameter(
+        None,
+        help="LiSSA's scale (None: estimated by power iteration).",
+        constraints=[Interval(float, 0, None, closed="neither"), None],
+    )
 
     def _unlearn(self, task: UnlearnTask, seed: int):
         device = resolve_device(task.device)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unbake._validation import fixed
 from unbake.data import Samples
 from unbake.exceptions import InvalidParameterError, UnsupportedModelError
 from unbake.families.sisa.strategy import SISA, ShardRecipe
@@ -202,30 +203,8 @@ class SISALoRA(SISA):
 
     name = "sisa_lora"
     recipe = LoRARecipe
-    #: SISA's, less ``aggregation`` (always the mean of the probabilities).
-    _parameter_constraints = {
-        k: v for k, v in SISA._parameter_constraints.items() if k != "aggregation"
-    }
-
-    def __init__(
-        self,
-        *,
-        shards: int = 5,
-        slices: int = 1,
-        assignment: str = "subject",
-        backend: str = "local",
-        workers: int = 1,
-        ray_address: str | None = None,
-    ) -> None:
-        super().__init__(
-            shards=shards,
-            slices=slices,
-            assignment=assignment,
-            aggregation="mean",
-            backend=backend,
-            workers=workers,
-            ray_address=ray_address,
-        )
+    #: SISA's hyperparameters, less ``aggregation``: always the mean of the probabilities.
+    aggregation: str = fixed("mean")
 
     def _check_kind(self, samples: Samples) -> None:
         if hasattr(samples, "X"):
