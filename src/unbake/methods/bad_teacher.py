@@ -32,7 +32,6 @@ class BadTeacher(LoopUnlearner):
 
     KL at temperature ``temperature``. When to use: class-wise forgetting, or any request
     where forgotten samples should get the answers of a model that never learned anything.
-    Cost: two teacher forward passes per step, ``epochs`` passes over the ``retain_samples`` retain rows (all by default).
     """
 
     name = "bad_teacher"

@@ -30,9 +30,7 @@ class FisherForgetting(Unlearner):
 
     Weights the retain set does not need (small F) get large noise, those it relies on
     almost none. When to use: class-wise forgetting, where whole units serve only the
-    forgotten class. It does not help on random forgetting: the forget samples share the
-    retain set's weights, so noise that spares the retain set spares them too. Cost: one
-    per-sample gradient pass over the retain rows read (no training).
+    forgotten class.
     """
 
     name = "fisher"

@@ -25,9 +25,7 @@ class Finetune(LoopUnlearner):
 
         for epoch in 1..epochs, for each retain batch B_r:  θ ← θ − η ∇ℓ(B_r)
 
-    When to use: a baseline. It forgets only what more training on the retain set happens
-    to overwrite, so on a memorised forget set it barely moves. Cost: ``epochs`` passes
-    over the ``retain_samples`` retain rows (all by default).
+    When to use: a baseline.
     """
 
     name = "finetune"
@@ -57,14 +55,9 @@ class NegGrad(LoopUnlearner):
         seeded shuffle:  θ ← θ + η ∇ℓ(B_f)
 
     When to use: when no retain data is available (it reads none). The loss it climbs
-    has no top, so it overshoots easily and drags the retain accuracy down with it: with
-    Adam every step moves each weight by about ``lr`` in the same direction, and on
-    Fashion-MNIST's cnn one whole pass over a class (85 batches) at lr 1.6e-4 left the
-    model 39.7 points from retraining, further than doing nothing (32.8; the first class
-    study in ``benchmarks/tuning``'s history). ``max_steps`` caps the batches of each
-    pass (default: all); keep it, ``epochs`` and ``lr`` small, and prefer
-    ``neggrad_plus`` when retain data exists. Cost: at most ``epochs`` × ``max_steps``
-    forget batches.
+    has no top, and with Adam every step moves each weight by about ``lr`` in the same
+    direction, so ``max_steps`` caps the batches of each pass; keep it, ``epochs`` and
+    ``lr`` small, and prefer ``neggrad_plus`` when retain data exists.
     """
 
     name = "neggrad"

@@ -89,17 +89,8 @@ class InfluenceNewton(Unlearner):
     where the loss is convex and the cost small. Approximate: no guarantee for deep
     networks, so it is measured against retraining.
 
-    Where it does not help: random forgetting on deep networks *at its default damping*.
-    A memorised sample's trace lives in the hidden layers, which a head-only step does
-    not touch, and a first-order step from a near-zero-gradient optimum is small: on the
-    certified benchmark's MLP its avg gap equals doing nothing's (1.19 against 1.19).
-    Tuned on the Fashion-MNIST ``cnn`` (``benchmarks/tuning/influence-random.json``: CG at
-    damping 1.2e-4, a larger step) it reaches 0.68 against doing nothing's 1.03 on
-    validation, but on test over the approximate benchmark's three seeds only 1.04 ± 0.23
-    against 1.10: within its own spread. On class-wise forgetting it closes most of the
-    gap (4.2 from 33.4 in the benchmark) but costs 5.3 points of test accuracy and stays
-    further from retraining than ``random_label`` or ``salun``. It suits convex or
-    linear-head models best.
+    When to use: convex or linear-head models. A memorised sample's trace lives in the
+    hidden layers, which a head-only step does not touch.
     """
 
     name = "influence"

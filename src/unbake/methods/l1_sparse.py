@@ -26,7 +26,7 @@ class L1Sparse(LoopUnlearner):
             θ ← θ − η ∇[ ℓ(B_r) + γ_t · ‖θ‖₁ ]
 
     When to use: when fine-tuning alone forgets too little; sparsity shrinks the weights
-    that only the forget set used. Cost: ``epochs`` passes over the ``retain_samples`` retain rows (all by default).
+    that only the forget set used.
     """
 
     name = "l1_sparse"

@@ -17,7 +17,7 @@ class LLMGradientAscent(LMUnlearner):
 
         for each forget batch B_f:  θ ← θ + η ∇ CE(answers of B_f)
 
-    It diverges if run long: the loss is unbounded, so keep ``epochs`` and ``lr`` small.
+    Keep ``epochs`` and ``lr`` small.
     """
 
     name = "llm_ga"

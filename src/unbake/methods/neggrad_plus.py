@@ -25,8 +25,7 @@ class NegGradPlus(LoopUnlearner):
 
     When to use: the first method to try when retain data exists; tuned with the same
     budget as the rest it is a strong baseline (Cadet et al., "Deep Unlearn", 2024).
-    ``beta`` trades keeping (retain) against forgetting (forget). Cost: ``epochs`` passes
-    over the ``retain_samples`` retain rows (all by default), each with one forget batch too.
+    ``beta`` trades keeping (retain) against forgetting (forget).
     """
 
     name = "neggrad_plus"

@@ -17,13 +17,13 @@ class RandomLabel(LoopUnlearner):
             θ ← θ − η ∇[ ℓ(B_r) + ℓ(x_f, ỹ_f) ]
 
     When to use: class-wise forgetting, where the retrained model should answer anything
-    but the forgotten label; on random forgetting it pushes the forget set below the test
-    accuracy. Cost: ``epochs`` passes over the ``retain_samples`` retain rows (all by default), each step with one forget batch.
+    but the forgotten label.
     """
 
     name = "random_label"
     tags = MethodTags(
-        cost="`epochs` passes over the `retain_samples` retain rows (plus one forget batch a step)"
+        cost="`epochs` passes over the `retain_samples` retain rows (plus one forget batch a step)",
+        limits="random forgetting: it pushes the forget set below the test accuracy",
     )
 
     epochs: int = EPOCHS(2)

@@ -39,8 +39,7 @@ class ResetDistill(LoopUnlearner):
 
     KL at temperature ``temperature``. When to use: when the forget set must lose what
     the reset weights carried and the retain behaviour can be re-learned from the original;
-    it never reads the forget set. Cost: ``epochs`` passes over the ``retain_samples`` retain rows (all by default) with a
-    teacher forward pass per step.
+    it never reads the forget set.
     """
 
     name = "reset_distill"

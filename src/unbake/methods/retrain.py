@@ -11,8 +11,7 @@ class Retrain(Unlearner):
     """Train the original's architecture, strategy and config from scratch on the retain set.
 
     With the original seed the result is bitwise the model that would have been trained
-    had the forget set never existed, so it is *exact* by construction. Cost: a full
-    training run.
+    had the forget set never existed, so it is *exact* by construction.
     """
 
     name = "retrain"

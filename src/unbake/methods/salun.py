@@ -19,8 +19,7 @@ class SalUn(RandomLabel):
         their values and optimiser state
 
     When to use: the default for deep networks when retain data exists; touching only the
-    salient weights keeps retain and test accuracy close to the original. Cost: one
-    gradient over the forget set, then ``epochs`` passes over the ``retain_samples`` retain rows (all by default).
+    salient weights keeps retain and test accuracy close to the original.
     """
 
     name = "salun"

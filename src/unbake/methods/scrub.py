@@ -65,9 +65,7 @@ class SCRUB(LoopUnlearner):
     against 128). KL at temperature ``temperature``.
 
     When to use: when the forget set should look like unseen data while retain
-    behaviour stays the teacher's. Cost: a teacher forward pass per step, at most
-    ``max_steps`` forget batches in each of the first ``max_epochs`` epochs, and
-    ``epochs`` passes over the ``retain_samples`` retain rows.
+    behaviour stays the teacher's.
     """
 
     name = "scrub"

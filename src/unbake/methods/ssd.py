@@ -32,8 +32,7 @@ class SSD(Unlearner):
     them when ``None``), only to estimate I_D; it takes no gradient step, so it needs no
     retain data beyond that importance estimate, which depends only on the original model
     and could be computed once at training time. When to use: retraining-free, in seconds,
-    when a one-shot edit is enough. Cost: one per-sample gradient pass over the forget
-    set and the retain rows read.
+    when a one-shot edit is enough.
     """
 
     name = "ssd"
