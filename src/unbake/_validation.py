@@ -249,6 +249,8 @@ class Declared:
         super().__init_subclass__(**kwargs)
         if not _hand_written_init(cls, Declared):
             _declare(cls, repr=False)
+            if "__repr__" not in cls.__dict__:  # not a declared mixin's (CertifiedParams)
+                cls.__repr__ = Declared.__repr__
 
     def get_params(self) -> dict[str, Any]:
         return get_params(self)

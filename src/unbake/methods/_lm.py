@@ -8,7 +8,7 @@ methods override one ``compute_loss`` over paired forget and retain batches.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from unbake._validation import Hyperparameter, Interval
 from unbake.methods._blocks import LoopUnlearner
-from unbake.methods.base import BATCH_SIZE, EPOCHS, LR, Knob, MethodTags, UnlearnTask
+from unbake.methods.base import BATCH_SIZE, EPOCHS, LR, MethodTags, UnlearnTask
 from unbake.training import TrainedModel
 from unbake.training.lm import answer_nll, lm_loss, lm_streams
 from unbake.training.loop import Batches
@@ -49,10 +49,6 @@ class LMUnlearner(LoopUnlearner):
     Subclasses declare ``epochs``, ``lr``, ``batch_size`` and ``retain_weight`` (where
     they read the retain set) and implement ``_phases``.
     """
-
-    search_space: ClassVar[dict[str, Knob]] = {
-        k: v for k, v in LoopUnlearner.search_space.items() if k != "retain_samples"
-    }
 
     def _streams(self, task: UnlearnTask, model: TrainedModel):
         return lm_streams(model.module, model.spec, forget=task.forget, retain=task.retain)

@@ -199,7 +199,8 @@ class Unlearner(Declared):
     #: and ``model_params``: parameters to add to the caller's model (e.g. ``lora_rank``).
     suggested_original: ClassVar[dict[str, Any] | None] = None
     #: The knobs ``unbake tune`` searches and their ranges; every edge of a range must
-    #: satisfy the knob's declared constraints (checked when the class is defined).
+    #: satisfy the knob's declared constraints (checked when the class is defined). A
+    #: class that does not set its own keeps the inherited ranges of the knobs it declares.
     search_space: ClassVar[dict[str, Knob]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -223,6 +224,11 @@ class Unlearner(Declared):
             setattr(cls, flag, getattr(tags, flag))
         if not hasattr(cls, "name"):
             return  # a shared base (LoopUnlearner): each method checks its own ranges
+        if "search_space" not in cls.__dict__:  # inherited: the ranges of knobs it has
+            inherited = cls.search_space
+            cls.search_space = {
+                k: v for k, v in inherited.items() if k in cls._parameter_constraints
+            }
         owner = cls.name
         for knob_name, knob in cls.search_space.items():
             if knob_name not in cls._parameter_constraints:
