@@ -30,7 +30,7 @@ class SalUn(RandomLabel):
 
     fraction: float = hyperparameter(
         0.5,
-        help="Share of the weights, by |∇ forget loss|, that the updates may change.",
+        help="Share of the weights, largest forget-loss gradient first, that updates may change.",
         constraints=[Interval(float, 0, 1, closed="right")],
     )
 

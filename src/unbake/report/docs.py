@@ -1,9 +1,11 @@
 """The documentation's generated pages: results from ``benchmarks/results/*.json`` and the
-methods table from the method registry's tags.
+methods table from the method registry's tags and hyperparameter declarations.
 
 Nothing here retypes a figure: a results page is ``unbake report``'s Markdown of one
 committed JSON (:func:`~unbake.report.render.render_markdown`), and the methods table is
-built from each registered method's :class:`~unbake.methods.base.MethodTags`. The MkDocs
+built from each registered method's :class:`~unbake.methods.base.MethodTags` and its
+declared hyperparameters (:func:`unbake._validation.parameters`), as ``unbake methods``
+prints them. The MkDocs
 hook ``docs/hooks.py`` adds these pages to the site at build time.
 
 >>> page = results_page({"benchmark": "x", "dataset": "d", "rows": [{"a": 1.5}], "summary": {}})
@@ -78,7 +80,8 @@ def _esc(text: str) -> str:
 
 
 def methods_table() -> str:
-    """The registered methods as a Markdown table, from their tags and docstrings."""
+    """The registered methods as a Markdown table, from their tags and docstrings, then
+    their parameters (:func:`parameters_table`)."""
     from unbake.methods import METHODS
 
     lines = [
@@ -100,6 +103,33 @@ def methods_table() -> str:
             tags.limits or "—",
         ]
         lines.append("| " + " | ".join(_esc(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n\n" + parameters_table()
+
+
+def parameters_table() -> str:
+    """Every registered method's hyperparameters as declared: default, allowed values and
+    help, as ``unbake methods`` prints them.
+
+    >>> "| `retrain` | `epochs` | `None` | an int in [0, inf) or None |" in parameters_table()
+    True
+    """
+    from unbake._validation import parameters
+    from unbake.methods import METHODS
+
+    lines = [
+        "| method | parameter | default | allowed | what it sets |",
+        "|---|---|---|---|---|",
+    ]
+    for name in METHODS.available():
+        for i, p in enumerate(parameters(METHODS.get(name))):
+            cells = [
+                f"`{name}`" if i == 0 else "",
+                f"`{p['name']}`",
+                f"`{p['default']!r}`",
+                p["allowed"],
+                p["help"],
+            ]
+            lines.append("| " + " | ".join(_esc(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
