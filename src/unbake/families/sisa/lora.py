@@ -190,15 +190,9 @@ class SISALoRA(SISA):
     lora_rank=R``). Predictions are the mean of the adapters' next-token probabilities
     (:class:`LoRAEnsemble`).
 
-    Parameters
-    ----------
-    shards, slices:
-        S disjoint shards, each cut into R slices trained incrementally.
-    assignment:
-        ``"subject"`` (default): all of one person's rows share a shard and a slice, so
-        forgetting a person retrains one adapter. ``"hash"``: each row by its own ID.
-    backend, workers, ray_address:
-        Where shards train (see :mod:`unbake.backends`); never change the weights.
+    Its hyperparameters are :class:`~unbake.families.sisa.strategy.SISA`'s, less
+    ``aggregation``. With ``assignment="subject"`` (the default) all of one person's rows
+    share a shard and a slice, so forgetting a person retrains one adapter.
     """
 
     name = "sisa_lora"

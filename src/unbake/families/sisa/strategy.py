@@ -203,19 +203,13 @@ class SISAEnsemble(nn.Module):
 class SISA(TrainingStrategy):
     """Sharded, isolated, sliced, aggregated training (Bourtoule et al., IEEE S&P 2021).
 
-    Parameters
-    ----------
-    shards, slices:
-        S disjoint shards, each cut into R slices trained incrementally.
-    assignment:
-        ``"subject"``: all of one subject's samples share a shard (and a slice), so
-        deleting a person touches one shard; samples without a subject use their ID.
-        ``"hash"``: each sample by its own ID.
-    aggregation:
-        ``"vote"`` (majority label) or ``"mean"`` (mean probability).
-    backend, workers, ray_address:
-        Where shards train (see :mod:`unbake.backends`). They change the wall time,
-        never the weights, and are not stored with the model.
+    S disjoint ``shards``, each cut into R ``slices`` trained incrementally. With
+    ``assignment="subject"`` all of one subject's samples share a shard (and a slice), so
+    deleting a person touches one shard; samples without a subject use their ID. The
+    execution options ``backend``, ``workers`` and ``ray_address`` (see
+    :mod:`unbake.backends`) change the wall time, never the weights, and are not stored
+    with the model. Each hyperparameter's default, allowed values and help are declared
+    on its field below.
     """
 
     name = "sisa"
