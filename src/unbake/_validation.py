@@ -27,9 +27,10 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from unbake.exceptions import InvalidParameterError
 
@@ -50,6 +51,13 @@ __all__ = [
 ]
 
 C = TypeVar("C", bound=type)
+
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # Python 3.10: the marker only tells type checkers what declared() makes
+
+    def dataclass_transform(**_kwargs: Any) -> Callable[[Any], Any]:
+        return lambda decorator: decorator
 
 
 @dataclass(frozen=True)
@@ -184,10 +192,13 @@ class Hyperparameter:
         return hyperparameter(default, help=self.help, constraints=self.constraints)
 
 
-def fixed(value: Any) -> Any:
-    """Redeclare an inherited hyperparameter as a fixed ``value``: the subclass's
-    constructor no longer takes it (e.g. ``sisa_lora``'s aggregation, always the mean)."""
-    return field(default=value, init=False, repr=False)
+def fixed(default: Any, *, init: Literal[False] = False) -> Any:
+    """Redeclare an inherited hyperparameter as fixed at ``default``: the subclass's
+    constructor no longer takes it (e.g. ``sisa_lora``'s aggregation, always the mean).
+
+    ``init`` is there for type checkers only (a field specifier that is not an argument).
+    """
+    return field(default=default, init=init, repr=False)
 
 
 def _declare(cls: C, *, repr: bool) -> C:
@@ -209,6 +220,9 @@ def _declare(cls: C, *, repr: bool) -> C:
     return cls
 
 
+@dataclass_transform(
+    kw_only_default=True, eq_default=False, field_specifiers=(hyperparameter, fixed, field)
+)
 def declared(cls: C) -> C:
     """Give ``cls`` a keyword-only constructor from its :func:`hyperparameter` fields.
 
@@ -235,6 +249,9 @@ def _hand_written_init(cls: type, stop: type) -> bool:
     )
 
 
+@dataclass_transform(
+    kw_only_default=True, eq_default=False, field_specifiers=(hyperparameter, fixed, field)
+)
 class Declared:
     """Base of the classes whose hyperparameters are declared as fields (every method and
     training strategy): each subclass is made :func:`declared` when it is defined.
