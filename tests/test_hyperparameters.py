@@ -156,3 +156,15 @@ def test_a_loop_method_keeps_the_inherited_ranges_of_the_knobs_it_declares():
     assert set(Ascent.search_space) == {"epochs", "lr"}
     assert set(METHODS.get("npo").search_space) == {"epochs", "lr"}
     assert "retain_samples" in METHODS.get("finetune").search_space
+
+
+def test_the_docs_print_every_strategy_parameter_from_its_declaration():
+    from unbake.report.docs import STRATEGIES_MARKER, on_page_markdown
+
+    page = on_page_markdown(f"x\n\n{STRATEGIES_MARKER}\n", None, None, None)
+    assert STRATEGIES_MARKER not in page
+    for name in STRATEGIES.available():
+        for i, p in enumerate(parameters(STRATEGIES.get(name))):
+            label = f"`{name}`" if i == 0 else ""
+            row = f"| {label} | `{p['name']}` | `{p['default']!r}` | {p['allowed']} | {p['help']} |"
+            assert row in page, row

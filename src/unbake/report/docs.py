@@ -20,7 +20,13 @@ from pathlib import Path
 
 from unbake.report.render import load_result, render_markdown
 
-__all__ = ["methods_table", "results_index", "results_page", "results_pages"]
+__all__ = [
+    "methods_table",
+    "parameters_table",
+    "results_index",
+    "results_page",
+    "results_pages",
+]
 
 #: Where a results page lives in the site, under the docs folder.
 RESULTS_DIR = "results"
@@ -106,22 +112,27 @@ def methods_table() -> str:
     return "\n".join(lines) + "\n\n" + parameters_table()
 
 
-def parameters_table() -> str:
-    """Every registered method's hyperparameters as declared: default, allowed values and
-    help, as ``unbake methods`` prints them.
+def parameters_table(kind: str = "method") -> str:
+    """Every registered method's (``kind="strategy"``: training strategy's)
+    hyperparameters as declared: default, allowed values and help, as ``unbake methods``
+    prints them.
 
     >>> "| `retrain` | `epochs` | `None` | an int in [0, inf) or None |" in parameters_table()
+    True
+    >>> "| `sisa` | `shards` | `5` | an int in [1, inf) |" in parameters_table("strategy")
     True
     """
     from unbake._validation import parameters
     from unbake.methods import METHODS
+    from unbake.training import STRATEGIES
 
+    registry = {"method": METHODS, "strategy": STRATEGIES}[kind]
     lines = [
-        "| method | parameter | default | allowed | what it sets |",
+        f"| {kind} | parameter | default | allowed | what it sets |",
         "|---|---|---|---|---|",
     ]
-    for name in METHODS.available():
-        for i, p in enumerate(parameters(METHODS.get(name))):
+    for name in registry.available():
+        for i, p in enumerate(parameters(registry.get(name))):
             cells = [
                 f"`{name}`" if i == 0 else "",
                 f"`{p['name']}`",
@@ -135,6 +146,8 @@ def parameters_table() -> str:
 
 #: Where a page asks for the generated methods table.
 METHODS_MARKER = "<!-- unbake: methods table -->"
+#: Where a page asks for the generated table of the training strategies' parameters.
+STRATEGIES_MARKER = "<!-- unbake: strategies table -->"
 
 
 # --- the MkDocs hook (mkdocs.yml: hooks: [src/unbake/report/docs.py]) ---------------------
@@ -151,7 +164,9 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    """Fill in the methods table where a page asks for it."""
+    """Fill in the methods table and the strategies' parameters where a page asks."""
     if METHODS_MARKER in markdown:
         markdown = markdown.replace(METHODS_MARKER, methods_table())
+    if STRATEGIES_MARKER in markdown:
+        markdown = markdown.replace(STRATEGIES_MARKER, parameters_table("strategy"))
     return markdown
