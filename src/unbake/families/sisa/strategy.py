@@ -208,8 +208,8 @@ class SISA(TrainingStrategy):
     deleting a person touches one shard; samples without a subject use their ID. The
     execution options ``backend``, ``workers`` and ``ray_address`` (see
     :mod:`unbake.backends`) change the wall time, never the weights, and are not stored
-    with the model. Each hyperparameter's default, allowed values and help are declared
-    on its field below.
+    with the model. Each hyperparameter is declared once, as a field with its default,
+    allowed values and help; the docs' table of the strategies' parameters lists them.
     """
 
     name = "sisa"
