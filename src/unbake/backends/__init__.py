@@ -25,14 +25,18 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from unbake._validation import Interval, Options, validate_params
+from unbake._validation import Hyperparameter, Interval, Options, validate_params
 from unbake.exceptions import InvalidParameterError
 from unbake.registry import Registry
 
 __all__ = [
+    "BACKEND",
     "BACKENDS",
+    "RAY_ADDRESS",
     "RAY_ENV",
+    "WORKERS",
     "Backend",
+    "BackendName",
     "RayAddress",
     "allowed_ray_addresses",
     "backend_constraints",
@@ -54,9 +58,9 @@ R = TypeVar("R")
 def backend_constraints() -> dict[str, list]:
     """Constraints of the execution options, for everything that accepts them."""
     return {
-        "backend": [Options(BACKENDS.available())],
-        "workers": [Interval(int, 1, None, closed="left")],
-        "ray_address": [RayAddress(), None],
+        "backend": list(BACKEND.constraints),
+        "workers": list(WORKERS.constraints),
+        "ray_address": list(RAY_ADDRESS.constraints),
     }
 
 
@@ -83,6 +87,34 @@ class RayAddress:
             f"a Ray address (auto, host:port or ray://host:port) listed in {RAY_ENV} by the "
             f"operator (to join a cluster you trust, set {RAY_ENV}=ADDRESS)"
         )
+
+
+class BackendName:
+    """A constraint: the name of a registered backend (read when checked, so a backend
+    registered later counts).
+
+    >>> str(BackendName())
+    "one of {'local', 'ray'}"
+    """
+
+    def is_satisfied_by(self, value: object) -> bool:
+        return Options(BACKENDS.available()).is_satisfied_by(value)
+
+    def __str__(self) -> str:
+        return str(Options(BACKENDS.available()))
+
+
+#: The execution options of everything that trains shards (``sisa``, ``sisa_lora``), as
+#: hyperparameters. They change the wall time, never the weights.
+BACKEND = Hyperparameter(
+    "Where shards train: in this process, or on Ray (never changes the weights).",
+    [BackendName()],
+)
+WORKERS = Hyperparameter("Shards trained at once.", [Interval(int, 1, None, closed="left")])
+RAY_ADDRESS = Hyperparameter(
+    f"The Ray cluster to join, one listed in {RAY_ENV} (None: a private local Ray).",
+    [RayAddress(), None],
+)
 
 
 class Backend:

@@ -202,10 +202,11 @@ def _metric_line(values: dict[str, Any]) -> str:
     return "  ".join(f"{c.label} {values[c.key]:.2f}" for c in _metric_columns() if c.key in values)
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+def _table(title: str, columns: list[str], rows: list[list[Any]], *, left: int = 2) -> Table:
+    """A rich table; its first ``left`` columns are left-justified, the rest (figures) right."""
     table = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i < 2 else "right")
+        table.add_column(col, justify="left" if i < left else "right")
     for r in rows:
         table.add_row(*[f"{v:.2f}" if isinstance(v, float) else str(v) for v in r])
     return table

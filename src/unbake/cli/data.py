@@ -161,8 +161,10 @@ def demo(
 
 @_handle_errors
 def methods(as_json: JsonOpt = False) -> None:
-    """List the registered unlearning methods: kind, what they read, cost and parameters
-    (and the scenarios they have tuned defaults for)."""
+    """List the registered unlearning methods: kind, what they read, cost, limits, each
+    parameter's default, allowed values and help (and the scenarios they have tuned
+    defaults for)."""
+    from unbake._validation import parameters
     from unbake.methods import METHODS
     from unbake.methods.tuned import SCENARIOS, tuned_defaults
 
@@ -183,6 +185,7 @@ def methods(as_json: JsonOpt = False) -> None:
                 "limits": tags.limits,
                 "inputs": list(tags.inputs),
                 "params": m.get_params(),
+                "parameters": parameters(type(m)),
                 "tuned_defaults": {
                     s: t.to_dict() for s in SCENARIOS if (t := tuned_defaults(name, s))
                 },
@@ -202,7 +205,6 @@ def methods(as_json: JsonOpt = False) -> None:
                 "needs strategy",
                 "cost",
                 "does not help",
-                "parameters",
                 "tuned for",
             ],
             [
@@ -213,11 +215,23 @@ def methods(as_json: JsonOpt = False) -> None:
                     r["requires_strategy"] or "any",
                     r["cost"],
                     r["limits"] or "—",
-                    ", ".join(f"{k}={v}" for k, v in r["params"].items()),
                     ", ".join(r["tuned_defaults"]) or "—",
                 ]
                 for r in rows
             ],
+            left=7,
+        )
+    )
+    console.print(
+        _table(
+            "their parameters (unbake forget --method M --param NAME=VALUE)",
+            ["method", "parameter", "default", "allowed", "what it sets"],
+            [
+                [r["method"], p["name"], repr(p["default"]), p["allowed"], p["help"]]
+                for r in rows
+                for p in r["parameters"]
+            ],
+            left=5,
         )
     )
 

@@ -17,9 +17,8 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from unbake._budget import check_time_budget
-from unbake._validation import Interval
+from unbake._validation import Hyperparameter, Interval
 from unbake.methods.base import (
-    RETAIN_SAMPLES,
     RETAIN_SAMPLES_KNOB,
     Knob,
     Unlearner,
@@ -31,6 +30,7 @@ from unbake.training import TrainedModel, resolve_device
 from unbake.training.loop import Batches, Hook, Phase, run_phases
 
 __all__ = [
+    "TEMPERATURE",
     "GradientMask",
     "LoopUnlearner",
     "diag_fisher",
@@ -43,6 +43,11 @@ __all__ = [
 ]
 
 _CHUNK = 256
+
+#: ``temperature`` of the methods that distil with :func:`kl_distill`.
+TEMPERATURE = Hyperparameter(
+    "Temperature of the KL distillation.", [Interval(float, 0, None, closed="neither")]
+)
 
 
 def frozen_teacher(module: nn.Module) -> nn.Module:
@@ -194,31 +199,22 @@ class GradientMask:
 class LoopUnlearner(Unlearner):
     """Base of the methods that run phases of the training loop on a copy of the original.
 
-    A subclass stores ``epochs``, ``lr`` and ``batch_size``, ``retain_samples`` when it
-    reads the retain set (each epoch then walks that many seeded retain rows, not all),
-    and its own knobs, and implements :meth:`_phases`, which may prepare a teacher or a
-    mask and returns the phases to run and any hooks. The optimiser is the original's
-    (Adam by default), or the one a method stores as ``optimizer``, with the method's lr
-    and batch size and a constant schedule.
+    A subclass declares ``epochs``, ``lr`` and ``batch_size`` (``EPOCHS``, ``LR`` and
+    ``BATCH_SIZE`` of :mod:`unbake.methods.base`, with its own defaults),
+    ``retain_samples`` when it reads the retain set (each epoch then walks that many
+    seeded retain rows, not all), and its own knobs, and implements :meth:`_phases`,
+    which may prepare a teacher or a mask and returns the phases to run and any hooks.
+    The optimiser is the original's (Adam by default), or the one a method declares as
+    its ``optimizer`` hyperparameter (``"sgd"`` or ``"adam"``), with the method's lr and
+    batch size and a constant schedule.
     """
 
-    _parameter_constraints: ClassVar[dict[str, list]] = {
-        "epochs": [Interval(int, 0, None, closed="left")],
-        "lr": [Interval(float, 0, None, closed="neither")],
-        "batch_size": [Interval(int, 1, None, closed="left")],
-        "retain_samples": RETAIN_SAMPLES,
-    }
+    #: The ranges ``unbake tune`` searches for the knobs most loop methods share.
     search_space: ClassVar[dict[str, Knob]] = {
         "epochs": Knob(1, 5),
         "lr": Knob(1e-4, 1e-2, log=True),
         "retain_samples": RETAIN_SAMPLES_KNOB,
     }
-    epochs: int
-    lr: float
-    batch_size: int
-    #: The optimiser its steps run with, ``"sgd"`` or ``"adam"``; ``None`` (every method
-    #: that does not store its own): the original's.
-    optimizer: str | None = None
 
     def _phases(
         self, task: UnlearnTask, model: TrainedModel, seed: int
@@ -239,7 +235,7 @@ class LoopUnlearner(Unlearner):
             epochs=self.epochs,
             lr=self.lr,
             batch_size=self.batch_size,
-            optimizer=self.optimizer,
+            optimizer=getattr(self, "optimizer", None),
         )
         streams = self._streams(task, model)
         run_phases(

@@ -8,20 +8,21 @@ methods override one ``compute_loss`` over paired forget and retain batches.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unbake._validation import Interval
+from unbake._validation import Hyperparameter, Interval
 from unbake.methods._blocks import LoopUnlearner
-from unbake.methods.base import MethodTags, UnlearnTask
+from unbake.methods.base import BATCH_SIZE, EPOCHS, LR, MethodTags, UnlearnTask
 from unbake.training import TrainedModel
 from unbake.training.lm import answer_nll, lm_loss, lm_streams
 from unbake.training.loop import Batches
 
 __all__ = [
+    "BETA",
     "LMUnlearner",
     "PreferenceUnlearner",
     "lm_tags",
@@ -31,41 +32,36 @@ __all__ = [
     "retain_nll",
 ]
 
+#: ``retain_weight``: the weight of the retain term, in every LM method that has one.
+RETAIN_WEIGHT = Hyperparameter(
+    "Weight of the retain term (0: forget-set loss only).",
+    [Interval(float, 0, None, closed="left")],
+)
+#: ``beta``: the inverse temperature of the preference methods' log-sigmoid.
+BETA = Hyperparameter(
+    "Inverse temperature β of the preference loss.", [Interval(float, 0, None, closed="neither")]
+)
+
 
 class LMUnlearner(LoopUnlearner):
     """Base of the methods that unlearn a causal LM on the loop (``hf:`` models only).
 
-    Subclasses store ``epochs``, ``lr``, ``batch_size`` and ``retain_weight`` (where they
-    read the retain set) and implement ``_phases``.
+    Subclasses declare ``epochs``, ``lr``, ``batch_size`` and ``retain_weight`` (where
+    they read the retain set) and implement ``_phases``.
     """
-
-    _parameter_constraints: ClassVar[dict[str, list]] = {
-        **LoopUnlearner._parameter_constraints,
-        "retain_weight": [Interval(float, 0, None, closed="left")],
-        "beta": [Interval(float, 0, None, closed="neither")],
-    }
 
     def _streams(self, task: UnlearnTask, model: TrainedModel):
         return lm_streams(model.module, model.spec, forget=task.forget, retain=task.retain)
 
 
 class PreferenceUnlearner(LMUnlearner):
-    """Shared constructor of the preference methods (NPO, SimNPO, IdkPO): ``beta``, ``retain_weight``."""
+    """The hyperparameters the preference methods (NPO, SimNPO, IdkPO) share."""
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 2,
-        lr: float = 1e-4,
-        batch_size: int = 8,
-        beta: float = 0.1,
-        retain_weight: float = 1.0,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.beta = beta
-        self.retain_weight = retain_weight
+    epochs: int = EPOCHS(2)
+    lr: float = LR(1e-4)
+    batch_size: int = BATCH_SIZE(8)
+    beta: float = BETA(0.1)
+    retain_weight: float = RETAIN_WEIGHT(1.0)
 
 
 def lm_tags(**tags: Any) -> MethodTags:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from unbake._validation import Interval
-from unbake.methods._blocks import LoopUnlearner, frozen_teacher, kl_distill, reinitialised
-from unbake.methods.base import Knob, MethodTags, register_method
+from unbake.methods._blocks import (
+    TEMPERATURE,
+    LoopUnlearner,
+    frozen_teacher,
+    kl_distill,
+    reinitialised,
+)
+from unbake.methods.base import (
+    BATCH_SIZE,
+    EPOCHS,
+    LR,
+    RETAIN_SAMPLES,
+    Knob,
+    MethodTags,
+    register_method,
+)
 from unbake.training.loop import Phase
 
 
@@ -19,7 +32,6 @@ class BadTeacher(LoopUnlearner):
 
     KL at temperature ``temperature``. When to use: class-wise forgetting, or any request
     where forgotten samples should get the answers of a model that never learned anything.
-    Cost: two teacher forward passes per step, ``epochs`` passes over the ``retain_samples`` retain rows (all by default).
     """
 
     name = "bad_teacher"
@@ -29,26 +41,13 @@ class BadTeacher(LoopUnlearner):
         limits="random forgetting: forgotten samples get random answers, below the test "
         "accuracy a retrained model would give them",
     )
-    _parameter_constraints = {
-        **LoopUnlearner._parameter_constraints,
-        "temperature": [Interval(float, 0, None, closed="neither")],
-    }
     search_space = {**LoopUnlearner.search_space, "temperature": Knob(0.5, 4.0)}
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 1,
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        retain_samples: int | None = None,
-        temperature: float = 1.0,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.retain_samples = retain_samples
-        self.temperature = temperature
+    epochs: int = EPOCHS(1)
+    lr: float = LR(1e-3)
+    batch_size: int = BATCH_SIZE(64)
+    retain_samples: int | None = RETAIN_SAMPLES(None)
+    temperature: float = TEMPERATURE(1.0)
 
     def _phases(self, task, model, seed):
         good = frozen_teacher(model.module)

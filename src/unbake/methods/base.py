@@ -1,8 +1,9 @@
 """The unlearning-method API: :class:`Unlearner`, :class:`UnlearnTask`, :class:`UnlearnResult`.
 
-A method is a small subclass. Its constructor takes keyword-only hyperparameters and
-does no work; ``_parameter_constraints`` declares what each may be; ``_unlearn`` does
-the work. Capability flags tell the CLI, the demo and the conformance suite what the
+A method is a small subclass. It declares each hyperparameter once, as a typed field with
+its default, help and constraints (:func:`~unbake._validation.hyperparameter`), which
+give it a keyword-only constructor that does no work and the constraints the validator
+checks; ``_unlearn`` does the work. Capability flags tell the CLI, the demo and the conformance suite what the
 method needs and promises, so nothing special-cases method names.
 """
 
@@ -17,11 +18,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from unbake._validation import Interval, validate_params
+from unbake._validation import Declared, Hyperparameter, Interval, set_params, validate_params
 from unbake.data import Samples
 from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnsupportedModelError
 from unbake.registry import ClassRegistry
-from unbake.training import TrainConfig, TrainedModel, get_params, set_params
+from unbake.training import TrainConfig, TrainedModel
 from unbake.training.trajectory import without_trajectory
 
 __all__ = [
@@ -131,9 +132,12 @@ class Knob:
         return {"kind": self.kind, "low": self.low, "high": self.high, "log": self.log}
 
 
-#: The constraint of ``retain_samples``, the knob of every method that reads the retain
-#: set: how many seeded retain rows it reads (``None``: all of them).
-RETAIN_SAMPLES: list[Any] = [Interval(int, 1, None, closed="left"), None]
+#: ``retain_samples``, the knob of every method that reads the retain set: how many
+#: seeded retain rows it reads (``None``: all of them).
+RETAIN_SAMPLES = Hyperparameter(
+    "How many retain rows it reads, drawn with the seed (None: all of them).",
+    [Interval(int, 1, None, closed="left"), None],
+)
 #: Its search range: from a few batches to more than a Fashion-MNIST retain set.
 RETAIN_SAMPLES_KNOB = Knob(500, 50_000, log=True)
 
@@ -170,12 +174,13 @@ class UnlearnResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class Unlearner:
+class Unlearner(Declared):
     """Base class of every unlearning method.
 
-    Subclasses set ``name``, their :class:`MethodTags` (``tags``),
-    ``_parameter_constraints``, a keyword-only ``__init__`` that only stores its
-    arguments, and ``_unlearn``. The flags ``exact``, ``certified``,
+    Subclasses set ``name`` and their :class:`MethodTags` (``tags``), declare their
+    hyperparameters as fields (:func:`~unbake._validation.hyperparameter`, or a shared
+    :class:`~unbake._validation.Hyperparameter` called with the method's default), and
+    implement ``_unlearn``. The flags ``exact``, ``certified``,
     ``needs_retain_data`` and ``requires_strategy`` mirror ``tags``; a subclass that
     sets one of them as a class attribute updates its tags accordingly.
 
@@ -193,9 +198,9 @@ class Unlearner:
     #: keyword arguments of :func:`unbake.training.fit` such as model and strategy_params,
     #: and ``model_params``: parameters to add to the caller's model (e.g. ``lora_rank``).
     suggested_original: ClassVar[dict[str, Any] | None] = None
-    _parameter_constraints: ClassVar[dict[str, list]] = {}
     #: The knobs ``unbake tune`` searches and their ranges; every edge of a range must
-    #: satisfy the knob's ``_parameter_constraints`` (checked when the class is defined).
+    #: satisfy the knob's declared constraints (checked when the class is defined). A
+    #: class that does not set its own keeps the inherited ranges of the knobs it declares.
     search_space: ClassVar[dict[str, Knob]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -217,20 +222,24 @@ class Unlearner:
         cls.tags = tags
         for flag in _LEGACY_FLAGS:
             setattr(cls, flag, getattr(tags, flag))
-        owner = cls.__dict__.get("name", cls.__name__)
+        if not hasattr(cls, "name"):
+            return  # a shared base (LoopUnlearner): each method checks its own ranges
+        if "search_space" not in cls.__dict__:  # inherited: the ranges of knobs it has
+            inherited = cls.search_space
+            cls.search_space = {
+                k: v for k, v in inherited.items() if k in cls._parameter_constraints
+            }
+        owner = cls.name
         for knob_name, knob in cls.search_space.items():
             if knob_name not in cls._parameter_constraints:
                 raise InvalidParameterError(
                     f"{owner} declares a search range for {knob_name!r}, which has no parameter "
-                    "constraint; declare it in _parameter_constraints first."
+                    "constraint; declare it as a hyperparameter field first."
                 )
             for edge in knob.endpoints():
                 validate_params(
                     {knob_name: edge}, cls._parameter_constraints, f"{owner} (search_space)"
                 )
-
-    def get_params(self) -> dict[str, Any]:
-        return get_params(self)
 
     def set_params(self, **params: Any) -> Unlearner:
         set_params(self, params, self.name)
@@ -295,10 +304,6 @@ class Unlearner:
     def _unlearn(self, task: UnlearnTask, seed: int) -> tuple[TrainedModel, dict[str, Any]]:
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
 
 #: Every unlearning method; packages add their own through the ``unbake.methods``
 #: entry-point group (an entry point whose module applies :func:`register_method`).
@@ -325,12 +330,14 @@ def copy_model(model: TrainedModel, *, device=None) -> TrainedModel:
     return new
 
 
-#: Shared constraints of the gradient-based methods.
-GRADIENT_CONSTRAINTS: dict[str, list] = {
-    "epochs": [Interval(int, 0, None, closed="left")],
-    "lr": [Interval(float, 0, None, closed="neither")],
-    "batch_size": [Interval(int, 1, None, closed="left")],
-}
+#: The hyperparameters of the gradient-based methods, each method with its own default.
+EPOCHS = Hyperparameter(
+    "Passes over the data its steps walk (0: no step).", [Interval(int, 0, None, closed="left")]
+)
+LR = Hyperparameter(
+    "Learning rate of its optimiser steps.", [Interval(float, 0, None, closed="neither")]
+)
+BATCH_SIZE = Hyperparameter("Rows per batch.", [Interval(int, 1, None, closed="left")])
 
 
 def gradient_config(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from unbake._validation import Interval
+from unbake._validation import Interval, hyperparameter
 from unbake.methods._blocks import diag_fisher
 from unbake.methods.base import (
     RETAIN_SAMPLES,
@@ -30,9 +30,7 @@ class FisherForgetting(Unlearner):
 
     Weights the retain set does not need (small F) get large noise, those it relies on
     almost none. When to use: class-wise forgetting, where whole units serve only the
-    forgotten class. It does not help on random forgetting: the forget samples share the
-    retain set's weights, so noise that spares the retain set spares them too. Cost: one
-    per-sample gradient pass over the retain rows read (no training).
+    forgotten class.
     """
 
     name = "fisher"
@@ -41,19 +39,19 @@ class FisherForgetting(Unlearner):
         limits="random forgetting (forget and retain share their weights); on class-wise "
         "forgetting, noise large enough to forget also costs retain accuracy",
     )
-    _parameter_constraints = {
-        "alpha": [Interval(float, 0, None, closed="neither")],
-        "cap": [Interval(float, 0, None, closed="neither")],
-        "retain_samples": RETAIN_SAMPLES,
-    }
     search_space = {"alpha": Knob(1e-9, 1e-4, log=True), "retain_samples": RETAIN_SAMPLES_KNOB}
 
-    def __init__(
-        self, *, alpha: float = 1e-6, cap: float = 1e4, retain_samples: int | None = None
-    ) -> None:
-        self.alpha = alpha
-        self.cap = cap
-        self.retain_samples = retain_samples
+    alpha: float = hyperparameter(
+        1e-6,
+        help="Scale α of the noise variance.",
+        constraints=[Interval(float, 0, None, closed="neither")],
+    )
+    cap: float = hyperparameter(
+        1e4,
+        help="Cap on the inverse Fisher 1/(F + ε) before scaling.",
+        constraints=[Interval(float, 0, None, closed="neither")],
+    )
+    retain_samples: int | None = RETAIN_SAMPLES(None)
 
     def _unlearn(self, task: UnlearnTask, seed: int):
         model = copy_model(task.original, device=resolve_device(task.device))

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from unbake._validation import Interval
+from unbake._validation import Interval, hyperparameter
 from unbake.methods._blocks import LoopUnlearner, ce
-from unbake.methods.base import Knob, MethodTags, register_method
+from unbake.methods.base import (
+    BATCH_SIZE,
+    EPOCHS,
+    LR,
+    RETAIN_SAMPLES,
+    Knob,
+    MethodTags,
+    register_method,
+)
 from unbake.training.loop import Phase
 
 
@@ -17,9 +25,7 @@ class Finetune(LoopUnlearner):
 
         for epoch in 1..epochs, for each retain batch B_r:  θ ← θ − η ∇ℓ(B_r)
 
-    When to use: a baseline. It forgets only what more training on the retain set happens
-    to overwrite, so on a memorised forget set it barely moves. Cost: ``epochs`` passes
-    over the ``retain_samples`` retain rows (all by default).
+    When to use: a baseline.
     """
 
     name = "finetune"
@@ -29,18 +35,10 @@ class Finetune(LoopUnlearner):
         limits="does not target the forget set; forgets only what further training overwrites",
     )
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 3,
-        lr: float = 5e-3,
-        batch_size: int = 64,
-        retain_samples: int | None = None,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.retain_samples = retain_samples
+    epochs: int = EPOCHS(3)
+    lr: float = LR(5e-3)
+    batch_size: int = BATCH_SIZE(64)
+    retain_samples: int | None = RETAIN_SAMPLES(None)
 
     def _phases(self, task, model, seed):
         return [Phase("retain", lambda m, got, _: ce(m, got["retain"]), epochs=self.epochs)], []
@@ -57,14 +55,9 @@ class NegGrad(LoopUnlearner):
         seeded shuffle:  θ ← θ + η ∇ℓ(B_f)
 
     When to use: when no retain data is available (it reads none). The loss it climbs
-    has no top, so it overshoots easily and drags the retain accuracy down with it: with
-    Adam every step moves each weight by about ``lr`` in the same direction, and on
-    Fashion-MNIST's cnn one whole pass over a class (85 batches) at lr 1.6e-4 left the
-    model 39.7 points from retraining, further than doing nothing (32.8; the first class
-    study in ``benchmarks/tuning``'s history). ``max_steps`` caps the batches of each
-    pass (default: all); keep it, ``epochs`` and ``lr`` small, and prefer
-    ``neggrad_plus`` when retain data exists. Cost: at most ``epochs`` × ``max_steps``
-    forget batches.
+    has no top, and with Adam every step moves each weight by about ``lr`` in the same
+    direction, so ``max_steps`` caps the batches of each pass; keep it, ``epochs`` and
+    ``lr`` small, and prefer ``neggrad_plus`` when retain data exists.
     """
 
     name = "neggrad"
@@ -74,28 +67,20 @@ class NegGrad(LoopUnlearner):
         limits="overshoots on random forgetting: with defaults set for class-wise "
         "forgetting it drags retain and test accuracy down",
     )
-    _parameter_constraints = {
-        **{k: v for k, v in LoopUnlearner._parameter_constraints.items() if k != "retain_samples"},
-        "max_steps": [Interval(int, 1, None, closed="left"), None],
-    }
     search_space = {
         "epochs": Knob(1, 5),
         "lr": Knob(3e-6, 3e-4, log=True),
         "max_steps": Knob(1, 64, log=True),
     }
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 4,
-        lr: float = 3e-4,
-        batch_size: int = 64,
-        max_steps: int | None = None,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.max_steps = max_steps
+    epochs: int = EPOCHS(4)
+    lr: float = LR(3e-4)
+    batch_size: int = BATCH_SIZE(64)
+    max_steps: int | None = hyperparameter(
+        None,
+        help="Forget batches per pass, from a seeded shuffle (None: all of them).",
+        constraints=[Interval(int, 1, None, closed="left"), None],
+    )
 
     def _phases(self, task, model, seed):
         ascent = Phase(

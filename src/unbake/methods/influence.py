@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from unbake._budget import check_time_budget
-from unbake._validation import Interval, Options
+from unbake._validation import Interval, Options, hyperparameter
 from unbake.exceptions import (
     InvalidParameterError,
     NotPositiveDefiniteError,
@@ -89,17 +89,8 @@ class InfluenceNewton(Unlearner):
     where the loss is convex and the cost small. Approximate: no guarantee for deep
     networks, so it is measured against retraining.
 
-    Where it does not help: random forgetting on deep networks *at its default damping*.
-    A memorised sample's trace lives in the hidden layers, which a head-only step does
-    not touch, and a first-order step from a near-zero-gradient optimum is small: on the
-    certified benchmark's MLP its avg gap equals doing nothing's (1.19 against 1.19).
-    Tuned on the Fashion-MNIST ``cnn`` (``benchmarks/tuning/influence-random.json``: CG at
-    damping 1.2e-4, a larger step) it reaches 0.68 against doing nothing's 1.03 on
-    validation, but on test over the approximate benchmark's three seeds only 1.04 ± 0.23
-    against 1.10: within its own spread. On class-wise forgetting it closes most of the
-    gap (4.2 from 33.4 in the benchmark) but costs 5.3 points of test accuracy and stays
-    further from retraining than ``random_label`` or ``salun``. It suits convex or
-    linear-head models best.
+    When to use: convex or linear-head models. A memorised sample's trace lives in the
+    hidden layers, which a head-only step does not touch.
     """
 
     name = "influence"
@@ -110,35 +101,43 @@ class InfluenceNewton(Unlearner):
         "default damping, within its spread of it tuned); partial on class-wise, at "
         "5 points of test accuracy",
     )
-    _parameter_constraints = {
-        "solver": [Options({"cg", "lissa"})],
-        "params": [Options({"all", "head"})],
-        "damping": [Interval(float, 0, None, closed="left")],
-        "hessian_samples": [Interval(int, 1, None, closed="left"), None],
-        "iterations": [Interval(int, 1, None, closed="left")],
-        "batch_size": [Interval(int, 1, None, closed="left")],
-        "scale": [Interval(float, 0, None, closed="neither"), None],
-    }
     search_space = {"damping": Knob(1e-4, 1.0, log=True), "solver": Knob(choices=("cg", "lissa"))}
 
-    def __init__(
-        self,
-        *,
-        solver: str = "cg",
-        params: str = "head",
-        damping: float = 0.01,
-        hessian_samples: int | None = 2048,
-        iterations: int = 100,
-        batch_size: int = 256,
-        scale: float | None = None,
-    ) -> None:
-        self.solver = solver
-        self.params = params
-        self.damping = damping
-        self.hessian_samples = hessian_samples
-        self.iterations = iterations
-        self.batch_size = batch_size
-        self.scale = scale
+    solver: str = hyperparameter(
+        "cg",
+        help="How (H_r + λI)⁻¹g is solved: conjugate gradient or LiSSA.",
+        constraints=[Options({"cg", "lissa"})],
+    )
+    params: str = hyperparameter(
+        "head",
+        help="The parameters the step moves: all trainable ones, or the last layer's.",
+        constraints=[Options({"all", "head"})],
+    )
+    damping: float = hyperparameter(
+        0.01,
+        help="Damping added to the Hessian's diagonal (besides the original's weight decay).",
+        constraints=[Interval(float, 0, None, closed="left")],
+    )
+    hessian_samples: int | None = hyperparameter(
+        2048,
+        help="Seeded retain rows the Hessian is taken on (None: all of them).",
+        constraints=[Interval(int, 1, None, closed="left"), None],
+    )
+    iterations: int = hyperparameter(
+        100,
+        help="The CG iteration cap, or LiSSA's recursion depth.",
+        constraints=[Interval(int, 1, None, closed="left")],
+    )
+    batch_size: int = hyperparameter(
+        256,
+        help="Rows per LiSSA minibatch.",
+        constraints=[Interval(int, 1, None, closed="left")],
+    )
+    scale: float | None = hyperparameter(
+        None,
+        help="LiSSA's scale (None: estimated by power iteration).",
+        constraints=[Interval(float, 0, None, closed="neither"), None],
+    )
 
     def _unlearn(self, task: UnlearnTask, seed: int):
         device = resolve_device(task.device)

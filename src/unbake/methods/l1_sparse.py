@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from unbake._validation import Interval
+from unbake._validation import Interval, hyperparameter
 from unbake.methods._blocks import LoopUnlearner, ce
-from unbake.methods.base import Knob, MethodTags, register_method
+from unbake.methods.base import (
+    BATCH_SIZE,
+    EPOCHS,
+    LR,
+    RETAIN_SAMPLES,
+    Knob,
+    MethodTags,
+    register_method,
+)
 from unbake.training.loop import Phase
 
 
@@ -18,33 +26,24 @@ class L1Sparse(LoopUnlearner):
             θ ← θ − η ∇[ ℓ(B_r) + γ_t · ‖θ‖₁ ]
 
     When to use: when fine-tuning alone forgets too little; sparsity shrinks the weights
-    that only the forget set used. Cost: ``epochs`` passes over the ``retain_samples`` retain rows (all by default).
+    that only the forget set used.
     """
 
     name = "l1_sparse"
     tags = MethodTags(
         reads=("retain",), cost="`epochs` passes over the `retain_samples` retain rows"
     )
-    _parameter_constraints = {
-        **LoopUnlearner._parameter_constraints,
-        "gamma": [Interval(float, 0, None, closed="left")],
-    }
     search_space = {**LoopUnlearner.search_space, "gamma": Knob(1e-5, 1e-2, log=True)}
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 5,
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        retain_samples: int | None = None,
-        gamma: float = 2e-3,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.retain_samples = retain_samples
-        self.gamma = gamma
+    epochs: int = EPOCHS(5)
+    lr: float = LR(1e-3)
+    batch_size: int = BATCH_SIZE(64)
+    retain_samples: int | None = RETAIN_SAMPLES(None)
+    gamma: float = hyperparameter(
+        2e-3,
+        help="Starting strength γ of the ℓ1 penalty, decayed linearly to 0.",
+        constraints=[Interval(float, 0, None, closed="left")],
+    )
 
     def _phases(self, task, model, seed):
         total = self.epochs * -(-len(task.retain) // self.batch_size)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from unbake.methods._lm import LMUnlearner, lm_tags, retain_nll
-from unbake.methods.base import register_method
+from unbake.methods._lm import RETAIN_WEIGHT, LMUnlearner, lm_tags, retain_nll
+from unbake.methods.base import BATCH_SIZE, EPOCHS, LR, register_method
 from unbake.training.lm import lm_loss
 from unbake.training.loop import Phase
 
@@ -17,7 +17,7 @@ class LLMGradientAscent(LMUnlearner):
 
         for each forget batch B_f:  θ ← θ + η ∇ CE(answers of B_f)
 
-    It diverges if run long: the loss is unbounded, so keep ``epochs`` and ``lr`` small.
+    Keep ``epochs`` and ``lr`` small.
     """
 
     name = "llm_ga"
@@ -27,10 +27,9 @@ class LLMGradientAscent(LMUnlearner):
         limits="unbounded loss: run long, it destroys the model's fluency",
     )
 
-    def __init__(self, *, epochs: int = 2, lr: float = 1e-4, batch_size: int = 8) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
+    epochs: int = EPOCHS(2)
+    lr: float = LR(1e-4)
+    batch_size: int = BATCH_SIZE(8)
 
     def _phases(self, task, model, seed):
         return [Phase("forget", lambda m, got, _: -lm_loss(m, *got["forget"]), self.epochs)], []
@@ -50,13 +49,10 @@ class LLMGradDiff(LMUnlearner):
     name = "llm_graddiff"
     tags = lm_tags(cost="`epochs` passes over the forget set, each paired with retain batches")
 
-    def __init__(
-        self, *, epochs: int = 2, lr: float = 1e-4, batch_size: int = 8, retain_weight: float = 1.0
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.retain_weight = retain_weight
+    epochs: int = EPOCHS(2)
+    lr: float = LR(1e-4)
+    batch_size: int = BATCH_SIZE(8)
+    retain_weight: float = RETAIN_WEIGHT(1.0)
 
     def _phases(self, task, model, seed):
         def step(m, got, _):

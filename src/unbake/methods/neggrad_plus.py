@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from unbake._validation import Interval
+from unbake._validation import Interval, hyperparameter
 from unbake.methods._blocks import LoopUnlearner, ce
-from unbake.methods.base import Knob, MethodTags, register_method
+from unbake.methods.base import (
+    BATCH_SIZE,
+    EPOCHS,
+    LR,
+    RETAIN_SAMPLES,
+    Knob,
+    MethodTags,
+    register_method,
+)
 from unbake.training.loop import Phase
 
 
@@ -17,34 +25,24 @@ class NegGradPlus(LoopUnlearner):
 
     When to use: the first method to try when retain data exists; tuned with the same
     budget as the rest it is a strong baseline (Cadet et al., "Deep Unlearn", 2024).
-    ``beta`` trades keeping (retain) against forgetting (forget). Cost: ``epochs`` passes
-    over the ``retain_samples`` retain rows (all by default), each with one forget batch too.
+    ``beta`` trades keeping (retain) against forgetting (forget).
     """
 
     name = "neggrad_plus"
     tags = MethodTags(
         cost="`epochs` passes over the `retain_samples` retain rows (plus one forget batch a step)"
     )
-    _parameter_constraints = {
-        **LoopUnlearner._parameter_constraints,
-        "beta": [Interval(float, 0, 1, closed="both")],
-    }
     search_space = {**LoopUnlearner.search_space, "beta": Knob(0.8, 1.0)}
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 2,
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        retain_samples: int | None = None,
-        beta: float = 0.98,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.retain_samples = retain_samples
-        self.beta = beta
+    epochs: int = EPOCHS(2)
+    lr: float = LR(1e-3)
+    batch_size: int = BATCH_SIZE(64)
+    retain_samples: int | None = RETAIN_SAMPLES(None)
+    beta: float = hyperparameter(
+        0.98,
+        help="Weight β of the retain loss; the forget loss gets 1 − β.",
+        constraints=[Interval(float, 0, 1, closed="both")],
+    )
 
     def _phases(self, task, model, seed):
         def step(m, got, _):

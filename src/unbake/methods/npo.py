@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from unbake._validation import hyperparameter
 from unbake.methods._blocks import frozen_teacher
 from unbake.methods._lm import (
+    BETA,
     PreferenceUnlearner,
     lm_tags,
     log_likelihood,
@@ -60,20 +62,10 @@ class SimNPO(PreferenceUnlearner):
     name = "simnpo"
     tags = lm_tags(cost=_COST)
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 2,
-        lr: float = 1e-4,
-        batch_size: int = 8,
-        beta: float = 2.5,
-        gamma: float = 0.0,
-        retain_weight: float = 1.0,
-    ) -> None:
-        super().__init__(
-            epochs=epochs, lr=lr, batch_size=batch_size, beta=beta, retain_weight=retain_weight
-        )
-        self.gamma = gamma
+    beta: float = BETA(2.5)
+    gamma: float = hyperparameter(
+        0.0, help="Reward margin γ subtracted inside the log-sigmoid.", constraints=[float]
+    )
 
     def _phases(self, task, model, seed):
         def step(m, got, _):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unbake.methods._blocks import LoopUnlearner, ce, random_wrong_labels
-from unbake.methods.base import MethodTags, register_method
+from unbake.methods.base import BATCH_SIZE, EPOCHS, LR, RETAIN_SAMPLES, MethodTags, register_method
 from unbake.training.loop import Phase
 
 
@@ -17,27 +17,19 @@ class RandomLabel(LoopUnlearner):
             θ ← θ − η ∇[ ℓ(B_r) + ℓ(x_f, ỹ_f) ]
 
     When to use: class-wise forgetting, where the retrained model should answer anything
-    but the forgotten label; on random forgetting it pushes the forget set below the test
-    accuracy. Cost: ``epochs`` passes over the ``retain_samples`` retain rows (all by default), each step with one forget batch.
+    but the forgotten label.
     """
 
     name = "random_label"
     tags = MethodTags(
-        cost="`epochs` passes over the `retain_samples` retain rows (plus one forget batch a step)"
+        cost="`epochs` passes over the `retain_samples` retain rows (plus one forget batch a step)",
+        limits="random forgetting: it pushes the forget set below the test accuracy",
     )
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 2,
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        retain_samples: int | None = None,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.retain_samples = retain_samples
+    epochs: int = EPOCHS(2)
+    lr: float = LR(1e-3)
+    batch_size: int = BATCH_SIZE(64)
+    retain_samples: int | None = RETAIN_SAMPLES(None)
 
     def _phases(self, task, model, seed):
         n_classes = model.n_classes

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import torch
 
-from unbake._validation import Interval
-from unbake.methods._blocks import LoopUnlearner, ce, frozen_teacher, kl_distill, reinitialised
-from unbake.methods.base import Knob, MethodTags, register_method
+from unbake._validation import Interval, hyperparameter
+from unbake.methods._blocks import (
+    TEMPERATURE,
+    LoopUnlearner,
+    ce,
+    frozen_teacher,
+    kl_distill,
+    reinitialised,
+)
+from unbake.methods.base import (
+    BATCH_SIZE,
+    EPOCHS,
+    LR,
+    RETAIN_SAMPLES,
+    Knob,
+    MethodTags,
+    register_method,
+)
 from unbake.training.loop import Phase
 
 
@@ -24,8 +39,7 @@ class ResetDistill(LoopUnlearner):
 
     KL at temperature ``temperature``. When to use: when the forget set must lose what
     the reset weights carried and the retain behaviour can be re-learned from the original;
-    it never reads the forget set. Cost: ``epochs`` passes over the ``retain_samples`` retain rows (all by default) with a
-    teacher forward pass per step.
+    it never reads the forget set.
     """
 
     name = "reset_distill"
@@ -33,33 +47,22 @@ class ResetDistill(LoopUnlearner):
         reads=("retain",),
         cost="`epochs` passes over the `retain_samples` retain rows, a teacher forward pass per step",
     )
-    _parameter_constraints = {
-        **LoopUnlearner._parameter_constraints,
-        "reset_fraction": [Interval(float, 0, 1, closed="both")],
-        "temperature": [Interval(float, 0, None, closed="neither")],
-    }
     search_space = {
         **LoopUnlearner.search_space,
         "reset_fraction": Knob(0.05, 0.6),
         "temperature": Knob(1.0, 4.0),
     }
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 3,
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        retain_samples: int | None = None,
-        reset_fraction: float = 0.3,
-        temperature: float = 2.0,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.retain_samples = retain_samples
-        self.reset_fraction = reset_fraction
-        self.temperature = temperature
+    epochs: int = EPOCHS(3)
+    lr: float = LR(1e-3)
+    batch_size: int = BATCH_SIZE(64)
+    retain_samples: int | None = RETAIN_SAMPLES(None)
+    reset_fraction: float = hyperparameter(
+        0.3,
+        help="Share of each weight tensor outside the head re-initialised (the head: all).",
+        constraints=[Interval(float, 0, 1, closed="both")],
+    )
+    temperature: float = TEMPERATURE(2.0)
 
     def _phases(self, task, model, seed):
         module = model.module

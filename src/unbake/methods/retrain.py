@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unbake._validation import Interval
+from unbake._validation import Interval, hyperparameter
 from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, register_method
 
 
@@ -11,8 +11,7 @@ class Retrain(Unlearner):
     """Train the original's architecture, strategy and config from scratch on the retain set.
 
     With the original seed the result is bitwise the model that would have been trained
-    had the forget set never existed, so it is *exact* by construction. Cost: a full
-    training run.
+    had the forget set never existed, so it is *exact* by construction.
     """
 
     name = "retrain"
@@ -22,10 +21,12 @@ class Retrain(Unlearner):
         cost="a full training run on the retain set",
         inputs=("arrays", "text"),
     )
-    _parameter_constraints = {"epochs": [Interval(int, 0, None, closed="left"), None]}
 
-    def __init__(self, *, epochs: int | None = None) -> None:
-        self.epochs = epochs
+    epochs: int | None = hyperparameter(
+        None,
+        help="Training epochs (None: the original's; any other value is no longer exact).",
+        constraints=[Interval(int, 0, None, closed="left"), None],
+    )
 
     def _unlearn(self, task: UnlearnTask, seed: int):
         original = task.original

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unbake._validation import Interval
+from unbake._validation import Interval, hyperparameter
 from unbake.methods._blocks import frozen_teacher
-from unbake.methods._lm import LMUnlearner, lm_tags
-from unbake.methods.base import register_method
+from unbake.methods._lm import RETAIN_WEIGHT, LMUnlearner, lm_tags
+from unbake.methods.base import BATCH_SIZE, EPOCHS, LR, register_method
 from unbake.training.loop import Phase
 
 __all__ = ["RMU"]
@@ -38,28 +38,21 @@ class RMU(LMUnlearner):
 
     name = "rmu"
     tags = lm_tags(cost="`epochs` passes over the forget set, each paired with retain batches")
-    _parameter_constraints = {
-        **LMUnlearner._parameter_constraints,
-        "layer": [Interval(int, 0, None, closed="left")],
-        "steering": [Interval(float, 0, None, closed="neither")],
-    }
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 2,
-        lr: float = 1e-4,
-        batch_size: int = 8,
-        layer: int = 0,
-        steering: float = 6.5,
-        retain_weight: float = 1.0,
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.layer = layer
-        self.steering = steering
-        self.retain_weight = retain_weight
+    epochs: int = EPOCHS(2)
+    lr: float = LR(1e-4)
+    batch_size: int = BATCH_SIZE(8)
+    layer: int = hyperparameter(
+        0,
+        help="The layer whose activations are steered, counting from 1 (0: the middle one).",
+        constraints=[Interval(int, 0, None, closed="left")],
+    )
+    steering: float = hyperparameter(
+        6.5,
+        help="Length c of the random direction the forget activations are pushed to.",
+        constraints=[Interval(float, 0, None, closed="neither")],
+    )
+    retain_weight: float = RETAIN_WEIGHT(1.0)
 
     def _phases(self, task, model, seed):
         config = model.module.config

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unbake._validation import Interval
+from unbake._validation import Interval, hyperparameter
 from unbake.methods._blocks import GradientMask, saliency_mask
 from unbake.methods.base import Knob, MethodTags, register_method
 from unbake.methods.random_label import RandomLabel
@@ -19,31 +19,20 @@ class SalUn(RandomLabel):
         their values and optimiser state
 
     When to use: the default for deep networks when retain data exists; touching only the
-    salient weights keeps retain and test accuracy close to the original. Cost: one
-    gradient over the forget set, then ``epochs`` passes over the ``retain_samples`` retain rows (all by default).
+    salient weights keeps retain and test accuracy close to the original.
     """
 
     name = "salun"
     tags = MethodTags(
         cost="one gradient over the forget set, then `epochs` passes over the `retain_samples` retain rows"
     )
-    _parameter_constraints = {
-        **RandomLabel._parameter_constraints,
-        "fraction": [Interval(float, 0, 1, closed="right")],
-    }
     search_space = {**RandomLabel.search_space, "fraction": Knob(0.1, 0.9)}
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 2,
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        retain_samples: int | None = None,
-        fraction: float = 0.5,
-    ) -> None:
-        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, retain_samples=retain_samples)
-        self.fraction = fraction
+    fraction: float = hyperparameter(
+        0.5,
+        help="Share of the weights, largest forget-loss gradient first, that updates may change.",
+        constraints=[Interval(float, 0, 1, closed="right")],
+    )
 
     def _phases(self, task, model, seed):
         phases, _ = super()._phases(task, model, seed)

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from unbake._validation import Interval, Options
-from unbake.methods._blocks import LoopUnlearner, ce, frozen_teacher, kl_distill, perturb_
-from unbake.methods.base import Knob, MethodTags, register_method
+from unbake._validation import Interval, Options, hyperparameter
+from unbake.methods._blocks import (
+    TEMPERATURE,
+    LoopUnlearner,
+    ce,
+    frozen_teacher,
+    kl_distill,
+    perturb_,
+)
+from unbake.methods.base import (
+    BATCH_SIZE,
+    EPOCHS,
+    LR,
+    RETAIN_SAMPLES,
+    Knob,
+    MethodTags,
+    register_method,
+)
 from unbake.training.loop import Phase
 
 
@@ -50,9 +65,7 @@ class SCRUB(LoopUnlearner):
     against 128). KL at temperature ``temperature``.
 
     When to use: when the forget set should look like unseen data while retain
-    behaviour stays the teacher's. Cost: a teacher forward pass per step, at most
-    ``max_steps`` forget batches in each of the first ``max_epochs`` epochs, and
-    ``epochs`` passes over the ``retain_samples`` retain rows.
+    behaviour stays the teacher's.
     """
 
     name = "scrub"
@@ -60,17 +73,6 @@ class SCRUB(LoopUnlearner):
         cost="`epochs` passes over the `retain_samples` retain rows and at most `max_steps` "
         "forget batches in each of the first `max_epochs`, with a teacher forward pass per step"
     )
-    _parameter_constraints = {
-        **LoopUnlearner._parameter_constraints,
-        "max_epochs": [Interval(int, 0, None, closed="left")],
-        "alpha": [Interval(float, 0, None, closed="left")],
-        "gamma": [Interval(float, 0, None, closed="left")],
-        "temperature": [Interval(float, 0, None, closed="neither")],
-        "init_noise": [Interval(float, 0, None, closed="left")],
-        "forget_batch_size": [Interval(int, 1, None, closed="left")],
-        "max_steps": [Interval(int, 1, None, closed="left"), None],
-        "optimizer": [Options({"adam", "sgd"})],
-    }
     search_space = {
         **LoopUnlearner.search_space,
         "max_epochs": Knob(1, 4),
@@ -81,34 +83,44 @@ class SCRUB(LoopUnlearner):
         "max_steps": Knob(1, 8, log=True),
     }
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 5,
-        max_epochs: int = 2,
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        retain_samples: int | None = None,
-        alpha: float = 1.0,
-        gamma: float = 1.0,
-        temperature: float = 2.0,
-        init_noise: float = 1e-3,
-        forget_batch_size: int = 16,
-        max_steps: int | None = 8,
-        optimizer: str = "adam",
-    ) -> None:
-        self.epochs = epochs
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.retain_samples = retain_samples
-        self.alpha = alpha
-        self.gamma = gamma
-        self.temperature = temperature
-        self.init_noise = init_noise
-        self.forget_batch_size = forget_batch_size
-        self.max_steps = max_steps
-        self.optimizer = optimizer
+    epochs: int = EPOCHS(5)
+    max_epochs: int = hyperparameter(
+        2,
+        help="The first epochs that run max steps on the forget set.",
+        constraints=[Interval(int, 0, None, closed="left")],
+    )
+    lr: float = LR(1e-3)
+    batch_size: int = BATCH_SIZE(64)
+    retain_samples: int | None = RETAIN_SAMPLES(None)
+    alpha: float = hyperparameter(
+        1.0,
+        help="Weight α of the KL to the teacher in the min steps.",
+        constraints=[Interval(float, 0, None, closed="left")],
+    )
+    gamma: float = hyperparameter(
+        1.0,
+        help="Weight γ of the retain cross-entropy in the min steps.",
+        constraints=[Interval(float, 0, None, closed="left")],
+    )
+    temperature: float = TEMPERATURE(2.0)
+    init_noise: float = hyperparameter(
+        1e-3,
+        help="Relative size ε of the seeded noise the student starts with (0: none).",
+        constraints=[Interval(float, 0, None, closed="left")],
+    )
+    forget_batch_size: int = hyperparameter(
+        16,
+        help="Rows per forget batch of the max steps.",
+        constraints=[Interval(int, 1, None, closed="left")],
+    )
+    max_steps: int | None = hyperparameter(
+        8,
+        help="Forget batches per max epoch, a fresh seeded draw each (None: all of them).",
+        constraints=[Interval(int, 1, None, closed="left"), None],
+    )
+    optimizer: str = hyperparameter(
+        "adam", help="The optimiser its steps run with.", constraints=[Options({"adam", "sgd"})]
+    )
 
     def _phases(self, task, model, seed):
         teacher = frozen_teacher(model.module)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from unbake._validation import Interval
+from unbake._validation import Interval, hyperparameter
 from unbake.methods._blocks import diag_fisher
 from unbake.methods.base import (
     RETAIN_SAMPLES,
@@ -32,8 +32,7 @@ class SSD(Unlearner):
     them when ``None``), only to estimate I_D; it takes no gradient step, so it needs no
     retain data beyond that importance estimate, which depends only on the original model
     and could be computed once at training time. When to use: retraining-free, in seconds,
-    when a one-shot edit is enough. Cost: one per-sample gradient pass over the forget
-    set and the retain rows read.
+    when a one-shot edit is enough.
     """
 
     name = "ssd"
@@ -41,23 +40,23 @@ class SSD(Unlearner):
         cost="per-sample gradients over the forget set and the retain rows read (no training)",
         limits="reads retain data only for the importance estimate over D",
     )
-    _parameter_constraints = {
-        "alpha": [Interval(float, 0, None, closed="neither")],
-        "dampening": [Interval(float, 0, None, closed="neither")],
-        "retain_samples": RETAIN_SAMPLES,
-    }
     search_space = {
         "alpha": Knob(1.0, 50.0, log=True),
         "dampening": Knob(0.1, 2.0, log=True),
         "retain_samples": RETAIN_SAMPLES_KNOB,
     }
 
-    def __init__(
-        self, *, alpha: float = 5.0, dampening: float = 0.5, retain_samples: int | None = None
-    ) -> None:
-        self.alpha = alpha
-        self.dampening = dampening
-        self.retain_samples = retain_samples
+    alpha: float = hyperparameter(
+        5.0,
+        help="Selection threshold α: a weight is dampened when I_f > α·I_D.",
+        constraints=[Interval(float, 0, None, closed="neither")],
+    )
+    dampening: float = hyperparameter(
+        0.5,
+        help="Dampening λ: a selected weight is scaled by min(λ·I_D / I_f, 1).",
+        constraints=[Interval(float, 0, None, closed="neither")],
+    )
+    retain_samples: int | None = RETAIN_SAMPLES(None)
 
     def _unlearn(self, task: UnlearnTask, seed: int):
         model = copy_model(task.original, device=resolve_device(task.device))

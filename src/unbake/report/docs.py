@@ -1,9 +1,11 @@
 """The documentation's generated pages: results from ``benchmarks/results/*.json`` and the
-methods table from the method registry's tags.
+methods table from the method registry's tags and hyperparameter declarations.
 
 Nothing here retypes a figure: a results page is ``unbake report``'s Markdown of one
 committed JSON (:func:`~unbake.report.render.render_markdown`), and the methods table is
-built from each registered method's :class:`~unbake.methods.base.MethodTags`. The MkDocs
+built from each registered method's :class:`~unbake.methods.base.MethodTags` and its
+declared hyperparameters (:func:`unbake._validation.parameters`), as ``unbake methods``
+prints them. The MkDocs
 hook ``docs/hooks.py`` adds these pages to the site at build time.
 
 >>> page = results_page({"benchmark": "x", "dataset": "d", "rows": [{"a": 1.5}], "summary": {}})
@@ -18,7 +20,13 @@ from pathlib import Path
 
 from unbake.report.render import load_result, render_markdown
 
-__all__ = ["methods_table", "results_index", "results_page", "results_pages"]
+__all__ = [
+    "methods_table",
+    "parameters_table",
+    "results_index",
+    "results_page",
+    "results_pages",
+]
 
 #: Where a results page lives in the site, under the docs folder.
 RESULTS_DIR = "results"
@@ -78,7 +86,8 @@ def _esc(text: str) -> str:
 
 
 def methods_table() -> str:
-    """The registered methods as a Markdown table, from their tags and docstrings."""
+    """The registered methods as a Markdown table, from their tags and docstrings, then
+    their parameters (:func:`parameters_table`)."""
     from unbake.methods import METHODS
 
     lines = [
@@ -100,11 +109,45 @@ def methods_table() -> str:
             tags.limits or "—",
         ]
         lines.append("| " + " | ".join(_esc(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n\n" + parameters_table()
+
+
+def parameters_table(kind: str = "method") -> str:
+    """Every registered method's (``kind="strategy"``: training strategy's)
+    hyperparameters as declared: default, allowed values and help, as ``unbake methods``
+    prints them.
+
+    >>> "| `retrain` | `epochs` | `None` | an int in [0, inf) or None |" in parameters_table()
+    True
+    >>> "| `sisa` | `shards` | `5` | an int in [1, inf) |" in parameters_table("strategy")
+    True
+    """
+    from unbake._validation import parameters
+    from unbake.methods import METHODS
+    from unbake.training import STRATEGIES
+
+    registry = {"method": METHODS, "strategy": STRATEGIES}[kind]
+    lines = [
+        f"| {kind} | parameter | default | allowed | what it sets |",
+        "|---|---|---|---|---|",
+    ]
+    for name in registry.available():
+        for i, p in enumerate(parameters(registry.get(name))):
+            cells = [
+                f"`{name}`" if i == 0 else "",
+                f"`{p['name']}`",
+                f"`{p['default']!r}`",
+                p["allowed"],
+                p["help"],
+            ]
+            lines.append("| " + " | ".join(_esc(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 #: Where a page asks for the generated methods table.
 METHODS_MARKER = "<!-- unbake: methods table -->"
+#: Where a page asks for the generated table of the training strategies' parameters.
+STRATEGIES_MARKER = "<!-- unbake: strategies table -->"
 
 
 # --- the MkDocs hook (mkdocs.yml: hooks: [src/unbake/report/docs.py]) ---------------------
@@ -121,7 +164,9 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    """Fill in the methods table where a page asks for it."""
+    """Fill in the methods table and the strategies' parameters where a page asks."""
     if METHODS_MARKER in markdown:
         markdown = markdown.replace(METHODS_MARKER, methods_table())
+    if STRATEGIES_MARKER in markdown:
+        markdown = markdown.replace(STRATEGIES_MARKER, parameters_table("strategy"))
     return markdown

@@ -8,7 +8,6 @@ Kept apart from the strategies themselves (:mod:`unbake.training.strategy`,
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -16,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from unbake._validation import validate_params
+from unbake._validation import Declared, get_params, set_params, validate_params
 from unbake.data import Samples
 from unbake.data.text import TextSamples
 from unbake.exceptions import InvalidParameterError
@@ -129,40 +128,18 @@ def differing_tensors(a: TrainedModel, b: TrainedModel) -> list[str]:
     return sorted(set(sa) ^ set(sb)) + [k for k in sa if k in sb and not torch.equal(sa[k], sb[k])]
 
 
-def get_params(obj: object) -> dict[str, Any]:
-    """The keyword-only constructor parameters of ``obj`` and their current values."""
-    sig = inspect.signature(type(obj).__init__)
-    return {
-        name: getattr(obj, name)
-        for name, p in sig.parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+class TrainingStrategy(Declared):
+    """Base class: constructor stores hyperparameters, ``fit`` trains, ``skeleton`` rebuilds.
 
-
-def set_params(obj: Any, params: dict[str, Any], owner: str) -> None:
-    """Set keyword-only constructor parameters on ``obj``; an unknown name raises clearly."""
-    known = get_params(obj)
-    for key, value in params.items():
-        if key not in known:
-            raise InvalidParameterError(
-                f"{owner} has no parameter {key!r}; its parameters are: "
-                f"{', '.join(known) or '(none)'}."
-            )
-        setattr(obj, key, value)
-
-
-class TrainingStrategy:
-    """Base class: constructor stores hyperparameters, ``fit`` trains, ``skeleton`` rebuilds."""
+    A strategy declares its hyperparameters as fields (:func:`~unbake._validation.hyperparameter`),
+    which give it its keyword-only constructor and its constraints.
+    """
 
     name: ClassVar[str]
-    _parameter_constraints: ClassVar[dict[str, list]] = {}
     #: The parameters that name a trained model in tables and logs (e.g. shards, slices).
     label_params: ClassVar[tuple[str, ...]] = ()
     #: What the trained module's ``forward`` returns (one of :data:`OUTPUT_KINDS`).
     output: ClassVar[str] = "logits"
-
-    def get_params(self) -> dict[str, Any]:
-        return get_params(self)
 
     def model_params(self) -> dict[str, Any]:
         """The parameters that define the model, as stored with it (default: all)."""

@@ -9,9 +9,7 @@ is in :mod:`unbake.training.base`.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from unbake._validation import Interval
+from unbake._validation import Interval, hyperparameter
 from unbake.data import TextSamples
 from unbake.exceptions import InvalidParameterError
 from unbake.models import build_model
@@ -26,18 +24,19 @@ __all__ = ["Monolithic"]
 class Monolithic(TrainingStrategy):
     """One model trained on all samples: the classic setting, and the retrain reference.
 
-    ``checkpoints=k`` (default 0) keeps ``k`` checkpoints spaced evenly over training,
-    with their learning rates, for the ``tracin`` detector
-    (:mod:`unbake.training.trajectory`); the weights are the same with or without them.
-    Given :class:`~unbake.data.TextSamples` and an ``hf:`` model, it fine-tunes the
+    ``checkpoints`` keeps that many checkpoints spaced evenly over training, with their
+    learning rates, for the ``tracin`` detector (:mod:`unbake.training.trajectory`); the
+    weights are the same with or without them. Given :class:`~unbake.data.TextSamples` and an ``hf:`` model, it fine-tunes the
     language model on the answers (:func:`unbake.training.lm.fit_causal_lm`).
     """
 
     name = "monolithic"
-    _parameter_constraints: ClassVar[dict[str, list]] = {"checkpoints": [Interval(int, 0, None)]}
 
-    def __init__(self, *, checkpoints: int = 0) -> None:
-        self.checkpoints = checkpoints
+    checkpoints: int = hyperparameter(
+        0,
+        help="Training checkpoints kept, spaced evenly, for the tracin detector (0: none).",
+        constraints=[Interval(int, 0, None)],
+    )
 
     def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
         self.validate()

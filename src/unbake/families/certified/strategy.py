@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unbake._validation import declared, hyperparameter
+from unbake._validation import hyperparameter
 from unbake.exceptions import InvalidParameterError, UnsupportedModelError
 from unbake.families.certified.estimator import (
     CertifiedLinear,
@@ -35,7 +35,6 @@ __all__ = ["CertifiedStrategy", "convex_spec_or_raise", "to_trained_model"]
 
 
 @STRATEGIES.register("certified")
-@declared
 class CertifiedStrategy(CertifiedParams, TrainingStrategy):
     """Certified-removal logistic regression on raw features or a frozen extractor.
 

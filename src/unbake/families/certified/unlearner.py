@@ -41,9 +41,6 @@ class CertifiedRemoval(Unlearner):
         "strategy_params": {"lam": 1e-2, "sigma": 5.0},
     }
 
-    def __init__(self) -> None:
-        pass
-
     def _unlearn(self, task: UnlearnTask, seed: int) -> tuple[TrainedModel, dict[str, Any]]:
         original = task.original
         strategy = original.make_strategy()

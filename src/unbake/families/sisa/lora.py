@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unbake._validation import fixed
 from unbake.data import Samples
 from unbake.exceptions import InvalidParameterError, UnsupportedModelError
 from unbake.families.sisa.strategy import SISA, ShardRecipe
@@ -189,43 +190,15 @@ class SISALoRA(SISA):
     lora_rank=R``). Predictions are the mean of the adapters' next-token probabilities
     (:class:`LoRAEnsemble`).
 
-    Parameters
-    ----------
-    shards, slices:
-        S disjoint shards, each cut into R slices trained incrementally.
-    assignment:
-        ``"subject"`` (default): all of one person's rows share a shard and a slice, so
-        forgetting a person retrains one adapter. ``"hash"``: each row by its own ID.
-    backend, workers, ray_address:
-        Where shards train (see :mod:`unbake.backends`); never change the weights.
+    Its hyperparameters are :class:`~unbake.families.sisa.strategy.SISA`'s, less
+    ``aggregation``. With ``assignment="subject"`` (the default) all of one person's rows
+    share a shard and a slice, so forgetting a person retrains one adapter.
     """
 
     name = "sisa_lora"
     recipe = LoRARecipe
-    #: SISA's, less ``aggregation`` (always the mean of the probabilities).
-    _parameter_constraints = {
-        k: v for k, v in SISA._parameter_constraints.items() if k != "aggregation"
-    }
-
-    def __init__(
-        self,
-        *,
-        shards: int = 5,
-        slices: int = 1,
-        assignment: str = "subject",
-        backend: str = "local",
-        workers: int = 1,
-        ray_address: str | None = None,
-    ) -> None:
-        super().__init__(
-            shards=shards,
-            slices=slices,
-            assignment=assignment,
-            aggregation="mean",
-            backend=backend,
-            workers=workers,
-            ray_address=ray_address,
-        )
+    #: SISA's hyperparameters, less ``aggregation``: always the mean of the probabilities.
+    aggregation: str = fixed("mean")
 
     def _check_kind(self, samples: Samples) -> None:
         if hasattr(samples, "X"):

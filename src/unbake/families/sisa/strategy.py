@@ -46,8 +46,8 @@ import torch
 from torch import nn
 
 from unbake._threads import pin_threads
-from unbake._validation import Interval, Options, validate_params
-from unbake.backends import backend_constraints, create_backend
+from unbake._validation import Interval, Options, hyperparameter
+from unbake.backends import BACKEND, RAY_ADDRESS, WORKERS, create_backend
 from unbake.data import Samples
 from unbake.exceptions import IntegrityError, InvalidParameterError
 from unbake.families.sisa.layout import ShardLayout, sample_keys, shard_seed, step_seed
@@ -203,19 +203,13 @@ class SISAEnsemble(nn.Module):
 class SISA(TrainingStrategy):
     """Sharded, isolated, sliced, aggregated training (Bourtoule et al., IEEE S&P 2021).
 
-    Parameters
-    ----------
-    shards, slices:
-        S disjoint shards, each cut into R slices trained incrementally.
-    assignment:
-        ``"subject"``: all of one subject's samples share a shard (and a slice), so
-        deleting a person touches one shard; samples without a subject use their ID.
-        ``"hash"``: each sample by its own ID.
-    aggregation:
-        ``"vote"`` (majority label) or ``"mean"`` (mean probability).
-    backend, workers, ray_address:
-        Where shards train (see :mod:`unbake.backends`). They change the wall time,
-        never the weights, and are not stored with the model.
+    S disjoint ``shards``, each cut into R ``slices`` trained incrementally. With
+    ``assignment="subject"`` all of one subject's samples share a shard (and a slice), so
+    deleting a person touches one shard; samples without a subject use their ID. The
+    execution options ``backend``, ``workers`` and ``ray_address`` (see
+    :mod:`unbake.backends`) change the wall time, never the weights, and are not stored
+    with the model. Each hyperparameter is declared once, as a field with its default,
+    allowed values and help; the docs' table of the strategies' parameters lists them.
     """
 
     name = "sisa"
@@ -223,40 +217,37 @@ class SISA(TrainingStrategy):
     output = "log_probs"  # SISAEnsemble aggregates the shards' log-probabilities
     #: How each shard model trains and what its checkpoints hold.
     recipe: ClassVar[type[ShardRecipe]] = ShardRecipe
-    _parameter_constraints = {
-        "shards": [Interval(int, 1, None, closed="left")],
-        "slices": [Interval(int, 1, None, closed="left")],
-        "assignment": [Options({"subject", "hash"})],
-        "aggregation": [Options({"vote", "mean"})],
-    }
 
-    def __init__(
-        self,
-        *,
-        shards: int = 5,
-        slices: int = 1,
-        assignment: str = "subject",
-        aggregation: str = "vote",
-        backend: str = "local",
-        workers: int = 1,
-        ray_address: str | None = None,
-    ) -> None:
-        self.shards = shards
-        self.slices = slices
-        self.assignment = assignment
-        self.aggregation = aggregation
-        self.backend = backend
-        self.workers = workers
-        self.ray_address = ray_address
+    shards: int = hyperparameter(
+        5,
+        help="Disjoint shards S, one model each.",
+        constraints=[Interval(int, 1, None, closed="left")],
+    )
+    slices: int = hyperparameter(
+        1,
+        help="Slices R per shard, trained incrementally with a checkpoint after each.",
+        constraints=[Interval(int, 1, None, closed="left")],
+    )
+    assignment: str = hyperparameter(
+        "subject",
+        help="How samples go to shards: by subject (a person's samples share one) or by ID hash.",
+        constraints=[Options({"subject", "hash"})],
+    )
+    aggregation: str = hyperparameter(
+        "vote",
+        help="How the shards' predictions combine: majority vote or mean probability.",
+        constraints=[Options({"vote", "mean"})],
+    )
+    backend: str = BACKEND("local")
+    workers: int = WORKERS(1)
+    ray_address: str | None = RAY_ADDRESS(None)
 
     def model_params(self) -> dict[str, Any]:
         """The parameters that define the model, as stored with it."""
         return {k: v for k, v in self.get_params().items() if k in MODEL_PARAMS}
 
     def validate(self, samples: Samples | None = None) -> None:
-        validate_params(
-            self.get_params(), {**self._parameter_constraints, **backend_constraints()}, self.name
-        )
+        super().validate()
         if samples is None:
             return
         self._check_kind(samples)

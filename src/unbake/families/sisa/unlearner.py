@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from unbake.backends import backend_constraints
+from unbake.backends import BACKEND, RAY_ADDRESS, WORKERS
 from unbake.exceptions import IntegrityError, UnsupportedModelError
 from unbake.families.sisa.layout import ShardLayout
 from unbake.families.sisa.strategy import (
@@ -47,14 +47,10 @@ class SISAUnlearner(Unlearner):
         "forgotten sample",
     )
     suggested_original = {"strategy": "sisa", "strategy_params": {"shards": 5, "slices": 4}}
-    _parameter_constraints = backend_constraints()
 
-    def __init__(
-        self, *, backend: str = "local", workers: int = 1, ray_address: str | None = None
-    ) -> None:
-        self.backend = backend
-        self.workers = workers
-        self.ray_address = ray_address
+    backend: str = BACKEND("local")
+    workers: int = WORKERS(1)
+    ray_address: str | None = RAY_ADDRESS(None)
 
     def _unlearn(self, task: UnlearnTask, seed: int):
         original = task.original
