@@ -142,14 +142,14 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.write(strict_json.dumps(obj, indent=2) + "\n")
 
 
-def parse_params(items: list[str] | None) -> dict[str, Any]:
+def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
     """``key=value`` pairs; values are parsed as JSON where possible (numbers, bools)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise InvalidParameterError(
-                f"--param {item!r} is not key=value; write it like --param epochs=5."
+                f"{option} {item!r} is not key=value; write it like {option} epochs=5."
             )
         try:
             out[key] = json.loads(raw)

@@ -285,6 +285,14 @@ def train(
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Strategy parameter key=value.")
     ] = None,
+    model_param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model-param",
+            help="Model factory argument key=value (a JSON value: hidden=[64,32]): unbake "
+            "calls factory(*, input_shape, n_classes, **model_params) under a seeded RNG.",
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")] = None,
     threads: ThreadsOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
@@ -304,10 +312,7 @@ def train(
         weight_decay=weight_decay,
     )
     strategy_params = parse_params(param)
-    if model.startswith("hf:") and "lora_rank" in strategy_params:  # a model parameter
-        from unbake.models import ModelSpec
-
-        model = ModelSpec(model, {"lora_rank": strategy_params.pop("lora_rank")})
+    spec = _model_spec(model, parse_params(model_param, "--model-param"), strategy_params)
     if shards is not None:
         strategy_params["shards"] = shards
     if slices is not None:
@@ -337,7 +342,7 @@ def train(
     ) as ws:
         model_id = train_model(
             ws,
-            model=model,
+            model=spec,
             config=config,
             seed=seed,
             strategy=strategy,
@@ -359,6 +364,19 @@ def train(
             f"Trained {row['description']} on {row['n_train']} samples → model {model_id} "
             f"(sha256 {row['sha256'][:12]}…) in {workspace}."
         )
+
+
+def _model_spec(model: str, model_params: dict[str, Any], strategy_params: dict[str, Any]):
+    """The spec ``train`` builds from ``--model`` and ``--model-param``, checked against
+    the factory's signature before any workspace is created (``--param lora_rank`` of an
+    ``hf:`` model is still read as the model parameter it is)."""
+    from unbake.models import ModelSpec, check_model_params
+
+    if model.startswith("hf:") and "lora_rank" in strategy_params:
+        model_params.setdefault("lora_rank", strategy_params.pop("lora_rank"))
+    spec = ModelSpec(model, model_params)
+    check_model_params(spec)
+    return spec
 
 
 @contextlib.contextmanager

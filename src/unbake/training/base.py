@@ -81,7 +81,7 @@ class TrainedModel:
         return STRATEGIES.create_checked(self.strategy, self.strategy_params)
 
     def describe(self) -> str:
-        name = self.spec.params["class"] if self.spec.module is not None else self.spec.name
+        name = self.spec.label
         if self.strategy == "monolithic":
             return name
         keys = STRATEGIES.get(self.strategy).label_params
