@@ -84,13 +84,13 @@ def test_retrain_of_a_hand_trained_model_is_bitwise_the_hand_written_loop_from_s
 
 
 def test_a_trained_module_is_never_an_initialisation(ds, trained):
-    with pytest.raises(InvalidParameterError, match="not a factory.*adopt"):
+    with pytest.raises(InvalidParameterError, match=r"not a factory.*adopt"):
         fit(ds.train, n_classes=10, model=trained)
     # adopted without a factory: the trained model only; exact methods name what is missing
     alone = adopt(ds.train, n_classes=10, module=trained)
     forget, retain = ds.train.split(ds.train.ids[:15])
     task = UnlearnTask(alone, forget, retain)
-    with pytest.raises(UnsupportedModelError, match="without a factory.*factory=") as err:
+    with pytest.raises(UnsupportedModelError, match=r"without a factory.*factory=") as err:
         create("retrain").unlearn(task)
     assert "\n" not in str(err.value)
     finetuned = create("finetune", epochs=1).unlearn(task, seed=0).model  # approximate: runs
@@ -111,7 +111,7 @@ def test_without_a_recipe_exact_methods_refuse_and_approximate_ones_run(ds, trai
     model = adopt(ds.train, n_classes=10, factory=make_net, module=trained)
     forget, retain = ds.train.split(ds.train.ids[:15])
     task = UnlearnTask(model, forget, retain)
-    with pytest.raises(UnsupportedModelError, match="without a training recipe.*train="):
+    with pytest.raises(UnsupportedModelError, match=r"without a training recipe.*train="):
         create("retrain").unlearn(task)
     assert differing_tensors(create("neggrad", epochs=1).unlearn(task, seed=0).model, model)
     with pytest.raises(InvalidParameterError, match="adopt needs module="):

@@ -8,6 +8,7 @@ import torch
 
 from unbake.data import Samples
 from unbake.models import ModelSpec
+from unbake.training.adapter import OwnLoop, adopt, retrain_blocker
 from unbake.training.base import (
     OUTPUT_KINDS,
     STRATEGIES,
@@ -19,7 +20,6 @@ from unbake.training.base import (
     set_params,
     to_log_proba,
 )
-from unbake.training.adapter import OwnLoop, adopt, retrain_blocker
 from unbake.training.config import TrainConfig
 from unbake.training.loop import batches, make_optimizer, optimize, resolve_device
 from unbake.training.strategy import Monolithic
