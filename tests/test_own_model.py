@@ -203,3 +203,23 @@ def test_retrain_epochs_belongs_to_unbakes_loop(ds, trained):
     forget, retain = ds.train.split(ds.train.ids[:15])
     with pytest.raises(InvalidParameterError, match="drop --param epochs"):
         create("retrain", epochs=1).unlearn(UnlearnTask(model, forget, retain))
+
+
+def test_a_registered_hand_trained_model_is_forgotten_in_a_workspace(ds, trained, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    from unbake import Workspace
+    from unbake.service import apply
+    from unbake.service.adopt import register
+
+    with Workspace.create(tmp_path / "ws", dataset=ds) as ws:
+        mine = {"module": trained, "factory": make_net, "train": my_train, "config": CONFIG}
+        with pytest.raises(InvalidParameterError, match="make_net' is not trusted"):
+            register(ws, **mine)
+        assert ws.status()["models"] == []  # refused before anything was written
+        paths = "tests.test_own_model:make_net,tests.test_own_model:my_train"
+        monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", paths)
+        model_id = register(ws, **mine)
+        assert _same(ws.load_model(model_id).module, trained)
+        apply.forget(ws, ids=list(ds.train.ids[:15]), method="retrain")
+        _, retain = ds.train.split(ds.train.ids[:15])
+        assert _same(ws.load_model().module, by_hand(retain))
