@@ -62,7 +62,7 @@ def test_user_factory_and_bad_names(monkeypatch):
     with pytest.raises(InvalidParameterError, match=r"'nowhere\.module:fn' is not trusted"):
         build_model("nowhere.module:fn", input_shape=(3,), n_classes=2, seed=0)
     monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", "nowhere.module:fn")
-    with pytest.raises(InvalidParameterError, match="Cannot import model factory"):
+    with pytest.raises(InvalidParameterError, match="Cannot import the model factory"):
         build_model("nowhere.module:fn", input_shape=(3,), n_classes=2, seed=0)
     with pytest.raises(UnknownNameError, match="Unknown model 'vit'"):
         build_model("vit", input_shape=(3,), n_classes=2, seed=0)

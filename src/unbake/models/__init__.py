@@ -289,10 +289,16 @@ def _import_factory(path: str, *, kind: str = "model factory"):
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
+    except ImportError as exc:
         raise InvalidParameterError(
-            f"Cannot import model factory {path!r} ({exc}); give it as 'package.module:function'."
+            f"Cannot import the {kind} {path!r} ({exc}); make {module_name!r} importable: "
+            "run from the folder that holds it, or put that folder on PYTHONPATH."
+        ) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise InvalidParameterError(
+            f"Cannot import the {kind} {path!r} ({exc}); give it as 'package.module:function'."
         ) from None
 
 
