@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from unbake import TrainConfig, UnlearnTask, adopt, create, fit
+from unbake import ModelSpec, TrainConfig, UnlearnTask, adopt, create, fit
 from unbake.exceptions import InvalidParameterError, UnsupportedModelError, UserCodeError
 from unbake.testing import tiny_dataset
 from unbake.training import differing_tensors
@@ -86,6 +86,9 @@ def test_retrain_of_a_hand_trained_model_is_bitwise_the_hand_written_loop_from_s
 def test_a_trained_module_is_never_an_initialisation(ds, trained):
     with pytest.raises(InvalidParameterError, match=r"not a factory.*adopt"):
         fit(ds.train, n_classes=10, model=trained)
+    # the old wrapper names the trained model only: nothing is built from its weights
+    with pytest.raises(InvalidParameterError, match="without a factory"):
+        fit(ds.train, n_classes=10, model=ModelSpec.from_module(trained))
     # adopted without a factory: the trained model only; exact methods name what is missing
     alone = adopt(ds.train, n_classes=10, module=trained)
     forget, retain = ds.train.split(ds.train.ids[:15])

@@ -42,9 +42,12 @@ def test_every_snippet_of_the_page_runs_in_order(tmp_path, monkeypatch):
     assert {b.lang for b in shown} == {"text", "toml"}
     # the page's claims, checked on what it left behind
     assert namespace["result"].method == "retrain" and len(namespace["retain"]) > 0
-    for name, hidden in (("ws", 32), ("cli-ws", 16), ("ep-ws", 16)):
+    trained = {"ws": (32, "own"), "cli-ws": (16, "monolithic"), "own-ws": (32, "own")}
+    trained["ep-ws"] = (16, "monolithic")
+    for name, (hidden, strategy) in trained.items():
         with Workspace.open(tmp_path / name) as ws:
             model = ws.load_model()
             assert model.module[1].out_features == hidden, name
+            assert model.strategy == strategy, name
     with Workspace.open(tmp_path / "ws") as ws:
         assert [r["method"] for r in ws.log()] == ["retrain"]

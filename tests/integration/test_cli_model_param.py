@@ -9,6 +9,7 @@ from unbake import Workspace
 
 FACTORY = "tests.test_own_model:make_net"
 TRAIN = ["train", "--dataset", "digits", "--epochs", "1", "--json"]
+OWN = ["--model", FACTORY, "--strategy", "own", "--param", "config={}"]
 
 
 def _widths(ws) -> list[int]:
@@ -54,6 +55,11 @@ def test_model_param_of_a_built_in_model(tmp_path):
             ["returned str, not a torch.nn.Module; a factory is factory(*, input_shape"],
         ),
         (["--model", FACTORY, "--model-param", "hidden=8"], ["is not trusted"]),
+        (
+            [*OWN, "--param", "train=tests.test_own_model:_raises"],
+            ["Your training function 'tests.test_own_model:_raises' raised ValueError"],
+        ),
+        ([*OWN, "--param", "train=tests.test_own_model:my_train"], ["is not trusted"]),
     ],
 )
 def test_bad_model_params_are_one_line_and_leave_no_workspace(
@@ -61,6 +67,8 @@ def test_bad_model_params_are_one_line_and_leave_no_workspace(
 ):
     if "_positional" in args[1] or "_not_a_module" in args[1]:
         monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", args[1])
+    if "own" in args:
+        monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", f"{FACTORY},tests.test_own_model:_raises")
     ws = tmp_path / "ws"
     assert_one_line_error(run(*TRAIN, *args, "--workspace", ws), *fragments)
     assert not ws.exists()

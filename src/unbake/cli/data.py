@@ -262,7 +262,11 @@ def train(
         ),
     ] = "mlp",
     strategy: Annotated[
-        str, typer.Option(help="Training strategy: monolithic, sisa, sisa_lora or certified.")
+        str,
+        typer.Option(
+            help="Training strategy: monolithic, sisa, sisa_lora, certified, or own (your "
+            "train function: --param train=module:function --param config=JSON)."
+        ),
     ] = "monolithic",
     shards: Annotated[int | None, typer.Option(help="SISA shards.")] = None,
     slices: Annotated[int | None, typer.Option(help="SISA slices per shard.")] = None,

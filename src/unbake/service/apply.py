@@ -57,7 +57,7 @@ __all__ = ["apply_parts", "evaluate_model", "forget", "stage_parts", "train"]
 def train(
     ws: Workspace,
     *,
-    model: str | ModelSpec | nn.Module = "mlp",
+    model: str | ModelSpec | Callable[..., nn.Module] = "mlp",
     config: TrainConfig | None = None,
     seed: int = 0,
     strategy: str = "monolithic",
