@@ -158,6 +158,19 @@ def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, 
     return out
 
 
+def model_spec(model: str, model_params: dict[str, Any], strategy_params: dict[str, Any]):
+    """The spec ``train`` builds from ``--model`` and ``--model-param``, checked against
+    the factory's signature before any workspace is created (``--param lora_rank`` of an
+    ``hf:`` model is still read as the model parameter it is)."""
+    from unbake.models import ModelSpec, check_model_params
+
+    if model.startswith("hf:") and "lora_rank" in strategy_params:
+        model_params.setdefault("lora_rank", strategy_params.pop("lora_rank"))
+    spec = ModelSpec(model, model_params)
+    check_model_params(spec)
+    return spec
+
+
 def _int_list(text: str | None, option: str) -> list[int] | None:
     """``"0,2"`` as ``[0, 2]``; ``None`` stays ``None``."""
     if text is None:

@@ -23,6 +23,7 @@ from unbake.cli._common import (
     _metric_columns,
     _table,
     console,
+    model_spec,
     parse_params,
 )
 from unbake.exceptions import InvalidParameterError
@@ -316,7 +317,7 @@ def train(
         weight_decay=weight_decay,
     )
     strategy_params = parse_params(param)
-    spec = _model_spec(model, parse_params(model_param, "--model-param"), strategy_params)
+    spec = model_spec(model, parse_params(model_param, "--model-param"), strategy_params)
     if shards is not None:
         strategy_params["shards"] = shards
     if slices is not None:
@@ -368,19 +369,6 @@ def train(
             f"Trained {row['description']} on {row['n_train']} samples → model {model_id} "
             f"(sha256 {row['sha256'][:12]}…) in {workspace}."
         )
-
-
-def _model_spec(model: str, model_params: dict[str, Any], strategy_params: dict[str, Any]):
-    """The spec ``train`` builds from ``--model`` and ``--model-param``, checked against
-    the factory's signature before any workspace is created (``--param lora_rank`` of an
-    ``hf:`` model is still read as the model parameter it is)."""
-    from unbake.models import ModelSpec, check_model_params
-
-    if model.startswith("hf:") and "lora_rank" in strategy_params:
-        model_params.setdefault("lora_rank", strategy_params.pop("lora_rank"))
-    spec = ModelSpec(model, model_params)
-    check_model_params(spec)
-    return spec
 
 
 @contextlib.contextmanager

@@ -111,7 +111,8 @@ class OwnLoop(TrainingStrategy):
     training samples and ``config`` any JSON value, handed over as given. ``train`` is a
     Python callable (in memory) or a trusted ``"package.module:function"``, trusted as a
     model factory is. ``train=None`` marks a model adopted without a recipe: it trains
-    nothing, and exact methods refuse it.
+    nothing, and exact methods refuse it. The module is handed over on the CPU; where it
+    trains is the function's choice.
     """
 
     name = "own"
