@@ -135,6 +135,8 @@ def test_a_factory_that_ignores_its_seed_is_refused(ds, trained):
         adopt(ds.train, n_classes=10, factory=drifting, train=my_train, config=CONFIG)
     with pytest.raises(InvalidParameterError, match="two different modules"):
         fit(ds.train, n_classes=10, model=drifting, config=TrainConfig.parse(epochs=1))
+    with pytest.raises(InvalidParameterError, match="returned the same module object twice"):
+        adopt(ds.train, n_classes=10, factory=lambda **kw: trained, module=trained)
     # a model whose factory stopped honouring its seed after training is refused too
     model = adopt(ds.train, n_classes=10, factory=make_net, train=my_train, config=CONFIG,
                   module=trained)  # fmt: skip

@@ -127,6 +127,12 @@ def check_seeded(build: Callable[[], nn.Module], name: str, seed: int) -> nn.Mod
     """Build twice with one seed (``build()`` seeds and constructs) and refuse a factory
     whose two modules differ; returns the first module."""
     first, second = build(), build()
+    if first is second:
+        raise InvalidParameterError(
+            f"Model factory {name!r} returned the same module object twice, so a retrain "
+            f"would start from weights already trained; build a new module in each call "
+            f"(a factory is {PROTOCOL})."
+        )
     differs = first_difference(first, second)
     if differs is not None:
         raise InvalidParameterError(
