@@ -62,7 +62,7 @@ def test_user_factory_and_bad_names(monkeypatch):
     with pytest.raises(InvalidParameterError, match=r"'nowhere\.module:fn' is not trusted"):
         build_model("nowhere.module:fn", input_shape=(3,), n_classes=2, seed=0)
     monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", "nowhere.module:fn")
-    with pytest.raises(InvalidParameterError, match="Cannot import model factory"):
+    with pytest.raises(InvalidParameterError, match="Cannot import the model factory"):
         build_model("nowhere.module:fn", input_shape=(3,), n_classes=2, seed=0)
     with pytest.raises(UnknownNameError, match="Unknown model 'vit'"):
         build_model("vit", input_shape=(3,), n_classes=2, seed=0)
@@ -134,27 +134,30 @@ def test_train_config_errors_are_one_line():
         TrainConfig.parse(optimizer="rmsprop")
 
 
-def test_nn_module_instance_is_its_own_initialisation():
+def test_a_factory_callable_trains_and_retrains_exactly():
     from unbake import UnlearnTask, create
 
     ds = tiny_dataset()
-    net = make_tiny_net(input_shape=(1, 8, 8), n_classes=10)
     cfg = TrainConfig.parse(epochs=2)
-    a = fit(ds.train, n_classes=10, model=net, config=cfg, seed=1)
-    b = fit(ds.train, n_classes=10, model=net, config=cfg, seed=1)
-    assert _equal(a, b) and a.describe() == "Sequential"
-    assert not torch.equal(a.module[1].weight, net[1].weight)  # the caller's module is not trained
+    a = fit(ds.train, n_classes=10, model=make_tiny_net, config=cfg, seed=1)
+    b = fit(ds.train, n_classes=10, model=make_tiny_net, config=cfg, seed=1)
+    assert _equal(a, b) and a.describe() == TINY
     forget, retain = ds.train.split(ds.train.ids[:10])
     out = create("retrain").unlearn(UnlearnTask(a, forget, retain)).model
-    assert _equal(out, fit(retain, n_classes=10, model=net, config=cfg, seed=1))
+    assert _equal(out, fit(retain, n_classes=10, model=make_tiny_net, config=cfg, seed=1))
 
 
-def test_nn_module_instance_cannot_be_saved(tmp_path):
+def test_nn_module_instance_or_untrusted_callable_cannot_be_saved(tmp_path, monkeypatch):
     from unbake import Workspace
     from unbake.exceptions import UnbakeError
 
     with Workspace.create(tmp_path / "ws", dataset=tiny_dataset()) as ws:
         net = make_tiny_net(input_shape=(1, 8, 8), n_classes=10)
-        with pytest.raises(UnbakeError, match="module:function"):
+        with pytest.raises(UnbakeError, match="not a factory"):
             apply.train(ws, model=net)
+        with pytest.raises(UnbakeError, match=f"{TINY}' is not trusted"):
+            apply.train(ws, model=make_tiny_net)
         assert ws.status()["models"] == []
+        monkeypatch.setenv("UNBAKE_ALLOWED_FACTORIES", TINY)  # trusted: saved by its path
+        model_id = apply.train(ws, model=make_tiny_net, config=TrainConfig.parse(epochs=1))
+        assert ws.catalog.model(model_id)["description"] == TINY

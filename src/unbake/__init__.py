@@ -26,6 +26,7 @@ from unbake.exceptions import (
     UnknownNameError,
     UnknownSampleError,
     UnsupportedModelError,
+    UserCodeError,
     WorkspaceError,
 )
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from unbake.methods import METHODS, Unlearner, UnlearnResult, UnlearnTask, create
     from unbake.models import MODELS, ModelSpec, build_model
     from unbake.service import DeletionService
-    from unbake.training import STRATEGIES, TrainConfig, TrainedModel, fit
+    from unbake.training import STRATEGIES, TrainConfig, TrainedModel, adopt, fit
     from unbake.workspace import Workspace
 
 __all__ = [
@@ -62,9 +63,11 @@ __all__ = [
     "UnlearnTask",
     "Unlearner",
     "UnsupportedModelError",
+    "UserCodeError",
     "Workspace",
     "WorkspaceError",
     "__version__",
+    "adopt",
     "avg_gap",
     "build_model",
     "configure_threads",

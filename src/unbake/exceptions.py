@@ -23,6 +23,7 @@ __all__ = [
     "UnknownNameError",
     "UnknownSampleError",
     "UnsupportedModelError",
+    "UserCodeError",
     "WorkspaceError",
 ]
 
@@ -82,6 +83,10 @@ class WorkspaceError(UnbakeError):
 
 class UnsupportedModelError(UnbakeError, TypeError):
     """A method was asked to unlearn from a model it cannot handle."""
+
+
+class UserCodeError(UnbakeError):
+    """Code the user handed to unbake (a training function) raised or broke its protocol."""
 
 
 class NotFittedError(UnbakeError, AttributeError):

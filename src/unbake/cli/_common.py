@@ -161,20 +161,33 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.write(strict_json.dumps(obj, indent=2) + "\n")
 
 
-def parse_params(items: list[str] | None) -> dict[str, Any]:
+def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
     """``key=value`` pairs; values are parsed as JSON where possible (numbers, bools)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise InvalidParameterError(
-                f"--param {item!r} is not key=value; write it like --param epochs=5."
+                f"{option} {item!r} is not key=value; write it like {option} epochs=5."
             )
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
             out[key] = raw
     return out
+
+
+def model_spec(model: str, model_params: dict[str, Any], strategy_params: dict[str, Any]):
+    """The spec ``train`` builds from ``--model`` and ``--model-param``, checked against
+    the factory's signature before any workspace is created (``--param lora_rank`` of an
+    ``hf:`` model is still read as the model parameter it is)."""
+    from unbake.models import ModelSpec, check_model_params
+
+    if model.startswith("hf:") and "lora_rank" in strategy_params:
+        model_params.setdefault("lora_rank", strategy_params.pop("lora_rank"))
+    spec = ModelSpec(model, model_params)
+    check_model_params(spec)
+    return spec
 
 
 def _int_list(text: str | None, option: str) -> list[int] | None:

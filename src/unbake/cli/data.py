@@ -23,12 +23,13 @@ from unbake.cli._common import (
     _metric_columns,
     _table,
     console,
+    model_spec,
     parse_params,
 )
 from unbake.exceptions import InvalidParameterError
 
 if TYPE_CHECKING:  # the CLI imports torch (through unbake.models) only when it runs
-    from unbake.models import ModelSpec
+    pass
 
 # --- demo ----------------------------------------------------------------------------
 
@@ -279,7 +280,11 @@ def train(
         ),
     ] = "mlp",
     strategy: Annotated[
-        str, typer.Option(help="Training strategy: monolithic, sisa, sisa_lora or certified.")
+        str,
+        typer.Option(
+            help="Training strategy: monolithic, sisa, sisa_lora, certified, or own (your "
+            "train function: --param train=module:function --param config=JSON)."
+        ),
     ] = "monolithic",
     shards: Annotated[int | None, typer.Option(help="SISA shards.")] = None,
     slices: Annotated[int | None, typer.Option(help="SISA slices per shard.")] = None,
@@ -302,6 +307,14 @@ def train(
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Strategy parameter key=value.")
     ] = None,
+    model_param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model-param",
+            help="Model factory argument key=value (a JSON value: hidden=[64,32]): unbake "
+            "calls factory(*, input_shape, n_classes, **model_params) under a seeded RNG.",
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, or auto.")] = None,
     threads: ThreadsOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
@@ -321,11 +334,7 @@ def train(
         weight_decay=weight_decay,
     )
     strategy_params = parse_params(param)
-    architecture: str | ModelSpec = model
-    if model.startswith("hf:") and "lora_rank" in strategy_params:  # a model parameter
-        from unbake.models import ModelSpec
-
-        architecture = ModelSpec(model, {"lora_rank": strategy_params.pop("lora_rank")})
+    spec = model_spec(model, parse_params(model_param, "--model-param"), strategy_params)
     if shards is not None:
         strategy_params["shards"] = shards
     if slices is not None:
@@ -355,7 +364,7 @@ def train(
     ) as ws:
         model_id = train_model(
             ws,
-            model=architecture,
+            model=spec,
             config=config,
             seed=seed,
             strategy=strategy,

@@ -22,7 +22,7 @@ from unbake._validation import Declared, Hyperparameter, Interval, set_params, v
 from unbake.data import Samples
 from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnsupportedModelError
 from unbake.registry import ClassRegistry
-from unbake.training import TrainConfig, TrainedModel
+from unbake.training import TrainConfig, TrainedModel, retrain_blocker
 from unbake.training.trajectory import without_trajectory
 
 __all__ = [
@@ -253,6 +253,13 @@ class Unlearner(Declared):
                 f"{self.requires_strategy}, but this one was trained with {model.strategy!r}; "
                 "retrain with that strategy or pick another method"
             )
+        if self.tags.exact and isinstance(model, TrainedModel):
+            blocker = retrain_blocker(model)
+            if blocker:
+                return (
+                    f"method {self.name!r} is exact: it trains afresh from the model's factory "
+                    f"and training recipe, and {blocker}; or pick an approximate method"
+                )
         kind = "text" if model.spec.name.startswith("hf:") else "arrays"
         if kind not in self.tags.inputs:
             what = {"text": "language models", "arrays": "classifiers"}

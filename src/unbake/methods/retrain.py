@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from unbake._validation import Interval, hyperparameter
+from unbake.exceptions import InvalidParameterError
 from unbake.methods.base import MethodTags, Unlearner, UnlearnTask, register_method
+from unbake.training import OwnLoop
 
 
 @register_method
 class Retrain(Unlearner):
     """Train the original's architecture, strategy and config from scratch on the retain set.
+
+    The architecture is the model's factory and the training its recipe: unbake's loop
+    with its config, or the user's own training function
+    (:func:`unbake.training.adopt`); a model adopted without either is refused.
 
     With the original seed the result is bitwise the model that would have been trained
     had the forget set never existed, so it is *exact* by construction.
@@ -32,6 +38,11 @@ class Retrain(Unlearner):
         original = task.original
         config = original.config
         if self.epochs is not None:
+            if original.strategy == OwnLoop.name:
+                raise InvalidParameterError(
+                    "retrain's epochs sets unbake's loop, and this model trains with your own "
+                    "function, whose config sets its epochs; drop --param epochs."
+                )
             config = config.model_copy(update={"epochs": self.epochs})
         model = original.make_strategy().fit(
             task.retain,

@@ -19,12 +19,11 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
-import copy
 import importlib
 import importlib.metadata
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from unbake.exceptions import InvalidParameterError, UnbakeError
+from unbake.models.factory import PROTOCOL, check_seeded, check_signature, construct
 from unbake.registry import Registry
 
 __all__ = [
@@ -39,11 +39,14 @@ __all__ = [
     "CNN",
     "MLP",
     "MODELS",
+    "PROTOCOL",
     "ModelSpec",
     "ResNet18",
     "allow_factory",
+    "build_checked",
     "build_model",
     "check_factory",
+    "check_model_params",
 ]
 
 #: The entry-point group through which installed packages add model factories: an entry
@@ -58,35 +61,83 @@ MODELS: Registry[nn.Module] = Registry("model", entry_points=ENTRY_POINTS)
 _ALLOWED: set[str] = set()
 
 
-#: ModelSpec name of a model given as an ``nn.Module`` instance (in-memory only).
+#: ModelSpec name of a model adopted as a trained ``nn.Module`` without a factory.
 INSTANCE = "<module>"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """An architecture by name (or a trusted ``"module:function"``) and its keyword arguments.
+    """An architecture: a factory by name (or a trusted ``"module:function"``) and its
+    keyword arguments.
 
-    :meth:`from_module` wraps an ``nn.Module`` instance instead: its current weights
-    are the initialisation that every (re)training starts from, so retraining stays
-    exact. Such a spec lives in memory only; to save models in a workspace, name a
-    ``"module:function"`` factory.
+    Every name is a factory that follows the protocol of :mod:`unbake.models.factory`.
+    :meth:`from_factory` wraps a Python callable instead (in memory; saved by its
+    ``"module:function"`` path once that path is trusted). :meth:`from_module` names a
+    module that is *only* a trained model: it has no factory, nothing can be built from
+    it, and a method that retrains (``retrain``) refuses it.
     """
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
-    module: nn.Module | None = field(default=None, compare=False, repr=False)
+    factory: Callable[..., nn.Module] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_module(cls, module: nn.Module) -> ModelSpec:
-        return cls(INSTANCE, {"class": type(module).__name__}, copy.deepcopy(module))
+        """The spec of a trained module adopted without a factory (it builds nothing)."""
+        return cls(INSTANCE, {"class": type(module).__name__})
+
+    @classmethod
+    def from_factory(cls, factory: Callable[..., nn.Module], **params: Any) -> ModelSpec:
+        """A Python callable as the factory, named by its ``module:qualname`` path."""
+        if isinstance(factory, nn.Module) or not callable(factory):
+            raise InvalidParameterError(
+                f"A model factory must be a callable; got a {type(factory).__name__} "
+                f"instance. A factory is {PROTOCOL}."
+            )
+        name = f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', '?')}"
+        return cls(name, dict(params), factory)
+
+    @classmethod
+    def of(cls, model: ModelSpec | str | Callable[..., nn.Module]) -> ModelSpec:
+        """``model`` as a spec: a spec, a registered or ``module:function`` name, or a
+        factory callable. A module instance is refused: it is not a factory."""
+        if isinstance(model, ModelSpec):
+            return model
+        if isinstance(model, str):
+            return cls(model)
+        if isinstance(model, nn.Module):
+            raise InvalidParameterError(
+                f"model= got a {type(model).__name__} instance, not a factory: unbake "
+                "trains and retrains from a factory, and a module's weights (maybe "
+                "already trained) are not an initialisation; pass the function or class "
+                f"that builds it ({PROTOCOL}), or adopt a trained module with "
+                "unbake.adopt(samples, module=..., factory=...)."
+            )
+        return cls.from_factory(model)
+
+    @property
+    def has_factory(self) -> bool:
+        """Whether a fresh module can be built from this spec."""
+        return self.name != INSTANCE
+
+    @property
+    def label(self) -> str:
+        """How tables and logs name the architecture."""
+        return self.params["class"] if not self.has_factory else self.name
 
     def to_dict(self) -> dict[str, Any]:
-        if self.module is not None:
+        if not self.has_factory:
             raise UnbakeError(
-                f"A model given as an nn.Module instance ({self.params['class']}) cannot be "
-                "saved; pass a 'package.module:function' factory as the model instead."
+                f"A model adopted as a trained module without a factory "
+                f"({self.params['class']}) cannot be saved; give its factory as a trusted "
+                "'package.module:function'."
             )
         check_factory(self.name)
+        if self.factory is not None and _import_factory(self.name) is not self.factory:
+            raise InvalidParameterError(
+                f"The model factory {self.name!r} cannot be saved: that path does not import "
+                "the function given; define the factory at a module's top level."
+            )
         return {"name": self.name, "params": dict(self.params)}
 
     @classmethod
@@ -103,44 +154,84 @@ class ModelSpec:
         return cls(name, dict(params))
 
 
+def factory_of(spec: ModelSpec) -> Callable[..., nn.Module]:
+    """The callable that builds ``spec``'s modules (trusted and imported if by path)."""
+    if spec.factory is not None:
+        return spec.factory
+    if not spec.has_factory:
+        raise InvalidParameterError(
+            f"The model {spec.params.get('class', '?')} was adopted as a trained module "
+            "without a factory, so no fresh copy can be built; adopt it with factory=... "
+            f"({PROTOCOL})."
+        )
+    return _import_factory(spec.name) if ":" in spec.name else MODELS.get(spec.name)
+
+
+def check_model_params(spec: ModelSpec | str) -> None:
+    """Refuse ``spec``'s parameters before anything is built or written: an unknown one,
+    a missing one, or a factory that does not follow the protocol."""
+    spec = ModelSpec.of(spec)
+    if spec.name.startswith("hf:"):
+        _check_lm_params(spec)
+    else:
+        check_signature(spec.name, factory_of(spec), spec.params)
+
+
+def _check_lm_params(spec: ModelSpec) -> None:
+    check_factory(spec.name)
+    unknown = sorted(set(spec.params) - {"lora_rank"})
+    if unknown:
+        raise InvalidParameterError(
+            f"Model {spec.name!r} has no parameter {unknown[0]!r}; a language model "
+            "takes only lora_rank."
+        )
+
+
 def build_model(
-    spec: ModelSpec | str, *, input_shape: Sequence[int], n_classes: int, seed: int
+    spec: ModelSpec | str | Callable[..., nn.Module],
+    *,
+    input_shape: Sequence[int],
+    n_classes: int,
+    seed: int,
 ) -> nn.Module:
     """Build a freshly initialised model; the same ``seed`` gives the same weights.
 
-    The global torch RNG is forked, so the caller's random state is untouched.
+    The factory is called as :data:`~unbake.models.factory.PROTOCOL` says, under a forked
+    global torch RNG seeded with ``seed``, so the caller's random state is untouched.
     """
-    if isinstance(spec, str):
-        spec = ModelSpec(spec)
-    if spec.module is not None:
-        return copy.deepcopy(spec.module)
+    spec = ModelSpec.of(spec)
     if spec.name.startswith("hf:"):
         from unbake.models.hf import load_causal_lm
 
-        check_factory(spec.name)
-        unknown = sorted(set(spec.params) - {"lora_rank"})
-        if unknown:
-            raise InvalidParameterError(
-                f"Model {spec.name!r} has no parameter {unknown[0]!r}; a language model "
-                "takes only lora_rank."
-            )
+        _check_lm_params(spec)
         return load_causal_lm(spec.name, seed=seed, **spec.params)
-    factory = _import_factory(spec.name) if ":" in spec.name else MODELS.get(spec.name)
+    factory = factory_of(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        try:
-            model = factory(input_shape=tuple(input_shape), n_classes=n_classes, **spec.params)
-        except TypeError as exc:
-            raise InvalidParameterError(
-                f"Model {spec.name!r} rejected its parameters {spec.params} ({exc}); "
-                "check the names with `unbake methods`/the model's docstring."
-            ) from None
-    if not isinstance(model, nn.Module):
-        raise UnbakeError(
-            f"Model factory {spec.name!r} returned {type(model).__name__}, not a torch.nn.Module; "
-            "return an nn.Module from the factory."
+        return construct(
+            spec.name, factory, spec.params, input_shape=input_shape, n_classes=n_classes
         )
-    return model
+
+
+def is_builtin(spec: ModelSpec) -> bool:
+    """Whether ``spec`` is one of unbake's own architectures (known to honour the seed)."""
+    if spec.factory is not None or ":" in spec.name or not spec.has_factory:
+        return False
+    return getattr(MODELS.get(spec.name), "__module__", "") == __name__
+
+
+def build_checked(
+    spec: ModelSpec, *, input_shape: Sequence[int], n_classes: int, seed: int
+) -> nn.Module:
+    """:func:`build_model`, and for a user's factory a second build that must be bitwise
+    the first (:func:`~unbake.models.factory.check_seeded`); returns the first."""
+
+    def build() -> nn.Module:
+        return build_model(spec, input_shape=input_shape, n_classes=n_classes, seed=seed)
+
+    if spec.name.startswith("hf:") or is_builtin(spec):
+        return build()
+    return check_seeded(build, spec.name, seed)
 
 
 def allow_factory(path: str) -> None:
@@ -198,10 +289,16 @@ def _import_factory(path: str, *, kind: str = "model factory"):
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
+    except ImportError as exc:
         raise InvalidParameterError(
-            f"Cannot import model factory {path!r} ({exc}); give it as 'package.module:function'."
+            f"Cannot import the {kind} {path!r} ({exc}); make {module_name!r} importable: "
+            "run from the folder that holds it, or put that folder on PYTHONPATH."
+        ) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise InvalidParameterError(
+            f"Cannot import the {kind} {path!r} ({exc}); give it as 'package.module:function'."
         ) from None
 
 

@@ -38,6 +38,7 @@ from unbake.methods import UnlearnTask
 from unbake.models import ModelSpec
 from unbake.service.planner import DeletionRequest, check_retain, part_of, plan, select
 from unbake.training import TrainConfig, fit, resolve_device
+from unbake.training.adapter import persistable
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.workspace import (
     ApplyOutcome,
@@ -56,7 +57,7 @@ __all__ = ["apply_now", "apply_parts", "evaluate_model", "forget", "stage_parts"
 def train(
     ws: Workspace,
     *,
-    model: str | ModelSpec | nn.Module = "mlp",
+    model: str | ModelSpec | Callable[..., nn.Module] = "mlp",
     config: TrainConfig | None = None,
     seed: int = 0,
     strategy: str = "monolithic",
@@ -64,10 +65,8 @@ def train(
     device=None,
 ) -> str:
     """Train a model on ``ws``'s active samples and record it; returns its model ID."""
-    spec = ModelSpec(model) if isinstance(model, str) else model
-    if not isinstance(spec, ModelSpec):
-        spec = ModelSpec.from_module(spec)
-    spec.to_dict()  # an in-memory nn.Module cannot be saved: fail before training
+    spec = ModelSpec.of(model)  # a module instance is not a factory: refused
+    spec.to_dict()  # an in-memory factory that is not trusted cannot be saved: fail first
     if device is not None:
         resolve_device(device)  # an unknown or absent device: fail before the lock
     with ws.lock():
@@ -82,7 +81,7 @@ def train(
             strategy_params=strategy_params,
             device=device,
         )
-        return ws.record_trained(trained, active)
+        return ws.record_trained(persistable(trained), active)
 
 
 def forget(

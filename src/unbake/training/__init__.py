@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from unbake.data import Samples
 from unbake.data.text import TextSamples
 from unbake.models import ModelSpec
+from unbake.training.adapter import OwnLoop, adopt, retrain_blocker
 from unbake.training.base import (
     OUTPUT_KINDS,
     STRATEGIES,
@@ -26,9 +29,11 @@ __all__ = [
     "OUTPUT_KINDS",
     "STRATEGIES",
     "Monolithic",
+    "OwnLoop",
     "TrainConfig",
     "TrainedModel",
     "TrainingStrategy",
+    "adopt",
     "batches",
     "differing_tensors",
     "fit",
@@ -37,6 +42,7 @@ __all__ = [
     "model_tensors",
     "optimize",
     "resolve_device",
+    "retrain_blocker",
     "set_params",
     "to_log_proba",
 ]
@@ -46,7 +52,7 @@ def fit(
     samples: Samples | TextSamples,
     *,
     n_classes: int,
-    model: ModelSpec | str | torch.nn.Module = "mlp",
+    model: ModelSpec | str | Callable[..., torch.nn.Module] = "mlp",
     config: TrainConfig | None = None,
     seed: int = 0,
     strategy: str = "monolithic",
@@ -55,16 +61,18 @@ def fit(
 ) -> TrainedModel:
     """Train a model on ``samples`` with a registered strategy.
 
+    ``model`` is a factory (:data:`unbake.models.PROTOCOL`): a registered name, a trusted
+    ``"package.module:function"``, a :class:`ModelSpec` or a Python callable. A module
+    instance is refused (its weights are not an initialisation that a retrain can
+    reproduce): to bring a module you trained yourself, use :func:`adopt`.
+
     >>> from unbake.data import load_dataset
     >>> ds = load_dataset("digits")
     >>> tm = fit(ds.train, n_classes=10, model="logreg", config=TrainConfig.parse(epochs=1))
     >>> tm.describe()
     'logreg'
     """
-    if isinstance(model, torch.nn.Module):
-        spec = ModelSpec.from_module(model)
-    else:
-        spec = ModelSpec(model) if isinstance(model, str) else model
+    spec = ModelSpec.of(model)
     config = config or TrainConfig()
     strat = STRATEGIES.create_checked(strategy, strategy_params)
     strat.validate(samples=samples)

@@ -59,7 +59,11 @@ def to_log_proba(output: torch.Tensor, kind: str) -> torch.Tensor:
 
 @dataclass
 class TrainedModel:
-    """A trained model plus everything needed to retrain it exactly.
+    """A trained model plus everything needed to retrain it exactly: its factory
+    (``spec``), its recipe (``strategy``, ``strategy_params`` and ``config``) and ``seed``.
+
+    A model adopted without a factory or a recipe (:func:`unbake.training.adopt`) lacks
+    what a retrain needs, and exact methods refuse it.
 
     ``artifacts`` holds extra named tensors a strategy keeps beside the weights
     (SISA's slice checkpoints, a certified model's noise vector); ``meta`` holds
@@ -81,7 +85,7 @@ class TrainedModel:
         return STRATEGIES.create_checked(self.strategy, self.strategy_params)
 
     def describe(self) -> str:
-        name = self.spec.params["class"] if self.spec.module is not None else self.spec.name
+        name = self.spec.label
         if self.strategy == "monolithic":
             return name
         keys = STRATEGIES.get(self.strategy).label_params

@@ -12,7 +12,7 @@ from __future__ import annotations
 from unbake._validation import Interval, hyperparameter
 from unbake.data import TextSamples
 from unbake.exceptions import InvalidParameterError
-from unbake.models import build_model
+from unbake.models import build_checked
 from unbake.training.base import STRATEGIES, TrainedModel, TrainingStrategy
 from unbake.training.loop import optimize, resolve_device
 from unbake.training.trajectory import TrajectoryHook, checkpoint_steps
@@ -51,7 +51,7 @@ class Monolithic(TrainingStrategy):
             module = fit_causal_lm(samples, spec=spec, config=config, seed=seed, device=device)
             return TrainedModel(module, spec, config, seed, (), 0, strategy=self.name)
         device = resolve_device(device)
-        module = build_model(
+        module = build_checked(
             spec, input_shape=samples.input_shape, n_classes=n_classes, seed=seed
         ).to(device)
         X, y = samples.tensors()
@@ -59,7 +59,7 @@ class Monolithic(TrainingStrategy):
         hooks = []
         if self.checkpoints and steps:
             hooks = [TrajectoryHook(checkpoint_steps(steps, min(self.checkpoints, steps)))]
-        optimize(module, X, y, config, seed=seed, description=f"training {spec.name}", hooks=hooks)
+        optimize(module, X, y, config, seed=seed, description=f"training {spec.label}", hooks=hooks)
         model = TrainedModel(
             module, spec, config, seed, samples.input_shape, n_classes, strategy=self.name
         )
