@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from unbake.data import Samples
 from unbake.evaluation.base import EvalContext, Metric, Result, register_metric
@@ -25,7 +24,7 @@ def per_sample_loss(model: TrainedModel, samples: Samples) -> tuple[np.ndarray, 
         from unbake.training.lm import answer_loss_and_match
 
         return answer_loss_and_match(model, samples)
-    lp = model.log_proba(torch.from_numpy(samples.X)).double().numpy()
+    lp = model.log_proba(samples.X).double().numpy()
     return nll(lp, samples.y), lp.argmax(1) == samples.y
 
 

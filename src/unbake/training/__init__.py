@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from unbake.data import Samples
+from unbake.data import Samples, as_samples
+from unbake.data.adapters import loader_batch_size
 from unbake.models import ModelSpec
 from unbake.training.base import (
     OUTPUT_KINDS,
@@ -42,7 +45,7 @@ __all__ = [
 
 
 def fit(
-    samples: Samples,
+    samples: Samples | Any,
     *,
     n_classes: int,
     model: ModelSpec | str | torch.nn.Module = "mlp",
@@ -54,6 +57,10 @@ def fit(
 ) -> TrainedModel:
     """Train a model on ``samples`` with a registered strategy.
 
+    ``samples`` is anything :func:`unbake.data.as_samples` takes: :class:`Samples`, an
+    ``(X, y)`` pair, a torch ``Dataset`` or ``DataLoader`` (whose batch size is the
+    default config's), or a ``datasets.Dataset``; features are read a batch at a time.
+
     >>> from unbake.data import load_dataset
     >>> ds = load_dataset("digits")
     >>> tm = fit(ds.train, n_classes=10, model="logreg", config=TrainConfig.parse(epochs=1))
@@ -64,7 +71,10 @@ def fit(
         spec = ModelSpec.from_module(model)
     else:
         spec = ModelSpec(model) if isinstance(model, str) else model
-    config = config or TrainConfig()
+    if config is None:
+        size = loader_batch_size(samples)
+        config = TrainConfig() if size is None else TrainConfig(batch_size=size)
+    samples = as_samples(samples)
     strat = STRATEGIES.create_checked(strategy, strategy_params)
     strat.validate(samples=samples)
     return strat.fit(

@@ -48,7 +48,7 @@ from torch import nn
 from unbake._threads import pin_threads
 from unbake._validation import Interval, Options, validate_params
 from unbake.backends import backend_constraints, create_backend
-from unbake.data import Samples
+from unbake.data import RowView, Samples
 from unbake.exceptions import IntegrityError, InvalidParameterError
 from unbake.families.sisa.layout import ShardLayout, sample_keys, shard_seed, step_seed
 from unbake.models import ModelSpec, build_model
@@ -128,7 +128,7 @@ class ShardJob:
     config: TrainConfig
     init_seed: int
     step_seeds: list[int]
-    X: np.ndarray
+    X: np.ndarray | RowView
     y: np.ndarray
     ends: list[int]
     start: int = 0
@@ -150,7 +150,8 @@ def train_shard(job: ShardJob) -> list[dict[str, torch.Tensor]]:
         if job.state is not None:
             recipe.load(module, job.state)
         module.to(job.device)
-        X, y = torch.from_numpy(job.X), torch.from_numpy(job.y)
+        X = job.X.torch_rows() if isinstance(job.X, RowView) else torch.from_numpy(job.X)
+        y = torch.from_numpy(job.y)
         states = []
         for step in range(job.start, len(job.ends)):
             optimize(
@@ -283,6 +284,8 @@ class SISA(TrainingStrategy):
         self, samples: Samples, rows: np.ndarray, spec: ModelSpec
     ) -> tuple[np.ndarray, np.ndarray]:
         """The training arrays of one shard: ``rows`` of ``samples``, in that order."""
+        if isinstance(samples.X, RowView):  # streamed: the shard is a view, read by batch
+            return samples.X.view(rows), np.ascontiguousarray(samples.y[rows])
         return np.ascontiguousarray(samples.X[rows]), np.ascontiguousarray(samples.y[rows])
 
     def layout(self, samples: Samples, seed: int) -> ShardLayout:
