@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from tests import hf_standin
 from unbake import (
     DatasetError,
     InvalidParameterError,
@@ -138,55 +139,29 @@ def test_workspace_create_takes_a_torch_dataset(tmp_path):
     assert ws2.status()["samples"]["active"] == len(ws2.dataset().train)
 
 
-class FakeHF:
-    """The part of ``datasets.Dataset``'s API unbake reads (``column_names``,
-    ``with_format("numpy", columns=…)``, ``ds[column]`` and ``ds[list_of_rows]``), for
-    machines without the ``datasets`` package."""
-
-    def __init__(self, columns: dict, fmt: list | None = None) -> None:
-        self.columns, self.fmt = columns, fmt
-
-    @property
-    def column_names(self) -> list[str]:
-        return list(self.columns)
-
-    def __len__(self) -> int:
-        return len(next(iter(self.columns.values())))
-
-    def with_format(self, kind: str, columns: list[str]) -> FakeHF:
-        assert kind == "numpy"
-        return FakeHF(self.columns, columns)
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            return list(self.columns[key])
-        return {c: np.asarray(self.columns[c])[key] for c in self.fmt}
-
-
-def _hf_table(X, y, module=None):
-    columns = {"image": X, "label": y, "uid": [f"photo-{i}" for i in range(len(y))],
+def _hf_table(X, y, module):
+    columns = {"image": X.tolist(), "label": y.tolist(), "uid": [f"photo-{i}" for i in range(len(y))],
                "owner": [f"u{i % 40}" for i in range(len(y))]}  # fmt: skip
-    if module is None:
-        return FakeHF(columns)
-    return module.Dataset.from_dict({k: list(v) for k, v in columns.items()})
+    return module.Dataset.from_dict(columns)
 
 
 @pytest.mark.parametrize("real", [False, True])
 def test_hf_dataset_trains_bitwise_as_arrays(real):
     X, y = _arrays()
-    module = pytest.importorskip("datasets") if real else None
+    module = pytest.importorskip("datasets") if real else hf_standin
     table = _hf_table(X, y, module)
     samples = as_samples(table, features="image", ids="uid", subjects="owner")
     assert samples.streamed and samples.ids[5] == "photo-5" and samples.subjects[41] == "u1"
     want = fit(_array_samples(X, y), n_classes=K, config=CONFIG, seed=4)
     assert differing_tensors(fit(samples, n_classes=K, config=CONFIG, seed=4), want) == []
-    tabular = as_samples(FakeHF({"a": X[:, 0, 0, 0], "b": X[:, 0, 0, 1], "label": y}),
-                         features=["a", "b"])  # fmt: skip
+    columns = {"a": X[:, 0, 0, 0].tolist(), "b": X[:, 0, 0, 1].tolist(), "label": y.tolist()}
+    tabular = as_samples(hf_standin.Dataset.from_dict(columns), features=["a", "b"])
     assert tabular.input_shape == (2,) and np.allclose(tabular.X[[3]], X[3, 0, 0, :2])
 
 
 def test_hf_text_columns_become_text_samples():
-    table = FakeHF({"prompt": ["Who?", "Where?"], "answer": ["Ann", "Oslo"], "id": ["a", "b"]})
+    columns = {"prompt": ["Who?", "Where?"], "answer": ["Ann", "Oslo"], "id": ["a", "b"]}
+    table = hf_standin.Dataset.from_dict(columns)
     text = as_samples(table, ids="id")
     assert list(text.answers) == ["Ann", "Oslo"] and list(text.ids) == ["a", "b"]
 

@@ -104,7 +104,8 @@ class Samples:
 
     def mask_of(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Boolean mask of the rows whose ID is in ``ids``."""
-        return np.isin(self.ids.astype(str), np.asarray(list(ids), dtype=str))
+        wanted = {str(i) for i in ids}  # a set: no sorted copies of every ID (large data)
+        return np.fromiter((str(i) in wanted for i in self.ids), dtype=bool, count=len(self))
 
     def split(self, forget_ids: Sequence[str] | np.ndarray) -> tuple[Samples, Samples]:
         """Return ``(forget, retain)``, each in this set's order."""
@@ -258,6 +259,8 @@ def checked_ids(ids: Sequence[str] | np.ndarray | None, n: int, id_prefix: str =
                 f"Empty sample IDs in rows {_rows(empty)}; give every row an ID "
                 "(fill the ID column, or drop the ID option to number the rows)."
             )
+    if len(set(ids_arr.tolist())) == len(ids_arr):  # the common case, without sorted copies
+        return ids_arr
     uniq, counts = np.unique(ids_arr.astype(str), return_counts=True)
     dup = uniq[counts > 1]
     if len(dup):

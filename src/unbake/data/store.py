@@ -99,7 +99,8 @@ def open_store(folder: str | os.PathLike) -> Samples:
     source = MemmapSource(str(folder / "features.npy"))
     labels = np.load(folder / "labels.npy")
     ids = _lines(folder / "ids.txt")
-    subjects = _lines(folder / "subjects.txt")
+    shared: dict[str, str] = {}  # one string object per subject, not one per row
+    subjects = [shared.setdefault(s, s) for s in _lines(folder / "subjects.txt")]
     if not (len(source) == len(labels) == len(ids) == len(subjects) == meta["rows"]):
         raise DatasetError(f"The files of the data store {folder} disagree in length; rebuild it.")
     return Samples(
