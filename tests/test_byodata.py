@@ -278,3 +278,41 @@ def test_unusable_data_is_refused():
         fit(42, n_classes=2)
     with pytest.raises(DatasetError, match="Cannot take the features"):
         as_samples(Photos(*_arrays()), features="pixels", labels="label")
+
+
+def test_mapped_reads_hand_pages_back_and_give_the_same_rows(tmp_path, monkeypatch):
+    from unbake.data import sources
+
+    X, y = _arrays()
+    ids = [f"r{i}" for i in range(N)]
+    write_store(tmp_path / "s", [(X, y, ids, ids)], rows=N, row_shape=SHAPE)
+    monkeypatch.setattr(sources, "RESIDENT_BUDGET", 1024)  # hand back after every read
+    mapped = MemmapSource(str(tmp_path / "s" / "features.npy"), io="mmap")
+    order = np.random.default_rng(0).permutation(N)
+    for chunk in np.array_split(order, 12):
+        assert np.array_equal(mapped.read(chunk), X[chunk])
+    assert mapped._read_since < 1024
+
+
+def test_a_workspace_over_a_store_trains_and_forgets_through_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from unbake.cli import app
+
+    X, y = _arrays()
+    ids = [f"r{i}" for i in range(N)]
+    owners = [f"u{i % 40}" for i in range(N)]
+    write_store(tmp_path / "store", [(X, y, ids, owners)], rows=N, row_shape=SHAPE)
+    runner = CliRunner()
+    ws = ["--workspace", str(tmp_path / "ws")]
+    train = ["train", "--dataset", "store", "--path", str(tmp_path / "store"), "--epochs", "1"]
+    assert runner.invoke(app, [*train, *ws]).exit_code == 0
+    forgot = runner.invoke(app, ["forget", "--subject", "u3", "--method", "retrain", *ws])
+    assert forgot.exit_code == 0, forgot.output
+    with Workspace.open(tmp_path / "ws") as opened:
+        active, gone = opened.active_and_forgotten()
+        assert active.streamed and set(gone.subjects) == {"u3"}
+    missing = runner.invoke(app, ["train", "--dataset", "store", "--path", str(tmp_path / "no"),
+                                  "--workspace", str(tmp_path / "ws2")])  # fmt: skip
+    assert missing.exit_code == 2 and "no complete data store" in missing.output
+    assert not (tmp_path / "ws2" / "catalog.sqlite").exists()

@@ -50,7 +50,7 @@ from unbake._validation import Interval, Options, validate_params
 from unbake.backends import backend_constraints, create_backend
 from unbake.data import RowView, Samples
 from unbake.exceptions import IntegrityError, InvalidParameterError
-from unbake.families.sisa.layout import ShardLayout, sample_keys, shard_seed, step_seed
+from unbake.families.sisa.layout import ShardLayout, key_hashes, shard_seed, step_seed
 from unbake.models import ModelSpec, build_model
 from unbake.training.base import STRATEGIES, TrainedModel, TrainingStrategy
 from unbake.training.config import TrainConfig
@@ -261,7 +261,7 @@ class SISA(TrainingStrategy):
         if samples is None:
             return
         self._check_kind(samples)
-        n_keys = len(np.unique(sample_keys(samples, self.assignment)))
+        n_keys = len(np.unique(key_hashes(samples, self.assignment)))  # by 64-bit hash
         if self.shards > n_keys:
             loose = int(np.sum(samples.subjects.astype(str) == ""))
             what = f"{n_keys} samples"
