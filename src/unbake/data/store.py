@@ -81,8 +81,12 @@ def _lines(path: Path) -> list[str]:
         return [line.rstrip("\n") for line in handle]
 
 
-def open_store(folder: str | os.PathLike) -> Samples:
-    """The samples of the store at ``folder``: features streamed, the rest in memory."""
+def open_store(folder: str | os.PathLike, *, io: str | None = None) -> Samples:
+    """The samples of the store at ``folder``: features streamed, the rest in memory.
+
+    ``io`` (``"mmap"`` or ``"pread"``) picks how rows are read (default: by whether an
+    address-space limit is set; see :class:`~unbake.data.sources.MemmapSource`).
+    """
     folder = Path(folder)
     try:
         meta = json.loads((folder / "store.json").read_text())
@@ -96,7 +100,7 @@ def open_store(folder: str | os.PathLike) -> Samples:
             f"The data store {folder} has format version {meta.get('version')!r}; this "
             f"unbake reads version {STORE_VERSION}: rebuild it."
         )
-    source = MemmapSource(str(folder / "features.npy"))
+    source = MemmapSource(str(folder / "features.npy"), io=io)
     labels = np.load(folder / "labels.npy")
     ids = _lines(folder / "ids.txt")
     shared: dict[str, str] = {}  # one string object per subject, not one per row

@@ -2,13 +2,14 @@
 
 One loop runs *phases* over *named streams*. A stream is a named ``(X, y)`` pair, such
 as ``forget`` and ``retain``; ``X`` is a tensor, or streamed rows read a batch at a time
-(:class:`~unbake.data.RowView`, from ``Samples.tensors()``). A :class:`Phase` walks one shuffled epoch of its driving
-stream; at each batch it also draws a batch from every paired stream (each cycles through
-its own shuffled epochs), hands all of them to its step function, back-propagates the
-loss that step returns, runs the hooks, and takes one optimiser step. A method is a list
-of phases: SCRUB alternates a *max* phase on ``forget`` with a *min* phase on ``retain``;
-NegGrad+ runs one phase driven by ``retain`` with ``forget`` paired; plain training
-(:func:`optimize`) is the single-phase case over one stream.
+(:class:`~unbake.data.RowView`, from ``Samples.tensors()``). A :class:`Phase` walks one
+shuffled epoch of its driving stream; at each batch it also draws a batch from every
+paired stream (each cycles through its own shuffled epochs), hands all of them to its
+step function, back-propagates the loss that step returns, runs the hooks, and takes one
+optimiser step. A method is a list of phases: SCRUB alternates a *max* phase on
+``forget`` with a *min* phase on ``retain``; NegGrad+ runs one phase driven by
+``retain`` with ``forget`` paired; plain training (:func:`optimize`) is the single-phase
+case over one stream.
 
 Determinism: every batch order comes from one ``torch.Generator`` seeded explicitly, in
 the order the loop asks for it, and the model's initial weights from
@@ -214,8 +215,8 @@ def run_phases(
         for phase in phases:
             X, y = streams[phase.stream]
             for _ in range(phase.epochs):
-                order = batches(sizes[phase.stream], size(phase), generator)
-                order = list(itertools.islice(order, per_pass(phase)))
+                shuffled = batches(sizes[phase.stream], size(phase), generator)
+                order = list(itertools.islice(shuffled, per_pass(phase)))
                 for idx, bx in zip(order, read_batches(X, order), strict=True):
                     got: Batches = {phase.stream: (bx.to(device), y[idx].to(device))}
                     for other in phase.paired:
