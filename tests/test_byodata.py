@@ -316,3 +316,18 @@ def test_a_workspace_over_a_store_trains_and_forgets_through_the_cli(tmp_path):
                                   "--workspace", str(tmp_path / "ws2")])  # fmt: skip
     assert missing.exit_code == 2 and "no complete data store" in missing.output
     assert not (tmp_path / "ws2" / "catalog.sqlite").exists()
+
+
+def test_metrics_read_streamed_samples_as_arrays_would():
+    from unbake.evaluation import evaluate
+    from unbake.evaluation.ghost import penultimate
+
+    X, y = _arrays()
+    arrays, streamed = _array_samples(X, y), _photos_samples(X, y)
+    model = fit(arrays, n_classes=K, config=CONFIG, seed=0)
+    assert np.array_equal(penultimate(model, streamed.X), penultimate(model, arrays.X))
+    fa, ra = arrays.split(arrays.ids[:30])
+    fs, rs = streamed.split(streamed.ids[:30])
+    want = evaluate(model, forget=fa, retain=ra, test=ra.subset(np.arange(40)))
+    got = evaluate(model, forget=fs, retain=rs, test=rs.subset(np.arange(40)))
+    assert got.to_dict() == want.to_dict()
