@@ -139,6 +139,7 @@ from unbake.bench import certified as _certified  # noqa: E402,F401
 from unbake.bench import cleaning as _cleaning  # noqa: E402,F401
 from unbake.bench import llm as _llm  # noqa: E402,F401
 from unbake.bench import methods as _methods  # noqa: E402,F401  (registers benchmarks)
+from unbake.bench import scale as _scale  # noqa: E402,F401
 from unbake.bench import service as _service  # noqa: E402,F401
 from unbake.bench import sisa as _sisa  # noqa: E402,F401
 from unbake.bench import threads as _threads  # noqa: E402,F401

@@ -431,3 +431,10 @@ def jsonl_text(
         raise DatasetError(f"JSONL file {file} does not exist; check the --path option.")
     train, val, test = _split(read_jsonl(file), split)
     return text_dataset(file.stem, train, val, test, {**split.to_options(), "path": str(file)})
+
+
+# --- a store on disk, larger than memory ---------------------------------------------
+
+from unbake.data.store import store_dataset  # noqa: E402
+
+DATASETS.register("store")(store_dataset)

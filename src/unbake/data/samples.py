@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from unbake.data.sources import RowView, positions_of
 from unbake.exceptions import DatasetError, InvalidParameterError
 
 __all__ = ["Dataset", "Samples", "checked_ids", "content_hashes"]
@@ -21,9 +22,15 @@ class Samples:
     ``X`` is float32 of shape ``(n, *input_shape)``, ``y`` int64 of shape ``(n,)``,
     ``ids`` the stable sample IDs (strings), ``subjects`` the owner of each sample
     (a string, or ``""`` where none is known).
+
+    ``X`` is an array in memory, or a :class:`~unbake.data.sources.RowView`: rows of a
+    source too large for memory (a memory-mapped store, a torch ``Dataset``, a Hugging
+    Face ``datasets.Dataset``), read a batch at a time. Then :meth:`subset` and
+    :meth:`split` are index views over that source, never copies
+    (:func:`unbake.data.as_samples` builds such samples).
     """
 
-    X: np.ndarray
+    X: np.ndarray | RowView
     y: np.ndarray
     ids: np.ndarray
     subjects: np.ndarray
@@ -80,17 +87,25 @@ class Samples:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.X.shape[1:])
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the features are read from a source a batch at a time (not in memory)."""
+        return isinstance(self.X, RowView)
+
     def subset(self, mask_or_index: np.ndarray) -> Samples:
-        return Samples(
-            self.X[mask_or_index],
-            self.y[mask_or_index],
-            self.ids[mask_or_index],
-            self.subjects[mask_or_index],
-        )
+        """The rows at ``mask_or_index``: row positions (``0..n-1``) or a boolean mask of
+        length ``n``. Sample IDs go through :meth:`mask_of` or :meth:`split`.
+
+        Streamed samples give an index view over the same source.
+        """
+        rows = positions_of(mask_or_index, len(self))
+        X = self.X.view(rows) if isinstance(self.X, RowView) else self.X[rows]
+        return Samples(X, self.y[rows], self.ids[rows], self.subjects[rows])
 
     def mask_of(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Boolean mask of the rows whose ID is in ``ids``."""
-        return np.isin(self.ids.astype(str), np.asarray(list(ids), dtype=str))
+        wanted = {str(i) for i in ids}  # a set: no sorted copies of every ID (large data)
+        return np.fromiter((str(i) in wanted for i in self.ids), dtype=bool, count=len(self))
 
     def split(self, forget_ids: Sequence[str] | np.ndarray) -> tuple[Samples, Samples]:
         """Return ``(forget, retain)``, each in this set's order."""
@@ -98,6 +113,9 @@ class Samples:
         return self.subset(mask), self.subset(~mask)
 
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(X, y)`` as tensors; streamed features stay a view whose reads are tensors."""
+        if isinstance(self.X, RowView):
+            return self.X.torch_rows(), torch.from_numpy(self.y).to(device)  # type: ignore[return-value]
         return (
             torch.from_numpy(self.X).to(device),
             torch.from_numpy(self.y).to(device),
@@ -213,11 +231,19 @@ def content_hashes(samples: Samples) -> list[str]:
     """
     if hasattr(samples, "content_hashes"):
         return samples.content_hashes()
-    flat = samples.X.reshape(len(samples), int(np.prod(samples.input_shape)))
-    return [
-        hashlib.sha256(flat[i].tobytes() + int(samples.y[i]).to_bytes(8, "little")).hexdigest()
-        for i in range(len(samples))
-    ]
+    width = int(np.prod(samples.input_shape))
+    out: list[str] = []
+    for start in range(0, len(samples), _HASH_CHUNK):  # a chunk at a time: X may be streamed
+        flat = np.asarray(samples.X[start : start + _HASH_CHUNK]).reshape(-1, width)
+        labels = samples.y[start : start + _HASH_CHUNK]
+        out += [
+            hashlib.sha256(row.tobytes() + int(label).to_bytes(8, "little")).hexdigest()
+            for row, label in zip(flat, labels, strict=True)
+        ]
+    return out
+
+
+_HASH_CHUNK = 4096
 
 
 def checked_ids(ids: Sequence[str] | np.ndarray | None, n: int, id_prefix: str = "") -> np.ndarray:
@@ -235,6 +261,8 @@ def checked_ids(ids: Sequence[str] | np.ndarray | None, n: int, id_prefix: str =
                 f"Empty sample IDs in rows {_rows(empty)}; give every row an ID "
                 "(fill the ID column, or drop the ID option to number the rows)."
             )
+    if len(set(ids_arr.tolist())) == len(ids_arr):  # the common case, without sorted copies
+        return ids_arr
     uniq, counts = np.unique(ids_arr.astype(str), return_counts=True)
     dup = uniq[counts > 1]
     if len(dup):

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from unbake._threads import pin_threads
 from unbake.backends import create_backend
@@ -240,7 +239,7 @@ def _lira_on_bank(bank: ReferenceBank, pool: Samples, seed: int) -> dict[str, fl
 
 
 def _log_probs(models: list[TrainedModel], samples: Samples) -> np.ndarray:
-    X = torch.from_numpy(samples.X)
+    X = samples.X
     return np.stack([m.log_proba(X).double().numpy() for m in models])
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from unbake._threads import pin_threads
 from unbake.backends import create_backend
@@ -170,7 +169,7 @@ class ReferenceBank:
 
 def model_statistics(models: Sequence[TrainedModel], samples: Samples) -> np.ndarray:
     """``(len(models), n)`` logit-scaled confidence of each sample's true class."""
-    X = torch.from_numpy(samples.X)
+    X = samples.X
     return (
         np.stack([logit_confidence(m.log_proba(X).double().numpy(), samples.y) for m in models])
         if models

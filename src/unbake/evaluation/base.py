@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from unbake.data import Samples
 from unbake.data.text import TextSamples
@@ -175,7 +174,7 @@ class EvalContext:
             if len(s) == 0:
                 lp = np.empty((0, self.model.n_classes))
             else:
-                lp = self.model.log_proba(torch.from_numpy(s.X)).double().numpy()
+                lp = self.model.log_proba(s.X).double().numpy()
             self._log_probs[split] = lp
         return self._log_probs[split]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from unbake.data import RowView
 from unbake.training import TrainedModel
 
 __all__ = ["ghost_gap", "nearest_neighbours", "penultimate"]
@@ -27,10 +28,10 @@ def penultimate(model: TrainedModel, X: np.ndarray, batch_size: int = 4096) -> n
     does): one pass over a whole training set would hold every row's intermediate
     activations at once (11 GB for Fashion-MNIST's 59k images through the ``cnn``).
     """
-    x = torch.from_numpy(X)
     features = getattr(model.module, "features", None)
     if not isinstance(features, torch.nn.Module):
-        return x.flatten(1).double().numpy()
+        return torch.from_numpy(np.asarray(X)).flatten(1).double().numpy()
+    x = X.torch_rows() if isinstance(X, RowView) else torch.from_numpy(X)  # streamed: batches
     model.module.eval()
     device = next(model.module.parameters()).device
     parts = [

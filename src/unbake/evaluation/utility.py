@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from unbake.data import Samples
 from unbake.data.text import TextSamples
@@ -28,7 +27,7 @@ def per_sample_loss(
         from unbake.training.lm import answer_loss_and_match
 
         return answer_loss_and_match(model, samples)
-    lp = model.log_proba(torch.from_numpy(samples.X)).double().numpy()
+    lp = model.log_proba(samples.X).double().numpy()
     return nll(lp, samples.y), lp.argmax(1) == samples.y
 
 

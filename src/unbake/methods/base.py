@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from unbake._validation import Declared, Hyperparameter, Interval, set_params, validate_params
-from unbake.data import Samples
+from unbake.data import Samples, as_samples
 from unbake.exceptions import EmptyRequestError, InvalidParameterError, UnsupportedModelError
 from unbake.registry import ClassRegistry
 from unbake.training import TrainConfig, TrainedModel, retrain_blocker
@@ -156,6 +156,8 @@ class UnlearnTask:
     device: str | torch.device | None = None
 
     def __post_init__(self) -> None:
+        # The user's own data (a torch Dataset, a datasets.Dataset, (X, y)) as Samples.
+        self.forget, self.retain = as_samples(self.forget), as_samples(self.retain)
         if len(self.forget) == 0:
             raise EmptyRequestError(
                 "The deletion request selects no samples; name at least one sample ID, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from unbake._validation import Interval, hyperparameter
+from unbake.data.sources import concat_rows
 from unbake.methods._blocks import diag_fisher
 from unbake.methods.base import (
     RETAIN_SAMPLES,
@@ -64,7 +65,7 @@ class SSD(Unlearner):
         X_f, y_f = task.forget.tensors()
         X_r, y_r = task.retain.tensors()  # the retain_samples rows Unlearner.unlearn drew
         imp_f = diag_fisher(module, X_f, y_f)
-        imp_d = diag_fisher(module, torch.cat([X_f, X_r]), torch.cat([y_f, y_r]))
+        imp_d = diag_fisher(module, concat_rows(X_f, X_r), torch.cat([y_f, y_r]))
         dampened = 0
         with torch.no_grad():
             for name, p in module.named_parameters():

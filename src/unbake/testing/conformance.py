@@ -345,7 +345,7 @@ def _forget_loss_and_accuracy(model: TrainedModel, forget: Samples) -> tuple[flo
     """Mean loss and accuracy (%) on ``forget``: per answer token for text."""
     if not hasattr(forget, "X"):
         return _answer_loss_and_accuracy(model, forget)
-    probs = model.predict_proba(torch.from_numpy(forget.X))
+    probs = model.predict_proba(forget.X)
     y = torch.from_numpy(forget.y)
     loss = float(-torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12)).mean())
     return loss, float((probs.argmax(1) == y).float().mean() * 100)

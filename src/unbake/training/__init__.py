@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from unbake.data import Samples
+from unbake.data import Samples, as_samples
+from unbake.data.adapters import loader_batch_size
 from unbake.data.text import TextSamples
 from unbake.models import ModelSpec
 from unbake.training.adapter import OwnLoop, adopt, retrain_blocker
@@ -49,7 +51,7 @@ __all__ = [
 
 
 def fit(
-    samples: Samples | TextSamples,
+    samples: Samples | TextSamples | Any,
     *,
     n_classes: int,
     model: ModelSpec | str | Callable[..., torch.nn.Module] = "mlp",
@@ -66,6 +68,10 @@ def fit(
     instance is refused (its weights are not an initialisation that a retrain can
     reproduce): to bring a module you trained yourself, use :func:`adopt`.
 
+    ``samples`` is anything :func:`unbake.data.as_samples` takes: :class:`Samples`, an
+    ``(X, y)`` pair, a torch ``Dataset`` or ``DataLoader`` (whose batch size is the
+    default config's), or a ``datasets.Dataset``; features are read a batch at a time.
+
     >>> from unbake.data import load_dataset
     >>> ds = load_dataset("digits")
     >>> tm = fit(ds.train, n_classes=10, model="logreg", config=TrainConfig.parse(epochs=1))
@@ -73,7 +79,10 @@ def fit(
     'logreg'
     """
     spec = ModelSpec.of(model)
-    config = config or TrainConfig()
+    if config is None:
+        size = loader_batch_size(samples)
+        config = TrainConfig() if size is None else TrainConfig(batch_size=size)
+    samples = as_samples(samples)
     strat = STRATEGIES.create_checked(strategy, strategy_params)
     strat.validate(samples=samples)
     return strat.fit(

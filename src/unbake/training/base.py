@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from unbake._validation import Declared, get_params, set_params, validate_params
-from unbake.data import Samples
+from unbake.data import RowView, Samples
 from unbake.data.text import TextSamples
 from unbake.exceptions import InvalidParameterError
 from unbake.models import ModelSpec, build_model
@@ -98,10 +98,13 @@ class TrainedModel:
     def log_proba(self, X: torch.Tensor | Any, batch_size: int = 4096) -> torch.Tensor:
         """Class log-probabilities for ``X`` (eval mode, on the model's device; CPU result).
 
+        ``X`` may be streamed rows (:class:`~unbake.data.RowView`): read a batch at a time.
+
         The one score every metric reads: the strategy declares what its module outputs
         (:attr:`TrainingStrategy.output`), so nothing downstream guesses.
         """
-        X = torch.as_tensor(X)
+        if not isinstance(X, (torch.Tensor, RowView)):  # streamed rows stay streamed
+            X = torch.as_tensor(X)
         device = next(self.module.parameters()).device
         kind = STRATEGIES.get(self.strategy).output
         self.module.eval()

@@ -1,13 +1,15 @@
 """The seeded loop that training and every gradient-based unlearning method share.
 
 One loop runs *phases* over *named streams*. A stream is a named ``(X, y)`` pair, such
-as ``forget`` and ``retain``. A :class:`Phase` walks one shuffled epoch of its driving
-stream; at each batch it also draws a batch from every paired stream (each cycles through
-its own shuffled epochs), hands all of them to its step function, back-propagates the
-loss that step returns, runs the hooks, and takes one optimiser step. A method is a list
-of phases: SCRUB alternates a *max* phase on ``forget`` with a *min* phase on ``retain``;
-NegGrad+ runs one phase driven by ``retain`` with ``forget`` paired; plain training
-(:func:`optimize`) is the single-phase case over one stream.
+as ``forget`` and ``retain``; ``X`` is a tensor, or streamed rows read a batch at a time
+(:class:`~unbake.data.RowView`, from ``Samples.tensors()``). A :class:`Phase` walks one
+shuffled epoch of its driving stream; at each batch it also draws a batch from every
+paired stream (each cycles through its own shuffled epochs), hands all of them to its
+step function, back-propagates the loss that step returns, runs the hooks, and takes one
+optimiser step. A method is a list of phases: SCRUB alternates a *max* phase on
+``forget`` with a *min* phase on ``retain``; NegGrad+ runs one phase driven by
+``retain`` with ``forget`` paired; plain training (:func:`optimize`) is the single-phase
+case over one stream.
 
 Determinism: every batch order comes from one ``torch.Generator`` seeded explicitly, in
 the order the loop asks for it, and the model's initial weights from
@@ -20,7 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -119,6 +121,16 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[tor
     yield from order.split(batch_size)
 
 
+def read_batches(X: Any, order: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``X[idx]`` for each index batch of ``order``; streamed rows (a
+    :class:`~unbake.data.RowView`) are read through their source, which may read ahead."""
+    if hasattr(X, "read_batches"):
+        yield from X.read_batches(order)
+    else:
+        for idx in order:
+            yield X[idx]
+
+
 def make_optimizer(
     params, config: TrainConfig, *, lr: float | None = None
 ) -> torch.optim.Optimizer:
@@ -203,9 +215,10 @@ def run_phases(
         for phase in phases:
             X, y = streams[phase.stream]
             for _ in range(phase.epochs):
-                order = batches(sizes[phase.stream], size(phase), generator)
-                for idx in itertools.islice(order, per_pass(phase)):
-                    got: Batches = {phase.stream: (X[idx].to(device), y[idx].to(device))}
+                shuffled = batches(sizes[phase.stream], size(phase), generator)
+                order = list(itertools.islice(shuffled, per_pass(phase)))
+                for idx, bx in zip(order, read_batches(X, order), strict=True):
+                    got: Batches = {phase.stream: (bx.to(device), y[idx].to(device))}
                     for other in phase.paired:
                         if other in cycles:
                             oi = cycles[other].next()

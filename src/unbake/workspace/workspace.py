@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from unbake._version import __version__
-from unbake.data import DATASETS, SPLITS, Dataset, Samples, content_hashes, load_dataset
+from unbake.data import (
+    DATASETS,
+    SPLITS,
+    Dataset,
+    Samples,
+    as_dataset,
+    content_hashes,
+    load_dataset,
+)
 from unbake.evaluation import Evaluation
 from unbake.exceptions import (
     DatasetError,
@@ -178,18 +186,23 @@ class Workspace(SourceView):
         cls,
         root: str | os.PathLike = DEFAULT_WORKSPACE,
         *,
-        dataset: str | Dataset = "digits",
+        dataset: str | Dataset | Any = "digits",
         dataset_options: dict[str, Any] | None = None,
     ) -> Workspace:
         """Create a new workspace for ``dataset``; the folder must not hold one already.
 
-        The dataset is loaded and checked before anything is written.
+        The dataset is loaded and checked before anything is written. Besides a
+        registered name or a :class:`Dataset`, ``dataset`` may be the user's own data (a
+        torch ``Dataset``, a ``datasets.Dataset``, :class:`Samples`): it is split by
+        :func:`unbake.data.as_dataset`, into index views over it.
         """
         root = check_workspace_path(root)
         if (root / CATALOG).exists():
             raise WorkspaceError(
                 f"{root} already holds a workspace; open it, or pick another --workspace."
             )
+        if not isinstance(dataset, str):  # a torch Dataset, datasets.Dataset, (X, y): split
+            dataset = as_dataset(dataset)
         if isinstance(dataset, Dataset):
             ds = dataset
             if ds.spec.get("name") not in DATASETS:

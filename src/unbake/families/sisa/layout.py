@@ -28,6 +28,7 @@ from unbake.data import Samples
 __all__ = [
     "ShardLayout",
     "fnv1a",
+    "key_hashes",
     "keyed",
     "sample_keys",
     "shard_seed",
@@ -51,8 +52,15 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
+#: Rows hashed at a time: the byte matrix of a chunk, not of every key, is in memory.
+_CHUNK = 1 << 16
+
+
 def fnv1a(keys: np.ndarray) -> np.ndarray:
-    """The 64-bit FNV-1a hash of the UTF-8 bytes of every string in ``keys``, vectorised."""
+    """The 64-bit FNV-1a hash of the UTF-8 bytes of every string in ``keys``, vectorised
+    (a chunk of keys at a time)."""
+    if len(keys) > _CHUNK:
+        return np.concatenate([fnv1a(keys[i : i + _CHUNK]) for i in range(0, len(keys), _CHUNK)])
     raw = np.char.encode(np.asarray(keys, dtype=str), "utf-8")
     lengths = np.char.str_len(raw)
     codes = np.frombuffer(raw.tobytes(), dtype=np.uint8).reshape(len(raw), raw.dtype.itemsize)
@@ -92,7 +100,7 @@ class ShardLayout:
     def of(
         cls, samples: Samples, *, shards: int, slices: int, assignment: str, seed: int
     ) -> ShardLayout:
-        base = fnv1a(sample_keys(samples, assignment))
+        base = key_hashes(samples, assignment)
         return cls(
             samples.ids.astype(str),
             (keyed(base, seed, "shard") % np.uint64(shards)).astype(np.int64),
@@ -129,8 +137,22 @@ class ShardLayout:
 
 def sample_keys(samples: Samples, assignment: str) -> np.ndarray:
     """What decides a sample's shard: its subject (or, lacking one, its ID), or its ID."""
-    ids = samples.ids.astype(str)
+    return _keys(samples.ids, samples.subjects, assignment)
+
+
+def _keys(ids: np.ndarray, subjects: np.ndarray, assignment: str) -> np.ndarray:
+    ids = ids.astype(str)
     if assignment == "hash":
         return np.char.add("sample:", ids)
-    subjects = samples.subjects.astype(str)
+    subjects = subjects.astype(str)
     return np.where(subjects != "", np.char.add("subject:", subjects), np.char.add("sample:", ids))
+
+
+def key_hashes(samples: Samples, assignment: str) -> np.ndarray:
+    """``fnv1a(sample_keys(samples, assignment))``, built a chunk of rows at a time, so
+    that a large data set never holds every key string at once."""
+    parts = [
+        fnv1a(_keys(samples.ids[i : i + _CHUNK], samples.subjects[i : i + _CHUNK], assignment))
+        for i in range(0, len(samples), _CHUNK)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)

@@ -48,9 +48,9 @@ from torch import nn
 from unbake._threads import pin_threads
 from unbake._validation import Interval, Options, hyperparameter
 from unbake.backends import BACKEND, RAY_ADDRESS, WORKERS, create_backend
-from unbake.data import Samples
+from unbake.data import RowView, Samples
 from unbake.exceptions import IntegrityError, InvalidParameterError
-from unbake.families.sisa.layout import ShardLayout, sample_keys, shard_seed, step_seed
+from unbake.families.sisa.layout import ShardLayout, key_hashes, shard_seed, step_seed
 from unbake.models import ModelSpec, build_model
 from unbake.training.base import STRATEGIES, TrainedModel, TrainingStrategy
 from unbake.training.config import TrainConfig
@@ -128,7 +128,7 @@ class ShardJob:
     config: TrainConfig
     init_seed: int
     step_seeds: list[int]
-    X: np.ndarray
+    X: np.ndarray | RowView
     y: np.ndarray
     ends: list[int]
     start: int = 0
@@ -150,7 +150,8 @@ def train_shard(job: ShardJob) -> list[dict[str, torch.Tensor]]:
         if job.state is not None:
             recipe.load(module, job.state)
         module.to(job.device)
-        X, y = torch.from_numpy(job.X), torch.from_numpy(job.y)
+        X = job.X.torch_rows() if isinstance(job.X, RowView) else torch.from_numpy(job.X)
+        y = torch.from_numpy(job.y)
         states = []
         for step in range(job.start, len(job.ends)):
             optimize(
@@ -251,7 +252,7 @@ class SISA(TrainingStrategy):
         if samples is None:
             return
         self._check_kind(samples)
-        n_keys = len(np.unique(sample_keys(samples, self.assignment)))
+        n_keys = len(np.unique(key_hashes(samples, self.assignment)))  # by 64-bit hash
         if self.shards > n_keys:
             loose = int(np.sum(samples.subjects.astype(str) == ""))
             what = f"{n_keys} samples"
@@ -274,6 +275,8 @@ class SISA(TrainingStrategy):
         self, samples: Samples, rows: np.ndarray, spec: ModelSpec
     ) -> tuple[np.ndarray, np.ndarray]:
         """The training arrays of one shard: ``rows`` of ``samples``, in that order."""
+        if isinstance(samples.X, RowView):  # streamed: the shard is a view, read by batch
+            return samples.X.view(rows), np.ascontiguousarray(samples.y[rows])
         return np.ascontiguousarray(samples.X[rows]), np.ascontiguousarray(samples.y[rows])
 
     def layout(self, samples: Samples, seed: int) -> ShardLayout:
