@@ -32,12 +32,14 @@ from torch import nn
 
 from unbake.data import Samples
 from unbake.evaluation import Evaluation, evaluate
+from unbake.evaluation.forgetting_check import check_forgetting
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS, UnlearnTask
-from unbake.methods.tuned import resolve_params, scenario_of
+from unbake.methods.tuned import resolve
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig, fit, resolve_device
 from unbake.workspace.catalog import utcnow
+from unbake.workspace.tuned_table import request_context
 from unbake.workspace.workspace import (
     ApplyOutcome,
     ForgetSelector,
@@ -123,12 +125,13 @@ def forget(
 
     With ``tuned`` (the default) the method starts from its tuned defaults for the
     request's scenario (:mod:`unbake.methods.tuned`: class-wise for a ``label``,
-    random otherwise), under the given ``params``; the record's info says which
-    were used and the study they came from (``tuned_defaults``).
+    random otherwise) where their study's dataset and architecture match this
+    workspace's (its own table from ``unbake tune --workspace`` first), under the given
+    ``params``; the record's info says which defaults were used and why (``defaults``)
+    and, for tuned ones, the study they came from (``tuned_defaults``).
     """
-    run_params, tuned_from = resolve_params(
-        method, params, scenario_of(forget_class=label), use_tuned=tuned
-    )
+    ctx = request_context(ws, label=label, model_id=model_id)
+    run_params, defaults = resolve(method, ctx, params, use_tuned=tuned)
     unlearner = METHODS.create_checked(method, run_params)
     if label is not None:
         label = ws.class_name(label)
@@ -164,7 +167,7 @@ def forget(
             seed=seed,
             device=device,
             reason=purpose,
-            info={"tuned_defaults": tuned_from} if tuned_from else None,
+            info=defaults,
         )
     return outcome.record(part)
 
@@ -240,9 +243,21 @@ def stage_parts(
     with recorded:
         result = unlearner.unlearn(UnlearnTask(original, forget, retain, device=device), seed=seed)
         evaluation = evaluate(result.model, forget, retain, test)
+        scenario = "class" if any(t.selector.get("class") is not None for t in tickets) else ""
+        check = check_forgetting(
+            unlearner,
+            original,
+            result.model,
+            forget,
+            test,
+            scenario=scenario,
+            workspace=str(ws.root),
+        )
     if reason:
         result.info["reason"] = reason
     result.info.update(info or {})
+    if check is not None:
+        result.info["forgetting_check"] = check
     if len(parts) > 1:
         result.info["batch"] = [t.request_id for t in tickets]
     provenance = {

@@ -52,7 +52,7 @@ from unbake.exceptions import (
     without_paths,
 )
 from unbake.methods import METHODS
-from unbake.methods.tuned import resolve_params, scenario_of
+from unbake.methods.tuned import resolve
 from unbake.service.apply import apply_parts, forget, stage_parts, train
 from unbake.service.policy import (
     ModelInfo,
@@ -66,6 +66,7 @@ from unbake.service.policy import (
 from unbake.training import TrainedModel, resolve_device
 from unbake.workspace import ledger, personal
 from unbake.workspace.catalog import utcnow
+from unbake.workspace.tuned_table import request_context
 from unbake.workspace.workspace import (
     STUCK_AFTER,
     ForgetSelector,
@@ -791,7 +792,7 @@ class DeletionService:
         return out
 
     def _plan(self, row: dict[str, Any], model_strategy: str, policy: Any) -> tuple:
-        """(method, params, seed, device, model_id, tuned origin) for a queued request.
+        """(method, params, seed, device, model_id, defaults record) for a queued request.
 
         The request's own method wins; else the ``policy`` decides when there is one
         (method ``None``: :meth:`_apply_policy`); else the workspace default (``sisa`` for
@@ -802,18 +803,15 @@ class DeletionService:
         if row["method"] is None and policy is not None:
             return (None, "{}", row["seed"], row["device"], row["model_id"], None)
         method = row["method"] or ("sisa" if model_strategy == "sisa" else "retrain")
-        params, tuned_from = resolve_params(
-            method,
-            row["params"] if row["method"] else {},
-            scenario_of(forget_class=row["class_label"]),
-        )
+        ctx = request_context(self.workspace, label=row["class_label"], model_id=row["model_id"])
+        params, defaults = resolve(method, ctx, row["params"] if row["method"] else {})
         return (
             method,
             json.dumps(params, sort_keys=True),
             row["seed"],
             row["device"],
             row["model_id"],
-            json.dumps(tuned_from, sort_keys=True) if tuned_from else None,
+            json.dumps(defaults, sort_keys=True),
         )
 
     def _groups(self, rows: list[dict[str, Any]], policy: Any) -> list[list[dict[str, Any]]]:
@@ -897,7 +895,7 @@ class DeletionService:
             if method is None:
                 self._apply_policy(parts, active, policy, row, seed, device, dequeue)
             else:
-                info = {"tuned_defaults": json.loads(tuned_json)} if tuned_json else {}
+                info = json.loads(tuned_json)
                 if policy is not None:
                     info["policy"] = {"bypassed": "the request names its own method"}
                 apply_parts(
