@@ -60,6 +60,7 @@ from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
 from unbake.workspace.keys import SECRET, create_secret, keyed_hash, load_secret
 from unbake.workspace.ledger import canonical_json
+from unbake.workspace.reopen import MEMORY, check_same_data, memory_spec
 
 __all__ = [
     "DEFAULT_WORKSPACE",
@@ -309,8 +310,9 @@ class Workspace:
         if isinstance(dataset, Dataset):
             ds = dataset
             if ds.spec.get("name") not in DATASETS:
-                # In-memory data cannot be reloaded by name later; keep it on the instance.
-                ds = replace(ds, spec={"name": "__memory__"})
+                # In-memory data cannot be reloaded by name later; keep it on the instance
+                # (reopened with Workspace.open(root, dataset=ds), checked by reopen.py).
+                ds = replace(ds, spec=memory_spec(ds))
         else:
             ds = load_dataset(dataset, **(dataset_options or {}))
         ds.check()
@@ -358,14 +360,22 @@ class Workspace:
 
     @classmethod
     def open(
-        cls, root: str | os.PathLike = DEFAULT_WORKSPACE, *, read_only: bool = False
+        cls,
+        root: str | os.PathLike = DEFAULT_WORKSPACE,
+        *,
+        read_only: bool = False,
+        dataset: Dataset | None = None,
     ) -> Workspace:
         """Open a workspace; stray files of an interrupted operation are swept first
         (unless another process is writing it: then they may be its own, and wait).
 
         A workspace this process cannot write (or ``read_only=True``) opens read-only:
         reading works and writes nothing, and any change is refused with a
-        :class:`WorkspaceError`.
+        :class:`WorkspaceError`. ``dataset`` reopens a workspace created from data defined
+        in Python, once it is checked to be the same data (the recorded sample IDs,
+        splits and per-sample content hashes, :mod:`unbake.workspace.reopen`); a
+        different one is refused with a :class:`DatasetError` naming the first sample
+        that differs, and nothing is written.
         """
         root = check_workspace_path(root)
         if not (root / CATALOG).is_file():
@@ -379,6 +389,9 @@ class Workspace:
             catalog.check_version()
             catalog.check_integrity()
             ws = cls(root, catalog)
+            if dataset is not None:
+                check_same_data(ws, dataset)
+                ws._dataset = dataset
             if not readonly:
                 with ws.lock(wait=False) as held:
                     if held:
@@ -682,10 +695,12 @@ class Workspace:
         if self._dataset is None:
             spec = dict(self.dataset_spec)
             name = spec.pop("name", None)
-            if name == "__memory__" or name is None:
+            if name == MEMORY or name is None:
                 raise WorkspaceError(
-                    "This workspace was created from in-memory data that is no longer loaded; "
-                    "reopen it with Workspace.create(..., dataset=<Dataset>) in the same process."
+                    f"Workspace {self.root} was created from data defined in Python, which "
+                    f"is not loaded; reopen it with Workspace.open({str(self.root)!r}, "
+                    "dataset=<the same Dataset>), which checks that it is the same data "
+                    "(the per-sample content hashes recorded at creation)."
                 )
             try:
                 self._dataset = load_dataset(name, **spec)
