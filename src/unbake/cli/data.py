@@ -246,6 +246,14 @@ def train(
     split_seed: Annotated[
         int | None, typer.Option(help="Key of the split hash (default 0).")
     ] = None,
+    standardize: Annotated[
+        bool | None,
+        typer.Option(
+            "--standardize/--no-standardize",
+            help="Standardise csv/parquet features, fitted on the training split and "
+            "recorded (default: on; only when creating the workspace).",
+        ),
+    ] = None,
     poison: Annotated[
         str | None,
         typer.Option(
@@ -325,6 +333,7 @@ def train(
         "test_fraction": test_fraction,
         "val_fraction": val_fraction,
         "split_seed": split_seed,
+        "standardize": standardize,
         "poison": poison,
     }
     options = {k: v for k, v in options.items() if v is not None}
@@ -417,7 +426,7 @@ def _check_split_unchanged(ws, options: dict[str, Any]) -> None:
             f"--poison plants an attack when a workspace is created, and {ws.root} exists; "
             "drop --poison or use a new --workspace."
         )
-    for key in ("test_fraction", "val_fraction", "split_seed"):
+    for key in ("test_fraction", "val_fraction", "split_seed", "standardize"):
         if key in options and str(spec.get(key)) != str(options[key]):
             ws.close()
             flag = "--" + key.replace("_", "-")

@@ -51,6 +51,13 @@ def forget(
             "--param overrides them.",
         ),
     ] = True,
+    allow_one_class: Annotated[
+        bool,
+        typer.Option(
+            "--allow-one-class",
+            help="Accept a request that leaves the retain set with a single class.",
+        ),
+    ] = False,
     model: Annotated[str | None, typer.Option(help="Model ID (default: the newest).")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
@@ -93,6 +100,7 @@ def forget(
             device=device,
             idempotency_key=idempotency_key,
             tuned=tuned,
+            allow_one_class=allow_one_class,
         )
     out = {
         "request_id": rec.request_id,

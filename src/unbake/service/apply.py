@@ -31,6 +31,7 @@ from typing import Any
 from torch import nn
 
 from unbake.data import Samples
+from unbake.data.samples import retain_classes_check
 from unbake.evaluation import Evaluation, evaluate
 from unbake.evaluation.forgetting_check import check_forgetting
 from unbake.exceptions import InvalidParameterError
@@ -102,6 +103,7 @@ def forget(
     reason: str | None = None,
     purpose: str | None = None,
     tuned: bool = True,
+    allow_one_class: bool = False,
 ) -> RequestRecord:
     """File and apply a deletion request; every model that saw the data is purged.
 
@@ -129,6 +131,9 @@ def forget(
     workspace's (its own table from ``unbake tune --workspace`` first), under the given
     ``params``; the record's info says which defaults were used and why (``defaults``)
     and, for tuned ones, the study they came from (``tuned_defaults``).
+
+    A request that would leave the retain set with fewer than two classes is refused
+    (nothing is written) unless ``allow_one_class``.
     """
     ctx = request_context(ws, label=label, model_id=model_id)
     run_params, defaults = resolve(method, ctx, params, use_tuned=tuned)
@@ -168,6 +173,7 @@ def forget(
             device=device,
             reason=purpose,
             info=defaults,
+            allow_one_class=allow_one_class,
         )
     return outcome.record(part)
 
@@ -191,7 +197,8 @@ def apply_parts(
     sample at all (only held-out rows) change no model. An unexpected failure records
     ``failed`` for every part; an :class:`UnbakeError` (a request refused as invalid)
     propagates without a trace. It is :func:`stage_parts` (which takes the keyword
-    arguments ``stage``: ``model_id``, ``seed``, ``device``, ``reason``, ``info``) then
+    arguments ``stage``: ``model_id``, ``seed``, ``device``, ``reason``, ``info``,
+    ``allow_one_class``) then
     :meth:`Workspace.commit_staged <unbake.workspace.Workspace.commit_staged>`.
     """
     staged = stage_parts(ws, parts, unlearner, active, **stage)
@@ -210,11 +217,13 @@ def stage_parts(
     reason: str | None = None,
     info: dict[str, Any] | None = None,
     record_failure: bool = True,
+    allow_one_class: bool = False,
 ) -> StagedApply:
     """The first half of :func:`apply_parts`: load the model, unlearn the union of
     ``parts``' training samples and evaluate the result, in memory; nothing is written
     (but ``failed`` for every part on an unexpected failure, unless not
-    ``record_failure``: the policy tries the next method instead)."""
+    ``record_failure``: the policy tries the next method instead). A retain set of fewer
+    than two classes is refused unless ``allow_one_class``."""
     sample_ids = [i for p in parts for i in p.sample_ids]
     held_ids = [i for p in parts for i in p.held_ids]
     tickets = [p.ticket for p in parts]
@@ -233,6 +242,7 @@ def stage_parts(
             f"no model would be left to keep or verify with {method!r}{reads}; forget "
             "fewer samples."
         )
+    retain_classes_check(retain, ws.dataset().classes, allow_one_class=allow_one_class)
     _, test = ws.held_out(without=held_ids)
     started = utcnow()
     for ticket in tickets:

@@ -33,6 +33,7 @@ import numpy as np
 
 from unbake._version import __version__
 from unbake.data import DATASETS, SPLITS, Dataset, Samples, content_hashes, load_dataset
+from unbake.data.standardize import recorded_options
 from unbake.evaluation import Evaluation
 from unbake.exceptions import (
     DatasetError,
@@ -703,7 +704,7 @@ class Workspace:
                     "(the per-sample content hashes recorded at creation)."
                 )
             try:
-                self._dataset = load_dataset(name, **spec)
+                self._dataset = load_dataset(name, **recorded_options(DATASETS.get(name), spec))
             except (InvalidParameterError, UnknownNameError) as exc:  # what it names is wrong
                 raise self.catalog.damaged(f"the dataset spec does not load ({exc})") from None
         return self._dataset
