@@ -90,6 +90,7 @@ def write_entry(ws: Workspace, entry: TunedDefaults, study_json: str) -> TunedDe
     returns the entry as recorded, citing the stored study."""
     ws.check_writable()
     table = read_table(ws) or {}
+    replaced = table.get(entry.method, {}).get(entry.scenario, {}).get("study")
     study_bytes = study_json.encode("utf-8")
     study_sha = sha256_bytes(study_bytes)
     study_rel = f"{FOLDER}/{entry.method}-{entry.scenario}-{study_sha[:16]}.json"
@@ -113,6 +114,8 @@ def write_entry(ws: Workspace, entry: TunedDefaults, study_json: str) -> TunedDe
         )
     if old is not None and old["file"] != rel:
         (ws.root / old["file"]).unlink(missing_ok=True)
+    if replaced and replaced != study_rel and replaced.startswith(f"{FOLDER}/"):  # uncited
+        (ws.root / replaced).unlink(missing_ok=True)
     return recorded
 
 
