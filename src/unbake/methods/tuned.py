@@ -14,7 +14,8 @@ one (its entries must match the request too).
 
 >>> ctx = RequestContext(dataset="digits", model="mlp", scenario="class")
 >>> params, origin = resolve("retrain", ctx, {"epochs": 2})
->>> params, origin["defaults"]["source"]
+>>> defaults = origin["defaults"]
+>>> params, defaults["source"]
 ({'epochs': 2}, 'code')
 """
 
