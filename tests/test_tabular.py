@@ -91,6 +91,9 @@ def test_the_workspace_keeps_its_standardisation_after_deletions_and_at_predicti
     table.write_text("\n".join(ln for ln in lines if not ln.startswith(("r1,", "r2,"))) + "\n")
     res = run("evaluate", "--json", "-w", ws_dir)  # the recorded scaler: hashes still match
     assert res.exit_code == 0, res.output
+    assert (
+        "Features: standardised, fitted on the training split" in run("status", "-w", ws_dir).stdout
+    )
     with Workspace.open(ws_dir) as ws:
         spec = ws.dataset_spec
         assert spec["standardize"] == "True"

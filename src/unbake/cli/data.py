@@ -516,6 +516,13 @@ def status(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> No
         f"{splits['val']} validation (fraction {spec.get('val_fraction', '—')}), "
         f"{splits['test']} test (fraction {spec.get('test_fraction', 'official')})."
     )
+    if "standardize" in spec:
+        on = spec["standardize"] == "True"
+        console.print(
+            "Features: standardised, fitted on the training split (recorded)."
+            if on
+            else "Features: raw (created with --no-standardize)."
+        )
     if spec.get("poison"):
         planted = len(json.loads(spec.get("poison_ids") or "[]"))
         console.print(f"Planted attack: {spec['poison']} ({planted} training samples).")
