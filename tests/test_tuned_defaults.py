@@ -214,7 +214,8 @@ def test_methods_lists_the_scenarios_a_method_is_tuned_for(table):
     assert rows["finetune"]["tuned_defaults"]["class"]["params"] == {"lr": 0.0005, "epochs": 2}
     assert rows["neggrad"]["tuned_defaults"] == {}
     table_text = run("methods").stdout
-    assert "tuned for" in table_text and "random, class" in table_text
+    assert "tuned for" in table_text and "random, class on" in table_text
+    assert "digits/logreg" in table_text  # where they apply
 
 
 def test_write_defaults_needs_the_study_it_cites(table):

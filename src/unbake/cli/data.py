@@ -211,12 +211,20 @@ def methods(as_json: JsonOpt = False) -> None:
                     r["cost"],
                     r["limits"] or "—",
                     ", ".join(f"{k}={v}" for k, v in r["params"].items()),
-                    ", ".join(r["tuned_defaults"]) or "—",
+                    _tuned_cell(r["tuned_defaults"]),
                 ]
                 for r in rows
             ],
         )
     )
+
+
+def _tuned_cell(tuned: dict[str, dict[str, Any]]) -> str:
+    """The scenarios a method is tuned for, with the data and model they apply to."""
+    where: dict[str, list[str]] = {}
+    for scenario, entry in tuned.items():
+        where.setdefault(f"{entry['dataset']}/{entry['model']}", []).append(scenario)
+    return "; ".join(f"{', '.join(s)} on {w}" for w, s in where.items()) or "—"
 
 
 # --- train ---------------------------------------------------------------------------
