@@ -170,3 +170,15 @@ def test_a_two_class_retain_set_is_not_refused(binary_ws):
     with Workspace.open(binary_ws) as ws:
         rec = forget(ws, ids=["r0", "r1"], method="finetune", params={"epochs": 1})
         assert rec.n_samples >= 1
+
+
+def test_the_worker_refuses_a_queued_one_class_request_without_retrying(binary_ws):
+    with DeletionService(binary_ws) as svc:
+        sub = svc.submit(class_label="a", method="retrain")
+        svc.apply_pending()
+        summary = svc.request(sub.request_id)
+        models = svc.current_model()["model_id"]
+    assert summary["state"] == "failed", summary
+    assert "only class 'b'" in json.dumps(summary)
+    with Workspace.open(binary_ws) as ws:
+        assert [r["model_id"] for r in ws.catalog.query("SELECT model_id FROM models")] == [models]
