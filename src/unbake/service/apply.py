@@ -135,7 +135,7 @@ def forget(
     A request that would leave the retain set with fewer than two classes is refused
     (nothing is written) unless ``allow_one_class``.
     """
-    ctx = request_context(ws, label=label, model_id=model_id)
+    ctx = request_context(ws, label=label, model_id=model_id, tuned=tuned)
     run_params, defaults = resolve(method, ctx, params, use_tuned=tuned)
     unlearner = METHODS.create_checked(method, run_params)
     if label is not None:

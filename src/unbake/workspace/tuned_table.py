@@ -33,7 +33,10 @@ __all__ = ["FOLDER", "read_table", "request_context", "write_entry"]
 #: The folder of a workspace that holds its tuned-defaults table and the studies it cites.
 FOLDER = "tuning"
 _META = "tuned_defaults"
-_FIX = "rerun `unbake tune --workspace {root} --method M --scenario S` to write it again"
+_FIX = (
+    "rerun `unbake tune --workspace {root} --method M --scenario S` to write it again "
+    "(`unbake forget --no-tuned` runs without it meanwhile)"
+)
 
 
 def _record(ws: Workspace) -> dict[str, Any] | None:
@@ -120,11 +123,11 @@ def write_entry(ws: Workspace, entry: TunedDefaults, study_json: str) -> TunedDe
 
 
 def request_context(
-    ws: Workspace, *, label: Any = None, model_id: str | None = None
+    ws: Workspace, *, label: Any = None, model_id: str | None = None, tuned: bool = True
 ) -> RequestContext:
     """What a request's tuned defaults must match: the workspace's dataset, the model's
     description (``model_id``, default the newest), the scenario (``"class"`` for a
-    ``label``) and the workspace's own table."""
+    ``label``) and the workspace's own table (not read when ``tuned`` is off)."""
     try:
         model = ws.model_row(model_id)["description"]
     except UnbakeError:  # no such model: the request is refused later, in its own words
@@ -133,7 +136,7 @@ def request_context(
         dataset=ws.catalog.meta("dataset_name"),
         model=model,
         scenario=scenario_of(forget_class=label),
-        table=read_table(ws),
+        table=read_table(ws) if tuned else None,
         table_source=str(Path(ws.root) / FOLDER),
         workspace=str(ws.root),
     )
