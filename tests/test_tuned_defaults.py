@@ -4,6 +4,7 @@ the request records, `unbake methods`, and bad tables refused in one line."""
 import hashlib
 import json
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from typer.testing import CliRunner
@@ -13,9 +14,10 @@ from unbake.exceptions import InvalidParameterError
 from unbake.methods.tuned import (
     ENV_VAR,
     SCENARIOS,
+    RequestContext,
     defaults_path,
     read_table,
-    resolve_params,
+    resolve,
     tuned_defaults,
 )
 from unbake.workspace import Workspace
@@ -23,13 +25,13 @@ from unbake.workspace import Workspace
 runner = CliRunner()
 
 
-def entry(params, study="benchmarks/tuning/finetune-random.json"):
+def entry(params, study="benchmarks/tuning/finetune-random.json", where=("digits", "logreg")):
     return {
         "params": params,
         "study": study,
         "study_sha256": "0" * 64,
-        "dataset": "fashion-mnist",
-        "model": "cnn",
+        "dataset": where[0],
+        "model": where[1],
         "score": 0.8,
         "original_score": 2.5,
         "best_trial": 7,
@@ -57,19 +59,52 @@ def table(tmp_path, monkeypatch):
     return path
 
 
+def resolve_params(method, params, scenario, **kw):
+    return resolve(method, RequestContext("digits", "logreg", scenario), params, **kw)
+
+
 def test_user_params_override_the_tuned_defaults_of_the_requests_scenario(table):
     params, origin = resolve_params("finetune", {"lr": 0.01}, "random")
     assert params == {"epochs": 1, "lr": 0.01}
-    assert origin["applied"] == {"epochs": 1} and origin["overridden"] == ["lr"]
-    assert origin["study"] == "benchmarks/tuning/finetune-random.json"
-    assert "fashion-mnist" in origin["summary"] and "trial 7 of 20" in origin["summary"]
+    tuned = origin["tuned_defaults"]
+    assert tuned["applied"] == {"epochs": 1} and tuned["overridden"] == ["lr"]
+    assert tuned["study"] == "benchmarks/tuning/finetune-random.json"
+    assert "digits" in tuned["summary"] and "trial 7 of 20" in tuned["summary"]
+    assert origin["defaults"]["source"] == "packaged"
     assert resolve_params("finetune", {}, "class")[0] == {"lr": 0.0005, "epochs": 2}
-    assert resolve_params("finetune", {"lr": 1e-3, "epochs": 3}, "class") == (
-        {"lr": 1e-3, "epochs": 3},
-        None,  # the user set every tuned knob: no tuned default was used
-    )
-    assert resolve_params("finetune", {}, "random", use_tuned=False) == ({}, None)
-    assert resolve_params("neggrad", {}, "random") == ({}, None)  # no entry: code defaults
+    params, origin = resolve_params("finetune", {"lr": 1e-3, "epochs": 3}, "class")
+    assert params == {"lr": 1e-3, "epochs": 3}  # the user set every tuned knob
+    assert origin == {"defaults": {"source": "given", "why": ANY, "skipped": 0}}
+    params, origin = resolve_params("finetune", {}, "random", use_tuned=False)
+    assert params == {} and origin["defaults"]["source"] == "code"
+    params, origin = resolve_params("neggrad", {}, "random")  # no entry: code defaults
+    assert params == {} and "neggrad has no tuned defaults" in origin["defaults"]["why"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "model"), [("fashion-mnist", "logreg"), ("digits", "cnn"), ("digits", None)]
+)
+def test_tuned_defaults_apply_only_where_dataset_and_architecture_match(table, dataset, model):
+    params, origin = resolve("finetune", RequestContext(dataset, model, "class"), {"lr": 0.1})
+    assert params == {"lr": 0.1}  # the code's defaults under the user's own
+    assert "tuned_defaults" not in origin
+    why = origin["defaults"]["why"]
+    assert origin["defaults"] == {"source": "code", "why": why, "skipped": 1}
+    assert "were tuned on digits with logreg, not on" in why
+    assert "unbake tune --workspace DIR --method finetune --scenario class" in why
+
+
+def test_the_workspace_table_is_preferred_over_the_packaged_one(table):
+    own = {"finetune": {"class": entry({"lr": 0.003}, "tuning/x.json")}}
+    ctx = RequestContext("digits", "logreg", "class", table=own, table_source="ws/tuning")
+    params, origin = resolve("finetune", ctx)
+    assert params == {"lr": 0.003} and origin["defaults"]["source"] == "workspace"
+    assert origin["tuned_defaults"]["source"] == "workspace"
+    # Its entry for another architecture does not apply; the packaged one still can.
+    own = {"finetune": {"class": entry({"lr": 0.003}, "tuning/x.json", ("digits", "mlp"))}}
+    ctx = RequestContext("digits", "logreg", "class", table=own)
+    params, origin = resolve("finetune", ctx)
+    assert params == {"lr": 0.0005, "epochs": 2} and origin["defaults"]["source"] == "packaged"
 
 
 @pytest.mark.parametrize(
@@ -179,7 +214,8 @@ def test_methods_lists_the_scenarios_a_method_is_tuned_for(table):
     assert rows["finetune"]["tuned_defaults"]["class"]["params"] == {"lr": 0.0005, "epochs": 2}
     assert rows["neggrad"]["tuned_defaults"] == {}
     table_text = run("methods").stdout
-    assert "tuned for" in table_text and "random, class" in table_text
+    assert "tuned for" in table_text and "random, class on" in table_text
+    assert "digits/logreg" in table_text  # where they apply
 
 
 def test_write_defaults_needs_the_study_it_cites(table):

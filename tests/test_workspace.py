@@ -341,7 +341,10 @@ def test_forget_a_class_by_name_or_index(csv_ws):
     with pytest.raises(InvalidParameterError, match=r"Class 'Z' does not exist.*'A', 'B', 'C'"):
         apply.forget(ws, label="Z", method="retrain")
     n_c = sum(1 for r in ws.samples() if r["split"] == "train" and r["label"] == "C")
-    assert apply.forget(ws, label=2, method="retrain").n_samples == n_c  # an int is an index
+    with pytest.raises(InvalidParameterError, match="leaves the retain set with only class 'A'"):
+        apply.forget(ws, label=2, method="retrain")  # one class left: refused, unless allowed
+    rec = apply.forget(ws, label=2, method="retrain", allow_one_class=True)
+    assert rec.n_samples == n_c  # an int is an index
 
 
 def _subject_in(ws, split):

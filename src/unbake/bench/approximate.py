@@ -6,7 +6,7 @@ seeds each, mean ± std. ``--quick``: digits, one seed. Each (scenario, seed) is
 reference as a row: the reference's own first run when its repeats were bitwise
 identical, which the row's ``reused`` field says), ``original``, ``retrain_seed`` and
 every method whose tags say it is approximate, each with its tuned defaults for the
-scenario where it has them (:mod:`unbake.methods.tuned`).
+scenario where they match its dataset and model (:mod:`unbake.methods.tuned`).
 
 The full run takes hours on two cores, so it is resumable: with a ``cache_dir`` (by
 default ``--out`` with its suffix replaced by ``.cells``) each finished (scenario, seed) cell is
@@ -29,7 +29,7 @@ from unbake.data import load_dataset
 from unbake.evaluation.compare import compare_methods
 from unbake.exceptions import InvalidParameterError
 from unbake.methods import METHODS
-from unbake.methods.tuned import SCENARIOS, resolve_params
+from unbake.methods.tuned import SCENARIOS, RequestContext, resolve
 from unbake.training import TrainConfig
 
 #: Columns averaged over seeds (each also gets ``<name>_std``).
@@ -215,12 +215,13 @@ def approximate_benchmark(
     tuned: dict[str, dict[str, dict[str, Any]]] = {}
     cells: list[dict[str, Any]] = []
     for scenario in scenarios:
-        resolved = {m: resolve_params(m, {}, scenario) for m in methods}
+        ctx = RequestContext(dataset=ds.name, model=model, scenario=scenario)
+        resolved = {m: resolve(m, ctx) for m in methods}
         params = {m: p for m, (p, _) in resolved.items() if p}
         tuned[scenario] = {
-            m: {k: origin[k] for k in ("applied", "study", "study_sha256")}
+            m: {k: origin["tuned_defaults"][k] for k in ("applied", "study", "study_sha256")}
             for m, (_, origin) in resolved.items()
-            if origin
+            if "tuned_defaults" in origin
         }
         runs = []
         for seed in seeds:

@@ -61,7 +61,7 @@ from unbake.evaluation.bank import Recipe, ReferenceBank, train_bank
 from unbake.evaluation.compare import class_forget_ids, compare_methods, random_forget_ids
 from unbake.exceptions import InvalidParameterError, UnbakeError
 from unbake.methods import METHODS
-from unbake.methods.tuned import resolve_params
+from unbake.methods.tuned import RequestContext, resolve
 from unbake.models import ModelSpec
 from unbake.training import TrainConfig
 
@@ -284,7 +284,8 @@ def run_tradeoff(ds: Dataset, setup: TradeoffSetup | None = None) -> dict[str, A
     setup.check()
     config = TrainConfig.parse(**setup.train)
     methods = list(setup.methods) if setup.methods is not None else array_methods()
-    params = {m: resolve_params(m, {}, "random")[0] for m in methods}
+    ctx = RequestContext(dataset=ds.name, model=setup.model, scenario="random")
+    params = {m: resolve(m, ctx)[0] for m in methods}
     forget_ids = random_forget_ids(ds, setup.forget_fraction, setup.seed)
     forget, pool = ds.train.split(forget_ids)
     main = Recipe(ModelSpec(setup.model), config, ds.n_classes)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ from unbake.models import ModelSpec
 from unbake.training import TrainConfig, TrainedModel, fit, resolve_device
 from unbake.workspace.atomic import atomic_write_text, sha256_bytes
 
-__all__ = ["SCENARIOS", "Study", "tune", "write_defaults"]
+__all__ = ["SCENARIOS", "Study", "best_entry", "tune", "write_defaults"]
 
 
 def _finite(value: float | None, digits: int = 4) -> float | None:
@@ -325,19 +325,14 @@ def _original_and_reference(
     return original, run.model, timing, {"path": str(path), "reused": False}
 
 
-def write_defaults(
-    study: Study, study_path: str | os.PathLike, *, path: str | os.PathLike | None = None
-) -> TunedDefaults:
-    """Record the best trial of ``study`` (saved at ``study_path``) as its method's tuned
-    defaults for its scenario, in the table at ``path`` (default: the one
-    :mod:`unbake.methods.tuned` reads), atomically; returns the entry.
+def best_entry(study: Study) -> TunedDefaults:
+    """The best trial of ``study`` as its method's tuned defaults for its scenario (citing
+    no study file yet: ``study`` and ``study_sha256`` are empty).
 
     Only a best trial that beats doing nothing (a lower avg gap than the original's) is
-    recorded: a setting worse than skipping the method is refused, as is a study with no
+    taken: a setting worse than skipping the method is refused, as is a study with no
     trial within its time budget. The defaults are the best trial's knobs plus the
-    parameters the study pinned. The
-    study is cited by its path (relative to the working directory when inside it) and
-    the sha256 of its bytes, so the entry can be checked against the committed study.
+    parameters the study pinned.
     """
     best = study.best
     if best is None:
@@ -355,6 +350,33 @@ def write_defaults(
             "defaults are unchanged. Widen the search (--trials, --time-fraction) or keep "
             "the method's own defaults."
         )
+    return TunedDefaults(
+        method=study.method,
+        scenario=study.scenario,
+        params={**study.fixed, **best["params"]},
+        study="",
+        study_sha256="",
+        dataset=study.dataset,
+        model=study.model,
+        score=best["score"],
+        original_score=study.original_score,
+        best_trial=best["number"],
+        trials=len(study.trials),
+        seed=study.seed,
+    )
+
+
+def write_defaults(
+    study: Study, study_path: str | os.PathLike, *, path: str | os.PathLike | None = None
+) -> TunedDefaults:
+    """Record the best trial of ``study`` (saved at ``study_path``) as its method's tuned
+    defaults for its scenario (:func:`best_entry`), in the table at ``path`` (default:
+    the one :mod:`unbake.methods.tuned` reads), atomically; returns the entry.
+
+    The study is cited by its path (relative to the working directory when inside it)
+    and the sha256 of its bytes, so the entry can be checked against the committed study.
+    """
+    entry = best_entry(study)
     study_path = Path(study_path)
     data = study_path.read_bytes()
     if json.loads(data).get("best") != json.loads(study.to_json())["best"]:
@@ -365,20 +387,7 @@ def write_defaults(
         cited = str(study_path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         cited = str(study_path.resolve())
-    entry = TunedDefaults(
-        method=study.method,
-        scenario=study.scenario,
-        params={**study.fixed, **best["params"]},
-        study=cited,
-        study_sha256=sha256_bytes(data),
-        dataset=study.dataset,
-        model=study.model,
-        score=best["score"],
-        original_score=study.original_score,
-        best_trial=best["number"],
-        trials=len(study.trials),
-        seed=study.seed,
-    )
+    entry = replace(entry, study=cited, study_sha256=sha256_bytes(data))
     target = Path(path) if path is not None else defaults_path()
     table = read_table(target)
     fields = {k: v for k, v in entry.to_dict().items() if k not in ("method", "scenario")}

@@ -139,8 +139,8 @@ def tune(
     forget_class: Annotated[
         str | None, typer.Option(help="Class to forget in the class scenario (name or index).")
     ] = None,
-    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "digits",
-    model: Annotated[str, typer.Option(help="Model architecture.")] = "mlp",
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (default digits).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model architecture (default mlp).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs of the original.")] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Training batch size of the original.")
@@ -166,15 +166,64 @@ def tune(
         Path | None,
         typer.Option(help="Keep the original and its retrain reference here for later studies."),
     ] = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            "-w",
+            help="Tune on this workspace's own data and current model, and write its own "
+            "tuned defaults (which `unbake forget` there prefers).",
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search a method's knobs with Optuna against retraining (validation, never test)."""
     _apply_threads(threads)
+    options = {"trials": trials, "scenario": scenario, "forget_class": forget_class,
+               "time_fraction": time_fraction, "seed": seed, "fixed": parse_params(param)}  # fmt: skip
+    if workspace is not None:
+        given = {"--dataset": dataset, "--model": model, "--epochs": epochs,
+                 "--batch-size": batch_size, "--data-dir": data_dir, "--cache-dir": cache_dir,
+                 "--write-defaults": write_defaults or None}  # fmt: skip
+        clash = next((k for k, v in given.items() if v is not None), None)
+        if clash is not None:
+            raise InvalidParameterError(
+                f"{clash} does not go with --workspace, which tunes on the workspace's own "
+                f"data and model and writes its own table; drop {clash} or --workspace."
+            )
+        study, recorded = _tune_workspace(workspace, method, options)
+        if out is not None:
+            study.save(out)
+        _report_study(
+            study, recorded, None, out, as_json, f"the workspace's own table in {workspace}"
+        )
+        return
+    study, recorded, refused = _tune_package(
+        method, options, dataset or "digits", model or "mlp", epochs, batch_size, data_dir,
+        out, write_defaults, cache_dir,
+    )  # fmt: skip
+    from unbake.methods.tuned import defaults_path
+
+    _report_study(study, recorded, refused, out, as_json, str(defaults_path()))
+
+
+def _tune_workspace(workspace: Path, method: str, options: dict[str, Any]):
+    from unbake.service.tuning import tune_workspace
+    from unbake.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        return tune_workspace(ws, method, **options)
+
+
+def _tune_package(
+    method, options, dataset, model, epochs, batch_size, data_dir, out, write_defaults, cache_dir
+):
+    """A study on a named dataset; with ``write_defaults``, the packaged table's entry."""
     from unbake.bench.tune import tune as run_tune
     from unbake.bench.tune import write_defaults as record_defaults
     from unbake.data import load_dataset
-    from unbake.methods.tuned import defaults_path, read_table
+    from unbake.methods.tuned import read_table
     from unbake.training import TrainConfig
 
     if write_defaults:
@@ -184,22 +233,9 @@ def tune(
                 "came from (commit it under benchmarks/tuning/)."
             )
         read_table()  # an unreadable table fails now, not after the study
-    params = parse_params(param)
     config = TrainConfig.parse(epochs=epochs, batch_size=batch_size)
     ds = load_dataset(dataset, **({"data_dir": data_dir} if data_dir else {}))
-    study = run_tune(
-        ds,
-        method,
-        trials=trials,
-        scenario=scenario,
-        forget_class=forget_class,
-        model=model,
-        config=config,
-        time_fraction=time_fraction,
-        seed=seed,
-        fixed=params,
-        cache_dir=cache_dir,
-    )
+    study = run_tune(ds, method, model=model, config=config, cache_dir=cache_dir, **options)
     if out is not None:
         study.save(out)
     recorded = refused = None
@@ -208,6 +244,11 @@ def tune(
             recorded = record_defaults(study, out)
         except InvalidParameterError as exc:  # reported after the study's own output
             refused = exc
+    return study, recorded, refused
+
+
+def _report_study(study, recorded, refused, out, as_json: bool, table: str) -> None:
+    """The study's trials and best, where its defaults were written; then any refusal."""
     if as_json:
         _emit_json({**study.to_dict(), "tuned_defaults": recorded and recorded.to_dict()})
         if refused:
@@ -219,7 +260,11 @@ def tune(
         for t in study.trials
     ]
     console.print(
-        _table(f"tune {method} ({study.scenario})", ["#", "state", "avg gap", "s", "params"], rows)
+        _table(
+            f"tune {study.method} ({study.scenario})",
+            ["#", "state", "avg gap", "s", "params"],
+            rows,
+        )
     )
     if best is None:
         console.print("No trial finished within the time budget; raise --time-fraction.")
@@ -232,8 +277,8 @@ def tune(
         console.print(f"Wrote {out}.")
     if recorded is not None:
         console.print(
-            f"Wrote the tuned defaults of {method} for {study.scenario} forgetting to "
-            f"{defaults_path()}: {recorded.params}, {recorded.describe()}."
+            f"Wrote the tuned defaults of {study.method} for {study.scenario} forgetting to "
+            f"{table}: {recorded.params}, {recorded.describe()}."
         )
     if refused:
         raise refused

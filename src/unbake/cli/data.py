@@ -216,7 +216,7 @@ def methods(as_json: JsonOpt = False) -> None:
                     r["requires_strategy"] or "any",
                     r["cost"],
                     r["limits"] or "—",
-                    ", ".join(r["tuned_defaults"]) or "—",
+                    _tuned_cell(r["tuned_defaults"]),
                 ]
                 for r in rows
             ],
@@ -235,6 +235,14 @@ def methods(as_json: JsonOpt = False) -> None:
             left=5,
         )
     )
+
+
+def _tuned_cell(tuned: dict[str, dict[str, Any]]) -> str:
+    """The scenarios a method is tuned for, with the data and model they apply to."""
+    where: dict[str, list[str]] = {}
+    for scenario, entry in tuned.items():
+        where.setdefault(f"{entry['dataset']}/{entry['model']}", []).append(scenario)
+    return "; ".join(f"{', '.join(s)} on {w}" for w, s in where.items()) or "—"
 
 
 # --- train ---------------------------------------------------------------------------
@@ -263,6 +271,14 @@ def train(
     ] = None,
     split_seed: Annotated[
         int | None, typer.Option(help="Key of the split hash (default 0).")
+    ] = None,
+    standardize: Annotated[
+        bool | None,
+        typer.Option(
+            "--standardize/--no-standardize",
+            help="Standardise csv/parquet features, fitted on the training split and "
+            "recorded (default: on; only when creating the workspace).",
+        ),
     ] = None,
     poison: Annotated[
         str | None,
@@ -352,6 +368,7 @@ def train(
         "test_fraction": test_fraction,
         "val_fraction": val_fraction,
         "split_seed": split_seed,
+        "standardize": standardize,
         "poison": poison,
     }
     options = {k: v for k, v in options.items() if v is not None}
@@ -444,7 +461,7 @@ def _check_split_unchanged(ws, options: dict[str, Any]) -> None:
             f"--poison plants an attack when a workspace is created, and {ws.root} exists; "
             "drop --poison or use a new --workspace."
         )
-    for key in ("test_fraction", "val_fraction", "split_seed"):
+    for key in ("test_fraction", "val_fraction", "split_seed", "standardize"):
         if key in options and str(spec.get(key)) != str(options[key]):
             ws.close()
             flag = "--" + key.replace("_", "-")
@@ -534,6 +551,13 @@ def status(workspace: WorkspaceOpt = DEFAULT_WS, as_json: JsonOpt = False) -> No
         f"{splits['val']} validation (fraction {spec.get('val_fraction', '—')}), "
         f"{splits['test']} test (fraction {spec.get('test_fraction', 'official')})."
     )
+    if "standardize" in spec:
+        on = spec["standardize"] == "True"
+        console.print(
+            "Features: standardised, fitted on the training split (recorded)."
+            if on
+            else "Features: raw (created with --no-standardize)."
+        )
     if spec.get("poison"):
         planted = len(json.loads(spec.get("poison_ids") or "[]"))
         console.print(f"Planted attack: {spec['poison']} ({planted} training samples).")

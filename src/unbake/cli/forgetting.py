@@ -50,10 +50,18 @@ def forget(
         bool,
         typer.Option(
             "--tuned/--no-tuned",
-            help="Start from the method's tuned defaults for the request's scenario "
-            "(see `unbake methods`); --param overrides them.",
+            help="Start from the method's tuned defaults for the request's scenario, "
+            "where they were tuned on this dataset and architecture (see `unbake methods`); "
+            "--param overrides them.",
         ),
     ] = True,
+    allow_one_class: Annotated[
+        bool,
+        typer.Option(
+            "--allow-one-class",
+            help="Accept a request that leaves the retain set with a single class.",
+        ),
+    ] = False,
     model: Annotated[str | None, typer.Option(help="Model ID (default: the newest).")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
@@ -96,6 +104,7 @@ def forget(
             device=device,
             idempotency_key=idempotency_key,
             tuned=tuned,
+            allow_one_class=allow_one_class,
         )
     out = {
         "request_id": rec.request_id,
@@ -128,14 +137,26 @@ def forget(
         f"  {_metric_line(rec.evaluation.to_dict())}  "
         f"(older models that saw the data were purged)"
     )
-    tuned_from = out["info"].get("tuned_defaults")
+    _print_defaults(out["info"])
+
+
+def _print_defaults(info: dict) -> None:
+    """Which defaults the method ran with and why, and whether it barely forgot."""
+    tuned_from, defaults = info.get("tuned_defaults"), info.get("defaults") or {}
     if tuned_from:
         overridden = tuned_from["overridden"]
+        where = "the workspace's own" if tuned_from.get("source") == "workspace" else "the"
         console.print(
-            f"  Parameters: the tuned defaults {tuned_from['applied']}, {tuned_from['summary']}"
+            f"  Parameters: {where} tuned defaults {tuned_from['applied']}, "
+            f"{tuned_from['summary']}"
             + (f"; --param set {', '.join(overridden)}" if overridden else "")
             + "."
         )
+    elif defaults.get("skipped"):
+        console.print(f"  Parameters: {defaults['why']}.")
+    check = info.get("forgetting_check")
+    if check and check.get("verdict") == "barely forgot":
+        console.print(f"  Warning: {check['message']}")
 
 
 # --- clean ---------------------------------------------------------------------------

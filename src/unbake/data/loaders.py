@@ -20,6 +20,7 @@ from numpy.typing import DTypeLike
 from unbake.data.poison import poison_dataset
 from unbake.data.samples import Dataset, Samples
 from unbake.data.splits import SPLITS, SplitSpec, assign_splits
+from unbake.data.standardize import standardize_dataset
 from unbake.data.text import TextSamples, read_jsonl, text_dataset
 from unbake.exceptions import DatasetError
 from unbake.registry import Registry
@@ -254,6 +255,8 @@ def _table_to_dataset(
     split: SplitSpec,
     source: str,
     classes: str | None = None,
+    standardize: bool | str = True,
+    scaler: str | None = None,
 ) -> Dataset:
     for col in (label, id_column, subject_column):
         if col is not None and col not in columns:
@@ -287,8 +290,8 @@ def _table_to_dataset(
     ids = columns[id_column] if id_column else [f"{name}-{i}" for i in range(n)]
     subjects = columns[subject_column] if subject_column else None
     full = Samples.build(feats, y, ids, subjects)
-    ds = _dataset(name, full, names, split)
-    return replace(ds, spec={**ds.spec, "classes": json.dumps(list(names))})
+    ds, scaling = standardize_dataset(_dataset(name, full, names, split), standardize, scaler)
+    return replace(ds, spec={**ds.spec, "classes": json.dumps(list(names)), **scaling})
 
 
 def _encode_labels(
@@ -363,6 +366,8 @@ def csv_table(
     val_fraction: float | str = 0.1,
     split_seed: int | str = 0,
     classes: str | None = None,
+    standardize: bool | str = True,
+    scaler: str | None = None,
 ) -> Dataset:
     """A UTF-8 CSV file with a header row: one label column, optional ID and subject columns.
 
@@ -371,14 +376,19 @@ def csv_table(
     so deleting a row from the file renumbers the rows after it: give an ID column to
     delete rows from the source. ``classes`` (a JSON list) fixes the label names and
     their order; by default they are the sorted label strings (recorded in the spec).
+
+    Features are standardised (``standardize``, the default; see
+    :mod:`unbake.data.standardize`): fitted on the training split only and recorded in
+    the spec as ``scaler``, which a reload applies instead of fitting again.
     """
     split = SplitSpec.parse(test_fraction, val_fraction, split_seed)
     file = Path(path)
     if not file.exists():
         raise DatasetError(f"CSV file {file} does not exist; check the --path option.")
     return _table_to_dataset(
-        file.stem, _read_csv(file), label, id_column, subject_column, split, str(file), classes
-    )
+        file.stem, _read_csv(file), label, id_column, subject_column, split, str(file), classes,
+        standardize, scaler,
+    )  # fmt: skip
 
 
 @DATASETS.register("parquet")
@@ -391,8 +401,11 @@ def parquet_table(
     val_fraction: float | str = 0.1,
     split_seed: int | str = 0,
     classes: str | None = None,
+    standardize: bool | str = True,
+    scaler: str | None = None,
 ) -> Dataset:
-    """A Parquet file (needs ``pyarrow``), with the same columns and split as :func:`csv_table`."""
+    """A Parquet file (needs ``pyarrow``), with the same columns, split and
+    standardisation as :func:`csv_table`."""
     split = SplitSpec.parse(test_fraction, val_fraction, split_seed)
     try:
         import pyarrow.parquet as pq
@@ -410,8 +423,9 @@ def parquet_table(
             f"{file} is not a readable Parquet file ({type(exc).__name__}); re-export it."
         ) from None
     return _table_to_dataset(
-        file.stem, table, label, id_column, subject_column, split, str(file), classes
-    )
+        file.stem, table, label, id_column, subject_column, split, str(file), classes,
+        standardize, scaler,
+    )  # fmt: skip
 
 
 @DATASETS.register("jsonl")

@@ -12,7 +12,7 @@ import torch
 from unbake.data.sources import RowView, positions_of
 from unbake.exceptions import DatasetError, InvalidParameterError
 
-__all__ = ["Dataset", "Samples", "checked_ids", "content_hashes"]
+__all__ = ["Dataset", "Samples", "checked_ids", "content_hashes", "retain_classes_check"]
 
 
 @dataclass(frozen=True)
@@ -277,3 +277,28 @@ def checked_ids(ids: Sequence[str] | np.ndarray | None, n: int, id_prefix: str =
 def _rows(rows: np.ndarray, limit: int = 8) -> str:
     shown = ", ".join(str(int(r)) for r in rows[:limit])
     return shown + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")
+
+
+def retain_classes_check(
+    retain: Samples, classes: Sequence[str] = (), *, allow_one_class: bool = False
+) -> None:
+    """Refuse a deletion that would leave ``retain`` with fewer than two classes (a model
+    that can only ever answer one class), unless ``allow_one_class``.
+
+    Text samples (no labels) are never refused. ``classes`` names the label indices.
+
+    >>> retain_classes_check(Samples.build(np.zeros((2, 1), np.float32), [0, 0]), ("a", "b"))
+    Traceback (most recent call last):
+    ...
+    unbake.exceptions.InvalidParameterError: The request leaves the retain set with only class 'a', so the model left could answer nothing else; forget fewer samples, or pass --allow-one-class (allow_one_class=True) to accept a one-class model.
+    """
+    y = getattr(retain, "y", None)
+    if allow_one_class or y is None or len(np.unique(y)) >= 2 or len(y) == 0:
+        return
+    label = int(y[0])
+    name = classes[label] if label < len(classes) else str(label)
+    raise InvalidParameterError(
+        f"The request leaves the retain set with only class {name!r}, so the model left "
+        "could answer nothing else; forget fewer samples, or pass --allow-one-class "
+        "(allow_one_class=True) to accept a one-class model."
+    )

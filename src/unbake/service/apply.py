@@ -33,13 +33,16 @@ from typing import Any
 from torch import nn
 
 from unbake.data import Samples
+from unbake.data.samples import retain_classes_check
 from unbake.evaluation import Evaluation, evaluate
+from unbake.evaluation.forgetting_check import check_forgetting
 from unbake.methods import UnlearnTask
 from unbake.models import ModelSpec
 from unbake.service.planner import DeletionRequest, check_retain, part_of, plan, select
 from unbake.training import TrainConfig, fit, resolve_device
 from unbake.training.adapter import persistable
 from unbake.workspace.catalog import utcnow
+from unbake.workspace.tuned_table import request_context
 from unbake.workspace.workspace import (
     ApplyOutcome,
     RequestPart,
@@ -99,6 +102,7 @@ def forget(
     reason: str | None = None,
     purpose: str | None = None,
     tuned: bool = True,
+    allow_one_class: bool = False,
 ) -> RequestRecord:
     """File and apply a deletion request; every model that saw the data is purged.
 
@@ -125,8 +129,13 @@ def forget(
     request that selects only such rows is recorded with method ``"none"`` and changes
     and purges no model (none was trained on them). With ``tuned`` (the default) the
     method starts from its tuned defaults for the request's scenario
-    (:mod:`unbake.methods.tuned`), under the given ``params``; the record's info says
-    which were used and the study they came from (``tuned_defaults``).
+    (:mod:`unbake.methods.tuned`) where their study's dataset and architecture match
+    this workspace's (its own table from ``unbake tune --workspace`` first), under the
+    given ``params``; the record's info says which defaults were used and why
+    (``defaults``) and, for tuned ones, the study they came from (``tuned_defaults``).
+
+    A request that would leave the retain set with fewer than two classes is refused
+    (nothing is written) unless ``allow_one_class``.
     """
     request = DeletionRequest.of(
         sample_ids=list(ids) if ids else None,
@@ -141,6 +150,7 @@ def forget(
         reason=reason,
         purpose=purpose,
         tuned=tuned,
+        allow_one_class=allow_one_class,
     )
     return apply_now(ws, request)
 
@@ -159,7 +169,12 @@ def apply_now(ws: Workspace, request: DeletionRequest) -> RequestRecord:
         model = (
             ws.model_store.get(request.model_id) if request.model_id else ws.model_store.current()
         )
-        the_plan = plan(request, strategy=model["strategy"] if model is not None else "")
+        context = request_context(
+            ws, label=request.class_label, model_id=request.model_id, tuned=request.tuned
+        )
+        the_plan = plan(
+            request, strategy=model["strategy"] if model is not None else "", context=context
+        )
         unlearner = the_plan.unlearner()
         ticket.deadline = ws.request_store.deadline_for(ticket.received_at)
         active, _ = ws.active_and_forgotten()
@@ -181,6 +196,7 @@ def apply_now(ws: Workspace, request: DeletionRequest) -> RequestRecord:
             device=request.device,
             reason=request.purpose,
             info=the_plan.info() or None,
+            allow_one_class=request.allow_one_class,
         )
     return outcome.record(part)
 
@@ -204,7 +220,8 @@ def apply_parts(
     sample at all (only held-out rows) change no model. An unexpected failure records
     ``failed`` for every part; an :class:`UnbakeError` (a request refused as invalid)
     propagates without a trace. It is :func:`stage_parts` (which takes the keyword
-    arguments ``stage``: ``model_id``, ``seed``, ``device``, ``reason``, ``info``) then
+    arguments ``stage``: ``model_id``, ``seed``, ``device``, ``reason``, ``info``,
+    ``allow_one_class``) then
     :meth:`Workspace.commit_staged <unbake.workspace.Workspace.commit_staged>`.
     """
     staged = stage_parts(ws, parts, unlearner, active, **stage)
@@ -223,11 +240,13 @@ def stage_parts(
     reason: str | None = None,
     info: dict[str, Any] | None = None,
     record_failure: bool = True,
+    allow_one_class: bool = False,
 ) -> StagedApply:
     """The first half of :func:`apply_parts`: load the model, unlearn the union of
     ``parts``' training samples and evaluate the result, in memory; nothing is written
     (but ``failed`` for every part on an unexpected failure, unless not
-    ``record_failure``: the policy tries the next method instead)."""
+    ``record_failure``: the policy tries the next method instead). A retain set of fewer
+    than two classes is refused unless ``allow_one_class``."""
     sample_ids = [i for p in parts for i in p.sample_ids]
     held_ids = [i for p in parts for i in p.held_ids]
     tickets = [p.ticket for p in parts]
@@ -242,6 +261,7 @@ def stage_parts(
     forget, retain = active.split(sample_ids)
     method = unlearner.name
     check_retain(len(forget), len(retain), unlearner)
+    retain_classes_check(retain, ws.dataset().classes, allow_one_class=allow_one_class)
     _, test = ws.held_out(without=held_ids)
     started = utcnow()
     for ticket in tickets:
@@ -252,9 +272,21 @@ def stage_parts(
     with recorded:
         result = unlearner.unlearn(UnlearnTask(original, forget, retain, device=device), seed=seed)
         evaluation = evaluate(result.model, forget, retain, test)
+        scenario = "class" if any(t.selector.get("class") is not None for t in tickets) else ""
+        check = check_forgetting(
+            unlearner,
+            original,
+            result.model,
+            forget,
+            test,
+            scenario=scenario,
+            workspace=str(ws.root),
+        )
     if reason:
         result.info["reason"] = reason
     result.info.update(info or {})
+    if check is not None:
+        result.info["forgetting_check"] = check
     if len(parts) > 1:
         result.info["batch"] = [t.request_id for t in tickets]
     provenance = {

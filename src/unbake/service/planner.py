@@ -45,7 +45,7 @@ from unbake.exceptions import (
     without_paths,
 )
 from unbake.methods import METHODS, Unlearner
-from unbake.methods.tuned import resolve_params, scenario_of
+from unbake.methods.tuned import RequestContext, resolve, scenario_of
 from unbake.training import resolve_device
 from unbake.workspace.request_store import RequestPart, Ticket
 from unbake.workspace.workspace import ForgetSelector, Workspace
@@ -71,7 +71,9 @@ class DeletionRequest:
 
     Exactly one selector: ``sample_ids``, ``subject`` or ``class_label`` (a class name
     or index). ``method`` (with ``params``) overrides the policy and the default;
-    ``tuned`` starts the method from its tuned defaults. ``reason`` is personal data
+    ``tuned`` starts the method from its tuned defaults (where they match the data and
+    the model); ``allow_one_class`` lets it leave a one-class retain set. ``reason`` is
+    personal data
     (stored sealed, shredded after its retention); ``purpose`` a word such as
     ``"cleaning"``, recorded in the clear.
     """
@@ -89,6 +91,7 @@ class DeletionRequest:
     submitted_by: str | None = None
     purpose: str | None = None
     tuned: bool = True
+    allow_one_class: bool = False
 
     @classmethod
     def of(
@@ -180,7 +183,9 @@ class Plan:
     """How a request is applied: what the worker batches by, and the CLI runs at once.
 
     ``method`` is ``None`` when a policy decides (it tries its steps in order).
-    ``params`` and ``tuned_from`` are canonical JSON, so that plans compare and hash.
+    ``params`` and ``defaults`` (which defaults were used and why, with the tuned ones'
+    study: :func:`unbake.methods.tuned.resolve`) are canonical JSON, so that plans compare
+    and hash.
     """
 
     method: str | None
@@ -188,7 +193,7 @@ class Plan:
     seed: int | None = None
     device: str | None = None
     model_id: str | None = None
-    tuned_from: str | None = None
+    defaults: str | None = None
 
     def unlearner(self) -> Unlearner:
         """The method, built and checked with the plan's parameters."""
@@ -197,8 +202,9 @@ class Plan:
         return METHODS.create_checked(self.method, json.loads(self.params))
 
     def info(self) -> dict[str, Any]:
-        """What the request's record says of the plan (the tuned defaults' origin)."""
-        return {"tuned_defaults": json.loads(self.tuned_from)} if self.tuned_from else {}
+        """What the request's record says of the plan: which defaults were used, and why
+        (``defaults``; ``tuned_defaults`` for tuned ones)."""
+        return json.loads(self.defaults) if self.defaults else {}
 
 
 def default_method(strategy: str) -> str:
@@ -212,21 +218,31 @@ def default_method(strategy: str) -> str:
     return "retrain"
 
 
-def plan(request: DeletionRequest, *, strategy: str, policy: Policy | None = None) -> Plan:
+def plan(
+    request: DeletionRequest,
+    *,
+    strategy: str,
+    policy: Policy | None = None,
+    context: RequestContext | None = None,
+) -> Plan:
     """The plan of ``request`` for a model trained with ``strategy``.
 
     The request's own method wins; else ``policy`` decides (method ``None``); else
-    :func:`default_method`. The method starts from its tuned defaults for the request's
-    scenario (:mod:`unbake.methods.tuned`; unless ``request.tuned`` is off), under the
-    request's own parameters.
+    :func:`default_method`. The method starts from the tuned defaults that match
+    ``context`` (the workspace's data, the model and the scenario:
+    :func:`unbake.workspace.tuned_table.request_context`; none given: nothing tuned
+    matches) unless ``request.tuned`` is off, under the request's own parameters
+    (:func:`unbake.methods.tuned.resolve`).
     """
     if request.method is None and policy is not None:
         return Plan(None, seed=request.seed, device=request.device, model_id=request.model_id)
     method = request.method or default_method(strategy)
-    params, tuned_from = resolve_params(
+    if context is None:
+        context = RequestContext(None, None, scenario_of(forget_class=request.class_label))
+    params, defaults = resolve(
         method,
+        context,
         dict(request.params) if request.method else {},
-        scenario_of(forget_class=request.class_label),
         use_tuned=request.tuned,
     )
     return Plan(
@@ -235,7 +251,7 @@ def plan(request: DeletionRequest, *, strategy: str, policy: Policy | None = Non
         request.seed,
         request.device,
         request.model_id,
-        json.dumps(tuned_from, sort_keys=True) if tuned_from else None,
+        json.dumps(defaults, sort_keys=True, default=str),
     )
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from unbake.data.standardize import standardize_rows
 from unbake.exceptions import InvalidParameterError, NotFoundError, UnbakeError
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ class ServedModel:
         )
 
     def predict(self, rows: Sequence[Sequence[float]]) -> Prediction:
-        """Log-probabilities of ``rows`` (each a flat feature vector) by the current model."""
+        """Log-probabilities of ``rows`` (each a flat feature vector, in the source's units:
+        standardised here as the training data was) by the current model."""
         for _ in range(_RETRIES):
             loaded = self.current()
             shape = tuple(loaded.model.input_shape)
@@ -149,6 +151,7 @@ class ServedModel:
                     f"{sorted({len(r) for r in rows})} numbers."
                 )
             X = _finite_inputs(rows, _input_dtype(loaded.model)).reshape(len(rows), *shape)
+            X = standardize_rows(self._service.workspace.dataset_spec, X)  # as in training
             out = loaded.model.log_proba(X)
             if not torch.isfinite(out).all():
                 row = int((~torch.isfinite(out)).any(dim=1).nonzero()[0])

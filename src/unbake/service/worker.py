@@ -28,6 +28,7 @@ from unbake.service.policy import ModelInfo, Policy, Retry, load_policy
 from unbake.service.policy_executor import Outcome, PolicyFailedError, run_policy
 from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.request_store import RequestStore
+from unbake.workspace.tuned_table import request_context
 from unbake.workspace.workspace import (
     ForgetSelector,
     RequestPart,
@@ -213,7 +214,12 @@ class Worker:
         groups: dict[Plan, list[dict[str, Any]]] = {}
         for r in rows:
             try:
-                r["plan"] = plan(self._request_of(r), strategy=strategy, policy=policy)
+                context = request_context(
+                    self.workspace, label=r["class_label"], model_id=r["model_id"]
+                )
+                r["plan"] = plan(
+                    self._request_of(r), strategy=strategy, policy=policy, context=context
+                )
             except UnbakeError as exc:  # a queued row no submitter could have filed
                 self._finish([(r["request_id"], str(exc))], "rejected")
                 continue

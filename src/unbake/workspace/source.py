@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from unbake.data import Dataset, Samples, content_hashes, load_dataset
+from unbake.data import DATASETS, Dataset, Samples, content_hashes, load_dataset
+from unbake.data.standardize import recorded_options
 from unbake.exceptions import (
     DatasetError,
     EmptyRequestError,
@@ -28,6 +29,7 @@ from unbake.exceptions import (
     WorkspaceError,
 )
 from unbake.workspace.catalog import Catalog
+from unbake.workspace.reopen import MEMORY
 from unbake.workspace.request_store import RequestStore
 from unbake.workspace.sample_store import TOMBSTONE_PREFIX, SampleStore
 
@@ -79,13 +81,15 @@ class SourceView:
         if self._dataset is None:
             spec = dict(self.dataset_spec)
             name = spec.pop("name", None)
-            if name == "__memory__" or name is None:
+            if name == MEMORY or name is None:
                 raise WorkspaceError(
-                    "This workspace was created from in-memory data that is no longer loaded; "
-                    "reopen it with Workspace.create(..., dataset=<Dataset>) in the same process."
+                    f"Workspace {self.root} was created from data defined in Python, which "
+                    f"is not loaded; reopen it with Workspace.open({str(self.root)!r}, "
+                    "dataset=<the same Dataset>), which checks that it is the same data "
+                    "(the per-sample content hashes recorded at creation)."
                 )
             try:
-                self._dataset = load_dataset(name, **spec)
+                self._dataset = load_dataset(name, **recorded_options(DATASETS.get(name), spec))
             except (InvalidParameterError, UnknownNameError) as exc:  # what it names is wrong
                 raise self.catalog.damaged(f"the dataset spec does not load ({exc})") from None
         return self._dataset

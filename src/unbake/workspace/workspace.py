@@ -53,6 +53,7 @@ from unbake.workspace.catalog import Catalog, utcnow
 from unbake.workspace.keys import SECRET, create_secret, keyed_hash, load_secret
 from unbake.workspace.model_store import CHECKPOINTS, ModelStore, new_id
 from unbake.workspace.references import purge_references
+from unbake.workspace.reopen import check_same_data, memory_spec
 from unbake.workspace.request_store import (
     RETENTION,
     STUCK_AFTER,
@@ -206,8 +207,9 @@ class Workspace(SourceView):
         if isinstance(dataset, Dataset):
             ds = dataset
             if ds.spec.get("name") not in DATASETS:
-                # In-memory data cannot be reloaded by name later; keep it on the instance.
-                ds = replace(ds, spec={"name": "__memory__"})
+                # In-memory data cannot be reloaded by name later; keep it on the instance
+                # (reopened with Workspace.open(root, dataset=ds), checked by reopen.py).
+                ds = replace(ds, spec=memory_spec(ds))
         else:
             ds = load_dataset(dataset, **(dataset_options or {}))
         ds.check()
@@ -251,14 +253,22 @@ class Workspace(SourceView):
 
     @classmethod
     def open(
-        cls, root: str | os.PathLike = DEFAULT_WORKSPACE, *, read_only: bool = False
+        cls,
+        root: str | os.PathLike = DEFAULT_WORKSPACE,
+        *,
+        read_only: bool = False,
+        dataset: Dataset | None = None,
     ) -> Workspace:
         """Open a workspace; stray files of an interrupted operation are swept first
         (unless another process is writing it: then they may be its own, and wait).
 
         A workspace this process cannot write (or ``read_only=True``) opens read-only:
         reading works and writes nothing, and any change is refused with a
-        :class:`WorkspaceError`.
+        :class:`WorkspaceError`. ``dataset`` reopens a workspace created from data defined
+        in Python, once it is checked to be the same data (the recorded sample IDs,
+        splits and per-sample content hashes, :mod:`unbake.workspace.reopen`); a
+        different one is refused with a :class:`DatasetError` naming the first sample
+        that differs, and nothing is written.
         """
         root = check_workspace_path(root)
         if not (root / CATALOG).is_file():
@@ -272,6 +282,9 @@ class Workspace(SourceView):
             catalog.check_version()
             catalog.check_integrity()
             ws = cls(root, catalog)
+            if dataset is not None:
+                check_same_data(ws, dataset)
+                ws._dataset = dataset
             if not readonly:
                 with ws.lock(wait=False) as held:
                     if held:
