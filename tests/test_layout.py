@@ -60,7 +60,7 @@ LONG_FUNCTIONS = {
     "bench/service.py:worker_kill9_runs",
     "bench/service.py:service_benchmark",
     "cli/data.py:train",
-    "cli/data.py:demo",
+    "cli/demo.py:demo",
     "cli/forgetting.py:forget",
     "cli/audit.py:tune",
     "cli/service.py:serve",

@@ -8,7 +8,7 @@ exits with status 1. Console output never interprets user text as rich markup, a
 ``--json`` output is strict JSON (a non-finite number is ``null``).
 
 Each command group lives in a module of its own and this module only assembles them (as
-mlflow's ``cli.add_command``): :mod:`~unbake.cli.data` (data and training),
+mlflow's ``cli.add_command``): :mod:`~unbake.cli.data` (data and training), :mod:`~unbake.cli.demo`,
 :mod:`~unbake.cli.forgetting`, :mod:`~unbake.cli.audit` (audit and evaluation),
 :mod:`~unbake.cli.service` (the REST service, its worker and policies),
 :mod:`~unbake.cli.records` (tokens, the ledger and certificates) and
@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from unbake.cli import audit, bench, data, forgetting, records, service
+from unbake.cli import audit, bench, data, demo, forgetting, records, service
 from unbake.cli._common import (
     _OneLineErrors,
     console,
@@ -66,7 +66,7 @@ def _root(
 
 # The commands in the order `unbake --help` lists them.
 for _command in (
-    data.demo,
+    demo.demo,
     data.methods,
     data.train,
     data.tofu,

@@ -45,17 +45,12 @@ def check_same_data(ws: Workspace, ds: Dataset) -> None:
     recorded = ws.dataset_spec.get("classes")
     if recorded is not None and json.loads(recorded) != list(ds.classes):
         raise _refuse(ws, f"its classes {list(ds.classes)} are not {json.loads(recorded)}")
-    known = {
-        r["sample_id"]: r
-        for r in ws.catalog.query(
-            "SELECT sample_id, split, status, content_hash FROM samples ORDER BY row"
-        )
-    }
+    known = ws.sample_store.known()
     splits = ds.splits()
     ids = [str(i) for s in splits.values() for i in s.ids]
     unknown = [i for i in ids if i not in known]
     if unknown:
-        known.update(ws.tombstoned(unknown))  # forgotten rows whose IDs were shredded
+        known.update(ws.sample_store.tombstoned(unknown))  # forgotten rows whose IDs were shredded
     seen: set[str] = set()
     for split, samples in splits.items():
         for sid, digest in zip(samples.ids, content_hashes(samples), strict=True):

@@ -111,10 +111,7 @@ def write_entry(ws: Workspace, entry: TunedDefaults, study_json: str) -> TunedDe
     old = _record(ws)
     record = {"file": rel, "sha256": digest, "mac": ws.keyed_hash(_META, digest)}
     with ws.catalog.transaction() as cur:
-        cur.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-            (_META, json.dumps(record, sort_keys=True)),
-        )
+        ws.request_store.set_meta(cur, _META, json.dumps(record, sort_keys=True))
     if old is not None and old["file"] != rel:
         (ws.root / old["file"]).unlink(missing_ok=True)
     if replaced and replaced != study_rel and replaced.startswith(f"{FOLDER}/"):  # uncited
