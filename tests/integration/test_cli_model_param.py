@@ -46,6 +46,7 @@ def test_model_param_of_a_built_in_model(tmp_path):
         ),
         (["--model", "logreg", "--model-param", "hidden"], ["--model-param 'hidden' is not"]),
         (["--model", "logreg", "--param", "hidden=8"], ["has no parameter 'hidden'"]),
+        (["--model", "mlp", "--param", "hidden=[8]"], ["give it as --model-param hidden=VALUE"]),
         (
             ["--model", "tests.test_own_model:_positional"],
             ["does not take 'input_shape' by keyword; a factory is factory(*, input_shape"],

@@ -177,16 +177,35 @@ def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, 
     return out
 
 
-def model_spec(model: str, model_params: dict[str, Any], strategy_params: dict[str, Any]):
+def model_spec(
+    model: str, model_params: dict[str, Any], strategy: str, strategy_params: dict[str, Any]
+):
     """The spec ``train`` builds from ``--model`` and ``--model-param``, checked against
     the factory's signature before any workspace is created (``--param lora_rank`` of an
-    ``hf:`` model is still read as the model parameter it is)."""
-    from unbake.models import ModelSpec, check_model_params
+    ``hf:`` model is still read as the model parameter it is); a ``--param`` that only
+    the model takes is refused, pointing at ``--model-param``."""
+    import inspect
 
-    if model.startswith("hf:") and "lora_rank" in strategy_params:
-        model_params.setdefault("lora_rank", strategy_params.pop("lora_rank"))
+    from unbake.models import ModelSpec, check_model_params, factory_of
+    from unbake.training import STRATEGIES
+
+    if model.startswith("hf:"):
+        if "lora_rank" in strategy_params:
+            model_params.setdefault("lora_rank", strategy_params.pop("lora_rank"))
+        spec = ModelSpec(model, model_params)
+        check_model_params(spec)
+        return spec
     spec = ModelSpec(model, model_params)
     check_model_params(spec)
+    takes = set(inspect.signature(factory_of(spec)).parameters) - {"input_shape", "n_classes"}
+    own = set(inspect.signature(STRATEGIES.get(strategy)).parameters)
+    for key in strategy_params:
+        if key in takes and key not in own:
+            raise InvalidParameterError(
+                f"--param {key} goes to the {strategy} strategy, which has no such parameter, "
+                f"and {key!r} is a parameter of model {model!r}; give it as --model-param "
+                f"{key}=VALUE."
+            )
     return spec
 
 

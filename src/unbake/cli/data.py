@@ -223,7 +223,7 @@ def train(
         weight_decay=weight_decay,
     )
     strategy_params = parse_params(param)
-    spec = model_spec(model, parse_params(model_param, "--model-param"), strategy_params)
+    spec = model_spec(model, parse_params(model_param, "--model-param"), strategy, strategy_params)
     if shards is not None:
         strategy_params["shards"] = shards
     if slices is not None:
