@@ -78,9 +78,13 @@ def write_store(
     return folder
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, shared: dict[str, str] | None = None) -> list[str]:
+    """The lines of ``path``; with ``shared``, one string object for each distinct line
+    (made as the file is read, so the repeats never pile up in memory)."""
     with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
+        if shared is None:
+            return [line.rstrip("\n") for line in handle]
+        return [shared.setdefault(line, line.rstrip("\n")) for line in handle]
 
 
 def open_store(folder: str | os.PathLike, *, io: str | None = None) -> Samples:
@@ -105,8 +109,7 @@ def open_store(folder: str | os.PathLike, *, io: str | None = None) -> Samples:
     source = MemmapSource(str(folder / "features.npy"), io=io)
     labels = np.load(folder / "labels.npy")
     ids = _lines(folder / "ids.txt")
-    shared: dict[str, str] = {}  # one string object per subject, not one per row
-    subjects = [shared.setdefault(s, s) for s in _lines(folder / "subjects.txt")]
+    subjects = _lines(folder / "subjects.txt", shared={})  # one string per subject
     if not (len(source) == len(labels) == len(ids) == len(subjects) == meta["rows"]):
         raise DatasetError(f"The files of the data store {folder} disagree in length; rebuild it.")
     return Samples(
