@@ -25,7 +25,7 @@ from unbake import (
 )
 from unbake.data import as_samples, load_dataset, open_store, write_store
 from unbake.data.sources import MemmapSource, RowView
-from unbake.data.store import import_csv
+from unbake.data.store import import_csv, import_parquet
 from unbake.training import differing_tensors
 
 N, SHAPE, K = 240, (1, 6, 6), 3
@@ -331,3 +331,27 @@ def test_metrics_read_streamed_samples_as_arrays_would():
     want = evaluate(model, forget=fa, retain=ra, test=ra.subset(np.arange(40)))
     got = evaluate(model, forget=fs, retain=rs, test=rs.subset(np.arange(40)))
     assert got.to_dict() == want.to_dict()
+
+
+def test_parquet_imported_in_batches_equals_the_rows(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    n = 50
+    table = pa.table({"id": [f"r{i}" for i in range(n)], "f1": [i * 0.5 for i in range(n)],
+                      "f2": [float(i % 7) for i in range(n)], "label": ["ab"[i % 2] for i in range(n)]})  # fmt: skip
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=16)
+    stored = import_parquet(tmp_path / "t.parquet", tmp_path / "store", id_column="id",
+                            classes=["a", "b"], chunk_rows=16)  # fmt: skip
+    expected = np.array([[i * 0.5, i % 7] for i in range(n)], dtype=np.float32)
+    assert stored.streamed and np.array_equal(np.asarray(stored.X), expected)
+    assert list(stored.ids) == [f"r{i}" for i in range(n)] and list(stored.y) == [
+        i % 2 for i in range(n)
+    ]
+
+
+def test_a_csv_with_a_missing_feature_is_refused_and_leaves_no_store(tmp_path):
+    (tmp_path / "t.csv").write_text("f1,f2,label\n1,2,a\n3,,b\n")
+    with pytest.raises(DatasetError, match="missing or not a finite number"):
+        import_csv(tmp_path / "t.csv", tmp_path / "store", classes=["a", "b"])
+    with pytest.raises(DatasetError, match="no complete data store"):
+        open_store(tmp_path / "store")

@@ -189,6 +189,8 @@ def scale(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
             "max_data_bytes": max_bytes,
             "cap_mib": CAP_MIB,
             "data_over_cap": round(max_bytes / (CAP_MIB << 20), 2),
+            # What does grow: one label, ID and subject per row are held in memory.
+            "rss_growth_mib_1x_to_8x": round(peaks["8x"] - peaks["1x"], 1),
             "rss_within_cap": all(v <= CAP_MIB for v in peaks.values()),
             "throughput_within_1_3x": ratio is not None and ratio <= 1.3,
         },

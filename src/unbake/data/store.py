@@ -4,15 +4,17 @@ memory-mapped features and one small column per row.
 The folder holds ``features.npy`` (float32 rows, read a batch at a time through
 :class:`~unbake.data.sources.MemmapSource`), ``labels.npy`` (int64), ``ids.txt`` and
 ``subjects.txt`` (one value a line) and ``store.json`` (the format version, the row
-count and shape). It is written a chunk at a time (:func:`write_store`, and
-:func:`import_csv` for a CSV file too large for memory), so neither writing nor reading
-it ever holds every feature row in memory. ``load_dataset("store", path=FOLDER)``
-opens it as a :class:`~unbake.data.Dataset` whose splits are index views.
+count and shape). It is written a chunk at a time (:func:`write_store`; :func:`import_csv`
+and :func:`import_parquet` for a CSV or Parquet file too large for memory), so neither
+writing nor reading it ever holds every feature row in memory.
+``load_dataset("store", path=FOLDER)`` opens it as a :class:`~unbake.data.Dataset` whose
+splits are index views.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +26,7 @@ from unbake.data.samples import Dataset, Samples, checked_ids
 from unbake.data.sources import MemmapSource, RowView
 from unbake.exceptions import DatasetError
 
-__all__ = ["STORE_VERSION", "import_csv", "open_store", "write_store"]
+__all__ = ["STORE_VERSION", "import_csv", "import_parquet", "open_store", "write_store"]
 
 STORE_VERSION = 1
 #: One chunk: features ``(k, *row_shape)``, labels ``(k,)``, IDs and subjects (k each).
@@ -76,9 +78,13 @@ def write_store(
     return folder
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, shared: dict[str, str] | None = None) -> list[str]:
+    """The lines of ``path``; with ``shared``, one string object for each distinct line
+    (made as the file is read, so the repeats never pile up in memory)."""
     with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
+        if shared is None:
+            return [line.rstrip("\n") for line in handle]
+        return [shared.setdefault(line, line.rstrip("\n")) for line in handle]
 
 
 def open_store(folder: str | os.PathLike, *, io: str | None = None) -> Samples:
@@ -103,8 +109,7 @@ def open_store(folder: str | os.PathLike, *, io: str | None = None) -> Samples:
     source = MemmapSource(str(folder / "features.npy"), io=io)
     labels = np.load(folder / "labels.npy")
     ids = _lines(folder / "ids.txt")
-    shared: dict[str, str] = {}  # one string object per subject, not one per row
-    subjects = [shared.setdefault(s, s) for s in _lines(folder / "subjects.txt")]
+    subjects = _lines(folder / "subjects.txt", shared={})  # one string per subject
     if not (len(source) == len(labels) == len(ids) == len(subjects) == meta["rows"]):
         raise DatasetError(f"The files of the data store {folder} disagree in length; rebuild it.")
     return Samples(
@@ -112,26 +117,81 @@ def open_store(folder: str | os.PathLike, *, io: str | None = None) -> Samples:
     )
 
 
-def _csv_chunks(
-    file: Path, label: str, id_column: str | None, subject_column: str | None, chunk_rows: int
-) -> Iterator[tuple[list[str], list[list[str]]]]:
-    """(header features, rows) of a CSV file, ``chunk_rows`` rows at a time."""
+def _csv_blocks(file: Path, chunk_rows: int) -> Iterator[dict[str, list]]:
+    """The columns of a CSV file with a header row, ``chunk_rows`` rows at a time."""
     with file.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = [c.strip() for c in next(reader, [])]
-        for col in (label, id_column, subject_column):
-            if col is not None and col not in header:
-                raise DatasetError(
-                    f"Column {col!r} not found in {file}; available columns: {', '.join(header)}."
-                )
-        chunk: list[list[str]] = []
+        block: list[list[str]] = []
         for row in reader:
-            chunk.append(row)
-            if len(chunk) == chunk_rows:
-                yield header, chunk
-                chunk = []
-        if chunk:
-            yield header, chunk
+            if row:
+                block.append(row)
+            if len(block) == chunk_rows:
+                yield {c: [r[j] if j < len(r) else "" for r in block] for j, c in enumerate(header)}
+                block = []
+        if block or not header:
+            yield {c: [r[j] if j < len(r) else "" for r in block] for j, c in enumerate(header)}
+
+
+def _csv_rows(file: Path) -> int:
+    with file.open(newline="", encoding="utf-8-sig") as handle:
+        return max(sum(1 for row in csv.reader(handle) if row) - 1, 0)
+
+
+def _to_store(
+    folder: str | os.PathLike,
+    blocks: Iterator[dict[str, list]],
+    *,
+    rows: int,
+    source: str,
+    label: str,
+    id_column: str | None,
+    subject_column: str | None,
+    classes: Sequence[str],
+) -> Samples:
+    """Write column ``blocks`` of a table into a store: every column besides the label,
+    ID and subject columns is a numeric feature."""
+    index = {str(c): i for i, c in enumerate(classes)}
+    first = next(blocks, {})
+    for col in (label, id_column, subject_column):
+        if col is not None and col not in first:
+            raise DatasetError(
+                f"Column {col!r} not found in {source}; available columns: {', '.join(first)}."
+            )
+    features = [c for c in first if c not in {label, id_column, subject_column}]
+    seen = 0
+
+    def chunks() -> Iterator[Chunk]:
+        nonlocal seen
+        for block in itertools.chain([first], blocks):
+            k = len(block[label])
+            try:
+                X = np.array([block[c] for c in features], dtype=np.float32).T.reshape(k, -1)
+            except (TypeError, ValueError):
+                X = np.full((k, len(features)), np.nan, np.float32)
+            if not np.isfinite(X).all():
+                raise DatasetError(
+                    f"A feature in rows {seen}..{seen + k - 1} of {source} is missing or not "
+                    "a finite number; encode every feature as a number."
+                )
+            unknown = [v for v in block[label] if str(v) not in index]
+            if unknown:
+                raise DatasetError(
+                    f"Label {unknown[0]!r} in {source} is not among classes {list(index)}; "
+                    "name every label value in classes=."
+                )
+            y = np.array([index[str(v)] for v in block[label]], np.int64)
+            ids = (
+                block[id_column]
+                if id_column
+                else [f"{Path(source).stem}-{seen + i}" for i in range(k)]
+            )
+            subjects = block[subject_column] if subject_column else [""] * k
+            seen += k
+            yield X, y, [str(i) for i in ids], ["" if v is None else str(v) for v in subjects]
+
+    write_store(folder, chunks(), rows=rows, row_shape=(len(features),))
+    return open_store(folder)
 
 
 def import_csv(
@@ -148,47 +208,43 @@ def import_csv(
     time, and open it. ``classes`` names the label values, in index order (a chunked
     read cannot sort labels it has not seen yet)."""
     file = Path(path)
-    index = {str(c): i for i, c in enumerate(classes)}
     try:
-        with file.open(encoding="utf-8-sig") as handle:
-            rows = sum(1 for _ in handle) - 1
-    except OSError as exc:
-        raise DatasetError(f"Cannot read {file} ({exc.strerror}); check the path.") from None
-    header = next(_csv_chunks(file, label, id_column, subject_column, 1), ([], []))[0]
-    special = {label, id_column, subject_column}
-    feature_at = [j for j, c in enumerate(header) if c not in special]
-    label_at = header.index(label) if header else 0
-    seen = 0
+        rows = _csv_rows(file)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"Cannot read {file} as a UTF-8 CSV ({exc}); check the path.") from None
+    return _to_store(folder, _csv_blocks(file, chunk_rows), rows=rows, source=str(file),
+                     label=label, id_column=id_column, subject_column=subject_column,
+                     classes=classes)  # fmt: skip
 
-    def chunks() -> Iterator[Chunk]:
-        nonlocal seen
-        for _, block in _csv_chunks(file, label, id_column, subject_column, chunk_rows):
-            try:
-                X = np.array([[float(r[j]) for j in feature_at] for r in block], np.float32)
-            except (ValueError, IndexError):
-                raise DatasetError(
-                    f"A feature in rows {seen}..{seen + len(block) - 1} of {file} is missing or "
-                    "not numeric; encode every feature as a number."
-                ) from None
-            unknown = [r[label_at] for r in block if r[label_at] not in index]
-            if unknown:
-                raise DatasetError(
-                    f"Label {unknown[0]!r} in {file} is not among classes {list(index)}; "
-                    "name every label value in classes=."
-                )
-            y = np.array([index[r[label_at]] for r in block], np.int64)
-            ids = (
-                [r[header.index(id_column)] for r in block]
-                if id_column
-                else [f"{file.stem}-{seen + i}" for i in range(len(block))]
-            )
-            subj_at = header.index(subject_column) if subject_column else None
-            subjects = [r[subj_at] if subj_at is not None else "" for r in block]
-            seen += len(block)
-            yield X, y, ids, subjects
 
-    write_store(folder, chunks(), rows=rows, row_shape=(len(feature_at),))
-    return open_store(folder)
+def import_parquet(
+    path: str | os.PathLike,
+    folder: str | os.PathLike,
+    *,
+    label: str = "label",
+    id_column: str | None = None,
+    subject_column: str | None = None,
+    classes: Sequence[str],
+    chunk_rows: int = 65536,
+) -> Samples:
+    """Copy a Parquet file (too large for memory; needs ``pyarrow``) into a store, one
+    batch of ``chunk_rows`` rows at a time (``ParquetFile.iter_batches``), and open it."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DatasetError(
+            "Reading Parquet needs pyarrow; install it with `pip install pyarrow`."
+        ) from None
+    try:
+        table = pq.ParquetFile(str(path))
+    except Exception as exc:  # pyarrow raises its own error types for damaged files
+        raise DatasetError(
+            f"{path} is not a readable Parquet file ({type(exc).__name__}); re-export it."
+        ) from None
+    blocks = (batch.to_pydict() for batch in table.iter_batches(batch_size=chunk_rows))
+    return _to_store(folder, blocks, rows=table.metadata.num_rows, source=str(path),
+                     label=label, id_column=id_column, subject_column=subject_column,
+                     classes=classes)  # fmt: skip
 
 
 def store_dataset(
