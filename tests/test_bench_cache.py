@@ -102,11 +102,13 @@ def test_a_rerun_reads_finished_cells_instead_of_recomputing(fake_bench, tmp_pat
 
 def test_another_configuration_is_another_cell(fake_bench, tmp_path, monkeypatch):
     cells = tmp_path / "cells"
-    run_benchmark("approximate", quick=True, seeds=[0], cache_dir=cells)
+    first = run_benchmark("approximate", quick=True, seeds=[0], cache_dir=cells)
     assert len(fake_bench) == 2
-    # New tuned defaults change a method's parameters: both scenarios' cells rerun.
+    # New tuned defaults for this data and model change a method's parameters: both
+    # scenarios' cells rerun (defaults tuned elsewhere would not apply).
+    here = {"dataset": tiny_dataset().name, "model": first["config"]["model"]}
     table = {"finetune": {s: {"params": {"lr": 0.002}, "study": "s.json", "study_sha256": "0",
-             "dataset": "d", "model": "m", "score": 1.0, "original_score": 2.0,
+             **here, "score": 1.0, "original_score": 2.0,
              "best_trial": 0, "trials": 1, "seed": 0} for s in ("random", "class")}}  # fmt: skip
     (tmp_path / "tuned.json").write_text(json.dumps({"format": 1, "methods": table}))
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "tuned.json"))

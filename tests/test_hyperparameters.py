@@ -46,7 +46,7 @@ def _outside(constraints: list) -> object:
                 candidates.append(c.type(c.low) - 1)
             if c.high is not None:
                 candidates.append(c.type(c.high) + 1)
-    candidates += ["not-a-valid-value", -1, [1]]
+    candidates += ["not-a-valid-value", -1, [1], {1, 2}]  # the set: no JSON holds it
     for value in candidates:
         try:
             validate_params({"p": value}, {"p": constraints}, "probe")

@@ -25,6 +25,7 @@ validator all read the declaration (:func:`parameters`).
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import numbers
 import sys
@@ -116,6 +117,30 @@ class Options:
 
     def __str__(self) -> str:
         return "one of {" + ", ".join(repr(v) for v in sorted(self.values, key=str)) + "}"
+
+
+class IsCallable:
+    """A function (any callable)."""
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        return callable(value)
+
+    def __str__(self) -> str:
+        return "a function"
+
+
+class JSONValue:
+    """Any value that JSON can hold (numbers, strings, lists, dicts, booleans, null)."""
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return "JSON (numbers, strings, lists, dicts)"
 
 
 def _satisfies(constraint: Any, value: Any) -> bool:

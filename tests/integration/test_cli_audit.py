@@ -32,7 +32,7 @@ def test_audit_records_reuses_and_is_purged_by_deletions(tmp_path):
     assert shown in run("log", "--workspace", ws).stdout
     # the ledger records the audit as a `verified` transition
     chain = json.loads(run("ledger", "verify", "--workspace", ws, "--json").stdout)
-    assert chain["entries"] == 4  # received, applying, applied, verified
+    assert chain["entries"] == 5  # received, queued, applying, applied, verified
 
     # a second audit reuses the stored bank
     again = json.loads(run("audit", "--references", 8, "--workspace", ws, "--json").stdout)

@@ -236,6 +236,10 @@ def plan(
     """
     if request.method is None and policy is not None:
         return Plan(None, seed=request.seed, device=request.device, model_id=request.model_id)
+    if not isinstance(request.params, Mapping):  # a queued row no submitter could have filed
+        raise InvalidParameterError(
+            f"Method parameters must be a mapping; got {request.params!r:.80}."
+        )
     method = request.method or default_method(strategy)
     if context is None:
         context = RequestContext(None, None, scenario_of(forget_class=request.class_label))
@@ -251,7 +255,7 @@ def plan(
         request.seed,
         request.device,
         request.model_id,
-        json.dumps(defaults, sort_keys=True, default=str),
+        json.dumps(defaults, default=str),  # in resolve's order, which the output shows
     )
 
 

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from unbake._validation import IsCallable, JSONValue, hyperparameter
 from unbake.data import Samples, TextSamples
 from unbake.exceptions import InvalidParameterError, UnbakeError, UserCodeError
 from unbake.models import (
@@ -116,13 +116,20 @@ class OwnLoop(TrainingStrategy):
     """
 
     name = "own"
-    _parameter_constraints: ClassVar[dict[str, list]] = {}
 
-    def __init__(self, *, train: TrainFn | str | None = None, config: Any = None) -> None:
-        self.train = train
-        self.config = config
+    train: TrainFn | str | None = hyperparameter(
+        None,
+        help="Your training function, train(module, data, *, seed, config) -> module, or "
+        "its trusted 'package.module:function' (None: adopted without a recipe, which exact "
+        "methods refuse).",
+        constraints=[IsCallable(), str, None],
+    )
+    config: Any = hyperparameter(
+        None, help="Any JSON value, handed to train as given.", constraints=[JSONValue()]
+    )
 
     def validate(self, samples: Samples | None = None) -> None:
+        super().validate(samples)  # the declared constraints: a function, a str or None; JSON
         if isinstance(self.train, str):
             if ":" not in self.train:
                 raise InvalidParameterError(
@@ -130,18 +137,6 @@ class OwnLoop(TrainingStrategy):
                     "'package.module:function'."
                 )
             check_factory(self.train, kind="training function")
-        elif self.train is not None and not callable(self.train):
-            raise InvalidParameterError(
-                f"The 'train' parameter of own must be a function or a 'package.module:"
-                f"function'. Got {type(self.train).__name__} instead ({TRAIN_PROTOCOL})."
-            )
-        try:
-            json.dumps(self.config, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidParameterError(
-                f"The config of a training function must be JSON (numbers, strings, lists, "
-                f"dicts) so it can be stored with the model; {exc}."
-            ) from None
         if isinstance(samples, TextSamples):
             as_torch_dataset(samples)  # refuses text, in one line
 
