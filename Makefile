@@ -22,7 +22,7 @@ $(VENV)/.installed-base: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-base
-	$(INSTALL) -e '.[test,ray,llm,service,docs]'
+	$(INSTALL) -e '.[test,ray,llm,service,docs,data]'
 	touch $@
 
 venv: $(VENV)/.installed-base
