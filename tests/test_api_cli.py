@@ -17,7 +17,7 @@ pytest.importorskip("uvicorn")
 import httpx
 from typer.testing import CliRunner
 
-from tests.waiting import wait_until
+from tests.waiting import HUNG_AFTER, wait_until
 from unbake import TrainConfig, Workspace
 from unbake.cli import app
 from unbake.service import apply
@@ -68,7 +68,7 @@ def test_a_token_file_is_private_whichever_way_it_is_written(ws_root, tmp_path):
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        timeout=120,
+        timeout=HUNG_AFTER,
     )
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE(shell.stat().st_mode) == 0o600 and "now 0600" in done.stderr
@@ -158,7 +158,7 @@ def test_serve_answers_over_http_and_stops_on_sigterm(ws_root):
         assert httpx.get(f"{url}/v1/requests/{rid}", headers=headers).status_code == 401
     finally:
         proc.send_signal(signal.SIGTERM)  # as `kill`: a clean stop, the worker stopped too
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=HUNG_AFTER)
     assert proc.returncode == 0, err.decode()
     assert f"http://127.0.0.1:{port}" in out.decode() and "Stopped." in out.decode()
 
@@ -226,7 +226,7 @@ def test_serve_restarts_a_killed_worker_which_then_drains_the_queue(ws_root, tmp
         _wait(applied, proc, "the restarted worker's applying the request")
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=HUNG_AFTER)
     assert proc.returncode == 0, err.decode()
     assert "killed by SIGKILL" in err.decode() and "restarting it in" in err.decode()
     assert "Worker stopped" in out.decode()  # SIGTERM let it finish cleanly

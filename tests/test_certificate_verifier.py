@@ -16,6 +16,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from typer.testing import CliRunner
 
+from tests.waiting import HUNG_AFTER
 from unbake._jcs import canonicalize
 from unbake.cli import app
 from unbake.exceptions import CertificateError
@@ -101,7 +102,7 @@ def test_the_documented_script_runs_as_printed(certified, tmp_path):
         env={"PATH": os.environ.get("PATH", "")},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HUNG_AFTER,
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout == f"valid: request {cert.stem}, key {fingerprint(key)}\n"

@@ -1,5 +1,7 @@
 """Planted attacks, detectors scored against them, and `unbake clean` end to end."""
 
+import shutil
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -192,12 +194,21 @@ def _snapshot(root):
     return workspace_snapshot(root, skip=(".lock",))
 
 
-@pytest.fixture
-def poisoned_ws(tmp_path):
-    root = tmp_path / "ws"
+@pytest.fixture(scope="module")
+def poisoned_template(tmp_path_factory):
+    """A digits workspace with a planted backdoor and a CNN trained on it, once a module."""
+    root = tmp_path_factory.mktemp("poisoned") / "ws"
     ws = Workspace.create(root, dataset="digits", dataset_options={"poison": BACKDOOR})
     apply.train(ws, model="cnn", config=TrainConfig.parse(epochs=20))
     ws.close()
+    return root
+
+
+@pytest.fixture
+def poisoned_ws(poisoned_template, tmp_path):
+    """A fresh copy of :func:`poisoned_template` (training is seeded: the same bytes)."""
+    root = tmp_path / "ws"
+    shutil.copytree(poisoned_template, root)
     return root
 
 

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+from tests.waiting import HUNG_AFTER
+
 HEAVY = ("torch", "scipy", "sklearn")
 
 
@@ -21,7 +23,7 @@ def _modules_after(code: str, *args: str) -> dict[str, bool]:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run(
         [sys.executable, "-c", probe, *args],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True, text=True, timeout=HUNG_AFTER, env=env,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import unbake
+from tests.waiting import HUNG_AFTER
 from unbake import TrainConfig, fit
 from unbake.methods import METHODS, UnlearnTask
 from unbake.testing import tiny_dataset
@@ -48,7 +49,7 @@ def test_a_fresh_interpreter_registers_the_families_from_any_entry_module():
         "print(json.dumps([STRATEGIES.available(), METHODS.available()]))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=HUNG_AFTER
     )
     strategies, methods = json.loads(out.stdout)
     assert {"sisa", "certified"} <= set(strategies)

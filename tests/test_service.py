@@ -280,7 +280,7 @@ def test_recovery_requeues_a_request_left_applying_and_sweeps_its_checkpoint(
 
 
 def test_the_worker_loop_applies_a_short_batch_once_its_window_passes(svc, train_ids):
-    from tests.waiting import wait_until
+    from tests.waiting import HUNG_AFTER, wait_until
     from unbake.service.deletion import drain
 
     stop = threading.Event()
@@ -293,7 +293,7 @@ def test_the_worker_loop_applies_a_short_batch_once_its_window_passes(svc, train
         wait_until(lambda: svc.state_counts().get("applied", 0) == 2, "the loop's applying both")
     finally:
         stop.set()
-        loop.join(timeout=60)
+        loop.join(timeout=HUNG_AFTER)
     assert svc.state_counts() == {"applied": 2}  # 2 < batch: the window let them go
     models = {svc.request(s.request_id)["model_after"] for s in subs}
     assert len(models) == 1

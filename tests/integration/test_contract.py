@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.test_cli import assert_one_line_error, run, snapshot
+from tests.waiting import HUNG_AFTER
 from unbake.workspace.workspace import CATALOG
 
 MARKUP_SUBJECT = "[red]alice[/red]"
@@ -209,7 +210,7 @@ def _run_unprivileged(commands: dict[str, list[str]]) -> dict[str, list]:
         text=True,
         env=env,
         cwd="/",
-        timeout=120,
+        timeout=HUNG_AFTER,
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.integration.test_cli import assert_one_line_error, run
+from tests.waiting import HUNG_AFTER
 from unbake import TrainConfig, Workspace, fit
 from unbake.service import DeletionService
 from unbake.testing.crash import check_exactly_once, kill9_trial
@@ -222,4 +223,4 @@ def test_readers_never_wait_for_a_writer(template, tmp_path):
         assert writer.poll() is None  # the writer held its transaction throughout
     finally:
         writer.stdin.close()
-        writer.wait(timeout=30)
+        writer.wait(timeout=HUNG_AFTER)
