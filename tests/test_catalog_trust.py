@@ -60,7 +60,7 @@ def _forge(root, *, keyed: bool, **meta_changes) -> None:
         forged = st_save(st_load(data), metadata=meta)
         path.write_bytes(forged)
         digest = hashlib.sha256(forged).hexdigest()
-        mac = ws.checkpoint_mac(row["model_id"], digest) if keyed else row["mac"]
+        mac = ws.model_store.checkpoint_mac(row["model_id"], digest) if keyed else row["mac"]
         model_id = row["model_id"]
     db = sqlite3.connect(root / "catalog.sqlite")
     with db:

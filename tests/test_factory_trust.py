@@ -53,7 +53,7 @@ def _rewrite_spec(root, name: str) -> None:
         with ws.catalog.transaction() as cur:
             cur.execute(
                 "UPDATE models SET sha256 = ?, mac = ? WHERE model_id = ?",
-                (digest, ws.checkpoint_mac(row["model_id"], digest), row["model_id"]),
+                (digest, ws.model_store.checkpoint_mac(row["model_id"], digest), row["model_id"]),
             )
 
 

@@ -20,6 +20,7 @@ from unbake.workspace.certificates import (
     verify_certificate,
     workspace_public_key,
 )
+from unbake.workspace.model_store import ModelStore
 
 CFG = TrainConfig.parse(epochs=1, batch_size=64)
 FAST = {"method": "finetune", "params": {"epochs": 1}}
@@ -43,10 +44,10 @@ def _states(ws, request_id):
 
 def test_forget_records_received_applying_applied_and_chains(ws):
     rec = apply.forget(ws, ids=_ids(3), **FAST)
-    assert _states(ws, rec.request_id) == ["received", "applying", "applied"]
+    assert _states(ws, rec.request_id) == ["received", "queued", "applying", "applied"]
     entries, head = ws.catalog.verify_ledger()
     rows = ws.catalog.ledger_rows()
-    assert entries == 3 and head == rows[-1]["hash"]
+    assert entries == 4 and head == rows[-1]["hash"]
     assert rows[0]["prev_hash"] == ledger.GENESIS
     assert [r["prev_hash"] for r in rows[1:]] == [r["hash"] for r in rows[:-1]]
     applied = json.loads(rows[-1]["payload"])
@@ -72,14 +73,22 @@ def test_a_failure_is_recorded_and_changes_nothing_else(ws, monkeypatch):
     after, failed = _status_and_failed(ws)
     assert after == before[0] and ws.log() == []
     (rid,) = {r["request_id"] for r in ws.catalog.ledger_rows()}
-    assert _states(ws, rid) == ["received", "applying", "failed"]
+    assert _states(ws, rid) == ["received", "queued", "applying", "failed"]
     assert [f["request_id"] for f in failed] == [rid]  # `unbake status` shows it
     assert "disk on fire" in ws.catalog.request_entries(rid)[-1]["payload"]["reason"]
     monkeypatch.undo()
     # A retry with the same key continues the same request.
     rec = apply.forget(ws, ids=_ids(2), **FAST, idempotency_key="k")
     assert rec.request_id == rid
-    assert _states(ws, rid) == ["received", "applying", "failed", "applying", "applied"]
+    assert _states(ws, rid) == [
+        "received",
+        "queued",
+        "applying",
+        "failed",
+        "queued",
+        "applying",
+        "applied",
+    ]
     ws.catalog.verify_ledger()
 
 
@@ -97,7 +106,7 @@ def test_idempotency_key_yields_one_request(ws):
     assert again.request_id == first.request_id and again.model_after == first.model_after
     assert repr(again.evaluation) == repr(first.evaluation)  # NaN-safe
     assert ws.status()["models"] == models and len(ws.log()) == 1
-    assert len(ws.catalog.ledger_rows()) == 3
+    assert len(ws.catalog.ledger_rows()) == 4
     with pytest.raises(InvalidParameterError, match="already used for another request"):
         apply.forget(ws, ids=_ids(2, 5), **FAST, idempotency_key="client-42")
     assert b"client-42" not in ws.catalog.path.read_bytes()  # kept as a keyed hash
@@ -130,7 +139,9 @@ def test_status_lists_overdue_requests(ws, monkeypatch):
     done = apply.forget(ws, ids=_ids(2, 3), **FAST)
     assert ws.status()["overdue_requests"] == []
     later = "2099-01-01T00:00:00+00:00"
-    (late,) = ws.overdue(now=later)  # the failed one is still open; the applied one is done
+    (late,) = ws.request_store.overdue(
+        now=later
+    )  # the failed one is still open; the applied one is done
     assert late["state"] == "failed" and late["request_id"] != done.request_id
 
 
@@ -161,14 +172,14 @@ def _tamper(path, *statements):
             ],
             r"entry 2 is out of place \(it was entry 3\)",
         ),
-        (["DELETE FROM ledger WHERE seq = 6"], r"end \(after entry 5\).*deleted from the end"),
+        (["DELETE FROM ledger WHERE seq = 8"], r"end \(after entry 7\).*deleted from the end"),
     ],
     ids=["edited-payload", "edited-time", "deleted", "deleted-renumbered", "swapped", "truncated"],
 )
 def test_ledger_verify_names_the_first_tampered_entry(ws, workspace_dir, statements, message):
     apply.forget(ws, ids=_ids(2), **FAST)
     apply.forget(ws, ids=_ids(2, 4), **FAST)
-    assert ws.catalog.verify_ledger()[0] == 6
+    assert ws.catalog.verify_ledger()[0] == 8
     ws.close()
     _tamper(workspace_dir / "catalog.sqlite", *statements)
     with Workspace.open(workspace_dir) as again, pytest.raises(IntegrityError, match=message):
@@ -204,6 +215,7 @@ def test_a_version_3_catalog_is_migrated_and_its_subjects_hidden(ws, workspace_d
     with Workspace.open(workspace_dir) as again:
         assert again.catalog.meta("schema_version") == str(SCHEMA_VERSION)
         assert again.log()[0]["selector"] == {"subject_hmac": again.subject_hmac("subject-02")}
+        # backfilled as it was filed then (before the queue)
         assert _states(again, rec.request_id) == ["received", "applying", "applied"]
         assert again.catalog.verify_ledger()[0] == 3
     assert b"subject-02" not in (workspace_dir / "catalog.sqlite").read_bytes()
@@ -248,7 +260,7 @@ def test_a_failed_checkpoint_write_is_recorded_too(ws, monkeypatch):
         raise OSError(28, "No space left on device")
 
     before = _status_and_failed(ws)
-    monkeypatch.setattr(Workspace, "_write_model", full)
+    monkeypatch.setattr(ModelStore, "write", full)
     with pytest.raises(OSError, match="No space"):
         apply.forget(ws, ids=_ids(2), **FAST)
     after, failed = _status_and_failed(ws)

@@ -30,6 +30,7 @@ from unbake.workspace.certificates import (
     verify_certificate,
     workspace_public_key,
 )
+from unbake.workspace.sample_store import SampleStore
 
 REASON = "GDPR art. 17 request from someone@example.org"
 SYNC_REASON = "Erase me too, jane.doe@example.com"
@@ -125,7 +126,7 @@ def test_a_forgotten_id_stays_refused_after_shredding(flow):
     svc.shred_due()
     assert not {r["sample_id"] for r in ws.samples()} & set(ids)
     tombstones = {r["sample_id"] for r in ws.samples(forgotten=True)}
-    assert tombstones == {ws.tombstone(i) for i in ids}
+    assert tombstones == {ws.sample_store.tombstone(i) for i in ids}
     assert _refused(svc, [ids[0]]) and _refused(svc, [ids[3]])
     with pytest.raises(UnknownSampleError, match="already forgotten"):
         svc.forget(ids=[ids[4]])
@@ -158,7 +159,7 @@ def test_a_request_queued_before_its_ids_were_forgotten_and_shredded_is_rejected
     svc.forget(ids=[target])  # forgotten meanwhile, then certified and shredded
     ws.set_retention(id_days=0)
     svc.certify_pending()
-    assert ws.tombstone(target) in {r["sample_id"] for r in ws.samples(forgotten=True)}
+    assert ws.sample_store.tombstone(target) in {r["sample_id"] for r in ws.samples(forgotten=True)}
     drain(svc, once=True, certify=True)
     entries = svc.request(late.request_id)["entries"]
     assert entries[-1]["state"] == "rejected"  # as forgotten after it arrived, not unknown
@@ -222,7 +223,7 @@ def test_a_shred_killed_at_any_step_leaves_a_consistent_workspace(flow, monkeypa
     keys = [bytes(r["key"]) for r in ws.catalog.query("SELECT key FROM request_secrets")]
     # A failure inside the transaction (a crash before its commit) changes nothing.
     before = workspace_snapshot(root)
-    monkeypatch.setattr(Workspace, "tombstone", lambda self, sid: 1 / 0)
+    monkeypatch.setattr(SampleStore, "tombstone", lambda self, sid: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         ws.shred_due()
     monkeypatch.undo()
@@ -326,12 +327,12 @@ def test_an_idle_worker_shreds_what_falls_due(flow, monkeypatch):
     import threading
     import time
 
-    import unbake.service.deletion as deletion
+    import unbake.service.worker as worker
 
     svc, _, (queued, _) = flow
     assert not svc.request(queued)["erased"]["sample_ids"]
     svc.workspace.set_retention(id_days=0)  # due now, with no request left to apply
-    monkeypatch.setattr(deletion, "SHRED_EVERY", 0.0)
+    monkeypatch.setattr(worker, "SHRED_EVERY", 0.0)
     stop = threading.Event()
     worker = threading.Thread(
         target=drain,
@@ -359,11 +360,11 @@ def test_a_request_that_failed_for_good_is_shredded_too(flow, monkeypatch):
     def boom(self, task, **kw):
         raise RuntimeError("disk on fire")
 
-    import unbake.service.deletion as deletion
+    import unbake.service.worker as worker
     from unbake.service.policy import Retry
 
     monkeypatch.setattr(Retrain, "unlearn", boom)
-    monkeypatch.setattr(deletion, "_retry_of", lambda policy: Retry(max_attempts=1))
+    monkeypatch.setattr(worker, "_retry_of", lambda policy: Retry(max_attempts=1))
     sub = svc.submit(sample_ids=[target], reason=REASON, method="retrain")
     drain(svc, once=True, certify=True)
     assert svc.request(sub.request_id)["state"] == "failed"

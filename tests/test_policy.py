@@ -10,13 +10,11 @@ from unbake.exceptions import InvalidParameterError, UnsupportedModelError
 from unbake.service.policy import (
     BatchWindow,
     ModelInfo,
-    Outcome,
-    PolicyFailedError,
     check_policy,
     load_policy,
     parse_policy,
-    run_policy,
 )
+from unbake.service.policy_executor import Outcome, PolicyFailedError, run_policy
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "policy.toml"
 BATCH = "[batch]\nmax_requests = 4\nmax_seconds = 30\n"

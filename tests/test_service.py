@@ -16,6 +16,7 @@ from unbake.exceptions import (
 from unbake.service import DeletionService, apply
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace.certificates import issue_certificate
+from unbake.workspace.model_store import ModelStore
 
 CFG = TrainConfig.parse(epochs=1, batch_size=64)
 
@@ -211,7 +212,7 @@ def test_forget_through_the_service_is_all_or_nothing(svc, train_ids):
     again = svc.forget(ids=train_ids[:3], method="retrain", idempotency_key="x")
     assert again.request_id == rec.request_id and again.model_after == rec.model_after
     states = [e["state"] for e in svc.request(rec.request_id)["entries"]]
-    assert states == ["received", "applying", "applied"]
+    assert states == ["received", "queued", "applying", "applied"]
     before = workspace_snapshot(svc.root)
     with pytest.raises(InvalidParameterError, match="every remaining training sample"):
         svc.forget(ids=train_ids[3:], method="retrain")
@@ -256,13 +257,13 @@ def test_recovery_requeues_a_request_left_applying_and_sweeps_its_checkpoint(
     svc, train_ids, monkeypatch
 ):
     sub = svc.submit(sample_ids=train_ids[:2])
-    write = Workspace._write_model
+    write = ModelStore.write
 
     def dies_after_writing(self, *args, **kwargs):
         write(self, *args, **kwargs)
         raise KeyboardInterrupt  # the worker dies between the checkpoint and the commit
 
-    monkeypatch.setattr(Workspace, "_write_model", dies_after_writing)
+    monkeypatch.setattr(ModelStore, "write", dies_after_writing)
     with pytest.raises(KeyboardInterrupt):
         svc.apply_pending()
     monkeypatch.undo()

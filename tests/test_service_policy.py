@@ -12,6 +12,7 @@ from unbake.methods import METHODS
 from unbake.service import DeletionService
 from unbake.service.deletion import drain
 from unbake.service.policy import parse_policy
+from unbake.workspace.model_store import ModelStore
 
 CFG = TrainConfig.parse(epochs=1, batch_size=64)
 
@@ -59,8 +60,8 @@ def test_loose_thresholds_accept_the_first_step(root, train_ids):
 
 
 def test_strict_thresholds_fall_back_to_retrain_bitwise_and_write_once(root, train_ids):
-    write = Workspace._write_model
-    with mock.patch.object(Workspace, "_write_model", autospec=True, side_effect=write) as spy:
+    write = ModelStore.write
+    with mock.patch.object(ModelStore, "write", autospec=True, side_effect=write) as spy:
         req = _apply(root, _policy(STRICT, STRICT.replace("finetune", "neggrad")), train_ids[:3])
     attempts = req["policy"]["attempts"]
     assert [(a["method"], a["status"]) for a in attempts] == [

@@ -22,6 +22,7 @@ from unbake.testing import tiny_dataset
 from unbake.testing.snapshot import workspace_snapshot
 from unbake.workspace import decode_checkpoint, encode_checkpoint
 from unbake.workspace.catalog import SCHEMA_VERSION
+from unbake.workspace.request_store import RequestStore
 
 CFG = TrainConfig.parse(epochs=2, batch_size=32)
 
@@ -403,13 +404,13 @@ def test_train_and_test_ids_in_one_request_and_one_transaction(csv_ws, monkeypat
     with pytest.raises(InvalidParameterError):
         apply.forget(ws, ids=train_ids + test_ids, method="finetune", params={"epochs": -1})
     assert snapshot(ws.root) == before
-    record = Workspace._record_request
+    record = RequestStore.record_applied
 
     def fail_after_marking(self, cur, *args, **kwargs):
         record(self, cur, *args, **kwargs)
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(Workspace, "_record_request", fail_after_marking)
+    monkeypatch.setattr(RequestStore, "record_applied", fail_after_marking)
     with pytest.raises(WorkspaceError, match="disk I/O error"):  # the catalog's typed error
         apply.forget(ws, ids=train_ids + test_ids, method="retrain")
     assert snapshot(ws.root) == before

@@ -20,7 +20,7 @@ def test_ledger_certificates_and_idempotency_from_the_cli(tmp_path):
     assert len(json.loads(run("log", "-w", ws, "--json").stdout)["requests"]) == 1
 
     res = run("ledger", "verify", "-w", ws, "--json")
-    assert res.exit_code == 0 and json.loads(res.stdout)["entries"] == 3
+    assert res.exit_code == 0 and json.loads(res.stdout)["entries"] == 4
 
     cert, key = tmp_path / "cert.json", tmp_path / "key.pem"
     before = snapshot(ws)
@@ -86,13 +86,13 @@ def test_check_subject_against_a_certificate(tmp_path):
 
 def test_status_shows_overdue_requests(tmp_path, monkeypatch):
     from unbake.methods.gradient import Finetune
-    from unbake.workspace import Workspace
+    from unbake.workspace.request_store import RequestStore
 
     ws = tmp_path / "ws"
     assert run(*TRAIN, "--workspace", ws).exit_code == 0
     assert "OVERDUE" not in run("status", "-w", ws).stdout
     monkeypatch.setattr(
-        Workspace, "deadline_for", lambda self, at, days=None: "2000-01-01T00:00:00+00:00"
+        RequestStore, "deadline_for", lambda self, at, days=None: "2000-01-01T00:00:00+00:00"
     )
     monkeypatch.setattr(Finetune, "unlearn", lambda *a, **k: 1 / 0)
     res = run("forget", "--ids", "digits-0001", *FINETUNE, "-w", ws)
@@ -108,7 +108,7 @@ def test_ledger_show_lists_transitions(tmp_path):
     res = run("forget", "--ids", "digits-0001", *FINETUNE, "-w", ws, "--json")
     request = json.loads(res.stdout)["request_id"]
     shown = json.loads(run("ledger", "show", "--request", request, "-w", ws, "--json").stdout)
-    assert [e["state"] for e in shown["entries"]] == ["received", "applying", "applied"]
+    assert [e["state"] for e in shown["entries"]] == ["received", "queued", "applying", "applied"]
     assert "deadline" in shown["entries"][0]["payload"]
     assert "applied" in run("ledger", "show", "-w", ws).stdout
     before = snapshot(ws)

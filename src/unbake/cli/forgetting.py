@@ -39,8 +39,12 @@ def forget(
         typer.Option("--class", help="Forget a whole class, by name or index (--class Sandal)."),
     ] = None,
     method: Annotated[
-        str, typer.Option(help="Unlearning method (see `unbake methods`).")
-    ] = "retrain",
+        str | None,
+        typer.Option(
+            help="Unlearning method (see `unbake methods`; default: the model's exact "
+            "family, sisa for a SISA model and certified for a certified one, else retrain)."
+        ),
+    ] = None,
     param: MethodParamOpt = None,
     tuned: Annotated[
         bool,
@@ -82,7 +86,7 @@ def forget(
     params = parse_params(param)
     with DeletionService(workspace) as svc:  # files the request, then applies it at once
         rec = svc.forget(
-            ids=id_list,
+            ids=id_list or None,
             subject=subject,
             label=label,
             method=method,

@@ -19,6 +19,8 @@ writing anything, and a request refused as invalid leaves no trace.
 >>> _ = train(ws, model="logreg", config=TrainConfig.parse(epochs=1))
 >>> forget(ws, ids=["digits-0000"], method="finetune", params={"epochs": 1}).n_samples
 1
+>>> [e["state"] for e in ws.ledger()]  # submitted, then applied at once
+['received', 'queued', 'applying', 'applied']
 >>> ws.close()
 """
 
@@ -32,15 +34,13 @@ from torch import nn
 
 from unbake.data import Samples
 from unbake.evaluation import Evaluation, evaluate
-from unbake.exceptions import InvalidParameterError
-from unbake.methods import METHODS, UnlearnTask
-from unbake.methods.tuned import resolve_params, scenario_of
+from unbake.methods import UnlearnTask
 from unbake.models import ModelSpec
+from unbake.service.planner import DeletionRequest, check_retain, part_of, plan, select
 from unbake.training import TrainConfig, fit, resolve_device
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.workspace import (
     ApplyOutcome,
-    ForgetSelector,
     RequestPart,
     RequestRecord,
     StagedApply,
@@ -50,7 +50,7 @@ from unbake.workspace.workspace import (
     unbake_version,
 )
 
-__all__ = ["apply_parts", "evaluate_model", "forget", "stage_parts", "train"]
+__all__ = ["apply_now", "apply_parts", "evaluate_model", "forget", "stage_parts", "train"]
 
 
 def train(
@@ -88,10 +88,10 @@ def train(
 def forget(
     ws: Workspace,
     *,
-    ids: Sequence[str] = (),
+    ids: Sequence[str] | None = None,
     subject: str | None = None,
     label: str | int | None = None,
-    method: str = "retrain",
+    method: str | None = None,
     params: dict[str, Any] | None = None,
     model_id: str | None = None,
     seed: int | None = None,
@@ -103,68 +103,85 @@ def forget(
 ) -> RequestRecord:
     """File and apply a deletion request; every model that saw the data is purged.
 
-    The ledger records it as ``received → applying → applied``; an unexpected
-    failure while unlearning records ``failed`` with the reason (in a transaction of
-    its own) and changes nothing else. A request refused as invalid leaves no trace.
-    With an ``idempotency_key`` already used for the same request, the first
-    request's record is returned and nothing is unlearned again (a failed one is
-    retried under its request ID). ``reason`` (free text, personal data) is stored
+    Exactly one of ``ids``, ``subject`` and ``label`` (a class name or index; an ``int``
+    is always an index; the request records the class by name). ``method`` defaults to
+    the model's own exact family (:func:`~unbake.service.planner.default_method`:
+    ``sisa`` for a SISA model, ``certified`` for a certified one, else ``retrain``),
+    as for a request the worker applies; the same planner
+    (:mod:`unbake.service.planner`) makes every decision on both paths.
+
+    It is *submit, then apply now*, under the workspace's lock: the ledger records
+    ``received → queued → applying → applied`` (as for a queued request), all in the
+    transaction that commits the result, so a request refused as invalid at any point
+    (unknown or already forgotten IDs are named) leaves no trace. An unexpected failure
+    while unlearning records ``failed`` with the reason (in a transaction of its own) and
+    changes nothing else. With an ``idempotency_key`` already used for the same request,
+    the first request's record is returned and nothing is unlearned again (a failed one
+    is retried under its request ID). ``reason`` (free text, personal data) is stored
     sealed and shredded after its retention (:mod:`unbake.workspace.personal`); the
     ledger holds its keyed hash. ``purpose`` (a word such as ``"cleaning"``, never
     personal) is recorded in the clear in the request's info, as ``reason``.
 
-    ``label`` is a class name or index (an ``int`` is always an index); the request
-    records the class by name. Selected validation and test rows are marked forgotten
-    in the same transaction; a request that selects only such rows is recorded with
-    method ``"none"`` and changes and purges no model (none was trained on them).
-    Nothing is written unless the request is valid and the method succeeds.
-    (:class:`unbake.service.deletion.DeletionService` files requests into a queue
-    instead, and applies them in batches through the same :func:`apply_parts`.)
-
-    With ``tuned`` (the default) the method starts from its tuned defaults for the
-    request's scenario (:mod:`unbake.methods.tuned`: class-wise for a ``label``,
-    random otherwise), under the given ``params``; the record's info says which
-    were used and the study they came from (``tuned_defaults``).
+    Selected validation and test rows are marked forgotten in the same transaction; a
+    request that selects only such rows is recorded with method ``"none"`` and changes
+    and purges no model (none was trained on them). With ``tuned`` (the default) the
+    method starts from its tuned defaults for the request's scenario
+    (:mod:`unbake.methods.tuned`), under the given ``params``; the record's info says
+    which were used and the study they came from (``tuned_defaults``).
     """
-    run_params, tuned_from = resolve_params(
-        method, params, scenario_of(forget_class=label), use_tuned=tuned
+    request = DeletionRequest.of(
+        sample_ids=list(ids) if ids else None,
+        subject=subject,
+        class_label=label,
+        method=method,
+        params=params,
+        model_id=model_id,
+        seed=seed,
+        device=None if device is None else str(device),
+        idempotency_key=idempotency_key,
+        reason=reason,
+        purpose=purpose,
+        tuned=tuned,
     )
-    unlearner = METHODS.create_checked(method, run_params)
-    if label is not None:
-        label = ws.class_name(label)
-    if device is not None:
-        resolve_device(device)  # an unknown or absent device: fail before the lock
-    selector = ForgetSelector(tuple(str(i) for i in ids), subject, label)
+    return apply_now(ws, request)
+
+
+def apply_now(ws: Workspace, request: DeletionRequest) -> RequestRecord:
+    """File ``request`` and apply it at once under the workspace's lock (:func:`forget`)."""
+    selector = request.selector(ws)
     ticket = Ticket(new_id("req"), utcnow(), selector.to_dict(ws.subject_hmac))
+    key = request.key(ws)
     with ws.lock():
-        if idempotency_key is not None:
-            ticket.key_hash, ticket.fingerprint = ws.request_fingerprint(
-                idempotency_key, list(selector.ids), ticket.selector, method, params, model_id
-            )
+        if key is not None:
+            ticket.key_hash, ticket.fingerprint = key
             done = ws.idempotent(ticket)
             if done is not None:
                 return done
-        active, _ = ws.active_and_forgotten()
-        chosen = ws.select(selector, active=active)
-        # As the queue does: the IDs named, or the subject's at receipt (not a class's).
-        ticket.personal = ws.personal_hashes(reason, chosen if label is None else ())
-        in_train = set(active.ids[active.mask_of(chosen)].astype(str))
-        part = RequestPart(
-            ticket,
-            [i for i in chosen if i in in_train],
-            [i for i in chosen if i not in in_train],
-            reason=reason,
+        model = (
+            ws.model_store.get(request.model_id) if request.model_id else ws.model_store.current()
         )
+        the_plan = plan(request, strategy=model["strategy"] if model is not None else "")
+        unlearner = the_plan.unlearner()
+        ticket.deadline = ws.request_store.deadline_for(ticket.received_at)
+        active, _ = ws.active_and_forgotten()
+        chosen = select(ws, selector, active, reveal=True)
+        assert not isinstance(chosen, str)  # an operator's request is refused, not rejected
+        # As the queue does: the IDs named, or the subject's at receipt (not a class's).
+        ids = chosen if selector.label is None else ()
+        ticket.personal = ws.request_store.personal_hashes(request.reason, ids)
+        if request.method is not None:
+            ticket.queued = {"method": request.method}
+        part = part_of(ticket, chosen, ws.sample_store.split_of(), reason=request.reason)
         outcome = apply_parts(
             ws,
             [part],
             unlearner,
             active,
-            model_id=model_id,
-            seed=seed,
-            device=device,
-            reason=purpose,
-            info={"tuned_defaults": tuned_from} if tuned_from else None,
+            model_id=request.model_id,
+            seed=request.seed,
+            device=request.device,
+            reason=request.purpose,
+            info=the_plan.info() or None,
         )
     return outcome.record(part)
 
@@ -218,18 +235,14 @@ def stage_parts(
     for part in parts:
         part.reason = part.reason or reason
     if not sample_ids:
-        return StagedApply(list(parts), unlearner, model_id, None, None, None, 0, {})
+        return StagedApply(
+            list(parts), unlearner.name, unlearner.exact, model_id, None, None, None, 0, {}
+        )
     row = ws.model_row(model_id)
     original = ws.load_model(row["model_id"], device=device)
     forget, retain = active.split(sample_ids)
     method = unlearner.name
-    if len(retain) == 0:
-        reads = " (and it reads the retain set)" if unlearner.tags.needs_retain_data else ""
-        raise InvalidParameterError(
-            f"The request removes every remaining training sample ({len(forget)}), so "
-            f"no model would be left to keep or verify with {method!r}{reads}; forget "
-            "fewer samples."
-        )
+    check_retain(len(forget), len(retain), unlearner)
     _, test = ws.held_out(without=held_ids)
     started = utcnow()
     for ticket in tickets:
@@ -251,7 +264,15 @@ def stage_parts(
         "unbake_version": unbake_version(),
     }
     return StagedApply(
-        list(parts), unlearner, model_id, row, result, evaluation, len(retain), provenance
+        list(parts),
+        method,
+        unlearner.exact,
+        model_id,
+        row,
+        result,
+        evaluation,
+        len(retain),
+        provenance,
     )
 
 

@@ -97,17 +97,11 @@ def check_exactly_once(root: str | os.PathLike, request_ids: dict[str, list[str]
 
     problems = []
     with DeletionService(root) as svc:  # opening sweeps what a killed worker left
-        cat = svc.workspace.catalog
-        svc.workspace.catalog.verify_ledger()
-        applied = Counter(
-            r["request_id"]
-            for r in cat.query("SELECT request_id FROM ledger WHERE state='applied'")
-        )
-        certified = Counter(
-            r["request_id"]
-            for r in cat.query("SELECT request_id FROM ledger WHERE state='certified'")
-        )
-        rows = Counter(r["request_id"] for r in cat.query("SELECT request_id FROM requests"))
+        ws = svc.workspace
+        ws.catalog.verify_ledger()
+        applied = Counter(ws.request_store.ids_in_state("applied"))
+        certified = Counter(ws.request_store.ids_in_state("certified"))
+        rows = Counter(ws.request_store.applied_ids())
         for rid in request_ids:
             state = svc.request(rid)["state"]
             done = state == "applied" or (state == "certified" and certified[rid] == 1)
@@ -115,30 +109,24 @@ def check_exactly_once(root: str | os.PathLike, request_ids: dict[str, list[str]
                 problems.append(
                     f"{rid}: {state}, {applied[rid]} applied entries, {rows[rid]} request rows"
                 )
-        owner = {
-            r["sample_id"]: r["request_id"]
-            for r in cat.query("SELECT sample_id, request_id FROM samples WHERE status='forgotten'")
-        }
+        owner = ws.sample_store.forgotten_by()
         wanted = {sid: rid for rid, ids in request_ids.items() for sid in ids}
         if owner != wanted:
             problems.append(
                 f"forgotten samples differ from the requests: {len(owner)} vs {len(wanted)}"
             )
-        models = cat.query("SELECT checkpoint, sha256 FROM models WHERE status='active'")
+        models = ws.model_store.active_checkpoints()
         if len(models) != 1:
             problems.append(f"{len(models)} active models")
         folder = Path(root) / "checkpoints"
         files = {f"checkpoints/{p.name}" for p in folder.iterdir()}
-        live = {m["checkpoint"] for m in models} | {
-            r["checkpoint"]
-            for r in cat.query("SELECT checkpoint FROM reference_models WHERE status='active'")
-        }
+        live = ws.model_store.live_checkpoints()
         if files != live:
             problems.append(f"checkpoint files {sorted(files ^ live)} do not match the catalog")
         for m in models:
             digest = hashlib.sha256((Path(root) / m["checkpoint"]).read_bytes()).hexdigest()
             if digest != m["sha256"]:
                 problems.append(f"{m['checkpoint']} does not match its sha256")
-        if cat.query("SELECT COUNT(*) AS n FROM queue")[0]["n"]:
+        if ws.request_store.queue_size():
             problems.append("requests left in the queue")
     return problems

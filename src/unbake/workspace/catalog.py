@@ -443,6 +443,19 @@ class Catalog:
                 cur.execute("COMMIT")
             self._last_commit = next(self._commits) + 1
 
+    @staticmethod
+    @contextlib.contextmanager
+    def savepoint(cur: sqlite3.Cursor) -> Iterator[None]:
+        """A nested part of ``cur``'s transaction: an exception rolls back only it."""
+        cur.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            cur.execute("ROLLBACK TO part")
+            cur.execute("RELEASE part")
+            raise
+        cur.execute("RELEASE part")
+
     def data_version(self) -> tuple[int, int, int]:
         """A cheap mark (no table read) that changes whenever a transaction commits to the
         catalog file: SQLite's ``PRAGMA data_version`` of this thread's connection (commits

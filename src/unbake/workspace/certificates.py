@@ -241,9 +241,9 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
     SHA-256. Subject and sample IDs appear only as keyed hashes.
     """
     with ws.lock():
-        req = ws.request_record(request_id)  # an unknown or unapplied request: refused
-        row = next(r for r in ws.catalog.requests() if r["request_id"] == request_id)
-        state = ws.catalog.request_state(request_id)
+        req = ws.request_store.record(request_id)  # an unknown or unapplied request: refused
+        row = next(r for r in ws.request_store.applied() if r["request_id"] == request_id)
+        state = ws.request_store.state(request_id)
         if state not in ledger.DONE:
             raise WorkspaceError(
                 f"Request {request_id} is {state or 'not in the ledger'}, not applied; only an "
@@ -252,12 +252,12 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
         key = load_or_create_signing_key(ws.root)
         seq, head_hash = ws.catalog.ledger_head()
         subject = row["selector"].get("subject_hmac")
-        sample_hmacs, held_hmacs = ws.forgotten_hmacs(request_id)
+        sample_hmacs, held_hmacs = ws.sample_store.forgotten_hmacs(request_id)
         body = {
             "format": FORMAT,
             "request_id": request_id,
             "dataset": ws.dataset_spec.get("name"),
-            "received_at": ws.catalog.request_entries(request_id)[0]["timestamp"],
+            "received_at": ws.request_store.entries(request_id)[0]["timestamp"],
             "applied_at": row["created_at"],
             "subject_hmac": subject,
             "class": row["selector"].get("class"),
@@ -277,7 +277,7 @@ def issue_certificate(ws: Workspace, request_id: str) -> tuple[bytes, dict[str, 
         atomic_write_bytes(ws.root / CERTIFICATES / f"{request_id}.json", data, mode=PRIVATE)
         with ws.catalog.transaction() as cur:
             payload = {"certificate_sha256": sha256_bytes(data), "ledger_head": seq}
-            ledger.append_entry(cur, request_id, "certified", payload, body["issued_at"])
+            ws.request_store.append(cur, request_id, "certified", payload, body["issued_at"])
     return data, read_certificate(data)
 
 

@@ -11,8 +11,9 @@ strategy). Training the missing references and auditing a request is the service
 
 from __future__ import annotations
 
-import json
+import sqlite3
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +21,6 @@ import numpy as np
 from unbake.data import Samples
 from unbake.evaluation.bank import ReferenceBank
 from unbake.exceptions import UnknownNameError, WorkspaceError
-from unbake.workspace import ledger
 from unbake.workspace.atomic import PRIVATE, atomic_write_bytes, sha256_bytes
 from unbake.workspace.catalog import utcnow
 from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
@@ -28,13 +28,19 @@ from unbake.workspace.checkpoints import decode_checkpoint, encode_checkpoint
 if TYPE_CHECKING:
     from unbake.workspace.workspace import Workspace
 
-__all__ = ["applied_request", "load_references", "record_audit", "store_references"]
+__all__ = [
+    "applied_request",
+    "load_references",
+    "purge_references",
+    "record_audit",
+    "store_references",
+]
 
 
 def applied_request(ws: Workspace, request_id: str | None) -> dict[str, Any]:
     """The applied request ``request_id`` (default: the latest that changed a model), as
     the catalog lists it; one that touched only held-out rows changed no model to audit."""
-    reqs = [r for r in ws.catalog.requests() if r["status"] == "applied"]
+    reqs = [r for r in ws.request_store.applied() if r["status"] == "applied"]
     changed = [r for r in reqs if r["model_after"] != r["model_before"]]
     if request_id is None:
         if not changed:
@@ -71,7 +77,7 @@ def load_references(
     membership = np.zeros((len(rows), len(pool)), dtype=bool)
     for k, row in enumerate(rows):
         source = f"Reference {row['ref_id']}"
-        data = ws.read_checkpoint(row["ref_id"], row, source)
+        data = ws.model_store.read_checkpoint(row["ref_id"], row, source)
         model, _ = decode_checkpoint(data, expected_sha256=None, source=source)
         members = ws.catalog.query(
             "SELECT sample_id FROM reference_members WHERE ref_id = ?", (row["ref_id"],)
@@ -108,7 +114,7 @@ def store_references(ws: Workspace, bank: ReferenceBank, key: str) -> None:
                     "checkpoint, sha256, status, mac) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?)",
                     (
                         *(ref_id, key, seed, utcnow(), int(member.sum()), rel, digest),
-                        ws.checkpoint_mac(ref_id, digest),
+                        ws.model_store.checkpoint_mac(ref_id, digest),
                     ),
                 )
                 cur.executemany(
@@ -126,9 +132,31 @@ def record_audit(ws: Workspace, request_id: str, record: dict[str, Any], verdict
     """Record an audit on its request and append ``verified`` to the ledger, in one
     transaction (under the caller's lock)."""
     with ws.catalog.transaction() as cur:
-        cur.execute(
-            "UPDATE requests SET audit = ? WHERE request_id = ?",
-            (json.dumps(record, sort_keys=True, default=str), request_id),
-        )
+        ws.request_store.record_audit(cur, request_id, record)
         verified = {"verdict": verdict, "model": record["model"]}
-        ledger.append_entry(cur, request_id, "verified", verified, record["at"])
+        ws.request_store.append(cur, request_id, "verified", verified, record["at"])
+
+
+def purge_references(
+    cur: sqlite3.Cursor, sample_ids: Sequence[str], request_id: str
+) -> tuple[list[str], list[str]]:
+    """Mark every reference model that trained on ``sample_ids`` purged (in ``cur``'s transaction).
+
+    Returns their IDs and their checkpoint files (to delete after the commit); their
+    membership rows go too, so no record of a forgotten sample's use survives.
+    """
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS _forget_ids (sample_id TEXT PRIMARY KEY)")
+    cur.execute("DELETE FROM _forget_ids")
+    cur.executemany("INSERT OR IGNORE INTO _forget_ids VALUES (?)", [(s,) for s in sample_ids])
+    rows = cur.execute(
+        "SELECT ref_id, checkpoint FROM reference_models WHERE status='active' AND ref_id IN "
+        "(SELECT ref_id FROM reference_members JOIN _forget_ids USING (sample_id)) ORDER BY ref_id"
+    ).fetchall()
+    refs = [r["ref_id"] for r in rows]
+    cur.executemany(
+        "UPDATE reference_models SET status='purged', purged_by=? WHERE ref_id=?",
+        [(request_id, r) for r in refs],
+    )
+    cur.executemany("DELETE FROM reference_members WHERE ref_id=?", [(r,) for r in refs])
+    cur.execute("DELETE FROM _forget_ids")
+    return refs, [r["checkpoint"] for r in rows]
