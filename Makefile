@@ -75,4 +75,4 @@ tune-fmnist: $(VENV)/.installed-base
 	done; done
 
 clean:
-	rm -rf $(VENV) unbake-workspace .pytest_cache .ruff_cache site
+	rm -rf $(VENV) unbake-workspace .pytest_cache .ruff_cache .mypy_cache site

@@ -111,7 +111,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def conjugate_gradient(
-    matvec: MatVec,
+    matvec: MatVec | Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     b: torch.Tensor,
     *,
     precondition: MatVec | None = None,
