@@ -51,7 +51,7 @@ __all__ = [
     "validate_params",
 ]
 
-C = TypeVar("C", bound=type)
+C = TypeVar("C", bound="type[Any]")
 
 if sys.version_info >= (3, 11):
     from typing import dataclass_transform
@@ -227,7 +227,7 @@ def fixed(default: Any, *, init: Literal[False] = False) -> Any:
 
 
 def _declare(cls: C, *, repr: bool) -> C:
-    cls = dataclass(kw_only=True, eq=False, repr=repr)(cls)
+    dataclass(kw_only=True, eq=False, repr=repr)(cls)  # decorates cls in place (no slots)
     declared_here = {
         f.name: list(f.metadata["constraints"])
         for f in fields(cls)
@@ -241,7 +241,8 @@ def _declare(cls: C, *, repr: bool) -> C:
             "ClassVar if it is not a hyperparameter."
         )
     # Constraints a class body still writes by hand (a parameter without a field) are kept.
-    cls._parameter_constraints = {**declared_here, **cls.__dict__.get("_parameter_constraints", {})}
+    own = cls.__dict__.get("_parameter_constraints", {})
+    setattr(cls, "_parameter_constraints", {**declared_here, **own})  # noqa: B010 (any class)
     return cls
 
 
@@ -292,7 +293,7 @@ class Declared:
         if not _hand_written_init(cls, Declared):
             _declare(cls, repr=False)
             if "__repr__" not in cls.__dict__:  # not a declared mixin's (CertifiedParams)
-                cls.__repr__ = Declared.__repr__
+                setattr(cls, "__repr__", Declared.__repr__)  # noqa: B010 (mypy: no method-assign)
 
     def get_params(self) -> dict[str, Any]:
         return get_params(self)
@@ -339,10 +340,11 @@ def parameters(cls: type) -> list[dict[str, Any]]:
     """
     helps = {f.name: f.metadata.get("help", "") for f in fields(cls)} if _is_dataclass(cls) else {}
     out = []
-    for name, p in inspect.signature(cls.__init__).parameters.items():
+    declared_constraints: dict[str, list[Any]] = getattr(cls, "_parameter_constraints", {})
+    for name, p in inspect.signature(cls).parameters.items():
         if p.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
-        constraints = cls._parameter_constraints.get(name, [])
+        constraints = declared_constraints.get(name, [])
         out.append(
             {
                 "name": name,

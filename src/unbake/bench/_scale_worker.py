@@ -93,13 +93,18 @@ def _compare(samples) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _io(samples: Any) -> str:
+    """How a store's rows are read (``"mmap"`` or ``"pread"``)."""
+    return str(samples.X.source.io)
+
+
 def _worker(job: dict[str, Any]) -> None:
     from unbake.bench.memory import peak_rss
     from unbake.data import Samples, open_store
 
     if job.get("compare"):  # uncapped: the in-memory copy would not fit under the cap
         samples = open_store(job["store"], io="pread")  # the reads the capped runs make
-        out: dict[str, Any] = {"rows": [_compare(samples)], "io": samples.X.source.io}
+        out: dict[str, Any] = {"rows": [_compare(samples)], "io": _io(samples)}
         Path(job["out"]).write_text(json.dumps(out))
         return
     samples = open_store(job["store"])
@@ -107,7 +112,7 @@ def _worker(job: dict[str, Any]) -> None:
     test = Samples(np.asarray(held_out.X), held_out.y, held_out.ids, held_out.subjects)
     with peak_rss() as peak:
         rows = _work(samples, test, int(job["budget"]))
-    out = {"rows": rows, "peak_rss_mib": peak.mib, "io": samples.X.source.io}
+    out = {"rows": rows, "peak_rss_mib": peak.mib, "io": _io(samples)}
     Path(job["out"]).write_text(json.dumps(out))
 
 

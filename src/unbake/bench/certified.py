@@ -77,7 +77,7 @@ def certified_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
             samples.X, samples.y, ids=samples.ids, classes=np.arange(ds.n_classes)
         )
 
-    sk_model, sk_seconds = _sklearn_fit(train.X, train.y, lam)
+    sk_model, sk_seconds = _sklearn_fit(np.asarray(train.X), train.y, lam)
     model, fit_seconds = _timed(fresh, train)
     original_accuracy = model.score(test.X, test.y) * 100
     order = np.random.default_rng(0).permutation(train.ids.astype(str))
@@ -167,7 +167,9 @@ def certified_benchmark(*, quick: bool, data_dir: str | None) -> dict[str, Any]:
         "baselines": {
             "own_fit_seconds": round(fit_seconds, 3),
             "sklearn_fit_seconds": round(sk_seconds, 3),
-            "sklearn_test_accuracy": round(_sklearn_score(sk_model, test.X, test.y) * 100, 3),
+            "sklearn_test_accuracy": round(
+                _sklearn_score(sk_model, np.asarray(test.X), test.y) * 100, 3
+            ),
             "certified_original_test_accuracy": round(original_accuracy, 3),
         },
         "influence": {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -106,7 +106,7 @@ def forget(
             tuned=tuned,
             allow_one_class=allow_one_class,
         )
-    out = {
+    out: dict[str, Any] = {
         "request_id": rec.request_id,
         "method": rec.method,
         "n_samples": rec.n_samples,

@@ -198,11 +198,11 @@ def apply_poison(ds: Dataset, spec: PoisonSpec | str) -> tuple[Dataset, Planted]
         )
     rng = np.random.default_rng(spec.seed)
     chosen = np.sort(rng.choice(pool, size=n, replace=False))
-    X, y = train.X, train.y.copy()
+    X, y = np.asarray(train.X), train.y.copy()  # a poisoned copy is built in memory
     y[chosen] = spec.target
     if spec.kind == "backdoor":
         X = X.copy()
-        X[chosen] = _stamp(train.X[chosen], spec)
+        X[chosen] = _stamp(X[chosen], spec)
     poisoned = Samples(X, y, train.ids, train.subjects)
     ids = tuple(str(i) for i in train.ids[chosen])
     return replace(ds, train=poisoned), Planted(spec, ids)
@@ -231,7 +231,7 @@ def planted(ds: Dataset) -> Planted | None:
 def triggered(samples: Samples, plant: Planted) -> Samples:
     """The samples of ``samples`` not of the target class, with the trigger stamped."""
     keep = samples.subset(samples.y != plant.target)
-    return Samples(_stamp(keep.X, plant.spec), keep.y, keep.ids, keep.subjects)
+    return Samples(_stamp(np.asarray(keep.X), plant.spec), keep.y, keep.ids, keep.subjects)
 
 
 def attack_success_rate(log_proba, samples: Samples, plant: Planted) -> float:

@@ -131,7 +131,7 @@ class MemmapSource(RowSource):
         return {"path": self.path, "io": self.io}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], io=state["io"])
+        type(self).__init__(self, state["path"], io=state["io"])
 
     def _descriptor(self) -> int:
         if self._fd is None:

@@ -115,8 +115,12 @@ def standardize_dataset(
     its training split), and what the spec records: ``standardize`` and ``scaler``."""
     if not parse_flag(standardize):
         return ds, {"standardize": "False"}
-    st = Standardizer.from_json(scaler) if scaler is not None else Standardizer.fit(ds.train.X)
-    splits = {name: replace(s, X=st.apply(s.X)) for name, s in ds.splits().items()}
+    st = (
+        Standardizer.from_json(scaler)
+        if scaler is not None
+        else Standardizer.fit(np.asarray(ds.train.X))
+    )
+    splits = {name: replace(s, X=st.apply(np.asarray(s.X))) for name, s in ds.splits().items()}
     out = replace(ds, train=splits["train"], val=splits["val"], test=splits["test"])
     return out, {"standardize": "True", "scaler": st.to_json()}
 

@@ -316,7 +316,7 @@ class SpectralSignature(Detector):
             s = (centred @ vt[0]) ** 2
             return s / max(s.mean(), 1e-12)
 
-        return _per_label(samples, penultimate(model, samples.X), signature)
+        return _per_label(samples, penultimate(model, np.asarray(samples.X)), signature)
 
 
 @DETECTORS.register("activation-clustering")
@@ -350,7 +350,7 @@ class ActivationClustering(Detector):
             share = np.mean(labels == small)
             return np.where(labels == small, 1 + sil.mean() + 0.01 * sil, -share)
 
-        return _per_label(samples, penultimate(model, samples.X), cluster)
+        return _per_label(samples, penultimate(model, np.asarray(samples.X)), cluster)
 
 
 def detection_scores(

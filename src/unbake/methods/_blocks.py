@@ -88,8 +88,9 @@ def reinitialised(module: nn.Module, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         for layer in fresh.modules():
-            if hasattr(layer, "reset_parameters"):
-                layer.reset_parameters()
+            reset = getattr(layer, "reset_parameters", None)
+            if callable(reset):
+                reset()
     return fresh
 
 
@@ -230,11 +231,12 @@ class LoopUnlearner(Unlearner):
     def _unlearn(self, task: UnlearnTask, seed: int) -> tuple[TrainedModel, dict[str, Any]]:
         model = copy_model(task.original, device=resolve_device(task.device))
         phases, hooks = self._phases(task, model, seed)
+        knobs = self.get_params()  # each subclass declares epochs, lr and batch_size
         config = gradient_config(
             task.original.config,
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
+            epochs=knobs["epochs"],
+            lr=knobs["lr"],
+            batch_size=knobs["batch_size"],
             optimizer=getattr(self, "optimizer", None),
         )
         streams = self._streams(task, model)

@@ -8,13 +8,14 @@ methods override one ``compute_loss`` over paired forget and retain batches.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from unbake._validation import Hyperparameter, Interval
+from unbake.data.text import TextSamples
 from unbake.methods._blocks import LoopUnlearner
 from unbake.methods.base import BATCH_SIZE, EPOCHS, LR, MethodTags, UnlearnTask
 from unbake.training import TrainedModel
@@ -51,7 +52,8 @@ class LMUnlearner(LoopUnlearner):
     """
 
     def _streams(self, task: UnlearnTask, model: TrainedModel):
-        return lm_streams(model.module, model.spec, forget=task.forget, retain=task.retain)
+        forget, retain = cast(TextSamples, task.forget), cast(TextSamples, task.retain)
+        return lm_streams(model.module, model.spec, forget=forget, retain=retain)
 
 
 class PreferenceUnlearner(LMUnlearner):

@@ -157,7 +157,9 @@ class UnlearnTask:
 
     def __post_init__(self) -> None:
         # The user's own data (a torch Dataset, a datasets.Dataset, (X, y)) as Samples.
-        self.forget, self.retain = as_samples(self.forget), as_samples(self.retain)
+        # (a language model's TextSamples travel here too: they read as Samples do)
+        self.forget = as_samples(self.forget)  # type: ignore[assignment]
+        self.retain = as_samples(self.retain)  # type: ignore[assignment]
         if len(self.forget) == 0:
             raise EmptyRequestError(
                 "The deletion request selects no samples; name at least one sample ID, "

@@ -65,7 +65,8 @@ class SSD(Unlearner):
         X_f, y_f = task.forget.tensors()
         X_r, y_r = task.retain.tensors()  # the retain_samples rows Unlearner.unlearn drew
         imp_f = diag_fisher(module, X_f, y_f)
-        imp_d = diag_fisher(module, concat_rows(X_f, X_r), torch.cat([y_f, y_r]))
+        both = concat_rows(X_f, X_r)  # a tensor, or streamed rows diag_fisher reads in batches
+        imp_d = diag_fisher(module, both, torch.cat([y_f, y_r]))  # type: ignore[arg-type]
         dampened = 0
         with torch.no_grad():
             for name, p in module.named_parameters():

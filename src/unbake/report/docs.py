@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from unbake.report.render import load_result, render_markdown
+
+if TYPE_CHECKING:
+    from unbake.registry import ClassRegistry
 
 __all__ = [
     "methods_table",
@@ -126,7 +130,7 @@ def parameters_table(kind: str = "method") -> str:
     from unbake.methods import METHODS
     from unbake.training import STRATEGIES
 
-    registry = {"method": METHODS, "strategy": STRATEGIES}[kind]
+    registry: ClassRegistry[Any] = METHODS if kind == "method" else STRATEGIES
     lines = [
         f"| {kind} | parameter | default | allowed | what it sets |",
         "|---|---|---|---|---|",

@@ -272,7 +272,8 @@ class DeletionService:
         else:
             ids = []
         selector = request.selector(ws)
-        return _Job(request, selector.to_dict(ws.subject_hmac), ids, selector.label)
+        label = None if selector.label is None else str(selector.label)  # the class's name
+        return _Job(request, selector.to_dict(ws.subject_hmac), ids, label)
 
     def _write_jobs(self, jobs: list[_Job]) -> None:
         """The writer thread's transaction: each job in a savepoint of its own, so one

@@ -212,7 +212,7 @@ def default_method(strategy: str) -> str:
     method of the model's own family (the one whose tags require its training strategy:
     ``sisa`` for a SISA model, ``certified`` for a certified one), else ``retrain``."""
     for name in METHODS:
-        tags = METHODS.get(name).tags  # type: ignore[attr-defined]
+        tags = METHODS.get(name).tags
         if tags.requires_strategy == strategy and (tags.exact or tags.certified):
             return name
     return "retrain"

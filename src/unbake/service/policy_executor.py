@@ -176,7 +176,7 @@ def run_policy(
     plan = section.plan()
     attempts: list[Attempt] = []
     for step in plan[:-1]:
-        reason = step.create().supports(model_info)
+        reason = step.create().supports(model_info)  # type: ignore[arg-type]  # reads .strategy
         if reason:
             attempts.append(Attempt(step, "skipped", reasons=[reason]))
             continue

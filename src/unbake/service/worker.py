@@ -54,7 +54,7 @@ def as_policy(policy: Policy | str | os.PathLike | None) -> Policy | None:
     """A :class:`Policy`, read and validated from a path if given one."""
     if policy is None or isinstance(policy, Policy):
         return policy
-    return load_policy(policy)
+    return load_policy(os.fspath(policy))
 
 
 def _retry_of(policy: Policy | None) -> Retry:
@@ -299,6 +299,7 @@ class Worker:
 
         try:
             if method is None:
+                assert policy is not None  # a plan without a method is the policy's
                 self._apply_policy(parts, active, policy, row, seed, device, dequeue)
             else:
                 info = the_plan.info()
@@ -400,6 +401,7 @@ class Worker:
             try_method=lambda step: Outcome(stage(step.create(), record_failure=False)),
             audit=lambda step, outcome: outcome.value.evaluation.to_dict(),
         )
+        assert result.accepted is not None and result.outcome is not None  # the fallback ran
         record = {"policy": result.to_dict()}
         applied = {"method": result.accepted.method, **record}
         ws.commit_staged(result.outcome.value, info=record, applied=applied, on_commit=on_commit)

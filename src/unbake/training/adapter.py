@@ -63,7 +63,7 @@ TRAIN_PROTOCOL = (
 TrainFn = Callable[..., nn.Module]
 
 
-def as_torch_dataset(samples: Samples) -> TensorDataset:
+def as_torch_dataset(samples: Samples | TextSamples) -> TensorDataset:
     """The ``data`` a user's training function receives: a ``TensorDataset`` of
     ``(x, y)`` rows (float features, int64 labels) in ``samples``' order."""
     if isinstance(samples, TextSamples):
@@ -128,7 +128,7 @@ class OwnLoop(TrainingStrategy):
         None, help="Any JSON value, handed to train as given.", constraints=[JSONValue()]
     )
 
-    def validate(self, samples: Samples | None = None) -> None:
+    def validate(self, samples: Samples | TextSamples | None = None) -> None:
         super().validate(samples)  # the declared constraints: a function, a str or None; JSON
         if isinstance(self.train, str):
             if ":" not in self.train:
@@ -153,6 +153,7 @@ class OwnLoop(TrainingStrategy):
     def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
         self.validate()
         fn, data = self.function(), as_torch_dataset(samples)
+        assert self.train is not None  # function() refuses a model adopted without one
         shape = samples.input_shape
         build_checked(spec, input_shape=shape, n_classes=n_classes, seed=seed)
         with torch.random.fork_rng(devices=[]):
@@ -217,8 +218,7 @@ def _recipe(train: TrainFn | str | None, config: Any) -> tuple[TrainingStrategy,
         strategy.validate()
         return strategy, TrainConfig()
     if config is None:
-        return OwnLoop(), TrainConfig()
-    from unbake.training.strategy import Monolithic
+        return OwnLoop(train=None, config=None), TrainConfig()
 
     if isinstance(config, dict):
         config = TrainConfig.parse(**config)
@@ -227,7 +227,7 @@ def _recipe(train: TrainFn | str | None, config: Any) -> tuple[TrainingStrategy,
             f"config= is a TrainConfig (or its fields as a dict) for unbake's loop, or any "
             f"JSON value for your own train= function; got a {type(config).__name__}."
         )
-    return Monolithic(), config
+    return STRATEGIES.create("monolithic"), config
 
 
 def _load_module(

@@ -565,7 +565,7 @@ class Catalog:
         for field in FIELDS:
             value = row.get(field)
             if is_sealed(value):
-                row[field], erased[field] = unseal(value, keys.get((rid, field)), rid, field)
+                row[field], erased[field] = unseal(str(value), keys.get((rid, field)), rid, field)
             else:
                 if field == "sample_ids" and isinstance(value, str):
                     row[field] = self.parse_json(value, f"request {rid}'s sample_ids")

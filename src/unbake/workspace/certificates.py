@@ -77,14 +77,14 @@ def load_or_create_signing_key(root: Path) -> Ed25519PrivateKey:
         atomic_write_bytes(path, pem, mode=0o600)
         return key
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError as exc:
         raise IntegrityError(
             f"The signing key {path} is damaged ({exc}); restore it from a backup."
         ) from None
-    if not isinstance(key, Ed25519PrivateKey):
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise IntegrityError(f"The signing key {path} is not an Ed25519 key; restore it.")
-    return key
+    return loaded
 
 
 def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:

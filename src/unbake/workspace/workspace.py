@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -134,8 +135,7 @@ def unbake_version() -> str:
 
 
 def _duplicates(values: list[str]) -> list[str]:
-    seen: set[str] = set()
-    return sorted({v for v in values if v in seen or seen.add(v)})
+    return sorted(v for v, n in Counter(values).items() if n > 1)
 
 
 def check_workspace_path(root: str | os.PathLike) -> Path:
