@@ -209,7 +209,7 @@ def tune(
 
 
 def _tune_workspace(workspace: Path, method: str, options: dict[str, Any]):
-    from unbake.service.tuning import tune_workspace
+    from unbake.bench.tune_workspace import tune_workspace
     from unbake.workspace import Workspace
 
     with Workspace.open(workspace) as ws:

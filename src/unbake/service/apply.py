@@ -179,7 +179,8 @@ def apply_now(ws: Workspace, request: DeletionRequest) -> RequestRecord:
         ticket.deadline = ws.request_store.deadline_for(ticket.received_at)
         active, _ = ws.active_and_forgotten()
         chosen = select(ws, selector, active, reveal=True)
-        assert not isinstance(chosen, str)  # an operator's request is refused, not rejected
+        if isinstance(chosen, str):  # select() raises for an operator's request instead
+            raise RuntimeError(f"an operator's request was rejected: {chosen}")
         # As the queue does: the IDs named, or the subject's at receipt (not a class's).
         ids = chosen if selector.label is None else ()
         ticket.personal = ws.request_store.personal_hashes(request.reason, ids)

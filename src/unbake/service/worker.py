@@ -299,7 +299,8 @@ class Worker:
 
         try:
             if method is None:
-                assert policy is not None  # a plan without a method is the policy's
+                if policy is None:  # plan() leaves the method open only under a policy
+                    raise RuntimeError("a plan without a method, and no policy to decide it")
                 self._apply_policy(parts, active, policy, row, seed, device, dequeue)
             else:
                 info = the_plan.info()
@@ -401,7 +402,8 @@ class Worker:
             try_method=lambda step: Outcome(stage(step.create(), record_failure=False)),
             audit=lambda step, outcome: outcome.value.evaluation.to_dict(),
         )
-        assert result.accepted is not None and result.outcome is not None  # the fallback ran
+        if result.accepted is None or result.outcome is None:  # run_policy raises instead
+            raise RuntimeError("the policy accepted no step and raised nothing")
         record = {"policy": result.to_dict()}
         applied = {"method": result.accepted.method, **record}
         ws.commit_staged(result.outcome.value, info=record, applied=applied, on_commit=on_commit)

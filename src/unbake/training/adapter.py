@@ -153,7 +153,8 @@ class OwnLoop(TrainingStrategy):
     def fit(self, samples, *, spec, config, seed, n_classes, device=None) -> TrainedModel:
         self.validate()
         fn, data = self.function(), as_torch_dataset(samples)
-        assert self.train is not None  # function() refuses a model adopted without one
+        if self.train is None:  # function() has refused a model adopted without one
+            raise RuntimeError("OwnLoop.fit ran without a training function")
         shape = samples.input_shape
         build_checked(spec, input_shape=shape, n_classes=n_classes, seed=seed)
         with torch.random.fork_rng(devices=[]):

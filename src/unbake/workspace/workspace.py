@@ -592,7 +592,8 @@ class Workspace(SourceView):
     ) -> list[str]:
         """The transaction of :meth:`commit_staged`; returns the files it made stale."""
         parts, row, result = staged.parts, staged.row, staged.result
-        assert row is not None and result is not None and staged.evaluation is not None
+        if row is None or result is None or staged.evaluation is None:  # commit_staged's
+            raise RuntimeError("a staged run without a model was committed as an unlearning")
         sample_ids = [i for p in parts for i in p.sample_ids]
         with self.catalog.transaction() as cur:
             self.model_store.insert(
